@@ -1,0 +1,142 @@
+//! Build script: compiles the C++ shim over libtorch's c10 headers, generates its bindings, links
+//! libtorch so that every backend registers, and records *what* it linked against so the
+//! runtime verifier can later prove the process loaded that same library.
+//!
+//! Inputs: `DEP_TCH_LIBTORCH_LIB` (set by torch-sys, a direct dependency) names libtorch's lib dir.
+//! Outputs (compile-time env for `src/runtime/build_record.rs`):
+//!   TCH_STREAMS_BUILT_LIB_DIR, TCH_STREAMS_BUILT_TORCH_VERSION, TCH_STREAMS_BUILT_CPU_SHA256,
+//!   TCH_STREAMS_BUILT_CUDA_SHA256 (empty without libtorch_cuda), TCH_STREAMS_BUILT_PATCH_ID
+//!   (empty for a stock libtorch).
+
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// File written next to `lib/` by scripts/build-libtorch.sh in a patched libtorch prefix.
+const PATCH_STAMP: &str = "tch-streams-patch-id";
+
+fn main() {
+    let lib_dir = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => panic!(
+            "torch-sys did not report a libtorch lib dir (DEP_TCH_LIBTORCH_LIB). Run \
+             `eval \"$(scripts/setup.sh --print-env)\"` first, or set LIBTORCH to a libtorch 2.11.0 prefix."
+        ),
+    };
+    let lib_dir = lib_dir.canonicalize().unwrap_or(lib_dir);
+    let prefix = lib_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| lib_dir.clone());
+    let includes = [prefix.join("include"), prefix.join("include/torch/csrc/api/include")];
+    let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+
+    compile_shim(&includes);
+    generate_bindings();
+
+    // Libraries: the dylib suffix depends on the target.
+    let so = if target_os == "macos" { "dylib" } else { "so" };
+    let cpu_lib = lib_dir.join(format!("libtorch_cpu.{so}"));
+    let cuda_lib = lib_dir.join(format!("libtorch_cuda.{so}"));
+    println!("cargo:rerun-if-changed={}", cpu_lib.display());
+    println!("cargo:rerun-if-changed={}", cuda_lib.display());
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+
+    // rpath: tch's own link-arg reaches only tch's binaries, so ours need their own.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    if target_os == "linux" && cuda_lib.exists() {
+        // Nothing references libtorch_cuda directly; without --no-as-needed the linker drops it,
+        // its static initialisers never run, and the CUDA guard implementation never registers.
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+
+    // The build record.
+    let version = read_torch_version(&includes).unwrap_or_else(|| "unknown".into());
+    let cpu_sha = sha256_file(&cpu_lib).unwrap_or_else(|e| panic!("cannot hash {}: {e}", cpu_lib.display()));
+    let cuda_sha = if cuda_lib.exists() {
+        sha256_file(&cuda_lib).unwrap_or_else(|e| panic!("cannot hash {}: {e}", cuda_lib.display()))
+    } else {
+        String::new()
+    };
+    let stamp = prefix.join(PATCH_STAMP);
+    println!("cargo:rerun-if-changed={}", stamp.display());
+    let patch_id = std::fs::read_to_string(&stamp).map(|s| s.trim().to_string()).unwrap_or_default();
+
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_LIB_DIR={}", lib_dir.display());
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_TORCH_VERSION={version}");
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_CPU_SHA256={cpu_sha}");
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_CUDA_SHA256={cuda_sha}");
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_PATCH_ID={patch_id}");
+    // Reaches build scripts of crates that depend on us (DEP_TCH_STREAMS_SHIM_LIBTORCH_LIB).
+    println!("cargo:libtorch_lib={}", lib_dir.display());
+}
+
+fn compile_shim(includes: &[PathBuf]) {
+    let sources: Vec<PathBuf> = std::fs::read_dir("src/shim")
+        .expect("src/shim exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cpp"))
+        .collect();
+    println!("cargo:rerun-if-changed=src/shim");
+    for p in &sources {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    let mut build = cc::Build::new();
+    build.cpp(true).pic(true).flag("-std=c++17").flag("-D_GLIBCXX_USE_CXX11_ABI=1").warnings(true);
+    for inc in includes {
+        // -isystem: libtorch's own headers are not ours to warn about.
+        build.flag("-isystem").flag(inc.to_str().expect("utf-8 include path"));
+    }
+    build.files(&sources).compile("tch_streams_shim");
+}
+
+fn generate_bindings() {
+    let header = "src/shim/tss_shim.h";
+    println!("cargo:rerun-if-changed={header}");
+    let bindings = bindgen::Builder::default()
+        .header(header)
+        .allowlist_function("tss_.*")
+        .allowlist_type("Tss.*")
+        .rustified_enum("TssStatus")
+        .derive_debug(true)
+        .derive_default(true)
+        .derive_eq(true)
+        .layout_tests(false)
+        .generate()
+        .expect("bindgen failed on src/shim/tss_shim.h (is libclang installed? scripts/setup.sh installs it)");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("ffi.rs");
+    bindings.write_to_file(out).expect("write bindings");
+}
+
+/// `TORCH_VERSION` from the headers the shim compiles against.
+fn read_torch_version(includes: &[PathBuf]) -> Option<String> {
+    let candidates = [
+        includes[0].join("torch/headeronly/version.h"),
+        includes[1].join("torch/version.h"),
+    ];
+    for path in candidates {
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        // The macro may wrap onto the next line: take the first quoted string after its name.
+        if let Some(pos) = text.find("#define TORCH_VERSION \\").or_else(|| text.find("#define TORCH_VERSION ")) {
+            let rest = &text[pos..];
+            if let Some(start) = rest.find('"') {
+                if let Some(len) = rest[start + 1..].find('"') {
+                    return Some(rest[start + 1..start + 1 + len].to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

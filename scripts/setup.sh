@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Prepares everything the build needs, idempotently:
+#   - a Python venv under $TCH_STREAMS_HOME (default ~/.cache/tch-streams) holding PyPI torch==2.11.0,
+#     whose headers and libraries torch-sys builds and links against;
+#   - Debian packages the build needs when missing (libclang-dev, for bindgen);
+#   - a cargo target dir in the same cache, so a fresh clone reuses an earlier build of tch.
+#
+# Usage:
+#   scripts/setup.sh              set up (quick when already done), then print the environment
+#   scripts/setup.sh --print-env  print only the `export` lines, for `eval "$(scripts/setup.sh --print-env)"`
+#
+# A libtorch of your own (e.g. the patched MPS build) is honoured: when LIBTORCH is set, the build
+# links it and the venv's torch is only used by the Python peer of the benchmark.
+set -euo pipefail
+
+TORCH_VERSION="2.11.0"
+CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
+VENV="$CACHE/venv"
+PRINT_ONLY=0
+case "${1:-}" in
+  --print-env) PRINT_ONLY=1 ;;
+  -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+esac
+
+log() { [ "$PRINT_ONLY" = 1 ] || echo "[setup] $*" >&2; }
+
+print_env() {
+  echo "export TCH_STREAMS_HOME=\"$CACHE\""
+  echo "export PATH=\"$VENV/bin:\$PATH\""
+  if [ -z "${LIBTORCH:-}" ]; then
+    echo "export LIBTORCH_USE_PYTORCH=1"
+  fi
+  echo "export CARGO_TARGET_DIR=\"${CARGO_TARGET_DIR:-$CACHE/target}\""
+  if [ -n "${LIBCLANG_PATH_FOUND:-}" ]; then
+    echo "export LIBCLANG_PATH=\"$LIBCLANG_PATH_FOUND\""
+  fi
+}
+
+find_libclang() {
+  local d
+  for d in ${LIBCLANG_PATH:-} /usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib; do
+    # bindgen needs the C API library (libclang.so), not libclang-cpp.so.
+    if compgen -G "$d/libclang.so*" >/dev/null 2>&1 || compgen -G "$d/libclang-[0-9]*.so*" >/dev/null 2>&1; then
+      LIBCLANG_PATH_FOUND="$d"; return 0
+    fi
+  done
+  return 1
+}
+
+torch_installed() {
+  compgen -G "$VENV/lib/python3*/site-packages/torch-${TORCH_VERSION}*.dist-info" >/dev/null 2>&1 \
+    && [ -x "$VENV/bin/python" ]
+}
+
+if [ "$PRINT_ONLY" = 1 ]; then
+  find_libclang || true
+  print_env
+  exit 0
+fi
+
+mkdir -p "$CACHE"
+
+# 1. libclang for bindgen.
+if ! find_libclang; then
+  log "libclang not found; installing Debian package libclang-dev"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  if ! { $SUDO apt-get install -y -q libclang-dev >/dev/null 2>&1 \
+        || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q libclang-dev >/dev/null; }; }; then
+    cat >&2 <<MSG
+[setup] error: could not install libclang-dev, which bindgen needs to read the shim's C header.
+Install it yourself (Debian/Ubuntu: 'sudo apt-get install libclang-dev'; macOS: 'xcode-select --install'),
+or point LIBCLANG_PATH at a directory holding libclang.so, then run scripts/setup.sh again.
+MSG
+    exit 1
+  fi
+  find_libclang || { echo "[setup] error: libclang-dev installed but libclang.so still not found; set LIBCLANG_PATH" >&2; exit 1; }
+fi
+log "libclang: $LIBCLANG_PATH_FOUND"
+
+# 2. The venv with torch.
+if torch_installed; then
+  log "torch $TORCH_VERSION already in $VENV"
+else
+  PY="${PYTHON:-python3}"
+  if ! command -v "$PY" >/dev/null; then
+    echo "[setup] error: python3 not found; install Python >= 3.10 (or set PYTHON=/path/to/python) and run again." >&2
+    exit 1
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating venv $VENV"
+    "$PY" -m venv "$VENV"
+  fi
+  log "installing torch==$TORCH_VERSION into $VENV (about 4.6 GB with its CUDA wheels on Linux; a few minutes)"
+  if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy >&2; then
+    cat >&2 <<MSG
+[setup] error: pip could not install torch==$TORCH_VERSION into $VENV. The build needs libtorch
+$TORCH_VERSION exactly (tch 0.24 refuses other versions). If this machine is offline, copy a
+venv holding torch==$TORCH_VERSION to $VENV (or set TCH_STREAMS_HOME to a cache that has one), or
+download libtorch $TORCH_VERSION and set LIBTORCH=/path/to/libtorch; then run scripts/setup.sh again.
+If pip reported 'No space left on device', free about 6 GB under $CACHE.
+MSG
+    exit 1
+  fi
+  torch_installed || { echo "[setup] error: pip finished but torch $TORCH_VERSION is not in $VENV" >&2; exit 1; }
+fi
+
+log "ready; environment:"
+print_env

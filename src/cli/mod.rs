@@ -1,0 +1,31 @@
+//! Command-line interface: argument definitions and dispatch to one module per subcommand.
+
+mod preflight;
+
+use clap::{Parser, Subcommand};
+
+/// Parallel inference for Rust tch on GPU streams.
+#[derive(Debug, Parser)]
+#[command(name = "tch-streams", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prove which libtorch this process loaded and what its stream pools can do.
+    ///
+    /// Compares the loaded libtorch_cpu (and libtorch_cuda) with the ones this binary was built
+    /// against, by SHA-256, and probes every backend's stream pool by behaviour.
+    /// Exit codes: 0 ok; 2 the loaded libtorch differs from the built one; 3 a required
+    /// capability is missing; 1 any other failure.
+    Preflight(preflight::Args),
+}
+
+/// Runs the chosen subcommand; returns the process exit code.
+pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Preflight(args) => preflight::run(args),
+    }
+}
