@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Python/PyTorch peer of the tch-streams benchmark harness.
+
+Measures, in plain Python with PyTorch, the throughput a user would get from
+the usual approaches to concurrent inference, and writes a JSON file
+(schema "tch-streams-bench/1") that `tch-streams bench --with-python` reads
+and shows next to the Rust numbers.
+
+Workloads (float32, eval mode, torch.inference_mode() inside every thread,
+since grad/inference mode is thread-local in PyTorch):
+  small-mlp    Linear(512,1024) ReLU Linear(1024,1024) ReLU Linear(1024,512), input [1,512]
+  large-mlp    Linear(2048,4096) ReLU Linear(4096,4096) ReLU Linear(4096,2048), input [64,2048]
+  transformer  TransformerEncoderLayer(256, nhead=4, ff=1024, dropout=0, batch_first), input [1,64,256]
+A "sample" is one element of dim 0 of the input (1, 64 and 1 per call).
+All threads share one model instance; each thread has its own input tensor,
+created on the device before any timing.
+
+Modes, each measured for every thread count T:
+  py-default  T Python threads call model(x) in a loop on the default stream.
+  py-streams  as py-default, but each thread runs under its own torch.cuda.Stream.
+  py-limit    the batched limit: one thread calls the model on T inputs
+              concatenated along dim 0 (T x batch samples per call).
+  py-graphs   each thread captures its own CUDA graph of model(x) on its own
+              stream (warm-up and capture done serially under a lock before
+              any timing) and replays it in a loop.
+py-streams and py-graphs need CUDA; elsewhere they are listed under "skipped"
+with the reason, as is any point that fails at run time.
+
+Protocol, per (workload, mode, T):
+  1. The worker threads set up (stream, graph capture) and meet at a barrier.
+  2. For each repetition:
+     a. warm-up: all threads run for --warmup-s, then each synchronizes its
+        stream and all meet at a barrier (so no queued work leaks into b);
+     b. timed phase: t0 = perf_counter(), threads are released together and
+        each counts completed calls until t0 + --duration-s, then
+        synchronizes its stream; after the last thread is done the main
+        thread synchronizes the device and takes t1. Elapsed = t1 - t0, so it
+        includes the final synchronization and any overrun of the last call.
+     c. samples/s = (sum of calls) x (samples per call) / elapsed.
+  3. Median, min and max over the repetitions are reported, plus every run.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import torch
+
+SCHEMA = "tch-streams-bench/1"
+ALL_WORKLOADS = ("small-mlp", "large-mlp", "transformer")
+ALL_MODES = ("py-default", "py-streams", "py-limit", "py-graphs")
+CUDA_ONLY = {
+    "py-streams": "CUDA streams need a CUDA device",
+    "py-graphs": "CUDA graphs need a CUDA device",
+}
+FULL = {"threads": [1, 2, 4, 8, 16], "reps": 3, "warmup_s": 1.0, "duration_s": 2.0}
+QUICK = {"threads": [1, 2], "reps": 3, "warmup_s": 0.1, "duration_s": 0.3}
+GRAPH_WARMUP_CALLS = 3
+
+
+def mlp(sizes):
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        if i:
+            layers.append(torch.nn.ReLU())
+        layers.append(torch.nn.Linear(n_in, n_out))
+    return torch.nn.Sequential(*layers)
+
+
+def build_workload(name):
+    """Returns (model, per-thread input shape); dim 0 of the shape is the batch."""
+    if name == "small-mlp":
+        return mlp([512, 1024, 1024, 512]), (1, 512)
+    if name == "large-mlp":
+        return mlp([2048, 4096, 4096, 2048]), (64, 2048)
+    if name == "transformer":
+        layer = torch.nn.TransformerEncoderLayer(
+            d_model=256, nhead=4, dim_feedforward=1024, dropout=0.0, batch_first=True)
+        return layer, (1, 64, 256)
+    raise ValueError(f"unknown workload {name!r}")
+
+
+def resolve_device(spec):
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit(f"error: --device {spec}: CUDA is not available in this torch build/machine")
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            sys.exit(f"error: --device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    if dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            sys.exit("error: --device mps: MPS is not available")
+        return torch.device("mps")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    sys.exit(f"error: unsupported device {spec!r} (use cpu, cuda, cuda:N, mps or auto)")
+
+
+def device_name(dev):
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    name = platform.processor()
+    if not name or name in ("x86_64", "aarch64", "arm", "i386"):
+        with contextlib.suppress(OSError):
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+    return name or "cpu"
+
+
+def device_sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+
+
+class Point:
+    """Runs one (workload, mode, T) measurement with its own worker threads."""
+
+    def __init__(self, model, inputs, mode, dev, reps, warmup_s, duration_s):
+        self.model, self.mode, self.dev = model, mode, dev
+        self.reps, self.warmup_s, self.duration_s = reps, warmup_s, duration_s
+        batch = inputs[0].shape[0]
+        if mode == "py-limit":
+            self.inputs = [torch.cat(inputs, dim=0)]
+            self.samples_per_call = batch * len(inputs)
+        else:
+            self.inputs = inputs
+            self.samples_per_call = batch
+        device_sync(dev)  # inputs are ready before any worker uses them
+        n = len(self.inputs)
+        self.barrier = threading.Barrier(n + 1, timeout=warmup_s + duration_s + 600.0)
+        self.capture_lock = threading.Lock()
+        self.counts = [0] * n
+        self.deadline = 0.0
+        self.errors = []
+        self.keep = []  # graphs and their static outputs, alive until the point ends
+
+    def run(self):
+        """Returns the samples/s of every repetition."""
+        threads = [threading.Thread(target=self._worker, args=(i,), daemon=True)
+                   for i in range(len(self.inputs))]
+        for t in threads:
+            t.start()
+        b, runs = self.barrier, []
+        try:
+            b.wait()  # all workers set up
+            for _ in range(self.reps):
+                self.deadline = time.perf_counter() + self.warmup_s
+                b.wait()  # warm-up starts
+                b.wait()  # warm-up over, every stream idle
+                t0 = time.perf_counter()
+                self.deadline = t0 + self.duration_s
+                b.wait()  # timed phase starts
+                b.wait()  # every worker done and synchronized
+                device_sync(self.dev)
+                elapsed = time.perf_counter() - t0
+                runs.append(sum(self.counts) * self.samples_per_call / elapsed)
+        except threading.BrokenBarrierError:
+            pass
+        for t in threads:
+            t.join()
+        self.keep.clear()
+        if self.errors:
+            raise self.errors[0]
+        if len(runs) != self.reps:
+            raise RuntimeError("a barrier broke (timeout) before the point completed")
+        return runs
+
+    def _worker(self, i):
+        try:
+            with torch.inference_mode():
+                stream = None
+                if self.dev.type == "cuda":
+                    torch.cuda.set_device(self.dev)
+                    if self.mode in ("py-streams", "py-graphs"):
+                        stream = torch.cuda.Stream(self.dev)
+                ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+                with ctx:
+                    self._loop(i, self._prepare(i, stream))
+        except threading.BrokenBarrierError:
+            pass  # another thread failed; its error is reported
+        except BaseException as e:  # noqa: BLE001 - reported by run()
+            self.errors.append(e)
+            self.barrier.abort()
+
+    def _prepare(self, i, stream):
+        model, x = self.model, self.inputs[i]
+        if self.mode != "py-graphs":
+            return lambda: model(x)
+        # Current stream is already `stream`, a side stream: warm up there, then
+        # capture. Serialized, since concurrent captures are unsafe.
+        with self.capture_lock:
+            stream.wait_stream(torch.cuda.default_stream(self.dev))
+            for _ in range(GRAPH_WARMUP_CALLS):
+                model(x)
+            stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                out = model(x)
+            stream.synchronize()
+        self.keep.append((graph, out))
+        return graph.replay
+
+    def _sync_fn(self):
+        if self.dev.type == "cuda":
+            return lambda: torch.cuda.current_stream(self.dev).synchronize()
+        if self.dev.type == "mps":
+            return torch.mps.synchronize
+        return lambda: None
+
+    def _loop(self, i, step):
+        b, sync, clock = self.barrier, self._sync_fn(), time.perf_counter
+        b.wait()  # set up
+        for _ in range(self.reps):
+            b.wait()  # warm-up starts
+            deadline = self.deadline
+            step()
+            while clock() < deadline:
+                step()
+            sync()
+            b.wait()  # warm-up over
+            b.wait()  # timed phase starts
+            deadline, calls = self.deadline, 1
+            step()
+            while clock() < deadline:
+                step()
+                calls += 1
+            sync()
+            self.counts[i] = calls
+            b.wait()  # timed phase over
+
+
+def csv_list(text, allowed=None):
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("empty list")
+    if allowed is not None:
+        bad = [s for s in items if s not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(bad)} (choose from {', '.join(allowed)})")
+    return items
+
+
+def thread_list(text):
+    try:
+        values = [int(s) for s in csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("thread counts must be >= 1")
+    return values
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Python/PyTorch peer of the tch-streams benchmark: measures inference "
+                    "throughput (samples/s) of the usual Python approaches and writes JSON "
+                    f"(schema {SCHEMA}) for `tch-streams bench --with-python`.",
+        epilog="Protocol: per (workload, mode, threads) point, threads meet at a barrier, "
+               "run a warm-up, synchronize, then a timed phase whose elapsed time includes "
+               "the final device synchronization; repeated --reps times (median/min/max).",
+    )
+    p.add_argument("--device", default="auto",
+                   help="cpu | cuda | cuda:N | mps | auto: cuda if available, else cpu "
+                        "(default auto)")
+    p.add_argument("--workloads", type=lambda s: csv_list(s, ALL_WORKLOADS),
+                   default=list(ALL_WORKLOADS),
+                   help=f"comma-separated, from {','.join(ALL_WORKLOADS)} (default all)")
+    p.add_argument("--modes", type=lambda s: csv_list(s, ALL_MODES),
+                   default=list(ALL_MODES),
+                   help=f"comma-separated, from {','.join(ALL_MODES)} (default all; "
+                        "py-streams and py-graphs need CUDA and are skipped elsewhere)")
+    p.add_argument("--threads", type=thread_list, default=None,
+                   help=f"comma-separated thread counts (default {FULL['threads']}, "
+                        f"--quick {QUICK['threads']})")
+    p.add_argument("--reps", type=int, default=None,
+                   help=f"repetitions per point (default {FULL['reps']})")
+    p.add_argument("--warmup-s", type=float, default=None,
+                   help=f"warm-up seconds per repetition (default {FULL['warmup_s']}, "
+                        f"--quick {QUICK['warmup_s']})")
+    p.add_argument("--duration-s", type=float, default=None,
+                   help=f"timed seconds per repetition (default {FULL['duration_s']}, "
+                        f"--quick {QUICK['duration_s']})")
+    p.add_argument("--out", default="results/peer.json", help="JSON output path, parent dirs created (default results/peer.json)")
+    p.add_argument("--quick", action="store_true",
+                   help="short CPU smoke run; explicit flags override its values")
+    args = p.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    for key in base:
+        if getattr(args, key) is None:
+            setattr(args, key, base[key])
+    if args.reps < 1 or args.warmup_s < 0 or args.duration_s <= 0:
+        p.error("need --reps >= 1, --warmup-s >= 0 and --duration-s > 0")
+    return args
+
+
+def print_table(results, skipped):
+    head = f"{'workload':<12} {'mode':<11} {'threads':>7} {'median':>12} {'min':>12} {'max':>12}"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        s = r["samples_per_s"]
+        print(f"{r['workload']:<12} {r['mode']:<11} {r['threads']:>7} "
+              f"{s['median']:>12.1f} {s['min']:>12.1f} {s['max']:>12.1f}")
+    print("(samples/s)")
+    for s in skipped:
+        print(f"skipped: {s['workload']} {s['mode']}: {s['reason']}")
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dev = resolve_device(args.device)
+    torch.manual_seed(0)
+    cfg = {"threads": args.threads, "reps": args.reps,
+           "warmup_s": args.warmup_s, "duration_s": args.duration_s}
+    print(f"python-peer: torch {torch.__version__} on {dev} ({device_name(dev)}), "
+          f"intra-op threads {torch.get_num_threads()}, config {cfg}", file=sys.stderr)
+    results, skipped = [], []
+    modes = []
+    for mode in args.modes:
+        if dev.type != "cuda" and mode in CUDA_ONLY:
+            skipped.extend({"workload": w, "mode": mode, "reason": CUDA_ONLY[mode]}
+                           for w in args.workloads)
+            print(f"skip {mode}: {CUDA_ONLY[mode]}", file=sys.stderr)
+        else:
+            modes.append(mode)
+    total, done = len(args.workloads) * len(modes) * len(args.threads), 0
+    for workload in args.workloads:
+        model, shape = build_workload(workload)
+        model = model.to(device=dev, dtype=torch.float32).eval()
+        for mode in modes:
+            for t in args.threads:
+                done += 1
+                inputs = [torch.randn(shape, device=dev) for _ in range(t)]
+                try:
+                    runs = Point(model, inputs, mode, dev, args.reps,
+                                 args.warmup_s, args.duration_s).run()
+                except Exception as e:  # noqa: BLE001 - recorded, not dropped
+                    reason = f"threads={t}: failed: {type(e).__name__}: {e}".splitlines()[0]
+                    skipped.append({"workload": workload, "mode": mode, "reason": reason})
+                    print(f"[{done}/{total}] {workload} {mode} T={t}: {reason}", file=sys.stderr)
+                    continue
+                finally:
+                    del inputs
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                stats = {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
+                results.append({"workload": workload, "mode": mode, "threads": t,
+                                "batch": shape[0], "samples_per_s": stats, "runs": runs})
+                print(f"[{done}/{total}] {workload} {mode} T={t}: median {stats['median']:.1f} "
+                      f"samples/s (min {stats['min']:.1f}, max {stats['max']:.1f})",
+                      file=sys.stderr, flush=True)
+        del model
+    doc = {
+        "schema": SCHEMA,
+        "tool": "python-peer",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "torch_version": torch.__version__,
+        "config": cfg,
+        "results": results,
+        "skipped": skipped,
+    }
+    parent = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(parent, exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    print_table(results, skipped)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

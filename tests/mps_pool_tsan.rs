@@ -1,0 +1,164 @@
+//! The MPS stream pool's bookkeeping under ThreadSanitizer, on any platform.
+//!
+//! The pool's slot and thread-local logic lives in a portable header that our PyTorch patch adds
+//! (`aten/src/ATen/mps/MPSStreamPoolCore.h`). This test extracts that header from
+//! `patches/tch-streams-mps-v2.11.0.patch` (its `+` lines), so it tests exactly what the patch
+//! ships, compiles `tests/mps_pool/pool_core_stress.cpp` against it with `g++ -fsanitize=thread`,
+//! runs it (31 threads x 500 iterations and more) and checks its summary.
+//!
+//! Needs g++ (CI has it); fails with a clear message when it is missing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const PATCH: &str = "patches/tch-streams-mps-v2.11.0.patch";
+const CORE_HEADER: &str = "aten/src/ATen/mps/MPSStreamPoolCore.h";
+const STRESS_SOURCE: &str = "tests/mps_pool/pool_core_stress.cpp";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The text of a file that `patch` creates, rebuilt from its `+` lines; checks the hunk's count.
+fn new_file_from_patch(patch: &str, path: &str) -> Result<String, String> {
+    let header = format!("diff --git a/{path} b/{path}");
+    let start = patch
+        .find(&header)
+        .ok_or_else(|| format!("{PATCH} has no diff for {path}"))?;
+    let rest = &patch[start + header.len()..];
+    let block = match rest.find("\ndiff --git ") {
+        Some(end) => &rest[..end + 1],
+        None => rest,
+    };
+    let mut lines = block.lines();
+    // The file header runs up to the first hunk; a created file's says "--- /dev/null".
+    let file_header: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("@@")).collect();
+    if !file_header.contains(&"--- /dev/null") {
+        return Err(format!("{PATCH} modifies {path} instead of creating it"));
+    }
+    let hunk = block
+        .lines()
+        .find(|l| l.starts_with("@@"))
+        .filter(|l| l.starts_with("@@ -0,0 +1"))
+        .ok_or_else(|| format!("{path}: expected a single '@@ -0,0 +1,N @@' hunk"))?;
+    let expected: usize = hunk
+        .trim_start_matches("@@ -0,0 +1")
+        .trim_start_matches(',')
+        .split(' ')
+        .next()
+        .and_then(|n| if n.is_empty() { Some(1) } else { n.parse().ok() })
+        .ok_or_else(|| format!("{path}: unreadable hunk header '{hunk}'"))?;
+    let mut text = String::new();
+    let mut count = 0;
+    for line in lines {
+        if let Some(content) = line.strip_prefix('+') {
+            text.push_str(content);
+            text.push('\n');
+            count += 1;
+        } else if line.starts_with('\\') {
+            continue; // "\ No newline at end of file"
+        } else {
+            break;
+        }
+    }
+    if count != expected {
+        return Err(format!("{path}: hunk says {expected} lines, found {count}"));
+    }
+    Ok(text)
+}
+
+fn require_gxx() {
+    match Command::new("g++").arg("--version").output() {
+        Ok(out) if out.status.success() => {}
+        _ => panic!(
+            "g++ is required for the MPS pool ThreadSanitizer test but was not found on PATH \
+             (Debian/Ubuntu: apt-get install g++)"
+        ),
+    }
+}
+
+fn run_stress(binary: &Path, without_aslr: bool) -> Output {
+    let mut cmd = if without_aslr {
+        let arch = String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut c = Command::new("setarch");
+        c.arg(arch).arg("-R").arg(binary);
+        c
+    } else {
+        Command::new(binary)
+    };
+    cmd.env("TSAN_OPTIONS", "halt_on_error=1 exitcode=66")
+        .output()
+        .expect("failed to start the pool stress binary")
+}
+
+#[test]
+fn extracts_the_pool_core_header_from_the_patch() {
+    let patch = fs::read_to_string(repo_root().join(PATCH)).expect("read the cumulative patch");
+    let header = new_file_from_patch(&patch, CORE_HEADER).unwrap();
+    assert!(header.contains("namespace at::mps::detail"), "unexpected header text");
+    assert!(header.contains("constexpr int64_t kMPSStreamsPerPool = 32;"));
+    for metal in ["<Metal/", "id<MTL", "MTLCommand", "dispatch_queue_t", "#import"] {
+        assert!(!header.contains(metal), "the pool core must stay free of Metal types ({metal})");
+    }
+}
+
+#[test]
+fn pool_core_is_race_free_under_thread_sanitizer() {
+    require_gxx();
+    let root = repo_root();
+    let patch = fs::read_to_string(root.join(PATCH)).expect("read the cumulative patch");
+    let header = new_file_from_patch(&patch, CORE_HEADER).unwrap();
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let include = dir.path().join("include");
+    fs::create_dir_all(include.join("ATen/mps")).unwrap();
+    fs::write(include.join("ATen/mps/MPSStreamPoolCore.h"), header).unwrap();
+    let binary = dir.path().join("pool_core_stress");
+
+    let compile = Command::new("g++")
+        .args(["-std=c++17", "-O1", "-g", "-fsanitize=thread", "-pthread"])
+        .arg(format!("-I{}", include.display()))
+        .arg(root.join(STRESS_SOURCE))
+        .arg("-o")
+        .arg(&binary)
+        .output()
+        .expect("run g++");
+    assert!(
+        compile.status.success(),
+        "g++ -fsanitize=thread failed:\n{}",
+        String::from_utf8_lossy(&compile.stderr)
+    );
+
+    let mut out = run_stress(&binary, false);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    if stderr.contains("FATAL: ThreadSanitizer: unexpected memory mapping") {
+        // Kernels with high mmap ASLR entropy break TSan's shadow layout; run without ASLR.
+        out = run_stress(&binary, true);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "pool stress failed (66 = ThreadSanitizer report)\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("WARNING: ThreadSanitizer"), "TSan report:\n{stderr}");
+    for expected in [
+        "pool-core: exclusive threads=31 iterations=500 acquisitions=15500 shared=0 violations=0 \
+         submitted=15500 leased_after=0",
+        "pool-core: thread-exit threads=31 release_hooks=31 leased_after=0",
+        "pool-core: oversubscribed threads=40 leased=31 shared=9 violations=0 leased_after=0",
+        "pool-core: set-current leased_after=0",
+        "pool-core: sync-all streams=32 reached=32 drained=yes",
+        "PASS pool_core_stress (0 failed checks)",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == expected),
+            "missing line '{expected}' in:\n{stdout}"
+        );
+    }
+}
