@@ -5,7 +5,9 @@
 //! Layers, each depending only on those before it:
 //! - `ffi`: bindgen output for the C++ shim over libtorch's device-generic c10 guard interface;
 //! - [`runtime`]: which libtorch the process loaded, what it can do, and [`runtime::verify`];
-//! - [`stream`]: streams, guards, events, synchronisation, record-stream.
+//! - [`stream`]: streams, guards, events, synchronisation, record-stream;
+//! - [`models`]: TorchScript, built-in workloads, closures;
+//! - [`engine`]: workers with a stream each, dynamic batching, CUDA graphs, metrics.
 //!
 //! ```
 //! // Prove, at startup, that the process runs on the libtorch it was built against.
@@ -21,6 +23,9 @@ pub mod ffi;
 pub mod runtime;
 mod status;
 pub mod stream;
+pub mod models;
+pub mod engine;
+pub mod parse;
 
 pub use backend::Backend;
 pub use error::{Error, Result};

@@ -123,6 +123,11 @@ impl Event {
         Ok(Duration::from_secs_f64(ms.max(0.0) / 1e3))
     }
 
+    /// The backend this event belongs to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     fn same_backend(&self, stream: &Stream) -> Result<()> {
         if stream.backend() != self.backend {
             return Err(Error::InvalidArgument(format!("a {} event cannot be used with {}", self.backend, stream)));

@@ -1,0 +1,74 @@
+//! Forming batches from the queue: take one request, then gather compatible ones until the batch
+//! is full or the wait is over. Incompatible requests are kept aside for a later batch of their
+//! own — never refused.
+
+use super::config::Batching;
+use super::request::Request;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// A worker's batching state: its queue and the requests it set aside.
+pub(crate) struct Batcher {
+    rx: Receiver<Request>,
+    policy: Batching,
+    aside: VecDeque<Request>,
+}
+
+impl Batcher {
+    pub(crate) fn new(rx: Receiver<Request>, policy: Batching) -> Self {
+        Batcher { rx, policy, aside: VecDeque::new() }
+    }
+
+    /// The next batch (all requests in it share a batch key), or `None` once the queue is closed
+    /// and drained. Blocks while the queue is empty.
+    pub(crate) fn next_batch(&mut self) -> Option<Vec<Request>> {
+        let first = match self.aside.pop_front() {
+            Some(r) => r,
+            None => self.rx.recv().ok()?,
+        };
+        let (max_batch, max_wait) = match self.policy {
+            Batching::Off => return Some(vec![first]),
+            Batching::Dynamic { max_batch, max_wait } => (max_batch.max(1) as i64, max_wait),
+        };
+        let key = first.batch_key();
+        let mut rows = first.rows();
+        let mut batch = vec![first];
+        // Set-aside requests first (they are older), keeping the order of the rest.
+        let mut i = 0;
+        while i < self.aside.len() && rows < max_batch {
+            if self.aside[i].batch_key() == key && rows + self.aside[i].rows() <= max_batch {
+                let r = self.aside.remove(i).expect("index in range");
+                rows += r.rows();
+                batch.push(r);
+            } else {
+                i += 1;
+            }
+        }
+        let deadline = Instant::now() + max_wait;
+        while rows < max_batch {
+            let next = match self.rx.try_recv() {
+                Ok(r) => r,
+                Err(_) => match self.rx.recv_deadline(deadline) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if next.batch_key() == key && rows + next.rows() <= max_batch {
+                rows += next.rows();
+                batch.push(next);
+            } else {
+                self.aside.push_back(next);
+                if self.aside.len() >= max_batch as usize {
+                    break; // plenty waiting elsewhere: serve what we have
+                }
+            }
+        }
+        Some(batch)
+    }
+
+    /// Requests still set aside (answered by the worker before it exits).
+    pub(crate) fn take_aside(&mut self) -> Vec<Request> {
+        self.aside.drain(..).collect()
+    }
+}

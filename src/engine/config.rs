@@ -1,0 +1,176 @@
+//! [`EngineBuilder`]: every knob of the engine, each with a documented default.
+
+use super::core::Engine;
+use super::error::EngineError;
+use crate::models::Model;
+use std::time::Duration;
+use tch::{Device, Kind};
+
+/// How model instances are shared between workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replicas {
+    /// One instance per device, shared by that device's workers (default; least memory).
+    #[default]
+    Shared,
+    /// One instance per worker.
+    PerWorker,
+}
+
+/// Whether and how requests are merged into batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Batching {
+    /// Each request runs alone (default).
+    #[default]
+    Off,
+    /// Requests of compatible shape are concatenated along dim 0, up to `max_batch` samples or
+    /// until `max_wait` has passed since the first one was taken, run once, and split back.
+    Dynamic {
+        /// Most samples (rows along dim 0) in one batch.
+        max_batch: usize,
+        /// Longest a request waits for company.
+        max_wait: Duration,
+    },
+}
+
+/// Where results are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// On the worker's device (default). The worker synchronised its stream first, so the
+    /// values are final; if you then use the tensor on another stream and drop it there before
+    /// that stream's work is done, call [`record_stream`](crate::stream::record_stream) first.
+    #[default]
+    OnDevice,
+    /// Copied to host memory.
+    Cpu,
+}
+
+/// Builds an [`Engine`]. Start with [`Engine::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tch_streams::engine::{Batching, Engine, Output, Replicas};
+/// use tch_streams::models::{Builtin, Model};
+/// let engine = Engine::builder(Model::Builtin(Builtin::SmallMlp))
+///     .devices(vec![tch::Device::Cpu])
+///     .workers(2)
+///     .replicas(Replicas::Shared)
+///     .batching(Batching::Dynamic { max_batch: 32, max_wait: Duration::from_micros(200) })
+///     .output(Output::Cpu)
+///     .build()?;
+/// let y = engine.infer(tch::Tensor::ones([1, 512], (tch::Kind::Float, tch::Device::Cpu)))?;
+/// assert_eq!(y.size(), vec![1, 512]);
+/// # Ok::<(), tch_streams::engine::EngineError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    pub(crate) model: Model,
+    pub(crate) devices: Vec<Device>,
+    pub(crate) workers: usize,
+    pub(crate) replicas: Replicas,
+    pub(crate) batching: Batching,
+    pub(crate) cuda_graphs: bool,
+    pub(crate) queue_capacity: usize,
+    pub(crate) output: Output,
+    pub(crate) require_stream_pool: bool,
+    pub(crate) input_shape: Option<Vec<i64>>,
+    pub(crate) input_kind: Option<Kind>,
+    pub(crate) warmup: bool,
+}
+
+impl EngineBuilder {
+    pub(crate) fn new(model: Model) -> Self {
+        EngineBuilder {
+            input_shape: model.input_shape(),
+            input_kind: model.input_kind(),
+            model,
+            devices: vec![Device::cuda_if_available()],
+            workers: 4,
+            replicas: Replicas::Shared,
+            batching: Batching::Off,
+            cuda_graphs: false,
+            queue_capacity: 1024,
+            output: Output::OnDevice,
+            require_stream_pool: false,
+            warmup: true,
+        }
+    }
+
+    /// Devices to serve on; workers are spread over them round-robin.
+    /// Default: `cuda:0` if a GPU is visible, else CPU.
+    pub fn devices(mut self, devices: Vec<Device>) -> Self {
+        self.devices = devices;
+        self
+    }
+
+    /// Number of worker threads, each with its own stream. Default 4.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Shared instance per device, or one per worker. Default [`Replicas::Shared`].
+    pub fn replicas(mut self, r: Replicas) -> Self {
+        self.replicas = r;
+        self
+    }
+
+    /// Dynamic batching. Default [`Batching::Off`].
+    pub fn batching(mut self, b: Batching) -> Self {
+        self.batching = b;
+        self
+    }
+
+    /// Capture a CUDA graph per worker and input shape after warm-up and replay it. CUDA only;
+    /// needs the `cuda-graphs` cargo feature. Default off.
+    pub fn cuda_graphs(mut self, on: bool) -> Self {
+        self.cuda_graphs = on;
+        self
+    }
+
+    /// Requests that may wait in the queue; `submit` blocks and `try_submit` returns
+    /// [`EngineError::Busy`] when it is full. Default 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
+
+    /// Where results are delivered. Default [`Output::OnDevice`].
+    pub fn output(mut self, o: Output) -> Self {
+        self.output = o;
+        self
+    }
+
+    /// Fail `build()` (with the verifier's message) when a GPU backend has no stream pool,
+    /// instead of falling back to one worker on it with a warning. Default false.
+    pub fn require_stream_pool(mut self, on: bool) -> Self {
+        self.require_stream_pool = on;
+        self
+    }
+
+    /// Per-sample input shape (no batch dimension) to validate requests against.
+    /// Default: the model's own (built-ins declare theirs), else no shape check.
+    pub fn input_shape(mut self, shape: Vec<i64>) -> Self {
+        self.input_shape = Some(shape);
+        self
+    }
+
+    /// Input dtype to validate requests against. Default: the model's own, else none.
+    pub fn input_kind(mut self, kind: Kind) -> Self {
+        self.input_kind = Some(kind);
+        self
+    }
+
+    /// Run each worker's model twice on a zero input before serving (needs a known input
+    /// shape). Default true.
+    pub fn warmup(mut self, on: bool) -> Self {
+        self.warmup = on;
+        self
+    }
+
+    /// Starts the workers. Errors: no devices or workers; a device index out of range; a GPU
+    /// backend without a stream pool under `require_stream_pool(true)`; CUDA graphs asked for
+    /// without the feature; a model that cannot be loaded.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        Engine::start(self)
+    }
+}

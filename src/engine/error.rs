@@ -1,0 +1,34 @@
+//! Errors a request or the engine's construction can end with.
+
+/// Why a request (or building the engine) failed. Each failed request gets exactly one of these;
+/// nothing is dropped silently.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The input does not fit the model (rank, shape, dtype, device, or an empty batch).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The model raised an error on this request; libtorch's message.
+    #[error("model error: {0}")]
+    Model(String),
+    /// The model panicked while serving this request; the worker was replaced.
+    #[error("the model panicked (worker replaced): {0}")]
+    ModelPanicked(String),
+    /// The worker holding this request stopped without answering it.
+    #[error("the worker serving this request died before answering it")]
+    WorkerDied,
+    /// The engine was shut down before the request was accepted.
+    #[error("the engine is shut down")]
+    ShutDown,
+    /// The queue is full (`try_submit` only; `submit` waits instead).
+    #[error("the engine's queue is full; retry later or use submit() to wait")]
+    Busy,
+    /// The engine could not be built; the message says why and what to do.
+    #[error("cannot build the engine: {0}")]
+    Build(String),
+}
+
+impl From<crate::Error> for EngineError {
+    fn from(e: crate::Error) -> Self {
+        EngineError::Build(e.to_string())
+    }
+}

@@ -1,0 +1,185 @@
+//! Engine metrics: counters, a latency histogram, and a batch-size histogram.
+//!
+//! Workers record once per *batch* (one lock per batch, not per request); `stats()` reads a
+//! consistent snapshot.
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Log-linear latency histogram: 16 buckets per power of two of microseconds (≤ 6.25 % error).
+#[derive(Debug, Clone)]
+pub(crate) struct LatencyHistogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+const SUB: u32 = 16;
+
+impl LatencyHistogram {
+    pub(crate) fn new() -> Self {
+        LatencyHistogram { counts: vec![0; (64 * SUB) as usize], total: 0 }
+    }
+
+    fn bucket(us: u64) -> usize {
+        if us < SUB as u64 {
+            return us as usize;
+        }
+        let octave = 63 - us.leading_zeros(); // >= 4
+        let shift = octave - 4;
+        let sub = (us >> shift) as u32 - SUB; // 0..16
+        ((octave - 3) * SUB + sub) as usize
+    }
+
+    fn upper_bound(bucket: usize) -> u64 {
+        let b = bucket as u32;
+        if b < SUB {
+            return b as u64;
+        }
+        let octave = b / SUB + 3;
+        let sub = b % SUB;
+        ((SUB + sub + 1) as u64) << (octave - 4)
+    }
+
+    pub(crate) fn record(&mut self, latency: Duration) {
+        let us = latency.as_micros().min(u64::MAX as u128) as u64;
+        self.counts[Self::bucket(us)] += 1;
+        self.total += 1;
+    }
+
+    pub(crate) fn merge(&mut self, other: &LatencyHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+    }
+
+    /// The latency (µs, bucket upper bound) below which fraction `q` of requests fall.
+    pub(crate) fn quantile(&self, q: f64) -> Option<u64> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::upper_bound(i));
+            }
+        }
+        None
+    }
+}
+
+/// A snapshot of the engine's counters (see [`Engine::stats`](super::Engine::stats)).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineStats {
+    /// Requests accepted by `submit`/`try_submit`/`infer` (including ones refused as invalid).
+    pub submitted: u64,
+    /// Requests answered with a result.
+    pub completed: u64,
+    /// Requests answered with an error.
+    pub failed: u64,
+    /// Completed samples (rows along dim 0) per second since the engine was built.
+    pub samples_per_s: f64,
+    /// Completed requests per second since the engine was built.
+    pub requests_per_s: f64,
+    /// Latency from submission to answer, microseconds: 50th, 95th, 99th percentile.
+    pub latency_us_p50: Option<u64>,
+    /// 95th percentile latency, µs.
+    pub latency_us_p95: Option<u64>,
+    /// 99th percentile latency, µs.
+    pub latency_us_p99: Option<u64>,
+    /// How many batches had each size (requests per batch).
+    pub batch_sizes: BTreeMap<usize, u64>,
+    /// Workers replaced after a panic.
+    pub workers_replaced: u64,
+    /// Seconds since the engine was built.
+    pub elapsed_s: f64,
+}
+
+pub(crate) struct Metrics {
+    pub(crate) started: Instant,
+    pub(crate) submitted: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) samples: AtomicU64,
+    pub(crate) replaced: AtomicU64,
+    per_batch: Mutex<(LatencyHistogram, BTreeMap<usize, u64>)>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        Metrics {
+            started: Instant::now(),
+            submitted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            replaced: AtomicU64::new(0),
+            per_batch: Mutex::new((LatencyHistogram::new(), BTreeMap::new())),
+        }
+    }
+
+    /// Records one served batch: its size, its outcomes, and each request's latency.
+    pub(crate) fn batch(&self, requests: usize, ok: u64, failed: u64, samples: u64, latencies: &LatencyHistogram) {
+        self.completed.fetch_add(ok, Ordering::Relaxed);
+        self.failed.fetch_add(failed, Ordering::Relaxed);
+        self.samples.fetch_add(samples, Ordering::Relaxed);
+        let mut g = self.per_batch.lock();
+        g.0.merge(latencies);
+        *g.1.entry(requests).or_insert(0) += 1;
+    }
+
+    pub(crate) fn snapshot(&self) -> EngineStats {
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        let g = self.per_batch.lock();
+        let completed = self.completed.load(Ordering::Relaxed);
+        EngineStats {
+            submitted: self.submitted.load(Ordering::Relaxed),
+            completed,
+            failed: self.failed.load(Ordering::Relaxed),
+            samples_per_s: self.samples.load(Ordering::Relaxed) as f64 / elapsed,
+            requests_per_s: completed as f64 / elapsed,
+            latency_us_p50: g.0.quantile(0.50),
+            latency_us_p95: g.0.quantile(0.95),
+            latency_us_p99: g.0.quantile(0.99),
+            batch_sizes: g.1.clone(),
+            workers_replaced: self.replaced.load(Ordering::Relaxed),
+            elapsed_s: elapsed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_bounds_cover_values() {
+        let mut last = 0;
+        for us in [0u64, 1, 15, 16, 17, 31, 32, 100, 1000, 123_456, 10_000_000] {
+            let b = LatencyHistogram::bucket(us);
+            assert!(b >= last, "bucket order at {us}");
+            last = b;
+            let ub = LatencyHistogram::upper_bound(b);
+            assert!(ub >= us, "upper bound {ub} < value {us}");
+            assert!(ub as f64 <= (us as f64) * 1.0625 + 1.0, "bound {ub} too loose for {us}");
+        }
+    }
+
+    #[test]
+    fn quantiles_follow_the_distribution() {
+        let mut h = LatencyHistogram::new();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((500..=532).contains(&p50), "{p50}");
+        assert!((990..=1056).contains(&p99), "{p99}");
+        assert_eq!(LatencyHistogram::new().quantile(0.5), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! The inference engine: many client threads, one model, N workers each owning a stream.
+//!
+//! ```text
+//!  clients ── submit() ──► bounded queue ──► worker 0 (stream a, cuda:0) ─┐
+//!                                        ├─► worker 1 (stream b, cuda:1) ─┼─► tickets
+//!                                        └─► worker 2 (stream c, cuda:0) ─┘
+//! ```
+//! - Each worker is a dedicated OS thread: it binds its own pool stream on its device (workers
+//!   go round-robin over the devices given), turns grad off, warms up, then serves.
+//! - With [`Batching::Dynamic`], a worker takes a request and gathers compatible ones (same
+//!   shape beyond dim 0, dtype and device) until the batch is full or the wait is over, runs
+//!   them as one, and splits the result back; incompatible requests form batches of their own.
+//! - Results are final when the caller gets them: the worker synchronised its stream (or copied
+//!   to the host for [`Output::Cpu`]).
+//! - Bad input, a model error or a model panic fails only the requests concerned, with an
+//!   [`EngineError`]; a panicking worker is replaced. Nothing is dropped silently: on
+//!   shutdown every accepted request is completed or explicitly failed.
+//!
+//! ```
+//! use tch_streams::engine::{Batching, Engine, Output};
+//! use tch_streams::models::{Builtin, Model};
+//! use std::{sync::Arc, time::Duration};
+//! let engine = Arc::new(
+//!     Engine::builder(Model::Builtin(Builtin::SmallMlp))
+//!         .devices(vec![tch::Device::cuda_if_available()])
+//!         .workers(2)
+//!         .batching(Batching::Dynamic { max_batch: 64, max_wait: Duration::from_micros(100) })
+//!         .output(Output::Cpu)
+//!         .build()?,
+//! );
+//! let clients: Vec<_> = (0..4).map(|_| {
+//!     let e = Arc::clone(&engine);
+//!     std::thread::spawn(move || e.infer(tch::Tensor::ones([1, 512], (tch::Kind::Float, tch::Device::Cpu))))
+//! }).collect();
+//! for c in clients { assert_eq!(c.join().unwrap()?.size(), vec![1, 512]); }
+//! # Ok::<(), tch_streams::engine::EngineError>(())
+//! ```
+
+mod batcher;
+mod config;
+mod core;
+mod error;
+mod graphs;
+mod metrics;
+mod request;
+mod ticket;
+mod worker;
+
+pub use config::{Batching, EngineBuilder, Output, Replicas};
+pub use core::{Engine, WorkerInfo};
+pub use error::EngineError;
+pub use graphs::MAX_GRAPHS;
+pub use metrics::EngineStats;
+pub use ticket::Ticket;

@@ -1,0 +1,196 @@
+//! A worker: a dedicated OS thread that owns one stream on one device and serves batches.
+//!
+//! Invariants: the worker's stream is bound for the thread's whole life (every kernel it
+//! launches goes there); grad mode is off on the thread; every request it takes is answered
+//! exactly once (a result, an error, or — if the thread dies — `WorkerDied` through the
+//! promise's drop). A panic in the model fails only the requests that panic when re-run alone,
+//! and the worker then hands its set-aside requests to a fresh replacement thread and exits.
+
+use super::batcher::Batcher;
+use super::config::{Batching, Output};
+use super::error::EngineError;
+use super::graphs::Runner;
+use super::metrics::{LatencyHistogram, Metrics};
+use super::request::Request;
+use crate::models::Forward;
+use crate::stream::{bind_thread, Priority, Stream};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Everything a worker needs; cloned for its replacement.
+#[derive(Clone)]
+pub(crate) struct WorkerSpec {
+    pub(crate) index: usize,
+    pub(crate) device: Device,
+    pub(crate) model: Arc<dyn Forward>,
+    pub(crate) rx: Receiver<Request>,
+    pub(crate) batching: Batching,
+    pub(crate) output: Output,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) warmup: Option<(Vec<i64>, Kind)>,
+    pub(crate) cuda_graphs: bool,
+    pub(crate) use_pool: bool,
+    pub(crate) registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// Starts a worker thread; it reports its bound stream (or why it could not start) on `ready`.
+pub(crate) fn spawn(
+    spec: WorkerSpec,
+    inherited: Vec<Request>,
+    ready: Option<Sender<Result<Stream, String>>>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("tch-streams-worker-{}", spec.index))
+        .spawn(move || run(spec, inherited, ready))
+}
+
+fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<Result<Stream, String>>>) {
+    let stream = match start(&spec) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("worker {} on {:?} could not start: {e}", spec.index, spec.device);
+            if let Some(tx) = ready {
+                let _ = tx.send(Err(e));
+            }
+            return; // inherited requests are dropped here: their tickets resolve as WorkerDied
+        }
+    };
+    if let Some(tx) = ready {
+        let _ = tx.send(Ok(stream));
+    }
+    let mut batcher = Batcher::new(spec.rx.clone(), spec.batching);
+    let mut runner = Runner::new(spec.model.clone(), spec.cuda_graphs && matches!(spec.device, Device::Cuda(_)));
+    let mut queue: std::collections::VecDeque<Request> = inherited.into();
+    loop {
+        let batch = match queue.pop_front() {
+            Some(r) => vec![r],
+            None => match batcher.next_batch() {
+                Some(b) => b,
+                None => return, // queue closed and drained
+            },
+        };
+        if serve(&spec, &stream, &mut runner, batch) {
+            // A panic: hand what this worker set aside to a replacement and stop.
+            spec.metrics.replaced.fetch_add(1, Ordering::Relaxed);
+            let mut rest: Vec<Request> = queue.into_iter().collect();
+            rest.extend(batcher.take_aside());
+            match spawn(spec.clone(), rest, None) {
+                Ok(h) => spec.registry.lock().push(h),
+                Err(e) => tracing::error!("could not replace worker {}: {e}", spec.index),
+            }
+            return;
+        }
+    }
+}
+
+/// Binds the stream, turns grad off, warms up.
+fn start(spec: &WorkerSpec) -> Result<Stream, String> {
+    let stream = if spec.use_pool {
+        Stream::from_pool(spec.device, Priority::Normal).map_err(|e| e.to_string())?
+    } else {
+        Stream::default_for(spec.device).map_err(|e| e.to_string())?
+    };
+    bind_thread(&stream).map_err(|e| e.to_string())?;
+    std::mem::forget(tch::no_grad_guard()); // grad mode is per thread; this one never needs it
+    if let Some((shape, kind)) = &spec.warmup {
+        let mut dims = vec![1];
+        dims.extend(shape);
+        let x = Tensor::zeros(dims.as_slice(), (*kind, spec.device));
+        for _ in 0..2 {
+            let _warm = catch_unwind(AssertUnwindSafe(|| spec.model.forward(&x)))
+                .map_err(|p| format!("warm-up panicked: {}", panic_message(&*p)))?
+                .map_err(|e| format!("warm-up failed: {e}"))?;
+        }
+        stream.synchronize().map_err(|e| e.to_string())?;
+    }
+    Ok(stream)
+}
+
+/// Serves one batch; returns true if the model panicked.
+fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, batch: Vec<Request>) -> bool {
+    // Inputs produced on the callers' streams: order this worker's stream after them (on the
+    // device; the host does not wait).
+    for r in &batch {
+        if let Some(ready) = &r.ready {
+            if ready.backend() == stream.backend() {
+                if let Err(e) = ready.wait(stream) {
+                    tracing::warn!("could not order worker {} after an input's producer: {e}", spec.index);
+                }
+            }
+        }
+    }
+    let inputs: Vec<&Tensor> = batch.iter().map(|r| &r.input).collect();
+    let rows: Vec<i64> = batch.iter().map(Request::rows).collect();
+    let attempt = catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, &inputs, &rows)));
+    let mut outcomes: Vec<Result<Tensor, EngineError>> = match attempt {
+        Ok(Ok(outs)) => outs.into_iter().map(Ok).collect(),
+        Ok(Err(msg)) if batch.len() == 1 => vec![Err(EngineError::Model(msg))],
+        Err(p) if batch.len() == 1 => vec![Err(EngineError::ModelPanicked(panic_message(&*p)))],
+        // A batch failed: run each request alone so that only the bad ones fail.
+        _ => inputs
+            .iter()
+            .zip(&rows)
+            .map(|(x, r)| match catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, &[*x], &[*r]))) {
+                Ok(Ok(mut o)) => Ok(o.remove(0)),
+                Ok(Err(msg)) => Err(EngineError::Model(msg)),
+                Err(p) => Err(EngineError::ModelPanicked(panic_message(&*p))),
+            })
+            .collect(),
+    };
+    drop(inputs);
+    let panicked = outcomes.iter().any(|o| matches!(o, Err(EngineError::ModelPanicked(_))));
+    let now = Instant::now();
+    let mut latencies = LatencyHistogram::new();
+    let (mut ok, mut failed, mut samples) = (0u64, 0u64, 0u64);
+    let n = batch.len();
+    for (req, outcome) in batch.into_iter().zip(outcomes.drain(..)) {
+        latencies.record(now.duration_since(req.submitted));
+        match &outcome {
+            Ok(_) => {
+                ok += 1;
+                samples += req.rows() as u64;
+            }
+            Err(_) => failed += 1,
+        }
+        req.promise.fulfil(outcome);
+    }
+    spec.metrics.batch(n, ok, failed, samples, &latencies);
+    panicked
+}
+
+/// Concatenates, moves to the device, runs, delivers, splits.
+fn run_batch(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, inputs: &[&Tensor], rows: &[i64]) -> Result<Vec<Tensor>, String> {
+    let err = |e: tch::TchError| e.to_string();
+    let x = if inputs.len() == 1 { inputs[0].shallow_clone() } else { Tensor::f_cat(inputs, 0).map_err(err)? };
+    let x = if x.device() == spec.device { x } else { x.f_to_device(spec.device).map_err(err)? };
+    let y = runner.forward(&x)?;
+    let total: i64 = rows.iter().sum();
+    if y.dim() == 0 || y.size()[0] != total {
+        return Err(format!("the model returned shape {:?} for a batch of {total} samples", y.size()));
+    }
+    let y = match spec.output {
+        Output::Cpu => y.f_to_device(Device::Cpu).map_err(err)?,
+        Output::OnDevice => {
+            stream.synchronize().map_err(|e| e.to_string())?;
+            y
+        }
+    };
+    if rows.len() == 1 {
+        Ok(vec![y])
+    } else {
+        y.f_split_with_sizes(rows, 0).map_err(err)
+    }
+}
+
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
