@@ -31,6 +31,9 @@ fn main() {
 
     compile_shim(&includes);
     generate_bindings();
+    if std::env::var_os("CARGO_FEATURE_CUDA_GRAPHS").is_some() {
+        compile_graph_shim(&includes, &lib_dir);
+    }
 
     // Libraries: the dylib suffix depends on the target.
     let so = if target_os == "macos" { "dylib" } else { "so" };
@@ -86,6 +89,45 @@ fn compile_shim(includes: &[PathBuf]) {
         build.flag("-isystem").flag(inc.to_str().expect("utf-8 include path"));
     }
     build.files(&sources).compile("tch_streams_shim");
+}
+
+/// The `cuda-graphs` shim: needs CUDA headers, taken from PyPI's nvidia packages beside torch
+/// (`site-packages/nvidia/cu13/include`), or from `CUDA_HOME`/`CUDA_INCLUDE_DIR`.
+fn compile_graph_shim(includes: &[PathBuf], lib_dir: &Path) {
+    println!("cargo:rerun-if-env-changed=CUDA_INCLUDE_DIR");
+    println!("cargo:rerun-if-changed=src/shim/cuda");
+    let site = lib_dir.parent().and_then(Path::parent);
+    let mut candidates: Vec<PathBuf> = std::env::var_os("CUDA_INCLUDE_DIR").map(PathBuf::from).into_iter().collect();
+    if let Some(home) = std::env::var_os("CUDA_HOME") {
+        candidates.push(PathBuf::from(home).join("include"));
+    }
+    if let Some(site) = site {
+        for v in ["cu13", "cu12", "cuda_runtime"] {
+            candidates.push(site.join("nvidia").join(v).join("include"));
+        }
+    }
+    let cuda_inc = candidates.into_iter().find(|p| p.join("cuda_runtime_api.h").exists()).unwrap_or_else(|| {
+        panic!(
+            "the cuda-graphs feature needs the CUDA headers (cuda_runtime_api.h): install torch from PyPI \
+             (its nvidia packages carry them), or set CUDA_INCLUDE_DIR"
+        )
+    });
+    let mut build = cc::Build::new();
+    build.cpp(true).pic(true).flag("-std=c++17").flag("-D_GLIBCXX_USE_CXX11_ABI=1").warnings(true);
+    for inc in includes.iter().chain(std::iter::once(&cuda_inc)) {
+        build.flag("-isystem").flag(inc.to_str().expect("utf-8 include path"));
+    }
+    build.file("src/shim/cuda/graph.cpp").compile("tch_streams_graph_shim");
+    println!("cargo:rustc-link-lib=c10_cuda");
+    let bindings = bindgen::Builder::default()
+        .header("src/shim/cuda/tss_graph.h")
+        .allowlist_function("tss_graph_.*")
+        .allowlist_type("TssGraph")
+        .layout_tests(false)
+        .generate()
+        .expect("bindgen failed on src/shim/cuda/tss_graph.h");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("ffi_graph.rs");
+    bindings.write_to_file(out).expect("write graph bindings");
 }
 
 fn generate_bindings() {

@@ -12,6 +12,12 @@
 #   4. pool-tsan: the pool core header, extracted from the patch, passes
 #                tests/mps_pool/pool_core_stress.cpp under ThreadSanitizer (needs g++); the same
 #                test runs under `cargo test` as tests/mps_pool_tsan.rs.
+#   5. reuse-tsan: the allocator's buffer/stream reuse rule (MPSBufferStreamUse.h, extracted from
+#                the patch) passes tests/mps_pool/buffer_reuse_stress.cpp under ThreadSanitizer.
+#   6. header-syntax: the patched headers that have a plain C++ form (MPSAllocatorInterface.h,
+#                MetalShaderLibrary.h, the two portable ones) compile with g++ -fsyntax-only
+#                against the c10 headers of a Linux torch 2.11.0 (the project's venv, or
+#                TCH_STREAMS_TORCH_INCLUDE); SKIP when there is none.
 #
 # Usage: scripts/check-patch.sh [--no-tsan] [--help]
 # Prints one PASS/FAIL/SKIP line per check; exits 1 when any check fails.
@@ -27,7 +33,7 @@ RUN_TSAN=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-tsan) RUN_TSAN=0 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "check-patch.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -175,31 +181,80 @@ else
   skip sources ".mm hunks not checked against real v2.11.0 sources (no vendor/pytorch; scripts/vendor-pytorch.sh makes it)"
 fi
 
-# --- 4. pool core under ThreadSanitizer ----------------------------------------------------------
+# --- 4./5. portable headers under ThreadSanitizer ------------------------------------------------
+# tsan_check NAME SOURCE SUMMARY_PREFIX HEADER...: compiles SOURCE against HEADERs taken from the
+# patched tree, runs it under TSan (without ASLR if the kernel's mmap layout upsets TSan) and
+# expects "PASS <binary name>"; prints the first SUMMARY_PREFIX line on success.
+tsan_check() {
+  local name="$1" src="$2" summary="$3"; shift 3
+  local inc="$WORK/inc-$name" bin="$WORK/$(basename "$src" .cpp)" h out rc
+  mkdir -p "$inc/ATen/mps"
+  for h in "$@"; do
+    if [ ! -f "$A/aten/src/ATen/mps/$h" ]; then
+      fail "$name" "the patch adds no aten/src/ATen/mps/$h"; return
+    fi
+    cp "$A/aten/src/ATen/mps/$h" "$inc/ATen/mps/"
+  done
+  if ! out="$(g++ -std=c++17 -O1 -g -fsanitize=thread -pthread -I"$inc" "$src" -o "$bin" 2>&1)"; then
+    fail "$name" "compile failed: $(head -n 5 <<<"$out" | tr '\n' ' ')"; return
+  fi
+  run() { TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$@" "$bin" 2>&1; }
+  rc=0; out="$(run)" || rc=$?
+  if grep -q "unexpected memory mapping" <<<"$out"; then
+    rc=0; out="$(run setarch "$(uname -m)" -R)" || rc=$?
+  fi
+  if [ "$rc" = 0 ] && grep -q "^PASS $(basename "$bin")" <<<"$out"; then
+    pass "$name: $(grep -m 1 "^$summary" <<<"$out" | cut -d' ' -f3-), no ThreadSanitizer report"
+  else
+    fail "$name" "exit $rc: $(grep -E 'FAIL|CHECK FAILED|WARNING: ThreadSanitizer' <<<"$out" | head -n 3 | tr '\n' ' ')"
+  fi
+}
+
 if [ "$RUN_TSAN" = 0 ]; then
   skip pool-tsan "--no-tsan given (cargo test runs it as tests/mps_pool_tsan.rs)"
+  skip reuse-tsan "--no-tsan given (cargo test runs it as tests/mps_pool_tsan.rs)"
 elif ! command -v g++ >/dev/null; then
   fail pool-tsan "g++ is not installed (apt-get install g++)"
+  fail reuse-tsan "g++ is not installed (apt-get install g++)"
 else
-  [ -f "$A/aten/src/ATen/mps/MPSStreamPoolCore.h" ] || fail pool-tsan "the patch adds no aten/src/ATen/mps/MPSStreamPoolCore.h"
-  if [ -f "$A/aten/src/ATen/mps/MPSStreamPoolCore.h" ]; then
-    mkdir -p "$WORK/core/ATen/mps"
-    cp "$A/aten/src/ATen/mps/MPSStreamPoolCore.h" "$WORK/core/ATen/mps/"
-    if ! out="$(g++ -std=c++17 -O1 -g -fsanitize=thread -pthread -I"$WORK/core" \
-                "$ROOT/tests/mps_pool/pool_core_stress.cpp" -o "$WORK/pool_core_stress" 2>&1)"; then
-      fail pool-tsan "compile failed: $(head -n 5 <<<"$out" | tr '\n' ' ')"
-    else
-      run() { TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$@" "$WORK/pool_core_stress" 2>&1; }
-      rc=0; out="$(run)" || rc=$?
-      if grep -q "unexpected memory mapping" <<<"$out"; then
-        rc=0; out="$(run setarch "$(uname -m)" -R)" || rc=$?
-      fi
-      if [ "$rc" = 0 ] && grep -q '^PASS pool_core_stress' <<<"$out"; then
-        pass "pool-tsan: $(grep '^pool-core: exclusive' <<<"$out" | cut -d' ' -f3-5), no ThreadSanitizer report"
-      else
-        fail pool-tsan "exit $rc: $(grep -E 'FAIL|CHECK FAILED|WARNING: ThreadSanitizer' <<<"$out" | head -n 3 | tr '\n' ' ')"
-      fi
-    fi
+  tsan_check pool-tsan "$ROOT/tests/mps_pool/pool_core_stress.cpp" "pool-core: exclusive" \
+    MPSStreamPoolCore.h
+  tsan_check reuse-tsan "$ROOT/tests/mps_pool/buffer_reuse_stress.cpp" "buffer-reuse: stress threads" \
+    MPSStreamPoolCore.h MPSBufferStreamUse.h
+fi
+
+# --- 6. patched headers with a plain C++ form compile ----------------------------------------------
+TORCH_INC="${TCH_STREAMS_TORCH_INCLUDE:-}"
+if [ -z "$TORCH_INC" ]; then
+  TORCH_INC="$(find "$CACHE/venv" -maxdepth 6 -type d -path '*/site-packages/torch/include' 2>/dev/null | sort | head -n 1)"
+fi
+if ! command -v g++ >/dev/null; then
+  fail header-syntax "g++ is not installed (apt-get install g++)"
+elif [ -z "$TORCH_INC" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
+  skip header-syntax "no Linux torch include directory (set TCH_STREAMS_TORCH_INCLUDE, or run scripts/setup.sh)"
+else
+  cat > "$WORK/header_syntax.cpp" <<'CPP'
+#include <ATen/mps/MPSAllocatorInterface.h>
+#include <ATen/mps/MPSBufferStreamUse.h>
+#include <ATen/mps/MPSStreamPoolCore.h>
+#include <ATen/native/mps/MetalShaderLibrary.h>
+// IMPSAllocator gained a pure virtual recordStream: an implementation overrides it.
+struct RecordStreamProbe final : at::mps::IMPSAllocator {
+  void recordStream(const c10::DataPtr&, c10::Stream) const override {}
+};
+// MetalShaderLibrary's inline accessors lock the (protected) cacheMutex().
+struct ShaderLibraryProbe : at::native::mps::MetalShaderLibrary {
+  ShaderLibraryProbe() : MetalShaderLibrary("") {}
+  std::recursive_mutex& lock() { return cacheMutex(); }
+};
+int main() { return 0; }
+CPP
+  # The patched headers come first; every other include resolves to the Linux torch headers.
+  if out="$(g++ -std=c++17 -fsyntax-only -Wall -Wextra -D_GLIBCXX_USE_CXX11_ABI=1 -I"$A/aten/src" \
+              -I"$TORCH_INC" -I"$TORCH_INC/torch/csrc/api/include" "$WORK/header_syntax.cpp" 2>&1)"; then
+    pass "header-syntax: patched MPSAllocatorInterface.h, MetalShaderLibrary.h (non-Objective-C form) and the portable headers compile against the c10 headers in $TORCH_INC"
+  else
+    fail header-syntax "$(grep -E 'error' <<<"$out" | head -n 3 | tr '\n' ' ')"
   fi
 fi
 

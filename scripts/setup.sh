@@ -8,6 +8,8 @@
 # Usage:
 #   scripts/setup.sh              set up (quick when already done), then print the environment
 #   scripts/setup.sh --print-env  print only the `export` lines, for `eval "$(scripts/setup.sh --print-env)"`
+#   scripts/setup.sh --cuda-graphs  also install the CUDA headers the `cuda-graphs` feature compiles
+#                                  against (PyPI nvidia-cuda-crt matching torch's CUDA runtime)
 #
 # A libtorch of your own (e.g. the patched MPS build) is honoured: when LIBTORCH is set, the build
 # links it and the venv's torch is only used by the Python peer of the benchmark.
@@ -17,8 +19,10 @@ TORCH_VERSION="2.11.0"
 CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
 VENV="$CACHE/venv"
 PRINT_ONLY=0
+CUDA_GRAPHS=0
 case "${1:-}" in
   --print-env) PRINT_ONLY=1 ;;
+  --cuda-graphs) CUDA_GRAPHS=1 ;;
   -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
@@ -105,6 +109,19 @@ MSG
     exit 1
   fi
   torch_installed || { echo "[setup] error: pip finished but torch $TORCH_VERSION is not in $VENV" >&2; exit 1; }
+fi
+
+# 3. Optional: CUDA headers for the cuda-graphs feature, matching the installed CUDA runtime.
+if [ "$CUDA_GRAPHS" = 1 ]; then
+  if compgen -G "$VENV/lib/python3*/site-packages/nvidia/cu*/include/crt/host_config.h" >/dev/null; then
+    log "CUDA headers for cuda-graphs already present"
+  else
+    RT=$("$VENV/bin/python" -m pip show nvidia-cuda-runtime 2>/dev/null | sed -n 's/^Version: \([0-9]*\.[0-9]*\).*/\1/p')
+    [ -n "$RT" ] || { echo "[setup] error: no nvidia-cuda-runtime in $VENV: the cuda-graphs feature needs torch's CUDA build" >&2; exit 1; }
+    log "installing nvidia-cuda-crt==$RT.* (CUDA headers for the cuda-graphs feature)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "nvidia-cuda-crt==$RT.*" >&2 \
+      || { echo "[setup] error: could not install nvidia-cuda-crt==$RT.*; install the CUDA $RT toolkit headers and set CUDA_INCLUDE_DIR" >&2; exit 1; }
+  fi
 fi
 
 log "ready; environment:"

@@ -3,3 +3,9 @@
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, missing_docs)]
 
 include!(concat!(env!("OUT_DIR"), "/ffi.rs"));
+
+/// Bindings of the `cuda-graphs` shim (`src/shim/cuda/tss_graph.h`).
+#[cfg(feature = "cuda-graphs")]
+pub mod graph {
+    include!(concat!(env!("OUT_DIR"), "/ffi_graph.rs"));
+}

@@ -1,10 +1,12 @@
-//! The MPS stream pool's bookkeeping under ThreadSanitizer, on any platform.
+//! The MPS patch's portable pieces under ThreadSanitizer, on any platform.
 //!
-//! The pool's slot and thread-local logic lives in a portable header that our PyTorch patch adds
-//! (`aten/src/ATen/mps/MPSStreamPoolCore.h`). This test extracts that header from
-//! `patches/tch-streams-mps-v2.11.0.patch` (its `+` lines), so it tests exactly what the patch
-//! ships, compiles `tests/mps_pool/pool_core_stress.cpp` against it with `g++ -fsanitize=thread`,
-//! runs it (31 threads x 500 iterations and more) and checks its summary.
+//! Two headers that our PyTorch patch adds are free of Metal and of c10, so they can be tested
+//! here: the stream pool's slot and thread-local logic (`aten/src/ATen/mps/MPSStreamPoolCore.h`)
+//! and the allocator's rule for reusing a freed buffer across streams
+//! (`aten/src/ATen/mps/MPSBufferStreamUse.h`). The tests extract them from
+//! `patches/tch-streams-mps-v2.11.0.patch` (their `+` lines), so they test exactly what the patch
+//! ships, compile `tests/mps_pool/pool_core_stress.cpp` and `tests/mps_pool/buffer_reuse_stress.cpp`
+//! against them with `g++ -fsanitize=thread`, run them and check their summaries.
 //!
 //! Needs g++ (CI has it); fails with a clear message when it is missing.
 
@@ -15,6 +17,8 @@ use std::process::{Command, Output};
 const PATCH: &str = "patches/tch-streams-mps-v2.11.0.patch";
 const CORE_HEADER: &str = "aten/src/ATen/mps/MPSStreamPoolCore.h";
 const STRESS_SOURCE: &str = "tests/mps_pool/pool_core_stress.cpp";
+const REUSE_HEADER: &str = "aten/src/ATen/mps/MPSBufferStreamUse.h";
+const REUSE_SOURCE: &str = "tests/mps_pool/buffer_reuse_stress.cpp";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -106,30 +110,36 @@ fn extracts_the_pool_core_header_from_the_patch() {
     }
 }
 
-#[test]
-fn pool_core_is_race_free_under_thread_sanitizer() {
+/// Writes `headers` (repository paths of files the patch creates) into a temporary include tree,
+/// compiles `source` against them with ThreadSanitizer, runs it (without ASLR when the kernel's
+/// mmap layout upsets TSan) and returns its stdout once it exited 0 without a TSan report.
+fn run_under_tsan(headers: &[&str], source: &str, binary_name: &str) -> String {
     require_gxx();
     let root = repo_root();
     let patch = fs::read_to_string(root.join(PATCH)).expect("read the cumulative patch");
-    let header = new_file_from_patch(&patch, CORE_HEADER).unwrap();
 
     let dir = tempfile::tempdir().expect("temp dir");
     let include = dir.path().join("include");
-    fs::create_dir_all(include.join("ATen/mps")).unwrap();
-    fs::write(include.join("ATen/mps/MPSStreamPoolCore.h"), header).unwrap();
-    let binary = dir.path().join("pool_core_stress");
+    for path in headers {
+        let text = new_file_from_patch(&patch, path).unwrap();
+        let relative = path.trim_start_matches("aten/src/");
+        let target = include.join(relative);
+        fs::create_dir_all(target.parent().expect("header has a directory")).unwrap();
+        fs::write(target, text).unwrap();
+    }
+    let binary = dir.path().join(binary_name);
 
     let compile = Command::new("g++")
         .args(["-std=c++17", "-O1", "-g", "-fsanitize=thread", "-pthread"])
         .arg(format!("-I{}", include.display()))
-        .arg(root.join(STRESS_SOURCE))
+        .arg(root.join(source))
         .arg("-o")
         .arg(&binary)
         .output()
         .expect("run g++");
     assert!(
         compile.status.success(),
-        "g++ -fsanitize=thread failed:\n{}",
+        "g++ -fsanitize=thread failed for {source}:\n{}",
         String::from_utf8_lossy(&compile.stderr)
     );
 
@@ -139,26 +149,64 @@ fn pool_core_is_race_free_under_thread_sanitizer() {
         // Kernels with high mmap ASLR entropy break TSan's shadow layout; run without ASLR.
         out = run_stress(&binary, true);
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
         Some(0),
-        "pool stress failed (66 = ThreadSanitizer report)\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        "{binary_name} failed (66 = ThreadSanitizer report)\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(!stderr.contains("WARNING: ThreadSanitizer"), "TSan report:\n{stderr}");
-    for expected in [
-        "pool-core: exclusive threads=31 iterations=500 acquisitions=15500 shared=0 violations=0 \
-         submitted=15500 leased_after=0",
-        "pool-core: thread-exit threads=31 release_hooks=31 leased_after=0",
-        "pool-core: oversubscribed threads=40 leased=31 shared=9 violations=0 leased_after=0",
-        "pool-core: set-current leased_after=0",
-        "pool-core: sync-all streams=32 reached=32 drained=yes",
-        "PASS pool_core_stress (0 failed checks)",
-    ] {
+    stdout
+}
+
+fn assert_lines(stdout: &str, expected: &[&str]) {
+    for line in expected {
         assert!(
-            stdout.lines().any(|l| l == expected),
-            "missing line '{expected}' in:\n{stdout}"
+            stdout.lines().any(|l| l == *line),
+            "missing line '{line}' in:\n{stdout}"
         );
     }
+}
+
+#[test]
+fn pool_core_is_race_free_under_thread_sanitizer() {
+    let stdout = run_under_tsan(&[CORE_HEADER], STRESS_SOURCE, "pool_core_stress");
+    assert_lines(
+        &stdout,
+        &[
+            "pool-core: exclusive threads=31 iterations=500 acquisitions=15500 shared=0 violations=0 \
+             submitted=15500 leased_after=0",
+            "pool-core: thread-exit threads=31 release_hooks=31 leased_after=0",
+            "pool-core: oversubscribed threads=40 leased=31 shared=9 violations=0 leased_after=0",
+            "pool-core: set-current leased_after=0",
+            "pool-core: sync-all streams=32 reached=32 drained=yes",
+            "PASS pool_core_stress (0 failed checks)",
+        ],
+    );
+}
+
+#[test]
+fn extracts_the_buffer_reuse_header_from_the_patch() {
+    let patch = fs::read_to_string(repo_root().join(PATCH)).expect("read the cumulative patch");
+    let header = new_file_from_patch(&patch, REUSE_HEADER).unwrap();
+    assert!(header.contains("class BufferStreamUse"), "unexpected header text");
+    assert!(header.contains("#include <ATen/mps/MPSStreamPoolCore.h>"));
+    for foreign in ["<Metal/", "id<MTL", "MTLCommand", "dispatch_queue_t", "#import", "<c10/"] {
+        assert!(!header.contains(foreign), "the reuse rule must stay portable ({foreign})");
+    }
+}
+
+#[test]
+fn buffer_reuse_rule_holds_under_thread_sanitizer() {
+    let stdout = run_under_tsan(&[CORE_HEADER, REUSE_HEADER], REUSE_SOURCE, "buffer_reuse_stress");
+    assert_lines(
+        &stdout,
+        &[
+            "buffer-reuse: rule cases=13 failed=0",
+            "buffer-reuse: stress threads=16 streams=8 iterations=300 handout_violations=0 gpu_violations=0",
+            "buffer-reuse: control (streams ignored) violations=detected",
+            "PASS buffer_reuse_stress (0 failed checks)",
+        ],
+    );
 }

@@ -15,9 +15,22 @@ fn preflight(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(bin());
     cmd.arg("preflight").args(args).env_remove("TCH_STREAMS_ALLOW_MISMATCH").env_remove("LD_PRELOAD");
     for (k, v) in env {
-        cmd.env(k, v);
+        cmd.env(k, with_inherited(k, v));
     }
     cmd.output().expect("run tch-streams")
+}
+
+/// `LD_LIBRARY_PATH` gets the drill directory *in front of* what the environment already has
+/// (on machines whose binary finds libtorch through it rather than through the rpath).
+fn with_inherited(key: &str, dir: &Path) -> std::ffi::OsString {
+    let mut v = dir.as_os_str().to_owned();
+    if key == "LD_LIBRARY_PATH" {
+        if let Some(old) = std::env::var_os("LD_LIBRARY_PATH").filter(|o| !o.is_empty()) {
+            v.push(":");
+            v.push(old);
+        }
+    }
+    v
 }
 
 fn text(o: &Output) -> String {
@@ -74,7 +87,7 @@ fn a_different_libtorch_through_ld_preload_is_refused_with_exit_2() {
 fn allow_mismatch_runs_with_a_loud_warning() {
     let (dir, _copy, _) = lib_copy(b"drill");
     let mut cmd = Command::new(bin());
-    cmd.arg("preflight").env("LD_LIBRARY_PATH", dir.path()).env("TCH_STREAMS_ALLOW_MISMATCH", "1");
+    cmd.arg("preflight").env("LD_LIBRARY_PATH", with_inherited("LD_LIBRARY_PATH", dir.path())).env("TCH_STREAMS_ALLOW_MISMATCH", "1");
     let out = cmd.output().unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");

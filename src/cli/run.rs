@@ -104,7 +104,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .cuda_graphs(a.cuda_graphs)
         .replicas(if a.per_worker_replicas { Replicas::PerWorker } else { Replicas::Shared })
         .output(if a.cpu_output { Output::Cpu } else { Output::OnDevice })
-        .queue_capacity((a.clients * a.inflight).max(64));
+        .queue_capacity((a.clients * a.inflight).max(64))
+        // The input below is made once and synchronised before any request: no per-request event.
+        .inputs_ready(true);
     if a.model.is_some() {
         builder = builder.input_shape(shape[1..].to_vec()).input_kind(Kind::Float);
     }

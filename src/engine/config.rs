@@ -75,6 +75,7 @@ pub struct EngineBuilder {
     pub(crate) input_shape: Option<Vec<i64>>,
     pub(crate) input_kind: Option<Kind>,
     pub(crate) warmup: bool,
+    pub(crate) inputs_ready: bool,
 }
 
 impl EngineBuilder {
@@ -92,6 +93,7 @@ impl EngineBuilder {
             output: Output::OnDevice,
             require_stream_pool: false,
             warmup: true,
+            inputs_ready: false,
         }
     }
 
@@ -164,6 +166,16 @@ impl EngineBuilder {
     /// shape). Default true.
     pub fn warmup(mut self, on: bool) -> Self {
         self.warmup = on;
+        self
+    }
+
+    /// Promise that GPU inputs are complete when submitted (their producer stream was
+    /// synchronised, e.g. inputs prepared once up front). Skips the per-request event that
+    /// otherwise orders each worker after the submitting thread's stream — a driver call per
+    /// request on the hot path. Wrong if the promise is broken: workers may read unfinished
+    /// inputs. Default false.
+    pub fn inputs_ready(mut self, on: bool) -> Self {
+        self.inputs_ready = on;
         self
     }
 

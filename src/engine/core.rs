@@ -3,7 +3,8 @@
 use super::config::{EngineBuilder, Replicas};
 use super::error::EngineError;
 use super::metrics::{EngineStats, Metrics};
-use super::request::{producer_event, InputSpec, Request};
+use super::events::EventPool;
+use super::request::{InputSpec, Request};
 use super::ticket::{pair, Ticket};
 use super::worker::{self, WorkerSpec};
 use crate::models::{Forward, Model};
@@ -53,6 +54,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     spec: InputSpec,
     workers: Vec<WorkerInfo>,
+    events: Arc<EventPool>,
+    inputs_ready: bool,
 }
 
 impl Engine {
@@ -135,6 +138,7 @@ impl Engine {
             (Some(shape), true) => Some((shape.clone(), b.input_kind.unwrap_or(tch::Kind::Float))),
             _ => None,
         };
+        let events = Arc::new(EventPool::default());
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         for (index, (&device, model)) in assigned.iter().zip(models).enumerate() {
             let spec = WorkerSpec {
@@ -149,6 +153,7 @@ impl Engine {
                 cuda_graphs: b.cuda_graphs,
                 use_pool: has_pool[&device] && device != Device::Cpu,
                 registry: Arc::clone(&registry),
+                events: Arc::clone(&events),
             };
             let handle = worker::spawn(spec, Vec::new(), Some(ready_tx.clone()))
                 .map_err(|e| EngineError::Build(format!("could not start a worker thread: {e}")))?;
@@ -161,6 +166,8 @@ impl Engine {
             metrics,
             spec: InputSpec { sample_shape: b.input_shape, kind: b.input_kind, devices: b.devices },
             workers: Vec::new(),
+            events,
+            inputs_ready: b.inputs_ready,
         };
         let mut workers = Vec::new();
         for (index, &device) in assigned.iter().enumerate() {
@@ -191,7 +198,7 @@ impl Engine {
             return self.refuse(e);
         }
         let (promise, ticket) = pair();
-        let request = Request { ready: producer_event(&input), input, promise, submitted: std::time::Instant::now() };
+        let request = Request { ready: self.ready_mark(&input), input, promise, submitted: std::time::Instant::now() };
         let guard = self.sender.read();
         match guard.as_ref() {
             Some(tx) => match tx.send(request) {
@@ -210,7 +217,7 @@ impl Engine {
     pub fn try_submit(&self, input: Tensor) -> Result<Ticket, EngineError> {
         self.spec.validate(&input)?;
         let (promise, ticket) = pair();
-        let request = Request { ready: producer_event(&input), input, promise, submitted: std::time::Instant::now() };
+        let request = Request { ready: self.ready_mark(&input), input, promise, submitted: std::time::Instant::now() };
         let guard = self.sender.read();
         let tx = guard.as_ref().ok_or(EngineError::ShutDown)?;
         match tx.try_send(request) {
@@ -268,6 +275,14 @@ impl Engine {
         while let Ok(r) = self.receiver.try_recv() {
             self.metrics.failed.fetch_add(1, Ordering::Relaxed);
             r.promise.fulfil(Err(EngineError::WorkerDied));
+        }
+    }
+
+    fn ready_mark(&self, input: &Tensor) -> Option<(Device, crate::stream::Event)> {
+        if self.inputs_ready {
+            None
+        } else {
+            self.events.mark_ready(input)
         }
     }
 

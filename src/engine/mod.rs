@@ -40,7 +40,10 @@ mod batcher;
 mod config;
 mod core;
 mod error;
+mod events;
 mod graphs;
+#[cfg(feature = "cuda-graphs")]
+mod cuda_graph;
 mod metrics;
 mod request;
 mod ticket;

@@ -2,7 +2,7 @@
 
 use super::error::EngineError;
 use super::ticket::Promise;
-use crate::stream::{Event, Stream};
+use crate::stream::Event;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -13,20 +13,7 @@ pub(crate) struct Request {
     pub(crate) submitted: Instant,
     /// Recorded on the submitting thread's current stream when the input lives on a GPU; the
     /// worker's stream waits for it before reading the input.
-    pub(crate) ready: Option<Event>,
-}
-
-/// An event marking the point on the caller's current stream after which `input` is ready;
-/// `None` for host tensors.
-pub(crate) fn producer_event(input: &Tensor) -> Option<Event> {
-    let device = input.device();
-    if device == Device::Cpu {
-        return None;
-    }
-    let stream = Stream::current(device).ok()?;
-    let mut e = Event::new(device).ok()?;
-    e.record(&stream).ok()?;
-    Some(e)
+    pub(crate) ready: Option<(Device, Event)>,
 }
 
 impl Request {

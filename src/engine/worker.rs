@@ -9,6 +9,7 @@
 use super::batcher::Batcher;
 use super::config::{Batching, Output};
 use super::error::EngineError;
+use super::events::EventPool;
 use super::graphs::Runner;
 use super::metrics::{LatencyHistogram, Metrics};
 use super::request::Request;
@@ -37,6 +38,7 @@ pub(crate) struct WorkerSpec {
     pub(crate) cuda_graphs: bool,
     pub(crate) use_pool: bool,
     pub(crate) registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    pub(crate) events: Arc<EventPool>,
 }
 
 /// Starts a worker thread; it reports its bound stream (or why it could not start) on `ready`.
@@ -113,16 +115,17 @@ fn start(spec: &WorkerSpec) -> Result<Stream, String> {
 }
 
 /// Serves one batch; returns true if the model panicked.
-fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, batch: Vec<Request>) -> bool {
+fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec<Request>) -> bool {
     // Inputs produced on the callers' streams: order this worker's stream after them (on the
     // device; the host does not wait).
-    for r in &batch {
-        if let Some(ready) = &r.ready {
+    for r in &mut batch {
+        if let Some((device, ready)) = r.ready.take() {
             if ready.backend() == stream.backend() {
                 if let Err(e) = ready.wait(stream) {
                     tracing::warn!("could not order worker {} after an input's producer: {e}", spec.index);
                 }
             }
+            spec.events.give_back(device, ready); // its wait is queued: safe to re-record
         }
     }
     let inputs: Vec<&Tensor> = batch.iter().map(|r| &r.input).collect();
@@ -149,6 +152,7 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, batch: Vec<Req
     let mut latencies = LatencyHistogram::new();
     let (mut ok, mut failed, mut samples) = (0u64, 0u64, 0u64);
     let n = batch.len();
+    let mut answers = Vec::with_capacity(n);
     for (req, outcome) in batch.into_iter().zip(outcomes.drain(..)) {
         latencies.record(now.duration_since(req.submitted));
         match &outcome {
@@ -158,9 +162,13 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, batch: Vec<Req
             }
             Err(_) => failed += 1,
         }
-        req.promise.fulfil(outcome);
+        answers.push((req.promise, outcome));
     }
+    // Count before answering, so a caller who sees its answer also sees it counted.
     spec.metrics.batch(n, ok, failed, samples, &latencies);
+    for (promise, outcome) in answers {
+        promise.fulfil(outcome);
+    }
     panicked
 }
 

@@ -1,0 +1,112 @@
+//! Per-worker CUDA graph cache (`cuda-graphs` feature). See [`super::graphs`] for the policy.
+//!
+//! Thread rule: a `GraphCache` belongs to one worker thread and is only used on it, with the
+//! worker's pool stream current (capture requires a non-default stream).
+
+use super::graphs::MAX_GRAPHS;
+use crate::ffi::graph as ffi;
+use crate::models::Forward;
+use crate::status::last_error;
+use std::collections::{HashMap, HashSet};
+use tch::{Kind, Tensor};
+
+type Key = (Vec<i64>, Kind);
+
+struct Graph(*mut ffi::TssGraph);
+
+impl Graph {
+    fn new() -> Result<Graph, String> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `raw` is a valid out-pointer; the graph is freed in Drop.
+        ok(unsafe { ffi::tss_graph_new(&mut raw) })?;
+        Ok(Graph(raw))
+    }
+    fn begin(&self) -> Result<(), String> {
+        // SAFETY: live graph, used on its owning thread.
+        ok(unsafe { ffi::tss_graph_capture_begin(self.0) })
+    }
+    fn end(&self) -> Result<(), String> {
+        // SAFETY: as above.
+        ok(unsafe { ffi::tss_graph_capture_end(self.0) })
+    }
+    fn replay(&self) -> Result<(), String> {
+        // SAFETY: as above.
+        ok(unsafe { ffi::tss_graph_replay(self.0) })
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: created by tss_graph_new, freed once.
+        unsafe { ffi::tss_graph_free(self.0) }
+    }
+}
+
+fn ok(status: i32) -> Result<(), String> {
+    if status == crate::ffi::TssStatus::TSS_OK as i32 {
+        Ok(())
+    } else {
+        Err(last_error())
+    }
+}
+
+/// A captured graph with its static input and output.
+struct Captured {
+    graph: Graph,
+    input: Tensor,
+    output: Tensor,
+}
+
+/// Graphs of one worker, by input shape and dtype.
+#[derive(Default)]
+pub(crate) struct GraphCache {
+    seen: HashMap<Key, u32>,
+    graphs: HashMap<Key, Captured>,
+    refused: HashSet<Key>,
+}
+
+impl GraphCache {
+    pub(crate) fn forward(&mut self, model: &dyn Forward, x: &Tensor) -> Result<Tensor, String> {
+        let key = (x.size(), x.kind());
+        if !self.graphs.contains_key(&key) {
+            let n = self.seen.entry(key.clone()).or_insert(0);
+            *n += 1;
+            if *n < 2 || self.graphs.len() >= MAX_GRAPHS || self.refused.contains(&key) {
+                return model.forward(x);
+            }
+            match capture(model, x) {
+                Ok(c) => {
+                    self.graphs.insert(key.clone(), c);
+                }
+                Err(e) => {
+                    tracing::warn!("CUDA graph capture failed for shape {:?}; running it eagerly: {e}", key.0);
+                    self.refused.insert(key);
+                    return model.forward(x);
+                }
+            }
+        }
+        let c = &self.graphs[&key];
+        c.input.shallow_clone().f_copy_(x).map_err(|e| e.to_string())?;
+        c.graph.replay()?;
+        // The static output is overwritten by the next replay: hand out a copy.
+        c.output.f_detach_copy().map_err(|e| e.to_string())
+    }
+}
+
+/// One capture at a time in the process: capture_begin/end touch process-wide state (the default
+/// CUDA generator's graph-safe state, the allocator's list of captures under way). Replays and
+/// eager work on other workers continue meanwhile.
+static CAPTURE: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+fn capture(model: &dyn Forward, x: &Tensor) -> Result<Captured, String> {
+    let _one_at_a_time = CAPTURE.lock();
+    let input = x.f_detach_copy().map_err(|e| e.to_string())?;
+    let graph = Graph::new()?;
+    graph.begin()?;
+    let out = model.forward(&input);
+    // Always end the capture, even if the forward failed, so the stream leaves capture mode.
+    let ended = graph.end();
+    let output = out?;
+    ended?;
+    Ok(Captured { graph, input, output })
+}

@@ -1,0 +1,159 @@
+//! The engine on a CUDA GPU: streams, batching, CUDA graphs, several devices, inputs made on the
+//! caller's stream. Ignored in CI; run on a GPU machine with
+//! `cargo test --release [--features cuda-graphs] --test engine_gpu -- --include-ignored --nocapture`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tch::{Device, Kind, Tensor};
+use tch_streams::engine::{Batching, Engine, Output, Replicas};
+use tch_streams::models::{Builtin, Model};
+use tch_streams::stream::{with_stream, Priority, Stream};
+
+const GPU: Device = Device::Cuda(0);
+
+fn affine() -> Model {
+    Model::closure(|x: &Tensor| x.f_mul_scalar(3.0)?.f_add_scalar(1.0)?.f_mul(x))
+}
+
+fn dynamic() -> Batching {
+    Batching::Dynamic { max_batch: 32, max_wait: Duration::from_micros(200) }
+}
+
+/// 31 clients × `n` requests × `rounds`; every result compared with a serial reference.
+fn stress(engine: &Arc<Engine>, n: usize, rounds: usize, sample: &[i64], expected: &(dyn Fn(&Tensor) -> Tensor + Sync), exact: bool) {
+    for round in 0..rounds {
+        std::thread::scope(|s| {
+            for c in 0..31usize {
+                let engine = Arc::clone(engine);
+                s.spawn(move || {
+                    let _ng = tch::no_grad_guard();
+                    let inputs: Vec<Tensor> = (0..n)
+                        .map(|i| {
+                            let mut shape = vec![1 + ((c + i) % 2) as i64];
+                            shape.extend(sample);
+                            Tensor::full(shape.as_slice(), ((round * 31 + c) * n + i) as f64 * 1e-3, (Kind::Float, Device::Cpu))
+                        })
+                        .collect();
+                    let outs = engine.infer_many(inputs.iter().map(Tensor::shallow_clone).collect());
+                    for (x, y) in inputs.iter().zip(outs) {
+                        let y = y.unwrap_or_else(|e| panic!("client {c}: {e}")).to_device(Device::Cpu);
+                        let want = expected(x);
+                        if exact {
+                            assert!(y.equal(&want), "client {c}: differs from serial");
+                        } else {
+                            assert!(y.allclose(&want, 1e-3, 1e-4, false), "client {c}: max diff {}", (y - want).abs().max().double_value(&[]));
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
+fn report(name: &str, engine: &Engine) {
+    let st = engine.stats();
+    println!(
+        "{name}: completed {} failed {} replaced {}, batches {:?}, workers: {}",
+        st.completed,
+        st.failed,
+        st.workers_replaced,
+        st.batch_sizes,
+        engine.workers().iter().map(|w| format!("{}@{:?}", w.stream, w.device)).collect::<Vec<_>>().join(" ")
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn streams_and_batching_match_serial_with_16_workers() {
+    let cpu_affine = |x: &Tensor| (x * 3.0 + 1.0) * x;
+    for (batching, replicas) in [(Batching::Off, Replicas::Shared), (dynamic(), Replicas::Shared), (dynamic(), Replicas::PerWorker)] {
+        let engine = Arc::new(Engine::builder(affine()).devices(vec![GPU]).workers(16).batching(batching).replicas(replicas).build().unwrap());
+        let ids: HashSet<i64> = engine.workers().iter().map(|w| w.stream.id()).collect();
+        assert_eq!(ids.len(), 16, "each worker owns its own stream");
+        assert!(!ids.contains(&0));
+        stress(&engine, 40, 3, &[64], &cpu_affine, true);
+        engine.shutdown();
+        assert_eq!(engine.stats().failed, 0);
+        report(&format!("affine {batching:?} {replicas:?}"), &engine);
+    }
+    // The built-in MLP against the same model run serially on the GPU.
+    let serial = Builtin::SmallMlp.build(GPU);
+    let expected = move |x: &Tensor| {
+        let _ng = tch::no_grad_guard();
+        serial.forward(&x.to_device(GPU)).unwrap().to_device(Device::Cpu)
+    };
+    let engine = Arc::new(
+        Engine::builder(Model::Builtin(Builtin::SmallMlp)).devices(vec![GPU]).workers(16).batching(dynamic()).output(Output::Cpu).build().unwrap(),
+    );
+    stress(&engine, 20, 2, &[512], &expected, false);
+    report("small-mlp dynamic", &engine);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn workers_spread_over_a_device_list() {
+    let engine = Arc::new(Engine::builder(affine()).devices(vec![GPU, GPU]).workers(6).batching(dynamic()).build().unwrap());
+    assert_eq!(engine.workers().len(), 6);
+    for w in engine.workers() {
+        assert_eq!(w.stream.device(), w.device, "worker {}'s stream is on its own device", w.index);
+    }
+    stress(&engine, 20, 1, &[16], &|x: &Tensor| (x * 3.0 + 1.0) * x, true);
+    report("cuda:0,cuda:0", &engine);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn inputs_made_on_the_callers_stream_are_waited_for() {
+    let engine = Engine::builder(affine()).devices(vec![GPU]).workers(4).build().unwrap();
+    let mine = Stream::from_pool(GPU, Priority::Normal).unwrap();
+    for round in 0..10 {
+        let (x, ticket) = with_stream(&mine, || {
+            // A long producer on the caller's stream, then the value the engine must see.
+            let a = Tensor::ones([4096, 4096], (Kind::Float, GPU)) / 4096.0;
+            let mut busy = Tensor::ones([4096, 4096], (Kind::Float, GPU));
+            for _ in 0..20 {
+                busy = busy.matmul(&a);
+            }
+            let mut x = Tensor::zeros([1, 1024], (Kind::Float, GPU));
+            let _ = x.copy_(&(busy.narrow(0, 0, 1).narrow(1, 0, 1024) * 0.0 + round as f64));
+            let t = engine.submit(x.shallow_clone());
+            (x, t)
+        })
+        .unwrap();
+        let y = ticket.wait().unwrap();
+        let v = round as f64;
+        assert_eq!(y.min().double_value(&[]), (v * 3.0 + 1.0) * v, "round {round}");
+        assert_eq!(y.max().double_value(&[]), (v * 3.0 + 1.0) * v);
+        drop(x);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU and the cuda-graphs feature"]
+fn cuda_graphs_replay_equals_eager() {
+    if !cfg!(feature = "cuda-graphs") {
+        let err = Engine::builder(affine()).devices(vec![GPU]).cuda_graphs(true).build().err().unwrap();
+        assert!(err.to_string().contains("cuda-graphs"), "{err}");
+        println!("built without cuda-graphs: refused as expected ({err})");
+        return;
+    }
+    for builtin in [Builtin::SmallMlp, Builtin::Transformer] {
+        let serial = builtin.build(GPU);
+        let mut shape = vec![1];
+        shape.extend(builtin.sample_shape());
+        let expected = move |x: &Tensor| {
+            let _ng = tch::no_grad_guard();
+            serial.forward(&x.to_device(GPU)).unwrap().to_device(Device::Cpu)
+        };
+        let engine = Arc::new(
+            Engine::builder(Model::Builtin(builtin)).devices(vec![GPU]).workers(8).cuda_graphs(true).output(Output::Cpu).build().unwrap(),
+        );
+        let sample = builtin.sample_shape();
+        stress(&engine, 10, 2, &sample, &expected, false);
+        report(&format!("{builtin} graphs"), &engine);
+    }
+    let engine = Arc::new(Engine::builder(affine()).devices(vec![GPU]).workers(8).cuda_graphs(true).batching(dynamic()).build().unwrap());
+    stress(&engine, 30, 2, &[64], &|x: &Tensor| (x * 3.0 + 1.0) * x, true);
+    report("affine graphs + batching", &engine);
+}
