@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use tch_streams::engine::{Batching, Engine, EngineError, Output, Replicas};
-use tch_streams::models::{Builtin, Forward, Model};
+use tch_streams::models::{Builtin, Model};
 
 /// Row-independent, exactly rounded ops only: batched results must be bitwise equal.
 fn affine() -> Model {

@@ -92,6 +92,13 @@ int32_t tss_guard_exit(TssStream previous_stream, int8_t previous_device_index);
  * is in use on `stream`, so its memory is not reused before that stream's queued work is done. */
 int32_t tss_record_stream(const void* tensor, TssStream stream);
 
+/* ---- device memory (the backend's caching allocator) ---- */
+
+/* Bytes currently handed out to tensors, and reserved from the driver, on that device. */
+int32_t tss_memory_stats(int8_t device_type, int8_t device_index, int64_t* allocated, int64_t* reserved);
+/* Returns the allocator's cached, unused blocks to the driver. */
+int32_t tss_memory_empty_cache(int8_t device_type);
+
 /* ---- events ---- */
 
 int32_t tss_event_new(int8_t device_type, bool enable_timing, TssEvent** out);

@@ -31,11 +31,13 @@
 mod event;
 mod guard;
 mod handle;
+mod memory;
 mod rayon_pool;
 mod sync;
 
 pub use event::Event;
 pub use guard::{bind_thread, with_stream, StreamGuard};
 pub use handle::{Priority, Stream};
+pub use memory::{empty_cache, memory_stats, MemoryStats};
 pub use rayon_pool::StreamThreadPool;
 pub use sync::{record_stream, synchronize_device};

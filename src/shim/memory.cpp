@@ -1,0 +1,35 @@
+// The device caching allocator's statistics, through c10's device-generic DeviceAllocator.
+#include "guarded.hpp"
+
+#include <c10/core/CachingDeviceAllocator.h>
+
+namespace {
+c10::DeviceAllocator& device_allocator(int8_t device_type) {
+  tss::backend(device_type);  // a clear error if the backend is absent
+  auto type = static_cast<c10::DeviceType>(device_type);
+  if (type == c10::DeviceType::CPU) {
+    throw tss::Failure{TSS_ERR_INVALID_ARGUMENT, "CPU has no caching device allocator"};
+  }
+  return *c10::getDeviceAllocator(type);
+}
+}  // namespace
+
+extern "C" {
+
+int32_t tss_memory_stats(int8_t device_type, int8_t device_index, int64_t* allocated, int64_t* reserved) {
+  return tss::guarded([&] {
+    tss::require_out(allocated, "allocated");
+    tss::require_out(reserved, "reserved");
+    auto device = tss::checked_device(device_type, device_index);
+    auto stats = device_allocator(device_type).getDeviceStats(device.index());
+    constexpr auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *allocated = stats.allocated_bytes[all].current;
+    *reserved = stats.reserved_bytes[all].current;
+  });
+}
+
+int32_t tss_memory_empty_cache(int8_t device_type) {
+  return tss::guarded([&] { device_allocator(device_type).emptyCache(); });
+}
+
+}  // extern "C"
