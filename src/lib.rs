@@ -26,6 +26,7 @@ pub mod stream;
 pub mod models;
 pub mod engine;
 pub mod parse;
+pub mod bench;
 
 pub use backend::Backend;
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch to one module per subcommand.
 
+mod bench;
 mod preflight;
 mod run;
 
@@ -27,6 +28,13 @@ enum Command {
     /// Verifies the loaded libtorch first. Defaults run the built-in small MLP for 5 s from 16
     /// clients on the best device found.
     Run(run::Args),
+    /// Sweep threads x modes x workloads, with the Python PyTorch peer side by side; write JSON,
+    /// CSV and a PNG plot.
+    ///
+    /// Verifies the loaded libtorch first. Modes: tch-default, tch-streams, engine,
+    /// engine-graphs, limit; workloads: small-mlp, large-mlp, transformer or a TorchScript file.
+    /// --quick runs a short sweep sized for a CPU.
+    Bench(bench::Args),
 }
 
 /// Runs the chosen subcommand; returns the process exit code.
@@ -34,5 +42,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Preflight(args) => preflight::run(args),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

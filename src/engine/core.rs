@@ -225,14 +225,9 @@ impl Engine {
                 self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(ticket)
             }
-            Err(TrySendError::Full(r)) => {
-                std::mem::forget(r.promise); // never accepted: no answer owed
-                Err(EngineError::Busy)
-            }
-            Err(TrySendError::Disconnected(r)) => {
-                std::mem::forget(r.promise);
-                Err(EngineError::ShutDown)
-            }
+            // Never accepted: the request (and its ticket) are simply dropped.
+            Err(TrySendError::Full(_)) => Err(EngineError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::ShutDown),
         }
     }
 

@@ -43,14 +43,14 @@ pub struct Ticket {
 }
 
 /// The worker's side of a ticket. Dropping it unanswered resolves the ticket with
-/// [`EngineError::WorkerDied`].
+/// [`EngineError::WorkerDied`]. `slot` is `None` once answered.
 pub(crate) struct Promise {
-    slot: Arc<Slot>,
+    slot: Option<Arc<Slot>>,
 }
 
 pub(crate) fn pair() -> (Promise, Ticket) {
     let slot = Arc::new(Slot::default());
-    (Promise { slot: Arc::clone(&slot) }, Ticket { slot })
+    (Promise { slot: Some(Arc::clone(&slot)) }, Ticket { slot })
 }
 
 impl Ticket {
@@ -118,29 +118,60 @@ impl Future for Ticket {
 }
 
 impl Promise {
-    /// Answers the ticket.
-    pub(crate) fn fulfil(self, outcome: Outcome) {
-        let mut st = self.slot.state.lock();
-        st.outcome = Some(outcome);
+    /// Answers the ticket. If the caller already dropped its ticket, the outcome (and any device
+    /// memory it holds) is freed right here, with the slot.
+    pub(crate) fn fulfil(mut self, outcome: Outcome) {
+        if let Some(slot) = self.slot.take() {
+            slot.settle(|st| st.outcome = Some(outcome));
+        }
+    }
+}
+
+impl Slot {
+    /// Updates the state under the lock, then wakes whoever waits (thread or task).
+    fn settle(&self, update: impl FnOnce(&mut State)) {
+        let mut st = self.state.lock();
+        update(&mut st);
         let waker = st.waker.take();
         drop(st);
-        self.slot.ready.notify_all();
+        self.ready.notify_all();
         if let Some(w) = waker {
             w.wake();
         }
-        std::mem::forget(self); // answered: skip the "abandoned" path in Drop
     }
 }
 
 impl Drop for Promise {
     fn drop(&mut self) {
-        let mut st = self.slot.state.lock();
-        st.abandoned = true;
-        let waker = st.waker.take();
-        drop(st);
-        self.slot.ready.notify_all();
-        if let Some(w) = waker {
-            w.wake();
+        if let Some(slot) = self.slot.take() {
+            slot.settle(|st| st.abandoned = true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answered_and_dropped_slots_are_freed() {
+        let (promise, ticket) = pair();
+        let weak = Arc::downgrade(&ticket.slot);
+        drop(ticket); // the caller is gone
+        promise.fulfil(Err(EngineError::Busy));
+        assert!(weak.upgrade().is_none(), "no slot (and no outcome) outlives both sides");
+        let (promise, ticket) = pair();
+        let weak = Arc::downgrade(&ticket.slot);
+        promise.fulfil(Err(EngineError::ShutDown));
+        assert_eq!(ticket.wait(), Err(EngineError::ShutDown));
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn a_dropped_promise_resolves_as_worker_died() {
+        let (promise, ticket) = pair();
+        drop(promise);
+        assert!(ticket.is_ready());
+        assert_eq!(ticket.wait(), Err(EngineError::WorkerDied));
     }
 }

@@ -1,0 +1,249 @@
+//! [`BenchReport`]: our document, the peer's when it ran, and what is derived from them: the
+//! efficiency metric, ours/peer and ours/limit ratios, and the text table.
+
+use super::error::BenchError;
+use super::modes::Mode;
+use super::schema::{BenchDoc, PointResult, SCHEMA};
+use serde_json::Value;
+use std::fmt::Write as _;
+
+/// The Python peer's document: typed for the tables and plots, and verbatim for the JSON we
+/// write (so fields the peer adds are kept).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerDoc {
+    /// The typed view.
+    pub doc: BenchDoc,
+    /// The document as the peer wrote it.
+    pub raw: Value,
+}
+
+impl PeerDoc {
+    /// Checks and types a peer document; `origin` names it in errors (a path, usually).
+    pub fn from_value(raw: Value, origin: &str) -> Result<PeerDoc, BenchError> {
+        let bad = |message: String| BenchError::Json { path: origin.to_string(), message };
+        match raw.get("schema").and_then(Value::as_str) {
+            Some(SCHEMA) => {}
+            Some(other) => return Err(bad(format!("schema is '{other}', expected '{SCHEMA}'"))),
+            None => return Err(bad(format!("no \"schema\" key; expected a '{SCHEMA}' document"))),
+        }
+        let doc: BenchDoc = serde_json::from_value(raw.clone()).map_err(|e| bad(e.to_string()))?;
+        Ok(PeerDoc { doc, raw })
+    }
+}
+
+/// Everything one `bench` invocation measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// Our results (`tool` = `tch-streams`).
+    pub ours: BenchDoc,
+    /// The Python peer's, when it ran.
+    pub peer: Option<PeerDoc>,
+}
+
+/// Best serving mode of ours vs best of the peer's, for one workload and thread count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerRatio {
+    /// Workload name.
+    pub workload: String,
+    /// Thread count T.
+    pub threads: usize,
+    /// Our best mode (limits excluded) and its median samples/s.
+    pub ours: (String, f64),
+    /// The peer's best mode (limits excluded) and its median samples/s.
+    pub peer: (String, f64),
+    /// ours / peer.
+    pub ratio: f64,
+}
+
+/// Our best serving mode vs our batched limit, for one workload and thread count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitRatio {
+    /// Workload name.
+    pub workload: String,
+    /// Thread count T.
+    pub threads: usize,
+    /// Our best mode (limits excluded) and its median samples/s.
+    pub ours: (String, f64),
+    /// The `limit` median at the same T.
+    pub limit: f64,
+    /// ours / limit.
+    pub ratio: f64,
+}
+
+/// The seed project's scaling efficiency of a result: throughput(T) / (T × throughput(1)), on
+/// medians of the same document, workload and mode; `None` without a T = 1 point.
+pub fn efficiency(doc: &BenchDoc, r: &PointResult) -> Option<f64> {
+    let one = doc.results.iter().find(|o| o.workload == r.workload && o.mode == r.mode && o.threads == 1)?;
+    let base = one.samples_per_s.median * r.threads as f64;
+    (base > 0.0).then(|| r.samples_per_s.median / base)
+}
+
+/// The result with the highest median among the serving (non-limit) modes of a doc at (w, T).
+fn best<'a>(doc: &'a BenchDoc, workload: &str, threads: usize) -> Option<&'a PointResult> {
+    doc.results
+        .iter()
+        .filter(|r| r.workload == workload && r.threads == threads && !Mode::is_limit_name(&r.mode))
+        .max_by(|a, b| a.samples_per_s.median.total_cmp(&b.samples_per_s.median))
+}
+
+/// (workload, T) pairs of a doc, in first-seen workload order and ascending T.
+fn points(doc: &BenchDoc) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for w in workloads(doc) {
+        let mut ts: Vec<usize> = doc.results.iter().filter(|r| r.workload == w).map(|r| r.threads).collect();
+        ts.sort_unstable();
+        ts.dedup();
+        out.extend(ts.into_iter().map(|t| (w.clone(), t)));
+    }
+    out
+}
+
+/// Workload names in first-seen order.
+pub(crate) fn workloads(doc: &BenchDoc) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in &doc.results {
+        if !out.contains(&r.workload) {
+            out.push(r.workload.clone());
+        }
+    }
+    out
+}
+
+/// Mode names in first-seen order.
+pub(crate) fn modes(doc: &BenchDoc) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in &doc.results {
+        if !out.contains(&r.mode) {
+            out.push(r.mode.clone());
+        }
+    }
+    out
+}
+
+impl BenchReport {
+    /// Attaches the peer's document (replacing any earlier one).
+    pub fn attach_peer(&mut self, peer: PeerDoc) {
+        self.peer = Some(peer);
+    }
+
+    /// Our document, then the peer's when present.
+    pub fn docs(&self) -> Vec<&BenchDoc> {
+        std::iter::once(&self.ours).chain(self.peer.as_ref().map(|p| &p.doc)).collect()
+    }
+
+    /// The JSON we write: our document, plus a top-level `"peer"` holding the peer's verbatim.
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::to_value(&self.ours).unwrap_or(Value::Null);
+        if let (Some(peer), Value::Object(map)) = (&self.peer, &mut v) {
+            map.insert("peer".into(), peer.raw.clone());
+        }
+        v
+    }
+
+    /// Ours/peer at every (workload, T) both measured: best serving mode of each side.
+    pub fn peer_ratios(&self) -> Vec<PeerRatio> {
+        let Some(peer) = &self.peer else { return Vec::new() };
+        points(&self.ours)
+            .into_iter()
+            .filter_map(|(w, t)| {
+                let (o, p) = (best(&self.ours, &w, t)?, best(&peer.doc, &w, t)?);
+                let (om, pm) = (o.samples_per_s.median, p.samples_per_s.median);
+                (pm > 0.0).then(|| PeerRatio {
+                    workload: w.clone(),
+                    threads: t,
+                    ours: (o.mode.clone(), om),
+                    peer: (p.mode.clone(), pm),
+                    ratio: om / pm,
+                })
+            })
+            .collect()
+    }
+
+    /// Ours/limit at every (workload, T) with both a serving mode and `limit`.
+    pub fn limit_ratios(&self) -> Vec<LimitRatio> {
+        points(&self.ours)
+            .into_iter()
+            .filter_map(|(w, t)| {
+                let o = best(&self.ours, &w, t)?;
+                let l = self.ours.results.iter().find(|r| r.workload == w && r.threads == t && Mode::is_limit_name(&r.mode))?;
+                let lm = l.samples_per_s.median;
+                (lm > 0.0).then(|| LimitRatio {
+                    workload: w.clone(),
+                    threads: t,
+                    ours: (o.mode.clone(), o.samples_per_s.median),
+                    limit: lm,
+                    ratio: o.samples_per_s.median / lm,
+                })
+            })
+            .collect()
+    }
+
+    /// The human-readable summary: header, results with efficiency, ratios, skips.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for d in self.docs() {
+            let _ = writeln!(
+                s,
+                "{}: torch {} on {} ({}), {}; threads {:?}, {} reps, warm-up {} s, timed {} s",
+                d.tool, d.torch_version, d.device, d.device_name, d.date, d.config.threads, d.config.reps, d.config.warmup_s, d.config.duration_s
+            );
+        }
+        let head = format!("{:<14} {:<12} {:<14} {:>3} {:>13} {:>13} {:>13} {:>6}", "workload", "tool", "mode", "T", "median", "min", "max", "eff");
+        let _ = writeln!(s, "\n{head}\n{}", "-".repeat(head.len()));
+        let mut all_workloads = workloads(&self.ours);
+        for d in self.docs() {
+            for w in workloads(d) {
+                if !all_workloads.contains(&w) {
+                    all_workloads.push(w);
+                }
+            }
+        }
+        for w in &all_workloads {
+            for d in self.docs() {
+                for m in modes(d) {
+                    let mut rows: Vec<&PointResult> = d.results.iter().filter(|r| &r.workload == w && r.mode == m).collect();
+                    rows.sort_by_key(|r| r.threads);
+                    for r in rows {
+                        let st = r.samples_per_s;
+                        let eff = efficiency(d, r).map_or("-".into(), |e| format!("{e:.2}"));
+                        let _ = writeln!(
+                            s,
+                            "{:<14} {:<12} {:<14} {:>3} {:>13.1} {:>13.1} {:>13.1} {:>6}",
+                            w, d.tool, m, r.threads, st.median, st.min, st.max, eff
+                        );
+                    }
+                }
+            }
+        }
+        let _ = writeln!(s, "(samples/s over the repetitions; eff = throughput(T) / (T x throughput(1)) of the same mode)");
+        if self.peer.is_some() {
+            let _ = writeln!(s, "\nours / peer (best serving mode of each side; limits excluded):");
+            let ratios = self.peer_ratios();
+            if ratios.is_empty() {
+                let _ = writeln!(s, "  (no workload and thread count measured by both)");
+            }
+            for r in ratios {
+                let _ = writeln!(
+                    s,
+                    "  {:<14} T={:<3} {:>6.2}x   {} {:.1} vs {} {:.1}",
+                    r.workload, r.threads, r.ratio, r.ours.0, r.ours.1, r.peer.0, r.peer.1
+                );
+            }
+        }
+        let limits = self.limit_ratios();
+        if !limits.is_empty() {
+            let _ = writeln!(s, "\nours / limit (best serving mode vs one batched call of T x batch samples):");
+            for r in limits {
+                let _ = writeln!(s, "  {:<14} T={:<3} {:>6.2}   {} {:.1} vs limit {:.1}", r.workload, r.threads, r.ratio, r.ours.0, r.ours.1, r.limit);
+            }
+        }
+        let skipped: Vec<_> = self.docs().into_iter().flat_map(|d| d.skipped.iter().map(move |k| (d.tool.as_str(), k))).collect();
+        if !skipped.is_empty() {
+            let _ = writeln!(s, "\nskipped:");
+            for (tool, k) in skipped {
+                let _ = writeln!(s, "  [{tool}] {} {}: {}", k.workload, k.mode, k.reason);
+            }
+        }
+        s
+    }
+}
