@@ -314,7 +314,9 @@ fn peer_arguments_mirror_the_sweep() {
 #[test]
 fn cli_runs_a_sweep_quick_values_yield_to_flags_and_a_missing_python_is_a_note() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tch-streams"))
+    // TCH_STREAMS_BIN overrides cargo's path when the tests run on another machine than the build.
+    let bin = std::env::var("TCH_STREAMS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tch-streams").to_string());
+    let out = std::process::Command::new(bin)
         .args(["bench", "--quick", "--device", "cpu", "--workloads", "small-mlp", "--modes", "tch-default,limit"])
         .args(["--threads", "1", "--reps", "1", "--with-python", "--python", "/nonexistent/python3", "--out"])
         .arg(dir.path())

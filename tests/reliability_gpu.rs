@@ -150,7 +150,8 @@ fn sanitizer_stress_engine_streams_batching_16_workers() {
 #[ignore = "needs a CUDA GPU; long"]
 fn soak_mixed_load_with_restarts() {
     let secs: u64 = std::env::var("TCH_STREAMS_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-    let cycle = Duration::from_secs(10.min(secs.max(1)));
+    let cycle_secs: u64 = std::env::var("TCH_STREAMS_SOAK_CYCLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let cycle = Duration::from_secs(cycle_secs.min(secs.max(1)));
     // Warm-up cycle touching every pool stream (per-stream library workspaces stay allocated).
     run_cycle(32, Batching::Off, false, Duration::from_secs(1), 0);
     let baseline = allocated();
@@ -163,7 +164,8 @@ fn soak_mixed_load_with_restarts() {
         } else {
             Batching::Off
         };
-        let graphs = cfg!(feature = "cuda-graphs") && cycles % 4 == 3;
+        let every: u64 = std::env::var("TCH_STREAMS_SOAK_GRAPHS_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+        let graphs = cfg!(feature = "cuda-graphs") && cycles % every == every - 1;
         let (submitted, ok, bad, dropped) = run_cycle(workers, batching, graphs, cycle, cycles);
         let now = allocated();
         println!(

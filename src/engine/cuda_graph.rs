@@ -37,6 +37,7 @@ impl Graph {
 
 impl Drop for Graph {
     fn drop(&mut self) {
+        // Callers hold LIFECYCLE exclusively: `capture` (a failed capture) and `GraphCache::drop`.
         // SAFETY: created by tss_graph_new, freed once.
         unsafe { ffi::tss_graph_free(self.0) }
     }
@@ -87,19 +88,31 @@ impl GraphCache {
         }
         let c = &self.graphs[&key];
         c.input.shallow_clone().f_copy_(x).map_err(|e| e.to_string())?;
-        c.graph.replay()?;
+        {
+            let _shared = LIFECYCLE.read();
+            c.graph.replay()?;
+        }
         // The static output is overwritten by the next replay: hand out a copy.
         c.output.f_detach_copy().map_err(|e| e.to_string())
     }
 }
 
-/// One capture at a time in the process: capture_begin/end touch process-wide state (the default
-/// CUDA generator's graph-safe state, the allocator's list of captures under way). Replays and
-/// eager work on other workers continue meanwhile.
-static CAPTURE: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+/// Graph lifecycle lock. Capture and destruction touch process-wide state (the default CUDA
+/// generator's graph-safe state, which every capture registers and every replay advances; the
+/// allocator's private pools and its list of captures under way): they take it exclusively.
+/// Replays take it shared, so workers replay side by side but never while a graph is being
+/// captured or destroyed. Eager work is not affected.
+static LIFECYCLE: parking_lot::RwLock<()> = parking_lot::RwLock::new(());
+
+impl Drop for GraphCache {
+    fn drop(&mut self) {
+        let _exclusive = LIFECYCLE.write();
+        self.graphs.clear();
+    }
+}
 
 fn capture(model: &dyn Forward, x: &Tensor) -> Result<Captured, String> {
-    let _one_at_a_time = CAPTURE.lock();
+    let _exclusive = LIFECYCLE.write();
     let input = x.f_detach_copy().map_err(|e| e.to_string())?;
     let graph = Graph::new()?;
     graph.begin()?;
