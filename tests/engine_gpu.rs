@@ -116,7 +116,7 @@ fn inputs_made_on_the_callers_stream_are_waited_for() {
                 busy = busy.matmul(&a);
             }
             let mut x = Tensor::zeros([1, 1024], (Kind::Float, GPU));
-            let _ = x.copy_(&(busy.narrow(0, 0, 1).narrow(1, 0, 1024) * 0.0 + round as f64));
+            x.copy_(&(busy.narrow(0, 0, 1).narrow(1, 0, 1024) * 0.0 + round as f64));
             let t = engine.submit(x.shallow_clone());
             (x, t)
         })

@@ -11,11 +11,13 @@ use std::ffi::{c_void, CStr};
 use std::io::Read;
 use std::sync::OnceLock;
 
-/// Real (symlink-resolved) path of the shared object containing `addr`.
-pub fn path_of_address(addr: *const c_void) -> Option<String> {
+/// Real (symlink-resolved) path of the shared object mapped at address `addr` (a number: it is
+/// looked up in the loader's tables, never dereferenced).
+pub fn path_of_address(addr: usize) -> Option<String> {
+    // SAFETY: Dl_info is plain data; all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: dladdr only reads `addr` as a number and writes `info`, a valid out-pointer.
-    let found = unsafe { libc::dladdr(addr, &mut info) };
+    // SAFETY: dladdr only looks the address up and writes `info`, a valid out-pointer.
+    let found = unsafe { libc::dladdr(addr as *const c_void, &mut info) };
     if found == 0 || info.dli_fname.is_null() {
         return None;
     }
@@ -138,7 +140,9 @@ pub fn cuda_device_names(count: usize) -> Vec<String> {
     let mut names = Vec::new();
     if !get_dev.is_null() && !get_name.is_null() {
         // SAFETY: these driver entry points have exactly these C signatures (CUdevice is int).
-        let (get_dev, get_name): (GetDevice, GetName) = unsafe { (std::mem::transmute(get_dev), std::mem::transmute(get_name)) };
+        let (get_dev, get_name) = unsafe {
+            (std::mem::transmute::<*mut c_void, GetDevice>(get_dev), std::mem::transmute::<*mut c_void, GetName>(get_name))
+        };
         for ordinal in 0..count as i32 {
             let mut dev = 0;
             let mut buf = [0 as libc::c_char; 256];

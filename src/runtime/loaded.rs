@@ -58,7 +58,7 @@ impl LoadedLibtorch {
     fn detect_uncached() -> Result<LoadedLibtorch> {
         // SAFETY: returns the address of a function defined in libtorch_cpu; no dereference.
         let anchor = unsafe { ffi::tss_libtorch_cpu_anchor() };
-        let cpu_path = fingerprint::path_of_address(anchor).ok_or_else(|| Error::Io {
+        let cpu_path = fingerprint::path_of_address(anchor as usize).ok_or_else(|| Error::Io {
             path: "libtorch_cpu".into(),
             message: "the dynamic loader could not name the file holding libtorch_cpu".into(),
         })?;
