@@ -22,6 +22,7 @@
 # Usage: scripts/check-patch.sh [--no-tsan] [--help]
 # Prints one PASS/FAIL/SKIP line per check; exits 1 when any check fails.
 set -euo pipefail
+trap 'echo "[check-patch] error: command failed at line $LINENO" >&2' ERR
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
@@ -52,7 +53,8 @@ mapfile -t SERIES < <(find "$SERIES_DIR" -maxdepth 1 -name '[0-9][0-9][0-9][0-9]
 [ "${#SERIES[@]}" -gt 0 ] || { fail series "no patches in $SERIES_DIR"; exit 1; }
 
 # --- the wheel -----------------------------------------------------------------------------------
-find_wheel() { find "$WHEELS" -maxdepth 1 -name 'torch-2.11.0-*-macosx_11_0_arm64.whl' 2>/dev/null | sort | head -n 1; }
+# (No wheels directory yet on a fresh machine: that is "not found", not a failure.)
+find_wheel() { [ -d "$WHEELS" ] || return 0; find "$WHEELS" -maxdepth 1 -name 'torch-2.11.0-*-macosx_11_0_arm64.whl' | sort | head -n 1; }
 WHEEL="$(find_wheel)"
 if [ -z "$WHEEL" ]; then
   mkdir -p "$WHEELS"
@@ -226,7 +228,7 @@ fi
 # --- 6. patched headers with a plain C++ form compile ----------------------------------------------
 TORCH_INC="${TCH_STREAMS_TORCH_INCLUDE:-}"
 if [ -z "$TORCH_INC" ]; then
-  TORCH_INC="$(find "$CACHE/venv" -maxdepth 6 -type d -path '*/site-packages/torch/include' 2>/dev/null | sort | head -n 1)"
+  TORCH_INC="$(find "$CACHE/venv" -maxdepth 6 -type d -path '*/site-packages/torch/include' 2>/dev/null | sort | head -n 1 || true)"
 fi
 if ! command -v g++ >/dev/null; then
   fail header-syntax "g++ is not installed (apt-get install g++)"
