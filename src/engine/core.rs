@@ -83,8 +83,7 @@ impl Engine {
         for &device in &b.devices {
             Stream::default_for(device)?; // validates the index
             let pool = match Stream::from_pool(device, Priority::Normal) {
-                Ok(_) => true,
-                Err(Error::Unsupported { .. }) if device == Device::Cpu => false,
+                Ok(_) => true, // CPU included: its one stream answers every pool request
                 Err(Error::Unsupported { backend, detail, .. }) => {
                     if b.require_stream_pool {
                         let why = Report::gather()
@@ -104,7 +103,7 @@ impl Engine {
                 }
                 Err(e) => return Err(e.into()),
             };
-            has_pool.insert(device, pool || device == Device::Cpu);
+            has_pool.insert(device, pool);
         }
         // Round-robin assignment; a GPU device without a pool gets exactly one worker.
         let mut assigned: Vec<Device> = Vec::new();
