@@ -31,15 +31,15 @@ impl Batcher {
             Batching::Off => return Some(vec![first]),
             Batching::Dynamic { max_batch, max_wait } => (max_batch.max(1) as i64, max_wait),
         };
-        let key = first.batch_key();
-        let mut rows = first.rows();
+        let key = first.key.clone();
+        let mut rows = first.rows;
         let mut batch = vec![first];
         // Set-aside requests first (they are older), keeping the order of the rest.
         let mut i = 0;
         while i < self.aside.len() && rows < max_batch {
-            if self.aside[i].batch_key() == key && rows + self.aside[i].rows() <= max_batch {
+            if self.aside[i].key == key && rows + self.aside[i].rows <= max_batch {
                 let r = self.aside.remove(i).expect("index in range");
-                rows += r.rows();
+                rows += r.rows;
                 batch.push(r);
             } else {
                 i += 1;
@@ -54,8 +54,8 @@ impl Batcher {
                     Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
                 },
             };
-            if next.batch_key() == key && rows + next.rows() <= max_batch {
-                rows += next.rows();
+            if next.key == key && rows + next.rows <= max_batch {
+                rows += next.rows;
                 batch.push(next);
             } else {
                 self.aside.push_back(next);

@@ -197,7 +197,8 @@ impl Engine {
             return self.refuse(e);
         }
         let (promise, ticket) = pair();
-        let request = Request { ready: self.ready_mark(&input), input, promise, submitted: std::time::Instant::now() };
+        let ready = self.ready_mark(&input);
+        let request = Request::new(input, promise, ready);
         let guard = self.sender.read();
         match guard.as_ref() {
             Some(tx) => match tx.send(request) {
@@ -216,7 +217,8 @@ impl Engine {
     pub fn try_submit(&self, input: Tensor) -> Result<Ticket, EngineError> {
         self.spec.validate(&input)?;
         let (promise, ticket) = pair();
-        let request = Request { ready: self.ready_mark(&input), input, promise, submitted: std::time::Instant::now() };
+        let ready = self.ready_mark(&input);
+        let request = Request::new(input, promise, ready);
         let guard = self.sender.read();
         let tx = guard.as_ref().ok_or(EngineError::ShutDown)?;
         match tx.try_send(request) {

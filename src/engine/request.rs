@@ -6,7 +6,11 @@ use crate::stream::Event;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// One submitted input, waiting for a worker.
+/// Key under which requests may share a batch: everything but dim 0, dtype, device.
+pub(crate) type BatchKey = (Vec<i64>, Kind, Device);
+
+/// One submitted input, waiting for a worker. `rows` and `key` are fixed at submission (the
+/// batcher compares them many times).
 pub(crate) struct Request {
     pub(crate) input: Tensor,
     pub(crate) promise: Promise,
@@ -14,18 +18,17 @@ pub(crate) struct Request {
     /// Recorded on the submitting thread's current stream when the input lives on a GPU; the
     /// worker's stream waits for it before reading the input.
     pub(crate) ready: Option<(Device, Event)>,
+    /// Rows along dim 0.
+    pub(crate) rows: i64,
+    pub(crate) key: BatchKey,
 }
 
 impl Request {
-    /// Rows along dim 0.
-    pub(crate) fn rows(&self) -> i64 {
-        self.input.size().first().copied().unwrap_or(0)
-    }
-
-    /// Key under which requests may share a batch: everything but dim 0, dtype, device.
-    pub(crate) fn batch_key(&self) -> (Vec<i64>, Kind, Device) {
-        let size = self.input.size();
-        (size.get(1..).unwrap_or(&[]).to_vec(), self.input.kind(), self.input.device())
+    pub(crate) fn new(input: Tensor, promise: Promise, ready: Option<(Device, Event)>) -> Request {
+        let size = input.size();
+        let rows = size.first().copied().unwrap_or(0);
+        let key = (size.get(1..).unwrap_or(&[]).to_vec(), input.kind(), input.device());
+        Request { input, promise, submitted: Instant::now(), ready, rows, key }
     }
 }
 

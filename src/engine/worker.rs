@@ -129,7 +129,7 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec
         }
     }
     let inputs: Vec<&Tensor> = batch.iter().map(|r| &r.input).collect();
-    let rows: Vec<i64> = batch.iter().map(Request::rows).collect();
+    let rows: Vec<i64> = batch.iter().map(|r| r.rows).collect();
     let attempt = catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, &inputs, &rows)));
     let mut outcomes: Vec<Result<Tensor, EngineError>> = match attempt {
         Ok(Ok(outs)) => outs.into_iter().map(Ok).collect(),
@@ -158,7 +158,7 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec
         match &outcome {
             Ok(_) => {
                 ok += 1;
-                samples += req.rows() as u64;
+                samples += req.rows as u64;
             }
             Err(_) => failed += 1,
         }
