@@ -18,6 +18,11 @@
 #                MetalShaderLibrary.h, the two portable ones) compile with g++ -fsyntax-only
 #                against the c10 headers of a Linux torch 2.11.0 (the project's venv, or
 #                TCH_STREAMS_TORCH_INCLUDE); SKIP when there is none.
+#   7. binary:   the .mm hunks' context agrees with the v2.11.0 build in the same wheel
+#                (libtorch_cpu.dylib): every string literal on a context or removed line is in
+#                it, every function defined on one is named in its symbols, the functions that
+#                gain the kernel lock or the encoder move dispatch a block in v2.11.0, and the
+#                facts patches/README.md relies on about v2.11.0's code hold.
 #
 # Usage: scripts/check-patch.sh [--no-tsan] [--help]
 # Prints one PASS/FAIL/SKIP line per check; exits 1 when any check fails.
@@ -34,7 +39,7 @@ RUN_TSAN=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-tsan) RUN_TSAN=0 ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "check-patch.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -258,6 +263,67 @@ CPP
   else
     fail header-syntax "$(grep -E 'error' <<<"$out" | head -n 3 | tr '\n' ' ')"
   fi
+fi
+
+# --- 7. .mm context against the v2.11.0 binary ---------------------------------------------------
+# The wheel's libtorch_cpu.dylib was built from the exact v2.11.0 sources: its string literals and
+# symbol names are a fingerprint of the .mm files whose text we could only read at other revisions.
+unzip -q -o "$WHEEL" 'torch/lib/libtorch_cpu.dylib' -d "$WORK/wheel"
+if out="$(python3 - "$PATCH" "$WORK/wheel/torch/lib/libtorch_cpu.dylib" <<'PY'
+import re, sys
+patch, dylib = sys.argv[1], sys.argv[2]
+data = open(dylib, 'rb').read()
+problems, literals, functions = [], set(), set()
+for block in re.split(r'^(?=diff --git )', open(patch).read(), flags=re.M)[1:]:
+    path = re.match(r'diff --git a/(\S+) b/', block).group(1)
+    if not path.endswith('.mm') or re.search(r'^--- /dev/null$', block, flags=re.M):
+        continue
+    for line in block.splitlines():
+        if line[:1] not in (' ', '-') or line.startswith('--- '):
+            continue
+        for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', line[1:]):
+            if '\\' not in lit and len(lit) >= 6:
+                literals.add((path, lit))
+        m = re.match(r'^(?:static\s+|inline\s+)*[\w:<>,*&\s]*?\b\w+::(\w+)\(|^(?:static\s+|inline\s+)*[\w:<>,*&]+[\s*&]+(\w+)\(', line[1:])
+        if m and (m.group(1) or m.group(2)) not in ('if', 'for', 'while', 'switch', 'return'):
+            functions.add((path, m.group(1) or m.group(2)))
+for path, lit in sorted(literals):
+    if lit.encode() not in data:
+        problems.append('literal "%s" of %s is not in v2.11.0' % (lit, path))
+for path, name in sorted(functions):
+    if name.encode() not in data:
+        problems.append('function %s of %s is not in v2.11.0' % (name, path))
+# Functions that gain the kernel lock (taken before their dispatch) or the encoder move.
+dispatching = ['_mps_linear_nograph', 'linalg_lu_factor_ex_out_mps_impl', 'linalg_solve_out_mps_impl',
+               'tiled_bmm_out_mps_impl', 'layer_norm_mps']
+for name in dispatching:
+    if not re.search(re.escape(name.encode()) + rb'[\w$.]*_block_invoke', data):
+        problems.append('%s dispatches no block in v2.11.0' % name)
+# binary_facts: what patches/README.md says about v2.11.0's code.
+facts = [
+    # layer_norm_mps picks its Metal kernel as "layer_norm_single_row_"/"layer_norm_looped_" + dtype
+    # (the revision the Normalization.mm hunk's context comes from), not by index width as later.
+    (b'layer_norm_single_row_\0', True), (b'layer_norm_looped_\0', True), (b'layer_norm_single_row_i32', False),
+    # linalg.solve is MPSMatrixDecompositionLU + MPSMatrixSolveLU; no MPS lu_solve kernel yet.
+    (b'solve(): Linear solve failed at the ', True), (b'linalg.lu_solve(): MPS only supports float32', False),
+    # arange/range/linspace run MPSGraph graphs (encoded on the stream's queue), not the later Metal
+    # kernels whose encoder is taken off the queue (the code pytorch/pytorch#197805 describes).
+    (b'linspace_out_mps:\0', True), (b'arange_strided_', False), (b'linspace_integral_', False),
+    # MPSStream has no commitAdaptive (the later caller of recordEvents from inside a queue block).
+    (b'commitAdaptive', False),
+]
+for needle, present in facts:
+    if (needle in data) != present:
+        problems.append('expected %r to be %s the v2.11.0 binary' % (needle, 'in' if present else 'absent from'))
+print('%d literals, %d functions, %d dispatching functions, %d facts' % (len(literals), len(functions), len(dispatching), len(facts)))
+for p in problems:
+    print(p)
+sys.exit(1 if problems else 0)
+PY
+)"; then
+  pass "binary: .mm context agrees with the v2.11.0 libtorch_cpu.dylib in the wheel ($out)"
+else
+  fail binary "$(tail -n +2 <<<"$out" | head -n 5 | tr '\n' ' ')"
 fi
 
 if [ "$FAILED" = 0 ]; then echo "check-patch: all checks passed"; else echo "check-patch: FAILED"; fi
