@@ -20,20 +20,38 @@ pub(crate) struct EventPool {
 
 impl EventPool {
     /// For a GPU input: an event recorded on the calling thread's current stream, after which the
-    /// input is ready. `None` for host tensors (nothing to wait for).
+    /// input is ready. `None` for host tensors (nothing to wait for), and also when no event could
+    /// be recorded: then this call has already waited for the caller's stream on the host, so the
+    /// input is ready for any stream when it returns (slower, never wrong).
     pub(crate) fn mark_ready(&self, input: &Tensor) -> Option<(Device, Event)> {
         let device = input.device();
         if device == Device::Cpu {
             return None;
         }
-        let stream = Stream::current(device).ok()?;
-        let pooled = self.free.lock().get_mut(&device).and_then(Vec::pop);
-        let mut event = match pooled {
-            Some(e) => e,
-            None => Event::new(device).ok()?,
+        let stream = match Stream::current(device) {
+            Ok(stream) => stream,
+            Err(err) => {
+                // The request fails its device check later; there is no stream to order against.
+                tracing::warn!(?device, %err, "no current stream for a request's input");
+                return None;
+            }
         };
-        event.record(&stream).ok()?;
-        Some((device, event))
+        let pooled = self.free.lock().get_mut(&device).and_then(Vec::pop);
+        let recorded = match pooled {
+            Some(event) => Ok(event),
+            None => Event::new(device),
+        }
+        .and_then(|mut event| event.record(&stream).map(|()| event));
+        match recorded {
+            Ok(event) => Some((device, event)),
+            Err(err) => {
+                tracing::warn!(%stream, %err, "input-ready event not recorded; waiting for the caller's stream instead");
+                if let Err(err) = stream.synchronize() {
+                    tracing::error!(%stream, %err, "could not wait for the caller's stream either");
+                }
+                None
+            }
+        }
     }
 
     /// Returns an event whose wait has been queued.
