@@ -109,7 +109,49 @@ fn skipped_names_the_modes_this_build_and_device_cannot_run() {
     let graphs = reason("engine-graphs").expect("engine-graphs is skipped on CPU");
     assert!(graphs.contains("cuda-graphs") || graphs.contains("CUDA"), "{graphs}");
     assert!(reason("tch-streams").expect("tch-streams is skipped on CPU").contains("CPU"));
-    assert_eq!(skipped.len(), 2, "nothing failed: {skipped:?}");
+    let spread = reason("engine-spread").expect("engine-spread is skipped with one device");
+    assert!(spread.contains("two or more devices"), "{spread}");
+    assert_eq!(skipped.len(), 3, "nothing failed: {skipped:?}");
+}
+
+#[test]
+fn engine_spread_runs_over_a_device_list_and_reports_its_scaling() {
+    let mut cfg = tiny();
+    cfg.modes = vec![Mode::Engine, Mode::EngineSpread];
+    cfg.threads = vec![2];
+    cfg.spread_devices = vec![tch::Device::Cpu, tch::Device::Cpu];
+    let report = bench::run(&cfg).expect("engine and engine-spread run on cpu,cpu");
+    assert!(report.ours.skipped.is_empty(), "{:?}", report.ours.skipped);
+    assert_eq!(report.ours.config.spread_devices, vec!["cpu", "cpu"]);
+    let median = |mode: &str| {
+        let r = report.ours.results.iter().find(|r| r.mode == mode && r.threads == 2).expect("point measured");
+        r.samples_per_s.median
+    };
+    let (spread, single) = (median("engine-spread"), median("engine"));
+    assert!(spread > 0.0 && single > 0.0);
+    let ratios = report.spread_ratios();
+    assert_eq!(ratios.len(), 1, "{ratios:?}");
+    let r = &ratios[0];
+    assert_eq!((r.workload.as_str(), r.threads, r.devices), ("small-mlp", 2, 2));
+    assert_eq!((r.spread, r.single), (spread, single));
+    assert!((r.ratio - spread / single).abs() < 1e-12);
+    // The JSON carries the ratios; the text names both sides; the single-device comparisons
+    // (ours vs limit/peer) never pick the multi-device mode.
+    let json = report.to_json();
+    assert_eq!(json["spread_ratios"][0]["devices"], 2);
+    assert!((json["spread_ratios"][0]["ratio"].as_f64().expect("ratio") - r.ratio).abs() < 1e-12);
+    assert_eq!(json["config"]["spread_devices"], serde_json::json!(["cpu", "cpu"]));
+    let text = report.render();
+    assert!(text.contains("engine-spread / engine (workers over cpu,cpu vs on cpu alone)"), "{text}");
+    assert!(report.limit_ratios().iter().all(|l| l.ours.0 != "engine-spread"));
+}
+
+#[test]
+fn a_spread_list_must_start_with_the_sweep_device() {
+    let mut cfg = tiny();
+    cfg.spread_devices = vec![tch::Device::Cuda(0), tch::Device::Cpu];
+    let err = cfg.validate().expect_err("first spread device differs from the sweep's");
+    assert!(err.to_string().contains("spread_devices must start with the sweep's device"), "{err}");
 }
 
 #[test]

@@ -102,31 +102,57 @@ fn workers_spread_over_a_device_list() {
     report("cuda:0,cuda:0", &engine);
 }
 
+/// Ten rounds of 8 requests: a long producer on the caller's own cuda:0 pool stream writes the
+/// value the engine (workers on `devices`) must see; every answer must be computed from that
+/// value, not from what the buffer held before.
+fn waits_for_the_callers_stream(devices: &[Device]) {
+    let engine = Engine::builder(affine()).devices(devices.to_vec()).workers(4 * devices.len()).build().unwrap();
+    let mine = Stream::from_pool(GPU, Priority::Normal).unwrap();
+    let mut served_on = HashSet::new();
+    for round in 0..10 {
+        let (xs, tickets): (Vec<Tensor>, Vec<_>) = with_stream(&mine, || {
+            (0..8)
+                .map(|_| {
+                    let a = Tensor::ones([4096, 4096], (Kind::Float, GPU)) / 4096.0;
+                    let mut busy = Tensor::ones([4096, 4096], (Kind::Float, GPU));
+                    for _ in 0..20 {
+                        busy = busy.matmul(&a);
+                    }
+                    let mut x = Tensor::zeros([1, 1024], (Kind::Float, GPU));
+                    x.copy_(&(busy.narrow(0, 0, 1).narrow(1, 0, 1024) * 0.0 + round as f64));
+                    let t = engine.submit(x.shallow_clone());
+                    (x, t)
+                })
+                .unzip()
+        })
+        .unwrap();
+        let v = round as f64;
+        for ticket in tickets {
+            let y = ticket.wait().unwrap();
+            served_on.insert(format!("{:?}", y.device()));
+            assert_eq!(y.min().double_value(&[]), (v * 3.0 + 1.0) * v, "round {round}");
+            assert_eq!(y.max().double_value(&[]), (v * 3.0 + 1.0) * v);
+        }
+        drop(xs);
+    }
+    println!("answers came from {served_on:?}");
+    assert_eq!(served_on.len(), devices.iter().collect::<HashSet<_>>().len(), "every device served: {served_on:?}");
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn inputs_made_on_the_callers_stream_are_waited_for() {
-    let engine = Engine::builder(affine()).devices(vec![GPU]).workers(4).build().unwrap();
-    let mine = Stream::from_pool(GPU, Priority::Normal).unwrap();
-    for round in 0..10 {
-        let (x, ticket) = with_stream(&mine, || {
-            // A long producer on the caller's stream, then the value the engine must see.
-            let a = Tensor::ones([4096, 4096], (Kind::Float, GPU)) / 4096.0;
-            let mut busy = Tensor::ones([4096, 4096], (Kind::Float, GPU));
-            for _ in 0..20 {
-                busy = busy.matmul(&a);
-            }
-            let mut x = Tensor::zeros([1, 1024], (Kind::Float, GPU));
-            x.copy_(&(busy.narrow(0, 0, 1).narrow(1, 0, 1024) * 0.0 + round as f64));
-            let t = engine.submit(x.shallow_clone());
-            (x, t)
-        })
-        .unwrap();
-        let y = ticket.wait().unwrap();
-        let v = round as f64;
-        assert_eq!(y.min().double_value(&[]), (v * 3.0 + 1.0) * v, "round {round}");
-        assert_eq!(y.max().double_value(&[]), (v * 3.0 + 1.0) * v);
-        drop(x);
-    }
+    waits_for_the_callers_stream(&[GPU]);
+}
+
+/// Workers on cuda:0 and cuda:1, inputs made on cuda:0: a cuda:1 worker gathers and copies the
+/// input with kernels on cuda:0's stream of its thread, which a wait on its own (cuda:1) stream
+/// would not order; it waits for the producer on the host instead.
+#[test]
+#[ignore = "needs two CUDA GPUs"]
+fn inputs_from_another_device_are_waited_for() {
+    assert!(tch::Cuda::device_count() >= 2, "this test needs two CUDA GPUs");
+    waits_for_the_callers_stream(&[GPU, Device::Cuda(1)]);
 }
 
 #[test]

@@ -101,6 +101,9 @@ pub struct BenchConfig {
     pub duration_s: f64,
     /// The device every point runs on. Default: CUDA 0 if visible, else CPU.
     pub device: Device,
+    /// The devices [`Mode::EngineSpread`] spreads its workers over, `device` first. Default: just
+    /// `device` (so `engine-spread` is skipped); the CLI's `--device cuda:0,cuda:1` sets both.
+    pub spread_devices: Vec<Device>,
     /// Requests each engine client keeps in flight. Default 8.
     pub window: usize,
     /// The engine's dynamic-batching wait. Default 150 µs.
@@ -120,6 +123,7 @@ impl BenchConfig {
             warmup_s: 1.0,
             duration_s: 2.0,
             device,
+            spread_devices: vec![device],
             window: 8,
             batch_wait: Duration::from_micros(150),
             progress: false,
@@ -138,7 +142,10 @@ impl BenchConfig {
             return bad("no workloads; name at least one (small-mlp, large-mlp, transformer or --model FILE.pt)");
         }
         if self.modes.is_empty() {
-            return bad("no modes; name at least one of tch-default, tch-streams, engine, engine-graphs, limit");
+            return bad("no modes; name at least one of tch-default, tch-streams, engine, engine-graphs, engine-spread, limit");
+        }
+        if self.spread_devices.first() != Some(&self.device) {
+            return bad("spread_devices must start with the sweep's device");
         }
         if self.threads.is_empty() || self.threads.iter().any(|&t| t == 0 || t > 1024) {
             return bad("thread counts must be a non-empty list of integers in 1..=1024");

@@ -33,12 +33,13 @@ pub(crate) trait Client {
 pub(crate) type Factory<'a> = Box<dyn FnOnce() -> Result<Box<dyn Client + 'a>, String> + Send + 'a>;
 
 /// Repetitions and phase lengths of a point.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Timing {
     pub(crate) reps: usize,
     pub(crate) warmup: Duration,
     pub(crate) duration: Duration,
-    pub(crate) device: Device,
+    /// Synchronised by the main thread at the end of each timed phase.
+    pub(crate) devices: Vec<Device>,
 }
 
 struct Shared {
@@ -74,12 +75,12 @@ pub(crate) fn measure(factories: Vec<Factory<'_>>, timing: Timing) -> Result<Vec
     std::thread::scope(|scope| {
         let mut started = 0;
         for (i, factory) in factories.into_iter().enumerate() {
-            let (sh, go) = (&shared, go_rx.clone());
+            let (sh, go, reps) = (&shared, go_rx.clone(), timing.reps);
             let spawned = std::thread::Builder::new()
                 .name(format!("tch-streams-bench-{i}"))
                 .spawn_scoped(scope, move || {
                     if go.recv().is_ok() {
-                        worker(sh, factory, timing.reps);
+                        worker(sh, factory, reps);
                     }
                 });
             match spawned {
@@ -110,8 +111,10 @@ pub(crate) fn measure(factories: Vec<Factory<'_>>, timing: Timing) -> Result<Vec
             *shared.deadline.lock() = t0 + timing.duration;
             shared.barrier.wait(); // timed phase starts
             shared.barrier.wait(); // every client done and settled
-            if let Err(e) = crate::stream::synchronize_device(timing.device) {
-                shared.fail(format!("synchronizing {:?} failed: {e}", timing.device));
+            for &device in &timing.devices {
+                if let Err(e) = crate::stream::synchronize_device(device) {
+                    shared.fail(format!("synchronizing {device:?} failed: {e}"));
+                }
             }
             let elapsed = t0.elapsed().as_secs_f64();
             runs.push(shared.samples.load(Ordering::SeqCst) as f64 / elapsed);

@@ -74,7 +74,7 @@ pub use error::BenchError;
 pub use modes::Mode;
 pub use peer::{find_script, read_peer, PeerRunner, PEER_SCRIPT};
 pub use plot::plot_png;
-pub use report::{efficiency, BenchReport, LimitRatio, PeerDoc, PeerRatio};
+pub use report::{efficiency, BenchReport, LimitRatio, PeerDoc, PeerRatio, SpreadRatio};
 pub use schema::{BenchDoc, DocConfig, PointResult, Skipped, Stats, PEER_TOOL, SCHEMA, TOOL};
 
 use crate::runtime::LoadedLibtorch;
@@ -87,7 +87,9 @@ use tch::Device;
 /// failures of single points are recorded under `skipped`.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     cfg.validate()?;
-    Stream::default_for(cfg.device)?; // a device index out of range fails here, clearly
+    for &device in &cfg.spread_devices {
+        Stream::default_for(device)?; // a device index out of range fails here, clearly
+    }
     let loaded = LoadedLibtorch::detect()?;
     let date = schema::utc_now();
     let sweep = workloads::sweep(cfg);
@@ -98,7 +100,17 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         device: device_label(cfg.device),
         device_name: device_name(cfg.device, &loaded),
         torch_version: loaded.loaded_version.clone().unwrap_or_else(|| loaded.compiled_version.clone()),
-        config: DocConfig { threads: cfg.threads.clone(), reps: cfg.reps, warmup_s: cfg.warmup_s, duration_s: cfg.duration_s },
+        config: DocConfig {
+            threads: cfg.threads.clone(),
+            reps: cfg.reps,
+            warmup_s: cfg.warmup_s,
+            duration_s: cfg.duration_s,
+            spread_devices: if cfg.spread_devices.len() > 1 && cfg.modes.contains(&Mode::EngineSpread) {
+                cfg.spread_devices.iter().map(|&d| device_label(d)).collect()
+            } else {
+                Vec::new()
+            },
+        },
         results: sweep.results,
         skipped: sweep.skipped,
     };

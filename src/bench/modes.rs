@@ -18,13 +18,19 @@ pub enum Mode {
     Engine,
     /// As `Engine`, with CUDA graphs. Needs the `cuda-graphs` cargo feature and a CUDA device.
     EngineGraphs,
+    /// As `Engine`, with `min(T, 16)` workers per device spread round-robin over every device of
+    /// [`BenchConfig::spread_devices`](super::BenchConfig::spread_devices) (two or more), each
+    /// device with its own model instance; inputs on the first device. Compared with `Engine` at
+    /// the same T, it gives the multi-device scaling ([`BenchReport::spread_ratios`](super::BenchReport::spread_ratios)).
+    EngineSpread,
     /// The batched limit: one thread, one call on the T threads' inputs concatenated along dim 0.
     Limit,
 }
 
 impl Mode {
     /// Every mode, in table and plot order.
-    pub const ALL: [Mode; 5] = [Mode::TchDefault, Mode::TchStreams, Mode::Engine, Mode::EngineGraphs, Mode::Limit];
+    pub const ALL: [Mode; 6] =
+        [Mode::TchDefault, Mode::TchStreams, Mode::Engine, Mode::EngineGraphs, Mode::EngineSpread, Mode::Limit];
 
     /// The CLI and JSON name.
     ///
@@ -40,11 +46,13 @@ impl Mode {
             Mode::TchStreams => "tch-streams",
             Mode::Engine => "engine",
             Mode::EngineGraphs => "engine-graphs",
+            Mode::EngineSpread => "engine-spread",
             Mode::Limit => "limit",
         }
     }
 
     /// Why this mode cannot run on `device` with this build, or `None` when it can.
+    /// (`EngineSpread` also needs two or more devices: see [`unavailable_on`](Mode::unavailable_on).)
     ///
     /// ```
     /// use tch_streams::bench::Mode;
@@ -53,7 +61,7 @@ impl Mode {
     /// ```
     pub fn unavailable(self, device: Device) -> Option<String> {
         match self {
-            Mode::TchDefault | Mode::Engine | Mode::Limit => None,
+            Mode::TchDefault | Mode::Engine | Mode::EngineSpread | Mode::Limit => None,
             Mode::TchStreams if device == Device::Cpu => {
                 Some("CPU has a single stream, so tch-streams would measure tch-default again".into())
             }
@@ -67,6 +75,24 @@ impl Mode {
             Mode::EngineGraphs if !matches!(device, Device::Cuda(_)) => Some("CUDA graphs need a CUDA device".into()),
             Mode::EngineGraphs => None,
         }
+    }
+
+    /// Why this mode cannot run on the device list `devices` (the first one is the sweep's
+    /// device), or `None` when it can.
+    ///
+    /// ```
+    /// use tch::Device;
+    /// use tch_streams::bench::Mode;
+    /// assert!(Mode::EngineSpread.unavailable_on(&[Device::Cpu]).unwrap().contains("two or more"));
+    /// assert_eq!(Mode::EngineSpread.unavailable_on(&[Device::Cpu, Device::Cpu]), None);
+    /// assert_eq!(Mode::Engine.unavailable_on(&[Device::Cpu]), None);
+    /// ```
+    pub fn unavailable_on(self, devices: &[Device]) -> Option<String> {
+        let Some(&first) = devices.first() else { return Some("no device given".into()) };
+        if self == Mode::EngineSpread && devices.len() < 2 {
+            return Some("needs two or more devices in --device (e.g. cuda:0,cuda:1)".into());
+        }
+        self.unavailable(first)
     }
 
     /// Whether the mode is a batched limit (ours `limit`, the peer's `py-limit`) rather than a
@@ -86,7 +112,7 @@ impl FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Mode, String> {
         Mode::ALL.into_iter().find(|m| m.name() == s.trim()).ok_or_else(|| {
-            format!("unknown mode '{s}'; expected tch-default, tch-streams, engine, engine-graphs or limit")
+            format!("unknown mode '{s}'; expected tch-default, tch-streams, engine, engine-graphs, engine-spread or limit")
         })
     }
 }

@@ -61,6 +61,7 @@ fn color_of(peer: bool, mode: &str) -> RGBColor {
         (false, "tch-streams") => pal::GREEN_700,
         (false, "engine") => pal::ORANGE_800,
         (false, "engine-graphs") => pal::PURPLE_600,
+        (false, "engine-spread") => pal::RED_700,
         (false, "limit") => BLACK,
         (true, "py-default") => pal::LIGHTBLUE_400,
         (true, "py-streams") => pal::LIGHTGREEN_600,

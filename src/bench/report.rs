@@ -70,6 +70,24 @@ pub struct LimitRatio {
     pub ratio: f64,
 }
 
+/// `engine-spread` (workers over several devices) vs `engine` (one device), for one workload and
+/// thread count: the multi-device scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpreadRatio {
+    /// Workload name.
+    pub workload: String,
+    /// Thread count T.
+    pub threads: usize,
+    /// How many devices `engine-spread` used.
+    pub devices: usize,
+    /// `engine-spread` median samples/s.
+    pub spread: f64,
+    /// `engine` median samples/s at the same T.
+    pub single: f64,
+    /// spread / single.
+    pub ratio: f64,
+}
+
 /// The seed project's scaling efficiency of a result: throughput(T) / (T × throughput(1)), on
 /// medians of the same document, workload and mode; `None` without a T = 1 point.
 pub fn efficiency(doc: &BenchDoc, r: &PointResult) -> Option<f64> {
@@ -78,11 +96,13 @@ pub fn efficiency(doc: &BenchDoc, r: &PointResult) -> Option<f64> {
     (base > 0.0).then(|| r.samples_per_s.median / base)
 }
 
-/// The result with the highest median among the serving (non-limit) modes of a doc at (w, T).
+/// The result with the highest median among the single-device serving modes (limits and
+/// `engine-spread` excluded) of a doc at (w, T).
 fn best<'a>(doc: &'a BenchDoc, workload: &str, threads: usize) -> Option<&'a PointResult> {
+    let spread = Mode::EngineSpread.name();
     doc.results
         .iter()
-        .filter(|r| r.workload == workload && r.threads == threads && !Mode::is_limit_name(&r.mode))
+        .filter(|r| r.workload == workload && r.threads == threads && !Mode::is_limit_name(&r.mode) && r.mode != spread)
         .max_by(|a, b| a.samples_per_s.median.total_cmp(&b.samples_per_s.median))
 }
 
@@ -131,13 +151,43 @@ impl BenchReport {
         std::iter::once(&self.ours).chain(self.peer.as_ref().map(|p| &p.doc)).collect()
     }
 
-    /// The JSON we write: our document, plus a top-level `"peer"` holding the peer's verbatim.
+    /// The JSON we write: our document, plus a top-level `"peer"` holding the peer's verbatim,
+    /// and `"spread_ratios"` when `engine-spread` ran.
     pub fn to_json(&self) -> Value {
         let mut v = serde_json::to_value(&self.ours).unwrap_or(Value::Null);
-        if let (Some(peer), Value::Object(map)) = (&self.peer, &mut v) {
-            map.insert("peer".into(), peer.raw.clone());
+        if let Value::Object(map) = &mut v {
+            if let Some(peer) = &self.peer {
+                map.insert("peer".into(), peer.raw.clone());
+            }
+            let spread = self.spread_ratios();
+            if !spread.is_empty() {
+                let rows = spread
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({"workload": r.workload, "threads": r.threads, "devices": r.devices,
+                                           "spread": r.spread, "single": r.single, "ratio": r.ratio})
+                    })
+                    .collect();
+                map.insert("spread_ratios".into(), Value::Array(rows));
+            }
         }
         v
+    }
+
+    /// `engine-spread` / `engine` at every (workload, T) where both ran.
+    pub fn spread_ratios(&self) -> Vec<SpreadRatio> {
+        let devices = self.ours.config.spread_devices.len();
+        let find = |w: &str, t: usize, m: Mode| {
+            self.ours.results.iter().find(|r| r.workload == w && r.threads == t && r.mode == m.name())
+        };
+        points(&self.ours)
+            .into_iter()
+            .filter_map(|(w, t)| {
+                let (s, o) = (find(&w, t, Mode::EngineSpread)?, find(&w, t, Mode::Engine)?);
+                let (sm, om) = (s.samples_per_s.median, o.samples_per_s.median);
+                (om > 0.0).then(|| SpreadRatio { workload: w.clone(), threads: t, devices, spread: sm, single: om, ratio: sm / om })
+            })
+            .collect()
     }
 
     /// Ours/peer at every (workload, T) both measured: best serving mode of each side.
@@ -235,6 +285,14 @@ impl BenchReport {
             let _ = writeln!(s, "\nours / limit (best serving mode vs one batched call of T x batch samples):");
             for r in limits {
                 let _ = writeln!(s, "  {:<14} T={:<3} {:>6.2}   {} {:.1} vs limit {:.1}", r.workload, r.threads, r.ratio, r.ours.0, r.ours.1, r.limit);
+            }
+        }
+        let spread = self.spread_ratios();
+        if !spread.is_empty() {
+            let on = self.ours.config.spread_devices.join(",");
+            let _ = writeln!(s, "\nengine-spread / engine (workers over {on} vs on {} alone):", self.ours.device);
+            for r in spread {
+                let _ = writeln!(s, "  {:<14} T={:<3} {:>6.2}x   {:.1} vs {:.1}", r.workload, r.threads, r.ratio, r.spread, r.single);
             }
         }
         let skipped: Vec<_> = self.docs().into_iter().flat_map(|d| d.skipped.iter().map(move |k| (d.tool.as_str(), k))).collect();

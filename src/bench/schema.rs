@@ -57,6 +57,9 @@ pub struct DocConfig {
     pub warmup_s: f64,
     /// Timed seconds per repetition.
     pub duration_s: f64,
+    /// The devices `engine-spread` ran over (ours only; absent when it did not run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread_devices: Vec<String>,
 }
 
 /// One measured point.
@@ -64,7 +67,7 @@ pub struct DocConfig {
 pub struct PointResult {
     /// Workload name (`small-mlp`, `large-mlp`, `transformer`, or a TorchScript file's stem).
     pub workload: String,
-    /// Mode name (ours: `tch-default`, `tch-streams`, `engine`, `engine-graphs`, `limit`).
+    /// Mode name (ours: `tch-default`, `tch-streams`, `engine`, `engine-graphs`, `engine-spread`, `limit`).
     pub mode: String,
     /// Thread count T.
     pub threads: usize,

@@ -27,7 +27,7 @@ pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
     let mut out = Sweep { results: Vec::new(), skipped: Vec::new() };
     let mut runnable = Vec::new();
     for &mode in &cfg.modes {
-        match mode.unavailable(cfg.device) {
+        match mode.unavailable_on(&cfg.spread_devices) {
             None => runnable.push(mode),
             Some(reason) => {
                 tracing::info!("skipping {mode}: {reason}");
@@ -98,11 +98,12 @@ fn progress_bar(show: bool, total: u64) -> ProgressBar {
 fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, t: usize) -> Result<Vec<f64>, String> {
     let device = cfg.device;
     let shape = w.shape();
+    let devices = if mode == Mode::EngineSpread { cfg.spread_devices.clone() } else { vec![device] };
     let timing = Timing {
         reps: cfg.reps,
         warmup: Duration::from_secs_f64(cfg.warmup_s),
         duration: Duration::from_secs_f64(cfg.duration_s),
-        device,
+        devices: devices.clone(),
     };
     let inputs: Vec<Tensor> = (0..t)
         .map(|_| Tensor::f_randn(shape.as_slice(), (Kind::Float, device)).map_err(|e| e.to_string()))
@@ -121,11 +122,18 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             ready(device)?;
             measure(factories, timing)
         }
-        Mode::Engine | Mode::EngineGraphs => {
-            let inst = Arc::clone(model);
-            let engine = Engine::builder(Model::closure(move |x: &Tensor| inst.forward(x)))
-                .devices(vec![device])
-                .workers(t.min(16))
+        Mode::Engine | Mode::EngineGraphs | Mode::EngineSpread => {
+            // One device: the sweep's instance. Several: the recipe, so that the engine builds an
+            // instance on each (same deterministic weights).
+            let recipe = if devices.len() > 1 {
+                w.model()
+            } else {
+                let inst = Arc::clone(model);
+                Model::closure(move |x: &Tensor| inst.forward(x))
+            };
+            let engine = Engine::builder(recipe)
+                .devices(devices.clone())
+                .workers(t.min(16) * devices.len())
                 .batching(Batching::Dynamic { max_batch: w.engine_max_batch().max(rows as usize), max_wait: cfg.batch_wait })
                 .output(Output::OnDevice)
                 .cuda_graphs(mode == Mode::EngineGraphs)
@@ -143,7 +151,9 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
                         as Factory<'_>
                 })
                 .collect();
-            ready(device)?;
+            for &d in &devices {
+                ready(d)?;
+            }
             let runs = measure(factories, timing);
             engine.shutdown();
             runs

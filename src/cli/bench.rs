@@ -16,6 +16,8 @@ Modes, each run for every thread count T:
   tch-streams    as tch-default, each thread bound to its own pool stream (skipped on CPU)
   engine         the Engine: min(T,16) workers, dynamic batching, T clients with 8 requests in flight
   engine-graphs  as engine with CUDA graphs (needs --features cuda-graphs and a CUDA device)
+  engine-spread  as engine, min(T,16) workers on each device of --device (needs two or more,
+                 e.g. cuda:0,cuda:1; inputs on the first); the report gives engine-spread/engine
   limit          one thread, one call on the T inputs concatenated (T x batch samples per call)
 Workloads (the Python peer's inputs): small-mlp [1,512], large-mlp [64,2048], transformer [1,64,256].
 
@@ -32,7 +34,8 @@ Examples:
   tch-streams bench --quick --device cpu --with-python
   tch-streams bench --device cuda:0 --with-python --python /opt/venv/bin/python
   tch-streams bench --workloads small-mlp --modes tch-default,engine,limit --threads 1,4,16 --reps 5
-  tch-streams bench --model net.pt --shape 8x3x224x224 --threads 1,2,4")]
+  tch-streams bench --model net.pt --shape 8x3x224x224 --threads 1,2,4
+  tch-streams bench --device cuda:0,cuda:1 --workloads large-mlp --modes engine,engine-spread")]
 pub struct Args {
     /// Built-in workloads, comma-separated: small-mlp, large-mlp, transformer [default: all].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.trim().parse::<Builtin>(), conflicts_with = "model")]
@@ -43,8 +46,8 @@ pub struct Args {
     /// Input shape of one call for --model, batch first (e.g. 8x3x224x224).
     #[arg(long, value_parser = |s: &str| parse_shape(s).map(Shape), requires = "model")]
     shape: Option<Shape>,
-    /// Modes, comma-separated: tch-default, tch-streams, engine, engine-graphs, limit
-    /// [default: all; those the device or build cannot run are listed as skipped].
+    /// Modes, comma-separated: tch-default, tch-streams, engine, engine-graphs, engine-spread,
+    /// limit [default: all; those the device or build cannot run are listed as skipped].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Mode>())]
     modes: Vec<Mode>,
     /// Thread counts, comma-separated [default: 1,2,4,8,16; --quick: 1,2].
@@ -64,6 +67,8 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Device: auto, cpu, mps or cuda:N (auto: cuda:0 if a GPU is visible, else mps, else cpu).
+    /// A list (cuda:0,cuda:1) adds the devices engine-spread spreads over; every other mode
+    /// runs on the first.
     #[arg(long, default_value = "auto", value_parser = |s: &str| parse_devices(s).map(Devices))]
     device: Devices,
     /// Directory for the JSON, CSV and PNG (created if needed).
@@ -88,6 +93,9 @@ impl Args {
     fn config(&self) -> BenchConfig {
         let device = self.device.0.first().copied().unwrap_or(tch::Device::Cpu);
         let mut cfg = if self.quick { BenchConfig::quick(device) } else { BenchConfig::full(device) };
+        if !self.device.0.is_empty() {
+            cfg.spread_devices = self.device.0.clone();
+        }
         if let (Some(path), Some(shape)) = (&self.model, &self.shape) {
             cfg.workloads = vec![Workload::TorchScript { path: path.clone(), shape: shape.0.clone() }];
         } else if !self.workloads.is_empty() {
@@ -111,16 +119,13 @@ impl Args {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
-    if a.device.0.len() > 1 {
-        eprintln!("note: bench runs on one device; using the first of {:?}", a.device.0);
-    }
     let cfg = a.config();
     cfg.validate()?;
     let names: Vec<String> = cfg.workloads.iter().map(Workload::name).collect();
     let modes: Vec<&str> = cfg.modes.iter().map(|m| m.name()).collect();
     println!(
         "bench on {}: workloads {}; modes {}; threads {:?}; {} reps, warm-up {} s, timed {} s",
-        bench::device_label(cfg.device),
+        cfg.spread_devices.iter().map(|&d| bench::device_label(d)).collect::<Vec<_>>().join(","),
         names.join(","),
         modes.join(","),
         cfg.threads,

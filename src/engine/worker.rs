@@ -117,15 +117,16 @@ fn start(spec: &WorkerSpec) -> Result<Stream, String> {
 /// Serves one batch; returns true if the model panicked.
 fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec<Request>) -> bool {
     // Inputs produced on the callers' streams: order this worker's stream after them (on the
-    // device; the host does not wait).
+    // device; the host does not wait). An input on another device is gathered and copied by
+    // kernels on that device's current stream, which a wait on this stream does not order: the
+    // host waits for its producer instead.
     for r in &mut batch {
         if let Some((device, ready)) = r.ready.take() {
-            if ready.backend() == stream.backend() {
-                if let Err(e) = ready.wait(stream) {
-                    tracing::warn!("could not order worker {} after an input's producer: {e}", spec.index);
-                }
+            let ordered = if device == spec.device { ready.wait(stream) } else { ready.synchronize() };
+            if let Err(e) = ordered {
+                tracing::warn!("could not order worker {} after an input's producer: {e}", spec.index);
             }
-            spec.events.give_back(device, ready); // its wait is queued: safe to re-record
+            spec.events.give_back(device, ready); // its wait is queued or done: safe to re-record
         }
     }
     let inputs: Vec<&Tensor> = batch.iter().map(|r| &r.input).collect();
