@@ -144,6 +144,11 @@ fn engine_spread_runs_over_a_device_list_and_reports_its_scaling() {
     let text = report.render();
     assert!(text.contains("engine-spread / engine (workers over cpu,cpu vs on cpu alone)"), "{text}");
     assert!(report.limit_ratios().iter().all(|l| l.ours.0 != "engine-spread"));
+    // One thread count: the peaks are the same two points.
+    let peaks = report.spread_peaks();
+    assert_eq!(peaks, vec![("small-mlp".to_string(), (2, spread), (2, single), spread / single)]);
+    assert_eq!(json["spread_peaks"][0]["spread"]["threads"], 2);
+    assert!(text.contains("peak"), "{text}");
 }
 
 #[test]

@@ -90,69 +90,87 @@ fn streams_and_batching_match_serial_with_16_workers() {
     report("small-mlp dynamic", &engine);
 }
 
+/// Every visible GPU (cuda:0,cuda:1,...), or cuda:0 twice on a one-GPU machine (the same code
+/// path, without the second device).
+fn device_list() -> Vec<Device> {
+    match tch::Cuda::device_count() {
+        n if n >= 2 => (0..n as usize).map(Device::Cuda).collect(),
+        _ => vec![GPU, GPU],
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn workers_spread_over_a_device_list() {
-    let engine = Arc::new(Engine::builder(affine()).devices(vec![GPU, GPU]).workers(6).batching(dynamic()).build().unwrap());
-    assert_eq!(engine.workers().len(), 6);
+    let devices = device_list();
+    let workers = 3 * devices.len();
+    let engine = Arc::new(Engine::builder(affine()).devices(devices.clone()).workers(workers).batching(dynamic()).build().unwrap());
+    assert_eq!(engine.workers().len(), workers);
     for w in engine.workers() {
+        assert_eq!(w.device, devices[w.index % devices.len()], "worker {} is assigned round-robin", w.index);
         assert_eq!(w.stream.device(), w.device, "worker {}'s stream is on its own device", w.index);
     }
     stress(&engine, 20, 1, &[16], &|x: &Tensor| (x * 3.0 + 1.0) * x, true);
-    report("cuda:0,cuda:0", &engine);
+    let label: Vec<String> = devices.iter().map(|d| format!("{d:?}")).collect();
+    report(&label.join(","), &engine);
 }
 
-/// Ten rounds of 8 requests: a long producer on the caller's own cuda:0 pool stream writes the
-/// value the engine (workers on `devices`) must see; every answer must be computed from that
-/// value, not from what the buffer held before.
-fn waits_for_the_callers_stream(devices: &[Device]) {
-    let engine = Engine::builder(affine()).devices(devices.to_vec()).workers(4 * devices.len()).build().unwrap();
-    let mine = Stream::from_pool(GPU, Priority::Normal).unwrap();
-    let mut served_on = HashSet::new();
+/// Ten rounds of 8 requests: a long producer on the caller's own pool stream (on the input's
+/// device, `input_devices` in turn) writes the value the engine must see; every answer must be
+/// computed from that value, not from what the buffer held before. Returns the (input device,
+/// answer device) pairs seen.
+fn waits_for_the_callers_stream(engine_devices: &[Device], workers: usize, input_devices: &[Device]) -> HashSet<(Device, Device)> {
+    let engine = Engine::builder(affine()).devices(engine_devices.to_vec()).workers(workers).build().unwrap();
+    let mut seen = HashSet::new();
     for round in 0..10 {
-        let (xs, tickets): (Vec<Tensor>, Vec<_>) = with_stream(&mine, || {
-            (0..8)
-                .map(|_| {
-                    let a = Tensor::ones([4096, 4096], (Kind::Float, GPU)) / 4096.0;
-                    let mut busy = Tensor::ones([4096, 4096], (Kind::Float, GPU));
-                    for _ in 0..20 {
-                        busy = busy.matmul(&a);
-                    }
-                    let mut x = Tensor::zeros([1, 1024], (Kind::Float, GPU));
-                    x.copy_(&(busy.narrow(0, 0, 1).narrow(1, 0, 1024) * 0.0 + round as f64));
-                    let t = engine.submit(x.shallow_clone());
-                    (x, t)
-                })
-                .unzip()
-        })
-        .unwrap();
-        let v = round as f64;
-        for ticket in tickets {
-            let y = ticket.wait().unwrap();
-            served_on.insert(format!("{:?}", y.device()));
-            assert_eq!(y.min().double_value(&[]), (v * 3.0 + 1.0) * v, "round {round}");
-            assert_eq!(y.max().double_value(&[]), (v * 3.0 + 1.0) * v);
+        let mut pending = Vec::new();
+        for j in 0..8 {
+            let device = input_devices[j % input_devices.len()];
+            let mine = Stream::from_pool(device, Priority::Normal).unwrap();
+            let (x, ticket) = with_stream(&mine, || {
+                let a = Tensor::ones([4096, 4096], (Kind::Float, device)) / 4096.0;
+                let mut busy = Tensor::ones([4096, 4096], (Kind::Float, device));
+                for _ in 0..20 {
+                    busy = busy.matmul(&a);
+                }
+                let mut x = Tensor::zeros([1, 1024], (Kind::Float, device));
+                x.copy_(&(busy.narrow(0, 0, 1).narrow(1, 0, 1024) * 0.0 + round as f64));
+                let t = engine.submit(x.shallow_clone());
+                (x, t)
+            })
+            .unwrap();
+            pending.push((device, x, ticket));
         }
-        drop(xs);
+        let v = round as f64;
+        for (device, x, ticket) in pending {
+            let y = ticket.wait().unwrap();
+            seen.insert((device, y.device()));
+            assert_eq!(y.min().double_value(&[]), (v * 3.0 + 1.0) * v, "round {round}, input on {device:?}");
+            assert_eq!(y.max().double_value(&[]), (v * 3.0 + 1.0) * v);
+            drop(x);
+        }
     }
-    println!("answers came from {served_on:?}");
-    assert_eq!(served_on.len(), devices.iter().collect::<HashSet<_>>().len(), "every device served: {served_on:?}");
+    println!("(input device, answer device) pairs: {seen:?}");
+    seen
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn inputs_made_on_the_callers_stream_are_waited_for() {
-    waits_for_the_callers_stream(&[GPU]);
+    assert_eq!(waits_for_the_callers_stream(&[GPU], 4, &[GPU]), HashSet::from([(GPU, GPU)]));
 }
 
-/// Workers on cuda:0 and cuda:1, inputs made on cuda:0: a cuda:1 worker gathers and copies the
-/// input with kernels on cuda:0's stream of its thread, which a wait on its own (cuda:1) stream
-/// would not order; it waits for the producer on the host instead.
+/// Workers on cuda:0 and cuda:1, inputs made on both: each is served on the device it lies on.
+/// Then workers on cuda:0 only (one worker for two devices) and inputs on cuda:1: the cuda:0
+/// worker gathers and copies them with kernels on cuda:1's stream of its thread, which a wait on
+/// its own stream would not order; it waits for their producer on the host instead.
 #[test]
 #[ignore = "needs two CUDA GPUs"]
-fn inputs_from_another_device_are_waited_for() {
+fn inputs_are_served_where_they_lie_and_waited_for_across_devices() {
     assert!(tch::Cuda::device_count() >= 2, "this test needs two CUDA GPUs");
-    waits_for_the_callers_stream(&[GPU, Device::Cuda(1)]);
+    let (g0, g1) = (GPU, Device::Cuda(1));
+    assert_eq!(waits_for_the_callers_stream(&[g0, g1], 8, &[g0, g1]), HashSet::from([(g0, g0), (g1, g1)]));
+    assert_eq!(waits_for_the_callers_stream(&[g0, g1], 1, &[g1]), HashSet::from([(g1, g0)]));
 }
 
 #[test]

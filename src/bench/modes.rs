@@ -20,7 +20,8 @@ pub enum Mode {
     EngineGraphs,
     /// As `Engine`, with `min(T, 16)` workers per device spread round-robin over every device of
     /// [`BenchConfig::spread_devices`](super::BenchConfig::spread_devices) (two or more), each
-    /// device with its own model instance; inputs on the first device. Compared with `Engine` at
+    /// device with its own model instance; client i's input on device i mod D (the engine serves
+    /// an input on the device it lies on). Compared with `Engine` at
     /// the same T, it gives the multi-device scaling ([`BenchReport::spread_ratios`](super::BenchReport::spread_ratios)).
     EngineSpread,
     /// The batched limit: one thread, one call on the T threads' inputs concatenated along dim 0.

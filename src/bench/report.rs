@@ -169,9 +169,40 @@ impl BenchReport {
                     })
                     .collect();
                 map.insert("spread_ratios".into(), Value::Array(rows));
+                let peaks = self
+                    .spread_peaks()
+                    .into_iter()
+                    .map(|(w, s, o, ratio)| {
+                        serde_json::json!({"workload": w, "spread": {"threads": s.0, "median": s.1},
+                                           "single": {"threads": o.0, "median": o.1}, "ratio": ratio})
+                    })
+                    .collect();
+                map.insert("spread_peaks".into(), Value::Array(peaks));
             }
         }
         v
+    }
+
+    /// Per workload with both modes: the best `engine-spread` median over T against the best
+    /// `engine` median over T, as ((spread T, spread), (engine T, engine), ratio). Each side at
+    /// the load it serves best: at equal T, the spread engine gives each device only its share of
+    /// the clients.
+    pub fn spread_peaks(&self) -> Vec<(String, (usize, f64), (usize, f64), f64)> {
+        let peak = |w: &str, m: Mode| {
+            self.ours
+                .results
+                .iter()
+                .filter(|r| r.workload == w && r.mode == m.name())
+                .max_by(|a, b| a.samples_per_s.median.total_cmp(&b.samples_per_s.median))
+                .map(|r| (r.threads, r.samples_per_s.median))
+        };
+        workloads(&self.ours)
+            .into_iter()
+            .filter_map(|w| {
+                let (s, o) = (peak(&w, Mode::EngineSpread)?, peak(&w, Mode::Engine)?);
+                (o.1 > 0.0).then(|| (w.clone(), s, o, s.1 / o.1))
+            })
+            .collect()
     }
 
     /// `engine-spread` / `engine` at every (workload, T) where both ran.
@@ -293,6 +324,13 @@ impl BenchReport {
             let _ = writeln!(s, "\nengine-spread / engine (workers over {on} vs on {} alone):", self.ours.device);
             for r in spread {
                 let _ = writeln!(s, "  {:<14} T={:<3} {:>6.2}x   {:.1} vs {:.1}", r.workload, r.threads, r.ratio, r.spread, r.single);
+            }
+            for (w, sp, one, ratio) in self.spread_peaks() {
+                let _ = writeln!(
+                    s,
+                    "  {:<14} peak  {:>6.2}x   {:.1} (T={}) vs {:.1} (T={})",
+                    w, ratio, sp.1, sp.0, one.1, one.0
+                );
             }
         }
         let skipped: Vec<_> = self.docs().into_iter().flat_map(|d| d.skipped.iter().map(move |k| (d.tool.as_str(), k))).collect();

@@ -105,8 +105,10 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
         duration: Duration::from_secs_f64(cfg.duration_s),
         devices: devices.clone(),
     };
+    // Client i's input lies on devices[i mod D] (one device except for engine-spread, whose
+    // engine serves each input on the device it lies on).
     let inputs: Vec<Tensor> = (0..t)
-        .map(|_| Tensor::f_randn(shape.as_slice(), (Kind::Float, device)).map_err(|e| e.to_string()))
+        .map(|i| Tensor::f_randn(shape.as_slice(), (Kind::Float, devices[i % devices.len()])).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
     let rows = w.batch().max(1) as u64;
     match mode {

@@ -17,7 +17,8 @@ Modes, each run for every thread count T:
   engine         the Engine: min(T,16) workers, dynamic batching, T clients with 8 requests in flight
   engine-graphs  as engine with CUDA graphs (needs --features cuda-graphs and a CUDA device)
   engine-spread  as engine, min(T,16) workers on each device of --device (needs two or more,
-                 e.g. cuda:0,cuda:1; inputs on the first); the report gives engine-spread/engine
+                 e.g. cuda:0,cuda:1; client i's input on device i mod D); the report gives
+                 engine-spread/engine
   limit          one thread, one call on the T inputs concatenated (T x batch samples per call)
 Workloads (the Python peer's inputs): small-mlp [1,512], large-mlp [64,2048], transformer [1,64,256].
 

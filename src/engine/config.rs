@@ -129,8 +129,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Requests that may wait in the queue; `submit` blocks and `try_submit` returns
-    /// [`EngineError::Busy`] when it is full. Default 1024.
+    /// Requests that may wait in each device's queue; `submit` blocks and `try_submit` returns
+    /// [`EngineError::Busy`] when the input's queue is full. Default 1024.
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = n;
         self

@@ -4,6 +4,7 @@ use super::config::{EngineBuilder, Replicas};
 use super::error::EngineError;
 use super::metrics::{EngineStats, Metrics};
 use super::events::EventPool;
+use super::lanes::Lanes;
 use super::request::{InputSpec, Request};
 use super::ticket::{pair, Ticket};
 use super::worker::{self, WorkerSpec};
@@ -11,8 +12,8 @@ use crate::models::{Forward, Model};
 use crate::runtime::{check_capability, Capability, Report};
 use crate::stream::{Priority, Stream};
 use crate::Error;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use parking_lot::{Mutex, RwLock};
+use crossbeam_channel::TrySendError;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,7 +31,9 @@ pub struct WorkerInfo {
     pub stream: Stream,
 }
 
-/// A multi-threaded inference engine: one queue, N workers each owning a stream on a device.
+/// A multi-threaded inference engine: N workers each owning a stream on a device, fed by one
+/// queue per device (an input already on a GPU is served by that GPU's workers; a host input by
+/// the device with the fewest requests waiting).
 ///
 /// `Engine` is `Send + Sync`: share it (e.g. in an `Arc`) between any number of client threads.
 /// Each request is answered exactly once. [`shutdown`](Engine::shutdown) (or drop) stops intake,
@@ -48,8 +51,7 @@ pub struct WorkerInfo {
 /// # Ok::<(), tch_streams::engine::EngineError>(())
 /// ```
 pub struct Engine {
-    sender: RwLock<Option<Sender<Request>>>,
-    receiver: Receiver<Request>,
+    lanes: Lanes,
     registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
     metrics: Arc<Metrics>,
     spec: InputSpec,
@@ -130,7 +132,7 @@ impl Engine {
             models.push(m);
         }
 
-        let (tx, rx) = crossbeam_channel::bounded(b.queue_capacity);
+        let lanes = Lanes::new(&assigned, b.queue_capacity);
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Mutex::new(Vec::new()));
         let warmup = match (&b.input_shape, b.warmup) {
@@ -144,7 +146,7 @@ impl Engine {
                 index,
                 device,
                 model,
-                rx: rx.clone(),
+                rx: lanes.receiver(device),
                 batching: b.batching,
                 output: b.output,
                 metrics: Arc::clone(&metrics),
@@ -159,8 +161,7 @@ impl Engine {
             registry.lock().push(handle);
         }
         let mut engine = Engine {
-            sender: RwLock::new(Some(tx)),
-            receiver: rx,
+            lanes,
             registry,
             metrics,
             spec: InputSpec { sample_shape: b.input_shape, kind: b.input_kind, devices: b.devices },
@@ -168,11 +169,12 @@ impl Engine {
             events,
             inputs_ready: b.inputs_ready,
         };
-        let mut workers = Vec::new();
-        for (index, &device) in assigned.iter().enumerate() {
+        // Reports come in start-up order, not index order: each names its worker.
+        let mut streams: Vec<Option<Stream>> = vec![None; assigned.len()];
+        for _ in 0..assigned.len() {
             match ready_rx.recv() {
-                Ok(Ok(stream)) => workers.push(WorkerInfo { index, device, stream }),
-                Ok(Err(e)) => {
+                Ok((index, Ok(stream))) => streams[index] = Some(stream),
+                Ok((_, Err(e))) => {
                     engine.shutdown();
                     return Err(EngineError::Build(format!("a worker could not start: {e}")));
                 }
@@ -182,7 +184,12 @@ impl Engine {
                 }
             }
         }
-        engine.workers = workers;
+        engine.workers = assigned
+            .iter()
+            .zip(streams)
+            .enumerate()
+            .filter_map(|(index, (&device, stream))| stream.map(|stream| WorkerInfo { index, device, stream }))
+            .collect();
         Ok(engine)
     }
 
@@ -199,14 +206,10 @@ impl Engine {
         let (promise, ticket) = pair();
         let ready = self.ready_mark(&input);
         let request = Request::new(input, promise, ready);
-        let guard = self.sender.read();
-        match guard.as_ref() {
-            Some(tx) => match tx.send(request) {
-                Ok(()) => ticket,
-                Err(_) => self.refuse(EngineError::ShutDown),
-            },
-            None => {
-                drop(request);
+        match self.lanes.send(request) {
+            Ok(()) => ticket,
+            Err(request) => {
+                drop(request); // its ticket is not handed out: the caller gets the refusal
                 self.refuse(EngineError::ShutDown)
             }
         }
@@ -219,9 +222,7 @@ impl Engine {
         let (promise, ticket) = pair();
         let ready = self.ready_mark(&input);
         let request = Request::new(input, promise, ready);
-        let guard = self.sender.read();
-        let tx = guard.as_ref().ok_or(EngineError::ShutDown)?;
-        match tx.try_send(request) {
+        match self.lanes.try_send(request) {
             Ok(()) => {
                 self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(ticket)
@@ -257,7 +258,7 @@ impl Engine {
     /// requests no live worker can take are failed with [`EngineError::WorkerDied`].
     /// Idempotent; also run by `Drop`.
     pub fn shutdown(&self) {
-        drop(self.sender.write().take()); // workers see the queue close once it is empty
+        self.lanes.close(); // workers see their lane close once it is empty
         loop {
             let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.registry.lock());
             if handles.is_empty() {
@@ -268,7 +269,7 @@ impl Engine {
             }
         }
         // Anything still queued has no worker left: answer it explicitly.
-        while let Ok(r) = self.receiver.try_recv() {
+        for r in self.lanes.drain() {
             self.metrics.failed.fetch_add(1, Ordering::Relaxed);
             r.promise.fulfil(Err(EngineError::WorkerDied));
         }

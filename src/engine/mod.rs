@@ -1,12 +1,14 @@
 //! The inference engine: many client threads, one model, N workers each owning a stream.
 //!
 //! ```text
-//!  clients ── submit() ──► bounded queue ──► worker 0 (stream a, cuda:0) ─┐
-//!                                        ├─► worker 1 (stream b, cuda:1) ─┼─► tickets
-//!                                        └─► worker 2 (stream c, cuda:0) ─┘
+//!  clients ── submit() ─┬─► cuda:0 queue ─┬─► worker 0 (stream a, cuda:0) ─┐
+//!                       │                 └─► worker 2 (stream c, cuda:0) ─┼─► tickets
+//!                       └─► cuda:1 queue ───► worker 1 (stream b, cuda:1) ─┘
 //! ```
 //! - Each worker is a dedicated OS thread: it binds its own pool stream on its device (workers
 //!   go round-robin over the devices given), turns grad off, warms up, then serves.
+//! - One bounded queue per device: an input already on a GPU goes to that GPU's queue (no copy
+//!   between devices); a host input goes to the queue with the fewest requests waiting.
 //! - With [`Batching::Dynamic`], a worker takes a request and gathers compatible ones (same
 //!   shape beyond dim 0, dtype and device) until the batch is full or the wait is over, runs
 //!   them as one, and splits the result back; incompatible requests form batches of their own.
@@ -42,6 +44,7 @@ mod core;
 mod error;
 mod events;
 mod graphs;
+mod lanes;
 #[cfg(feature = "cuda-graphs")]
 mod cuda_graph;
 mod metrics;

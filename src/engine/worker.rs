@@ -41,30 +41,31 @@ pub(crate) struct WorkerSpec {
     pub(crate) events: Arc<EventPool>,
 }
 
-/// Starts a worker thread; it reports its bound stream (or why it could not start) on `ready`.
+/// Starts a worker thread; it reports its index with its bound stream (or why it could not
+/// start) on `ready`. Reports arrive in whatever order the workers start.
 pub(crate) fn spawn(
     spec: WorkerSpec,
     inherited: Vec<Request>,
-    ready: Option<Sender<Result<Stream, String>>>,
+    ready: Option<Sender<(usize, Result<Stream, String>)>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("tch-streams-worker-{}", spec.index))
         .spawn(move || run(spec, inherited, ready))
 }
 
-fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<Result<Stream, String>>>) {
+fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, Result<Stream, String>)>>) {
     let stream = match start(&spec) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("worker {} on {:?} could not start: {e}", spec.index, spec.device);
             if let Some(tx) = ready {
-                let _ = tx.send(Err(e));
+                let _ = tx.send((spec.index, Err(e)));
             }
             return; // inherited requests are dropped here: their tickets resolve as WorkerDied
         }
     };
     if let Some(tx) = ready {
-        let _ = tx.send(Ok(stream));
+        let _ = tx.send((spec.index, Ok(stream)));
     }
     let mut batcher = Batcher::new(spec.rx.clone(), spec.batching);
     let mut runner = Runner::new(spec.model.clone(), spec.cuda_graphs && matches!(spec.device, Device::Cuda(_)));
