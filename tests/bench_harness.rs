@@ -146,7 +146,10 @@ fn engine_spread_runs_over_a_device_list_and_reports_its_scaling() {
     assert!(report.limit_ratios().iter().all(|l| l.ours.0 != "engine-spread"));
     // One thread count: the peaks are the same two points.
     let peaks = report.spread_peaks();
-    assert_eq!(peaks, vec![("small-mlp".to_string(), (2, spread), (2, single), spread / single)]);
+    assert_eq!(
+        peaks,
+        vec![bench::SpreadPeak { workload: "small-mlp".into(), spread: (2, spread), single: (2, single), ratio: spread / single }]
+    );
     assert_eq!(json["spread_peaks"][0]["spread"]["threads"], 2);
     assert!(text.contains("peak"), "{text}");
 }

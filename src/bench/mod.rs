@@ -74,7 +74,7 @@ pub use error::BenchError;
 pub use modes::Mode;
 pub use peer::{find_script, read_peer, PeerRunner, PEER_SCRIPT};
 pub use plot::plot_png;
-pub use report::{efficiency, BenchReport, LimitRatio, PeerDoc, PeerRatio, SpreadRatio};
+pub use report::{efficiency, BenchReport, LimitRatio, PeerDoc, PeerRatio, SpreadPeak, SpreadRatio};
 pub use schema::{BenchDoc, DocConfig, PointResult, Skipped, Stats, PEER_TOOL, SCHEMA, TOOL};
 
 use crate::runtime::LoadedLibtorch;

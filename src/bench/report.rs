@@ -88,6 +88,20 @@ pub struct SpreadRatio {
     pub ratio: f64,
 }
 
+/// The best `engine-spread` median over T against the best `engine` median over T, for one
+/// workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpreadPeak {
+    /// Workload name.
+    pub workload: String,
+    /// `engine-spread`'s best point: (T, median samples/s).
+    pub spread: (usize, f64),
+    /// `engine`'s best point: (T, median samples/s).
+    pub single: (usize, f64),
+    /// spread / single.
+    pub ratio: f64,
+}
+
 /// The seed project's scaling efficiency of a result: throughput(T) / (T × throughput(1)), on
 /// medians of the same document, workload and mode; `None` without a T = 1 point.
 pub fn efficiency(doc: &BenchDoc, r: &PointResult) -> Option<f64> {
@@ -172,9 +186,9 @@ impl BenchReport {
                 let peaks = self
                     .spread_peaks()
                     .into_iter()
-                    .map(|(w, s, o, ratio)| {
-                        serde_json::json!({"workload": w, "spread": {"threads": s.0, "median": s.1},
-                                           "single": {"threads": o.0, "median": o.1}, "ratio": ratio})
+                    .map(|p| {
+                        serde_json::json!({"workload": p.workload, "spread": {"threads": p.spread.0, "median": p.spread.1},
+                                           "single": {"threads": p.single.0, "median": p.single.1}, "ratio": p.ratio})
                     })
                     .collect();
                 map.insert("spread_peaks".into(), Value::Array(peaks));
@@ -183,11 +197,9 @@ impl BenchReport {
         v
     }
 
-    /// Per workload with both modes: the best `engine-spread` median over T against the best
-    /// `engine` median over T, as ((spread T, spread), (engine T, engine), ratio). Each side at
-    /// the load it serves best: at equal T, the spread engine gives each device only its share of
-    /// the clients.
-    pub fn spread_peaks(&self) -> Vec<(String, (usize, f64), (usize, f64), f64)> {
+    /// Per workload with both modes: each side at the load it serves best (at equal T, the
+    /// spread engine gives each device only its share of the clients).
+    pub fn spread_peaks(&self) -> Vec<SpreadPeak> {
         let peak = |w: &str, m: Mode| {
             self.ours
                 .results
@@ -200,7 +212,7 @@ impl BenchReport {
             .into_iter()
             .filter_map(|w| {
                 let (s, o) = (peak(&w, Mode::EngineSpread)?, peak(&w, Mode::Engine)?);
-                (o.1 > 0.0).then(|| (w.clone(), s, o, s.1 / o.1))
+                (o.1 > 0.0).then(|| SpreadPeak { workload: w.clone(), spread: s, single: o, ratio: s.1 / o.1 })
             })
             .collect()
     }
@@ -325,11 +337,11 @@ impl BenchReport {
             for r in spread {
                 let _ = writeln!(s, "  {:<14} T={:<3} {:>6.2}x   {:.1} vs {:.1}", r.workload, r.threads, r.ratio, r.spread, r.single);
             }
-            for (w, sp, one, ratio) in self.spread_peaks() {
+            for p in self.spread_peaks() {
                 let _ = writeln!(
                     s,
                     "  {:<14} peak  {:>6.2}x   {:.1} (T={}) vs {:.1} (T={})",
-                    w, ratio, sp.1, sp.0, one.1, one.0
+                    p.workload, p.ratio, p.spread.1, p.spread.0, p.single.1, p.single.0
                 );
             }
         }

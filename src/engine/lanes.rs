@@ -21,10 +21,13 @@ pub(crate) struct Lanes {
 }
 
 /// The lane for an input on `device`: that device's lane when it has one, else the lane with the
-/// fewest `waiting` requests (the first of equals).
-pub(crate) fn pick(device: Device, lanes: &[Device], waiting: &[usize]) -> usize {
+/// fewest `waiting(lane)` requests (the first of equals). Allocation-free: it runs per request.
+pub(crate) fn pick(device: Device, lanes: &[Device], waiting: impl Fn(usize) -> usize) -> usize {
+    if lanes.len() <= 1 {
+        return 0;
+    }
     lanes.iter().position(|&d| d == device && d != Device::Cpu).unwrap_or_else(|| {
-        waiting.iter().enumerate().min_by_key(|&(i, &n)| (n, i)).map_or(0, |(i, _)| i)
+        (0..lanes.len()).min_by_key(|&i| (waiting(i), i)).unwrap_or(0)
     })
 }
 
@@ -49,11 +52,12 @@ impl Lanes {
     }
 
     fn lane_of(&self, senders: &[Sender<Request>], request: &Request) -> usize {
-        let waiting: Vec<usize> = senders.iter().map(Sender::len).collect();
-        pick(request.input.device(), &self.devices, &waiting)
+        pick(request.input.device(), &self.devices, |i| senders[i].len())
     }
 
     /// Queues `request`, waiting while its lane is full; gives it back once the lanes are closed.
+    // The error hands the request back (a move of ~136 bytes, only after shutdown).
+    #[allow(clippy::result_large_err)]
     pub(crate) fn send(&self, request: Request) -> Result<(), Request> {
         let guard = self.senders.read();
         let Some(senders) = guard.as_ref() else { return Err(request) };
@@ -62,6 +66,8 @@ impl Lanes {
     }
 
     /// Queues `request` if its lane has room.
+    // As `send`: the error is the channel's own, holding the request.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn try_send(&self, request: Request) -> Result<(), TrySendError<Request>> {
         let guard = self.senders.read();
         let Some(senders) = guard.as_ref() else { return Err(TrySendError::Disconnected(request)) };
@@ -88,28 +94,28 @@ mod tests {
     #[test]
     fn a_gpu_input_goes_to_its_own_device_lane_whatever_the_queue_lengths() {
         let lanes = [Device::Cuda(0), Device::Cuda(1)];
-        assert_eq!(pick(Device::Cuda(1), &lanes, &[0, 9]), 1);
-        assert_eq!(pick(Device::Cuda(0), &lanes, &[9, 0]), 0);
+        assert_eq!(pick(Device::Cuda(1), &lanes, |i| [0, 9][i]), 1);
+        assert_eq!(pick(Device::Cuda(0), &lanes, |i| [9, 0][i]), 0);
     }
 
     #[test]
     fn a_host_input_goes_to_the_shortest_lane_first_of_equals() {
         let lanes = [Device::Cuda(0), Device::Cuda(1), Device::Cuda(2)];
-        assert_eq!(pick(Device::Cpu, &lanes, &[5, 2, 7]), 1);
-        assert_eq!(pick(Device::Cpu, &lanes, &[3, 3, 3]), 0);
-        assert_eq!(pick(Device::Cpu, &lanes, &[4, 3, 3]), 1);
+        assert_eq!(pick(Device::Cpu, &lanes, |i| [5, 2, 7][i]), 1);
+        assert_eq!(pick(Device::Cpu, &lanes, |i| [3, 3, 3][i]), 0);
+        assert_eq!(pick(Device::Cpu, &lanes, |i| [4, 3, 3][i]), 1);
     }
 
     #[test]
     fn an_input_on_a_device_without_workers_is_balanced_like_a_host_input() {
         let lanes = [Device::Cuda(0)];
-        assert_eq!(pick(Device::Cuda(1), &lanes, &[12]), 0);
+        assert_eq!(pick(Device::Cuda(1), &lanes, |_| 12), 0);
         let lanes = [Device::Cuda(0), Device::Cuda(1)];
-        assert_eq!(pick(Device::Cuda(2), &lanes, &[4, 1]), 1);
+        assert_eq!(pick(Device::Cuda(2), &lanes, |i| [4, 1][i]), 1);
     }
 
     #[test]
     fn a_cpu_engine_has_one_lane_for_every_input() {
-        assert_eq!(pick(Device::Cpu, &[Device::Cpu], &[100]), 0);
+        assert_eq!(pick(Device::Cpu, &[Device::Cpu], |_| 100), 0);
     }
 }
