@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The multi-GPU check: the engine stress test with workers spread over every visible GPU (results
-# equal to serial, each worker's stream on its own device, printed), inputs made on one GPU and
-# served on another, then `tch-streams bench` for the large MLP (batch 64) on one GPU and on all
-# of them in one run (engine vs engine-spread; the report and JSON give engine-spread/engine).
+# equal to serial, each worker's stream on its own device, printed), inputs served on the GPU
+# they lie on (and waited for across GPUs when that GPU has no workers), then `tch-streams bench`
+# for the large MLP (batch 64) on one GPU and on all of them in one run, T = 4..64 clients
+# (engine vs engine-spread, and the one-GPU limit; the report and JSON give engine-spread/engine
+# per T and at each side's peak).
 #
 # Usage: scripts/multi-gpu.sh [--out DIR] [--prebuilt DIR]
 #   --out DIR       where the bench writes its JSON, CSV and PNG (default: results)
@@ -18,7 +20,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift ;;
     --prebuilt) PREBUILT="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "multi-gpu.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
