@@ -132,26 +132,25 @@ fn points(doc: &BenchDoc) -> Vec<(String, usize)> {
     out
 }
 
-/// Workload names in first-seen order.
-pub(crate) fn workloads(doc: &BenchDoc) -> Vec<String> {
+/// The distinct values of `field` over a doc's results, in first-seen order.
+fn first_seen(doc: &BenchDoc, field: impl Fn(&PointResult) -> &String) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in &doc.results {
-        if !out.contains(&r.workload) {
-            out.push(r.workload.clone());
+        if !out.contains(field(r)) {
+            out.push(field(r).clone());
         }
     }
     out
 }
 
+/// Workload names in first-seen order.
+pub(crate) fn workloads(doc: &BenchDoc) -> Vec<String> {
+    first_seen(doc, |r| &r.workload)
+}
+
 /// Mode names in first-seen order.
 pub(crate) fn modes(doc: &BenchDoc) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for r in &doc.results {
-        if !out.contains(&r.mode) {
-            out.push(r.mode.clone());
-        }
-    }
-    out
+    first_seen(doc, |r| &r.mode)
 }
 
 impl BenchReport {

@@ -82,7 +82,7 @@ impl Lanes {
 
     /// Requests still queued in any lane (after the workers are gone).
     pub(crate) fn drain(&self) -> Vec<Request> {
-        self.receivers.iter().flat_map(|r| r.try_iter().collect::<Vec<_>>()).collect()
+        self.receivers.iter().flat_map(Receiver::try_iter).collect()
     }
 }
 
