@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Prepares everything the build needs, idempotently:
-#   - a Python venv under $TCH_STREAMS_HOME (default ~/.cache/tch-streams) holding PyPI torch==2.11.0,
-#     whose headers and libraries torch-sys builds and links against;
+#   - a Python venv per libtorch version under $TCH_STREAMS_HOME (default ~/.cache/tch-streams),
+#     venv-<version>, holding PyPI torch==<version>, whose headers and libraries torch-sys builds
+#     and links against;
 #   - Debian packages the build needs when missing (libclang-dev, for bindgen);
-#   - a cargo target dir in the same cache, so a fresh clone reuses an earlier build of tch.
+#   - a cargo target dir per version in the same cache, so a fresh clone reuses an earlier build.
+#
+# The version: TCH_STREAMS_TORCH=2.11.0|2.12.0|2.13.0 (default 2.13.0, the newest tch supports:
+# tch 0.24 <-> 2.11.0, 0.25 <-> 2.12.0, 0.26 <-> 2.13.0). The lockfile's tch must match it.
 #
 # Usage:
 #   scripts/setup.sh              set up (quick when already done), then print the environment
@@ -15,15 +19,19 @@
 # links it and the venv's torch is only used by the Python peer of the benchmark.
 set -euo pipefail
 
-TORCH_VERSION="2.11.0"
+TORCH_VERSION="${TCH_STREAMS_TORCH:-2.13.0}"
+case "$TORCH_VERSION" in
+  2.11.0|2.12.0|2.13.0) ;;
+  *) echo "setup.sh: TCH_STREAMS_TORCH=$TORCH_VERSION is not supported; use 2.11.0 (tch 0.24), 2.12.0 (tch 0.25) or 2.13.0 (tch 0.26)" >&2; exit 2 ;;
+esac
 CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
-VENV="$CACHE/venv"
+VENV="$CACHE/venv-$TORCH_VERSION"
 PRINT_ONLY=0
 CUDA_GRAPHS=0
 case "${1:-}" in
   --print-env) PRINT_ONLY=1 ;;
   --cuda-graphs) CUDA_GRAPHS=1 ;;
-  -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac
@@ -32,11 +40,12 @@ log() { [ "$PRINT_ONLY" = 1 ] || echo "[setup] $*" >&2; }
 
 print_env() {
   echo "export TCH_STREAMS_HOME=\"$CACHE\""
+  echo "export TCH_STREAMS_TORCH=\"$TORCH_VERSION\""
   echo "export PATH=\"$VENV/bin:\$PATH\""
   if [ -z "${LIBTORCH:-}" ]; then
     echo "export LIBTORCH_USE_PYTORCH=1"
   fi
-  echo "export CARGO_TARGET_DIR=\"${CARGO_TARGET_DIR:-$CACHE/target}\""
+  echo "export CARGO_TARGET_DIR=\"${CARGO_TARGET_DIR:-$CACHE/target-$TORCH_VERSION}\""
   if [ -n "${LIBCLANG_PATH_FOUND:-}" ]; then
     echo "export LIBCLANG_PATH=\"$LIBCLANG_PATH_FOUND\""
   fi
@@ -101,7 +110,7 @@ else
   if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy >&2; then
     cat >&2 <<MSG
 [setup] error: pip could not install torch==$TORCH_VERSION into $VENV. The build needs libtorch
-$TORCH_VERSION exactly (tch 0.24 refuses other versions). If this machine is offline, copy a
+$TORCH_VERSION exactly (each tch release accepts one libtorch). If this machine is offline, copy a
 venv holding torch==$TORCH_VERSION to $VENV (or set TCH_STREAMS_HOME to a cache that has one), or
 download libtorch $TORCH_VERSION and set LIBTORCH=/path/to/libtorch; then run scripts/setup.sh again.
 If pip reported 'No space left on device', free about 6 GB under $CACHE.

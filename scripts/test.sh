@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # The project's test command (CI runs exactly this, on a machine without a GPU):
-#   1. setup (venv with torch 2.11.0, libclang) — quick when already done;
+#   1. setup (venv with torch 2.13.0, libclang) — quick when already done;
 #   2. preflight: prove the tests will run on the libtorch they were built against;
 #   3. static checks of the MPS patch, when present (scripts/check-patch.sh);
-#   4. cargo test (release profile, shared with the other scripts so nothing builds twice).
+#   4. cargo test --workspace (release profile, shared with the other scripts): the library, the
+#      CLI, and the example apps, which depend on the library exactly as a user's crate does;
+#   5. the example apps run as a user runs them (no LD_LIBRARY_PATH), output shown;
+#   6. libtorch 2.11.0 / tch 0.24: the library's tests and the examples again (scripts/compat.sh);
+#      TCH_STREAMS_COMPAT=0 skips this step.
 # GPU tests are #[ignore]d here; run them on a GPU machine with `cargo test --release -- --include-ignored`.
 # Extra arguments go to cargo test, e.g. `scripts/test.sh stream_` to filter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 step() { printf '\n==> %s\n' "$*"; }
+START=$(date +%s)
 
 step "setup"
 scripts/setup.sh >/dev/null
 eval "$(scripts/setup.sh --print-env)"
 
-step "preflight"
+step "preflight (libtorch $TCH_STREAMS_TORCH)"
 scripts/preflight.sh
 
 if [ -x scripts/check-patch.sh ]; then
@@ -23,6 +28,17 @@ if [ -x scripts/check-patch.sh ]; then
   scripts/check-patch.sh
 fi
 
-step "cargo test"
-cargo test --release "$@"
-step "all tests passed"
+step "cargo test --workspace (libtorch $TCH_STREAMS_TORCH)"
+cargo test --release --workspace "$@"
+
+step "example apps, run as a user runs them (no LD_LIBRARY_PATH)"
+FIX="$TCH_STREAMS_HOME/fixtures-$TCH_STREAMS_TORCH"
+python3 scripts/fixtures/make_models.py "$FIX" >/dev/null
+env -u LD_LIBRARY_PATH "$CARGO_TARGET_DIR/release/serve-torchscript" "$FIX/mlp.pt" --device cpu --threads 4 --requests 50 --workers 2
+env -u LD_LIBRARY_PATH "$CARGO_TARGET_DIR/release/streams-demo" --device cpu --pairs 2 --rounds 10
+
+if [ "${TCH_STREAMS_COMPAT:-1}" != 0 ]; then
+  step "libtorch 2.11.0 / tch 0.24: library tests and examples"
+  scripts/compat.sh 2.11.0 "$@"
+fi
+step "all tests passed ($(( $(date +%s) - START )) s)"

@@ -1,0 +1,119 @@
+//! [`Mode`]: the ways the harness drives a model, and which of them a device and build can run.
+
+use tch_streams::stream::{Priority, Stream};
+use std::fmt;
+use std::str::FromStr;
+use tch::Device;
+
+/// How a point drives the model with T threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The Rust status quo: T threads call `forward` in a loop on the default stream.
+    TchDefault,
+    /// As `TchDefault`, but each thread binds its own pool stream first
+    /// ([`bind_thread`](tch_streams::stream::bind_thread)). Needs a backend with a stream pool.
+    TchStreams,
+    /// The [`Engine`](tch_streams::engine::Engine) with `min(T, 16)` workers and dynamic batching, fed by
+    /// T client threads that each keep a window of requests in flight.
+    Engine,
+    /// As `Engine`, with CUDA graphs. Needs the `cuda-graphs` cargo feature and a CUDA device.
+    EngineGraphs,
+    /// As `Engine`, with `min(T, 16)` workers per device spread round-robin over every device of
+    /// [`BenchConfig::spread_devices`](super::BenchConfig::spread_devices) (two or more), each
+    /// device with its own model instance; client i's input on device i mod D (the engine serves
+    /// an input on the device it lies on). Compared with `Engine` at
+    /// the same T, it gives the multi-device scaling ([`BenchReport::spread_ratios`](super::BenchReport::spread_ratios)).
+    EngineSpread,
+    /// The batched limit: one thread, one call on the T threads' inputs concatenated along dim 0.
+    Limit,
+}
+
+impl Mode {
+    /// Every mode, in table and plot order.
+    pub const ALL: [Mode; 6] =
+        [Mode::TchDefault, Mode::TchStreams, Mode::Engine, Mode::EngineGraphs, Mode::EngineSpread, Mode::Limit];
+
+    /// The CLI and JSON name.
+    ///
+    /// ```
+    /// use tch_streams_cli::bench::Mode;
+    /// assert_eq!(Mode::EngineGraphs.name(), "engine-graphs");
+    /// assert_eq!("tch-streams".parse::<Mode>(), Ok(Mode::TchStreams));
+    /// assert!("fast".parse::<Mode>().unwrap_err().contains("expected"));
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::TchDefault => "tch-default",
+            Mode::TchStreams => "tch-streams",
+            Mode::Engine => "engine",
+            Mode::EngineGraphs => "engine-graphs",
+            Mode::EngineSpread => "engine-spread",
+            Mode::Limit => "limit",
+        }
+    }
+
+    /// Why this mode cannot run on `device` with this build, or `None` when it can.
+    /// (`EngineSpread` also needs two or more devices: see [`unavailable_on`](Mode::unavailable_on).)
+    ///
+    /// ```
+    /// use tch_streams_cli::bench::Mode;
+    /// assert_eq!(Mode::TchDefault.unavailable(tch::Device::Cpu), None);
+    /// assert!(Mode::EngineGraphs.unavailable(tch::Device::Cpu).is_some());
+    /// ```
+    pub fn unavailable(self, device: Device) -> Option<String> {
+        match self {
+            Mode::TchDefault | Mode::Engine | Mode::EngineSpread | Mode::Limit => None,
+            Mode::TchStreams if device == Device::Cpu => {
+                Some("CPU has a single stream, so tch-streams would measure tch-default again".into())
+            }
+            Mode::TchStreams => match Stream::from_pool(device, Priority::Normal) {
+                Ok(_) => None,
+                Err(e) => Some(format!("no stream pool on {device:?}: {e}")),
+            },
+            Mode::EngineGraphs if !cfg!(feature = "cuda-graphs") => {
+                Some("needs a build with --features cuda-graphs (and a CUDA device)".into())
+            }
+            Mode::EngineGraphs if !matches!(device, Device::Cuda(_)) => Some("CUDA graphs need a CUDA device".into()),
+            Mode::EngineGraphs => None,
+        }
+    }
+
+    /// Why this mode cannot run on the device list `devices` (the first one is the sweep's
+    /// device), or `None` when it can.
+    ///
+    /// ```
+    /// use tch::Device;
+    /// use tch_streams_cli::bench::Mode;
+    /// assert!(Mode::EngineSpread.unavailable_on(&[Device::Cpu]).unwrap().contains("two or more"));
+    /// assert_eq!(Mode::EngineSpread.unavailable_on(&[Device::Cpu, Device::Cpu]), None);
+    /// assert_eq!(Mode::Engine.unavailable_on(&[Device::Cpu]), None);
+    /// ```
+    pub fn unavailable_on(self, devices: &[Device]) -> Option<String> {
+        let Some(&first) = devices.first() else { return Some("no device given".into()) };
+        if self == Mode::EngineSpread && devices.len() < 2 {
+            return Some("needs two or more devices in --device (e.g. cuda:0,cuda:1)".into());
+        }
+        self.unavailable(first)
+    }
+
+    /// Whether the mode is a batched limit (ours `limit`, the peer's `py-limit`) rather than a
+    /// way of serving concurrent callers.
+    pub fn is_limit_name(name: &str) -> bool {
+        name == "limit" || name.ends_with("-limit")
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        Mode::ALL.into_iter().find(|m| m.name() == s.trim()).ok_or_else(|| {
+            format!("unknown mode '{s}'; expected tch-default, tch-streams, engine, engine-graphs, engine-spread or limit")
+        })
+    }
+}

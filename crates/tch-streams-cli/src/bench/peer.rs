@@ -1,0 +1,119 @@
+//! The Python peer (`crates/tch-streams-cli/peer/python_peer.py`): finding it, checking that the chosen Python has
+//! torch, running it with the same sweep as ours, and reading its `tch-streams-bench/1` JSON.
+
+use super::config::{BenchConfig, Workload};
+use super::error::BenchError;
+use super::report::PeerDoc;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where the peer script lives relative to the project root.
+pub const PEER_SCRIPT: &str = "peer/python_peer.py";
+
+/// Where the peer lies relative to the project root.
+const PEER_FROM_ROOT: &str = "crates/tch-streams-cli/peer/python_peer.py";
+
+/// Runs the Python peer with a given interpreter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRunner {
+    /// The Python interpreter (a name on `PATH` or a path). Default `python3`.
+    pub python: PathBuf,
+    /// The peer script.
+    pub script: PathBuf,
+}
+
+impl PeerRunner {
+    /// A runner for `python` and the peer script found by [`find_script`].
+    pub fn new(python: impl Into<PathBuf>) -> Result<PeerRunner, BenchError> {
+        let script = find_script().ok_or_else(|| {
+            BenchError::Peer(format!("{PEER_SCRIPT} not found in the current directory or in the source tree; run from the project root"))
+        })?;
+        Ok(PeerRunner { python: python.into(), script })
+    }
+
+    /// Whether the interpreter runs and imports torch; `Err` says why not, in one line.
+    pub fn check_torch(&self) -> Result<(), String> {
+        let out = Command::new(&self.python)
+            .args(["-c", "import torch"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("could not run {}: {e}", self.python.display()))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        Err(format!("{} cannot import torch ({last})", self.python.display()))
+    }
+
+    /// The peer's arguments for the sweep `cfg`, writing its JSON to `out`. The peer knows only
+    /// the built-in workloads: others are left out; none at all is an error.
+    pub fn args(&self, cfg: &BenchConfig, out: &Path) -> Result<Vec<String>, BenchError> {
+        let builtins: Vec<String> = cfg
+            .workloads
+            .iter()
+            .filter_map(|w| match w {
+                Workload::Builtin(b) => Some(b.name().to_string()),
+                Workload::TorchScript { .. } => None,
+            })
+            .collect();
+        if builtins.is_empty() {
+            return Err(BenchError::Peer("the peer runs only the built-in workloads (small-mlp, large-mlp, transformer)".into()));
+        }
+        let join = |v: Vec<String>| v.join(",");
+        Ok(vec![
+            self.script.display().to_string(),
+            "--device".into(),
+            super::device_label(cfg.device),
+            "--workloads".into(),
+            join(builtins),
+            "--threads".into(),
+            join(cfg.threads.iter().map(usize::to_string).collect()),
+            "--reps".into(),
+            cfg.reps.to_string(),
+            "--warmup-s".into(),
+            cfg.warmup_s.to_string(),
+            "--duration-s".into(),
+            cfg.duration_s.to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ])
+    }
+
+    /// Runs the peer for `cfg` (after ours, never at the same time) and reads its document from
+    /// `out`. Its per-point progress goes to stderr when `cfg.progress` is set; its own table is
+    /// not shown (ours shows both).
+    pub fn run(&self, cfg: &BenchConfig, out: &Path) -> Result<PeerDoc, BenchError> {
+        let args = self.args(cfg, out)?;
+        let child = Command::new(&self.python)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if cfg.progress { Stdio::inherit() } else { Stdio::piped() })
+            .output()
+            .map_err(|e| BenchError::Peer(format!("could not run {}: {e}", self.python.display())))?;
+        if !child.status.success() {
+            let err = String::from_utf8_lossy(&child.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            let shown = if cfg.progress { "see its messages above".to_string() } else { tail.join(" | ") };
+            return Err(BenchError::Peer(format!("{} {} exited with {}: {shown}", self.python.display(), self.script.display(), child.status)));
+        }
+        read_peer(out)
+    }
+}
+
+/// `peer/python_peer.py` under the current directory (or the project root), else under this crate's source tree.
+pub fn find_script() -> Option<PathBuf> {
+    let here = PathBuf::from(PEER_SCRIPT);
+    let root = PathBuf::from(PEER_FROM_ROOT);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(PEER_SCRIPT);
+    [here, root, source].into_iter().find(|p| p.is_file()).map(|p| p.canonicalize().unwrap_or(p))
+}
+
+/// Reads and checks a peer document from a file.
+pub fn read_peer(path: &Path) -> Result<PeerDoc, BenchError> {
+    let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| BenchError::Json { path: path.display().to_string(), message: e.to_string() })?;
+    PeerDoc::from_value(raw, &path.display().to_string())
+}

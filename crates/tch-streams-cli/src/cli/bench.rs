@@ -1,0 +1,160 @@
+//! `tch-streams bench`: scaling sweeps of every way to run a model from many threads, with the
+//! Python PyTorch peer side by side; JSON, CSV and a PNG plot.
+
+use super::run::{Devices, Shape};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::time::Duration;
+use tch_streams_cli::bench::{self, BenchConfig, Mode, PeerRunner, Workload};
+use tch_streams::models::Builtin;
+use tch_streams_cli::parse::{parse_devices, parse_shape};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Modes, each run for every thread count T:
+  tch-default    T threads call forward in a loop on the default stream (the Rust status quo)
+  tch-streams    as tch-default, each thread bound to its own pool stream (skipped on CPU)
+  engine         the Engine: min(T,16) workers, dynamic batching, T clients with 8 requests in flight
+  engine-graphs  as engine with CUDA graphs (needs --features cuda-graphs and a CUDA device)
+  engine-spread  as engine, min(T,16) workers on each device of --device (needs two or more,
+                 e.g. cuda:0,cuda:1; client i's input on device i mod D); the report gives
+                 engine-spread/engine
+  limit          one thread, one call on the T inputs concatenated (T x batch samples per call)
+Workloads (the Python peer's inputs): small-mlp [1,512], large-mlp [64,2048], transformer [1,64,256].
+
+Protocol (the peer's): threads and inputs are made on the device before timing; per repetition
+a warm-up, then a timed phase; every thread synchronises its stream and the elapsed time
+includes that. Reported: samples/s, median with min-max over the repetitions, and the
+efficiency throughput(T) / (T x throughput(1)) per mode.
+
+Writes <out>/<date>-<device>.json (schema tch-streams-bench/1; the peer's document under
+\"peer\"), .csv (tool,workload,mode,threads,batch,median,min,max,efficiency) and .png
+(throughput vs threads per workload; the peer's lines are py-*, limits dashed).
+
+Examples:
+  tch-streams bench --quick --device cpu --with-python
+  tch-streams bench --device cuda:0 --with-python --python /opt/venv/bin/python
+  tch-streams bench --workloads small-mlp --modes tch-default,engine,limit --threads 1,4,16 --reps 5
+  tch-streams bench --model net.pt --shape 8x3x224x224 --threads 1,2,4
+  tch-streams bench --device cuda:0,cuda:1 --workloads large-mlp --modes engine,engine-spread")]
+pub struct Args {
+    /// Built-in workloads, comma-separated: small-mlp, large-mlp, transformer [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.trim().parse::<Builtin>(), conflicts_with = "model")]
+    workloads: Vec<Builtin>,
+    /// A TorchScript file to benchmark instead of the built-ins (needs --shape).
+    #[arg(long, value_name = "FILE.pt", requires = "shape")]
+    model: Option<PathBuf>,
+    /// Input shape of one call for --model, batch first (e.g. 8x3x224x224).
+    #[arg(long, value_parser = |s: &str| parse_shape(s).map(Shape), requires = "model")]
+    shape: Option<Shape>,
+    /// Modes, comma-separated: tch-default, tch-streams, engine, engine-graphs, engine-spread,
+    /// limit [default: all; those the device or build cannot run are listed as skipped].
+    #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Mode>())]
+    modes: Vec<Mode>,
+    /// Thread counts, comma-separated [default: 1,2,4,8,16; --quick: 1,2].
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Repetitions per point [default: 3].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Warm-up seconds per repetition [default: 1.0; --quick: 0.1].
+    #[arg(long, value_name = "SECONDS")]
+    warmup_s: Option<f64>,
+    /// Timed seconds per repetition [default: 2.0; --quick: 0.3].
+    #[arg(long, value_name = "SECONDS")]
+    duration_s: Option<f64>,
+    /// Short smoke sweep (threads 1,2; reps 3; warm-up 0.1 s; timed 0.3 s); explicit flags
+    /// override its values.
+    #[arg(long)]
+    quick: bool,
+    /// Device: auto, cpu, mps or cuda:N (auto: cuda:0 if a GPU is visible, else mps, else cpu).
+    /// A list (cuda:0,cuda:1) adds the devices engine-spread spreads over; every other mode
+    /// runs on the first.
+    #[arg(long, default_value = "auto", value_parser = |s: &str| parse_devices(s).map(Devices))]
+    device: Devices,
+    /// Directory for the JSON, CSV and PNG (created if needed).
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    out: PathBuf,
+    /// Also run the Python peer (crates/tch-streams-cli/peer/python_peer.py) with the same sweep, after ours, and show
+    /// both. Without a Python that imports torch, a note is printed and the run goes on.
+    #[arg(long)]
+    with_python: bool,
+    /// The Python interpreter for --with-python.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    python: PathBuf,
+    /// Requests each engine client keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// The engine's dynamic-batching wait, microseconds.
+    #[arg(long, default_value_t = 150)]
+    batch_wait_us: u64,
+}
+
+impl Args {
+    fn config(&self) -> BenchConfig {
+        let device = self.device.0.first().copied().unwrap_or(tch::Device::Cpu);
+        let mut cfg = if self.quick { BenchConfig::quick(device) } else { BenchConfig::full(device) };
+        if !self.device.0.is_empty() {
+            cfg.spread_devices = self.device.0.clone();
+        }
+        if let (Some(path), Some(shape)) = (&self.model, &self.shape) {
+            cfg.workloads = vec![Workload::TorchScript { path: path.clone(), shape: shape.0.clone() }];
+        } else if !self.workloads.is_empty() {
+            cfg.workloads = self.workloads.iter().copied().map(Workload::Builtin).collect();
+        }
+        if !self.modes.is_empty() {
+            cfg.modes = self.modes.clone();
+        }
+        if !self.threads.is_empty() {
+            cfg.threads = self.threads.clone();
+        }
+        cfg.reps = self.reps.unwrap_or(cfg.reps);
+        cfg.warmup_s = self.warmup_s.unwrap_or(cfg.warmup_s);
+        cfg.duration_s = self.duration_s.unwrap_or(cfg.duration_s);
+        cfg.window = self.window;
+        cfg.batch_wait = Duration::from_micros(self.batch_wait_us);
+        cfg.progress = true;
+        cfg
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
+    let cfg = a.config();
+    cfg.validate()?;
+    let names: Vec<String> = cfg.workloads.iter().map(Workload::name).collect();
+    let modes: Vec<&str> = cfg.modes.iter().map(|m| m.name()).collect();
+    println!(
+        "bench on {}: workloads {}; modes {}; threads {:?}; {} reps, warm-up {} s, timed {} s",
+        cfg.spread_devices.iter().map(|&d| bench::device_label(d)).collect::<Vec<_>>().join(","),
+        names.join(","),
+        modes.join(","),
+        cfg.threads,
+        cfg.reps,
+        cfg.warmup_s,
+        cfg.duration_s
+    );
+    let mut report = bench::run(&cfg)?;
+    if a.with_python {
+        match peer(&a, &cfg, &report.ours) {
+            Ok(doc) => report.attach_peer(doc),
+            Err(note) => eprintln!("note: {note}; continuing without the Python peer"),
+        }
+    }
+    let files = bench::write_outputs(&report, &a.out)?;
+    println!("\n{}", report.render());
+    println!("wrote {}\n      {}\n      {}", files.json.display(), files.csv.display(), files.png.display());
+    Ok(0)
+}
+
+/// Runs the peer when possible; `Err` is the note to print.
+fn peer(a: &Args, cfg: &BenchConfig, ours: &bench::BenchDoc) -> Result<bench::PeerDoc, String> {
+    let runner = PeerRunner::new(&a.python).map_err(|e| e.to_string())?;
+    runner.check_torch()?;
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("could not create {}: {e}", a.out.display()))?;
+    let path = a.out.join(format!(".{}-peer.json", bench::file_stem(ours)));
+    eprintln!("running the Python peer: {} {}", runner.python.display(), runner.script.display());
+    let doc = runner.run(cfg, &path).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&path); // its content is kept in our JSON, under "peer"
+    Ok(doc)
+}

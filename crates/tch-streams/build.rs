@@ -1,0 +1,225 @@
+//! Build script: compiles the C++ shim over libtorch's c10 headers, generates its bindings, links
+//! libtorch so that every backend registers, and records *what* it linked against so the
+//! runtime verifier can later prove the process loaded that same library.
+//!
+//! Inputs: `DEP_TCH_LIBTORCH_LIB` (set by torch-sys, a direct dependency) names libtorch's lib dir.
+//! Outputs (compile-time env for `src/runtime/build_record.rs`):
+//!   TCH_STREAMS_BUILT_LIB_DIR, TCH_STREAMS_BUILT_TORCH_VERSION, TCH_STREAMS_BUILT_CPU_SHA256,
+//!   TCH_STREAMS_BUILT_CUDA_SHA256 (empty without libtorch_cuda), TCH_STREAMS_BUILT_PATCH_ID
+//!   (empty for a stock libtorch), and `$OUT_DIR/built_libs.rs`: the name and SHA-256 of every
+//!   libtorch library in the lib dir (libc10*, libtorch*, libcaffe2*, libshm*).
+//! For dependents (`links = "tch_streams"`): `DEP_TCH_STREAMS_LIBTORCH_LIB`, the lib dir, which an
+//! app's build script puts on its rpath (link args never reach a dependent's binary).
+//!
+//! libtorch_cuda is deliberately *not* force-linked here: no link flag of ours reaches an app's
+//! binary, so the library loads it at run time instead (`runtime::load_backends`), and the crate's
+//! own tests go through that same path.
+
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// File written next to `lib/` by scripts/build-libtorch.sh in a patched libtorch prefix.
+const PATCH_STAMP: &str = "tch-streams-patch-id";
+
+fn main() {
+    let lib_dir = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => panic!(
+            "torch-sys did not report a libtorch lib dir (DEP_TCH_LIBTORCH_LIB). Run \
+             `eval \"$(scripts/setup.sh --print-env)\"` first, or set LIBTORCH to a libtorch 2.11, 2.12 or 2.13 prefix (the one your tch version expects)."
+        ),
+    };
+    let lib_dir = lib_dir.canonicalize().unwrap_or(lib_dir);
+    let prefix = lib_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| lib_dir.clone());
+    let includes = [prefix.join("include"), prefix.join("include/torch/csrc/api/include")];
+    let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+
+    compile_shim(&includes);
+    generate_bindings();
+    if std::env::var_os("CARGO_FEATURE_CUDA_GRAPHS").is_some() {
+        compile_graph_shim(&includes, &lib_dir);
+    }
+
+    // Libraries: the dylib suffix depends on the target.
+    let so = if target_os == "macos" { "dylib" } else { "so" };
+    let cpu_lib = lib_dir.join(format!("libtorch_cpu.{so}"));
+    let cuda_lib = lib_dir.join(format!("libtorch_cuda.{so}"));
+    println!("cargo:rerun-if-changed={}", cpu_lib.display());
+    println!("cargo:rerun-if-changed={}", cuda_lib.display());
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+
+    // rpath for this package's own tests and benches: the same line every app's build script
+    // carries (see the README), since this link arg reaches no dependent.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+
+    // The build record.
+    let version = read_torch_version(&includes).unwrap_or_else(|| "unknown".into());
+    let libs = torch_libraries(&lib_dir, so);
+    let sha_of = |path: &Path| libs.iter().find(|(p, _)| p == path).map(|(_, h)| h.clone());
+    let cpu_sha = sha_of(&cpu_lib).unwrap_or_else(|| panic!("{} not found: is this a libtorch lib dir?", cpu_lib.display()));
+    let cuda_sha = sha_of(&cuda_lib).unwrap_or_default();
+    write_built_libs(&libs);
+    let stamp = prefix.join(PATCH_STAMP);
+    println!("cargo:rerun-if-changed={}", stamp.display());
+    let patch_id = std::fs::read_to_string(&stamp).map(|s| s.trim().to_string()).unwrap_or_default();
+
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_LIB_DIR={}", lib_dir.display());
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_TORCH_VERSION={version}");
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_CPU_SHA256={cpu_sha}");
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_CUDA_SHA256={cuda_sha}");
+    println!("cargo:rustc-env=TCH_STREAMS_BUILT_PATCH_ID={patch_id}");
+    // Reaches build scripts of crates that depend on us (DEP_TCH_STREAMS_LIBTORCH_LIB).
+    println!("cargo:libtorch_lib={}", lib_dir.display());
+}
+
+/// Whether a file in libtorch's lib dir is one of libtorch's own libraries (not a bundled
+/// third-party one such as libgomp, which the system may legitimately provide instead).
+fn is_torch_library(name: &str, so: &str) -> bool {
+    let ours = ["libc10", "libtorch", "libcaffe2", "libshm"].iter().any(|p| name.starts_with(p));
+    let shared = if so == "so" { name.contains(".so") } else { name.ends_with(".dylib") };
+    ours && shared
+}
+
+/// Every libtorch library in `lib_dir` (regular files and links to them), with its SHA-256,
+/// sorted by name.
+fn torch_libraries(lib_dir: &Path, so: &str) -> Vec<(PathBuf, String)> {
+    let entries = std::fs::read_dir(lib_dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", lib_dir.display()));
+    let mut libs: Vec<(PathBuf, String)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_torch_library(n, so)))
+        .map(|p| {
+            println!("cargo:rerun-if-changed={}", p.display());
+            let sha = sha256_file(&p).unwrap_or_else(|e| panic!("cannot hash {}: {e}", p.display()));
+            (p, sha)
+        })
+        .collect();
+    libs.sort();
+    libs
+}
+
+/// `$OUT_DIR/built_libs.rs`: `BUILT_LIBS`, the (file name, SHA-256) pairs of the build record.
+fn write_built_libs(libs: &[(PathBuf, String)]) {
+    let mut text = String::from("/// (file name, SHA-256) of every libtorch library in the lib dir the build linked.\n");
+    text.push_str("pub(crate) const BUILT_LIBS: &[(&str, &str)] = &[\n");
+    for (path, sha) in libs {
+        let name = path.file_name().and_then(|n| n.to_str()).expect("utf-8 library name");
+        text.push_str(&format!("    ({name:?}, {sha:?}),\n"));
+    }
+    text.push_str("];\n");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("built_libs.rs");
+    std::fs::write(out, text).expect("write built_libs.rs");
+}
+
+fn compile_shim(includes: &[PathBuf]) {
+    let sources: Vec<PathBuf> = std::fs::read_dir("src/shim")
+        .expect("src/shim exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cpp"))
+        .collect();
+    println!("cargo:rerun-if-changed=src/shim");
+    for p in &sources {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    let mut build = cc::Build::new();
+    build.cpp(true).pic(true).flag("-std=c++17").flag("-D_GLIBCXX_USE_CXX11_ABI=1").warnings(true);
+    for inc in includes {
+        // -isystem: libtorch's own headers are not ours to warn about.
+        build.flag("-isystem").flag(inc.to_str().expect("utf-8 include path"));
+    }
+    build.files(&sources).compile("tch_streams_shim");
+}
+
+/// The `cuda-graphs` shim: needs CUDA headers, taken from PyPI's nvidia packages beside torch
+/// (`site-packages/nvidia/cu13/include`), or from `CUDA_HOME`/`CUDA_INCLUDE_DIR`.
+fn compile_graph_shim(includes: &[PathBuf], lib_dir: &Path) {
+    println!("cargo:rerun-if-env-changed=CUDA_INCLUDE_DIR");
+    println!("cargo:rerun-if-changed=src/shim/cuda");
+    let site = lib_dir.parent().and_then(Path::parent);
+    let mut candidates: Vec<PathBuf> = std::env::var_os("CUDA_INCLUDE_DIR").map(PathBuf::from).into_iter().collect();
+    if let Some(home) = std::env::var_os("CUDA_HOME") {
+        candidates.push(PathBuf::from(home).join("include"));
+    }
+    if let Some(site) = site {
+        for v in ["cu13", "cu12", "cuda_runtime"] {
+            candidates.push(site.join("nvidia").join(v).join("include"));
+        }
+    }
+    let cuda_inc = candidates.into_iter().find(|p| p.join("cuda_runtime_api.h").exists()).unwrap_or_else(|| {
+        panic!(
+            "the cuda-graphs feature needs the CUDA headers (cuda_runtime_api.h): install torch from PyPI \
+             (its nvidia packages carry them), or set CUDA_INCLUDE_DIR"
+        )
+    });
+    let mut build = cc::Build::new();
+    build.cpp(true).pic(true).flag("-std=c++17").flag("-D_GLIBCXX_USE_CXX11_ABI=1").warnings(true);
+    for inc in includes.iter().chain(std::iter::once(&cuda_inc)) {
+        build.flag("-isystem").flag(inc.to_str().expect("utf-8 include path"));
+    }
+    build.file("src/shim/cuda/graph.cpp").compile("tch_streams_graph_shim");
+    println!("cargo:rustc-link-lib=c10_cuda");
+    let bindings = bindgen::Builder::default()
+        .header("src/shim/cuda/tss_graph.h")
+        .allowlist_function("tss_graph_.*")
+        .allowlist_type("TssGraph")
+        .layout_tests(false)
+        .generate()
+        .expect("bindgen failed on src/shim/cuda/tss_graph.h");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("ffi_graph.rs");
+    bindings.write_to_file(out).expect("write graph bindings");
+}
+
+fn generate_bindings() {
+    let header = "src/shim/tss_shim.h";
+    println!("cargo:rerun-if-changed={header}");
+    let bindings = bindgen::Builder::default()
+        .header(header)
+        .allowlist_function("tss_.*")
+        .allowlist_type("Tss.*")
+        .rustified_enum("TssStatus")
+        .derive_debug(true)
+        .derive_default(true)
+        .derive_eq(true)
+        .layout_tests(false)
+        .generate()
+        .expect("bindgen failed on src/shim/tss_shim.h (is libclang installed? scripts/setup.sh installs it)");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("ffi.rs");
+    bindings.write_to_file(out).expect("write bindings");
+}
+
+/// `TORCH_VERSION` from the headers the shim compiles against.
+fn read_torch_version(includes: &[PathBuf]) -> Option<String> {
+    let candidates = [
+        includes[0].join("torch/headeronly/version.h"),
+        includes[1].join("torch/version.h"),
+    ];
+    for path in candidates {
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        // The macro may wrap onto the next line: take the first quoted string after its name.
+        if let Some(pos) = text.find("#define TORCH_VERSION \\").or_else(|| text.find("#define TORCH_VERSION ")) {
+            let rest = &text[pos..];
+            if let Some(start) = rest.find('"') {
+                if let Some(len) = rest[start + 1..].find('"') {
+                    return Some(rest[start + 1..start + 1 + len].to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

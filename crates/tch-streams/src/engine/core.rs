@@ -1,0 +1,297 @@
+//! [`Engine`]: intake, worker start-up, shutdown, and statistics.
+
+use super::config::{EngineBuilder, Replicas};
+use super::error::EngineError;
+use super::metrics::{EngineStats, Metrics};
+use super::events::EventPool;
+use super::lanes::Lanes;
+use super::request::{InputSpec, Request};
+use super::ticket::{pair, Ticket};
+use super::worker::{self, WorkerSpec};
+use crate::models::{Forward, Model};
+use crate::runtime::{check_capability, Capability, Report};
+use crate::stream::{Priority, Stream};
+use crate::Error;
+use crossbeam_channel::TrySendError;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tch::{Device, Tensor};
+
+/// One worker as started: its index, device and the stream it bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Worker index (0-based).
+    pub index: usize,
+    /// The device it serves.
+    pub device: Device,
+    /// The stream it bound for its life.
+    pub stream: Stream,
+}
+
+/// A multi-threaded inference engine: N workers each owning a stream on a device, fed by one
+/// queue per device (an input already on a GPU is served by that GPU's workers; a host input by
+/// the device with the fewest requests waiting).
+///
+/// `Engine` is `Send + Sync`: share it (e.g. in an `Arc`) between any number of client threads.
+/// Each request is answered exactly once. [`shutdown`](Engine::shutdown) (or drop) stops intake,
+/// lets workers finish every accepted request, and fails explicitly any request left behind by a
+/// dead worker.
+///
+/// ```
+/// use tch_streams::engine::Engine;
+/// use tch_streams::models::{Builtin, Model};
+/// let engine = Engine::builder(Model::Builtin(Builtin::SmallMlp)).devices(vec![tch::Device::Cpu]).workers(2).build()?;
+/// let outs = engine.infer_many((0..4).map(|_| tch::Tensor::ones([1, 512], (tch::Kind::Float, tch::Device::Cpu))).collect());
+/// assert!(outs.iter().all(|o| o.as_ref().is_ok_and(|t| t.size() == vec![1, 512])));
+/// engine.shutdown();
+/// assert_eq!(engine.stats().completed, 4);
+/// # Ok::<(), tch_streams::engine::EngineError>(())
+/// ```
+pub struct Engine {
+    lanes: Lanes,
+    registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    metrics: Arc<Metrics>,
+    spec: InputSpec,
+    workers: Vec<WorkerInfo>,
+    events: Arc<EventPool>,
+    inputs_ready: bool,
+}
+
+impl Engine {
+    /// Starts configuring an engine for `model`.
+    pub fn builder(model: Model) -> EngineBuilder {
+        crate::runtime::load_backends();
+        EngineBuilder::new(model)
+    }
+
+    pub(crate) fn start(b: EngineBuilder) -> Result<Engine, EngineError> {
+        if b.devices.is_empty() || b.workers == 0 || b.queue_capacity == 0 {
+            return Err(EngineError::Build("devices, workers and queue_capacity must all be non-empty / non-zero".into()));
+        }
+        if b.cuda_graphs {
+            if !cfg!(feature = "cuda-graphs") {
+                return Err(EngineError::Build(
+                    "CUDA graphs were asked for, but this build lacks the `cuda-graphs` cargo feature; rebuild with --features cuda-graphs".into(),
+                ));
+            }
+            if !b.devices.iter().any(|d| matches!(d, Device::Cuda(_))) {
+                return Err(EngineError::Build("CUDA graphs need a CUDA device".into()));
+            }
+        }
+        // Which devices have a stream pool; the fallback for those that do not.
+        let mut has_pool = HashMap::new();
+        for &device in &b.devices {
+            Stream::default_for(device)?; // validates the index
+            let pool = match Stream::from_pool(device, Priority::Normal) {
+                Ok(_) => true, // CPU included: its one stream answers every pool request
+                Err(Error::Unsupported { backend, detail, .. }) => {
+                    if b.require_stream_pool {
+                        let why = Report::gather()
+                            .ok()
+                            .and_then(|r| check_capability(Capability::MpsPool, &r).err())
+                            .map(|e| e.to_string())
+                            .unwrap_or(detail);
+                        return Err(EngineError::Build(why));
+                    }
+                    if has_pool.values().all(|&p| p) {
+                        tracing::warn!(
+                            "{backend} has no stream pool in the loaded libtorch: serving {device:?} with a single worker \
+                             on its default stream (build the patched libtorch for per-worker streams)"
+                        );
+                    }
+                    false
+                }
+                Err(e) => return Err(e.into()),
+            };
+            has_pool.insert(device, pool);
+        }
+        // Round-robin assignment; a GPU device without a pool gets exactly one worker.
+        let mut assigned: Vec<Device> = Vec::new();
+        for i in 0..b.workers {
+            let d = b.devices[i % b.devices.len()];
+            if has_pool[&d] || !assigned.contains(&d) {
+                assigned.push(d);
+            }
+        }
+        let mut shared: HashMap<Device, Arc<dyn Forward>> = HashMap::new();
+        let mut models = Vec::with_capacity(assigned.len());
+        for &d in &assigned {
+            let m = match b.replicas {
+                Replicas::Shared => match shared.get(&d) {
+                    Some(m) => Arc::clone(m),
+                    None => {
+                        let m = b.model.instantiate(d)?;
+                        shared.insert(d, Arc::clone(&m));
+                        m
+                    }
+                },
+                Replicas::PerWorker => b.model.instantiate(d)?,
+            };
+            models.push(m);
+        }
+
+        let lanes = Lanes::new(&assigned, b.queue_capacity);
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Mutex::new(Vec::new()));
+        let warmup = match (&b.input_shape, b.warmup) {
+            (Some(shape), true) => Some((shape.clone(), b.input_kind.unwrap_or(tch::Kind::Float))),
+            _ => None,
+        };
+        let events = Arc::new(EventPool::default());
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        for (index, (&device, model)) in assigned.iter().zip(models).enumerate() {
+            let spec = WorkerSpec {
+                index,
+                device,
+                model,
+                rx: lanes.receiver(device),
+                batching: b.batching,
+                output: b.output,
+                metrics: Arc::clone(&metrics),
+                warmup: warmup.clone(),
+                cuda_graphs: b.cuda_graphs,
+                use_pool: has_pool[&device] && device != Device::Cpu,
+                registry: Arc::clone(&registry),
+                events: Arc::clone(&events),
+            };
+            let handle = worker::spawn(spec, Vec::new(), Some(ready_tx.clone()))
+                .map_err(|e| EngineError::Build(format!("could not start a worker thread: {e}")))?;
+            registry.lock().push(handle);
+        }
+        let mut engine = Engine {
+            lanes,
+            registry,
+            metrics,
+            spec: InputSpec { sample_shape: b.input_shape, kind: b.input_kind, devices: b.devices },
+            workers: Vec::new(),
+            events,
+            inputs_ready: b.inputs_ready,
+        };
+        // Reports come in start-up order, not index order: each names its worker.
+        let mut streams: Vec<Option<Stream>> = vec![None; assigned.len()];
+        for _ in 0..assigned.len() {
+            match ready_rx.recv() {
+                Ok((index, Ok(stream))) => streams[index] = Some(stream),
+                Ok((_, Err(e))) => {
+                    engine.shutdown();
+                    return Err(EngineError::Build(format!("a worker could not start: {e}")));
+                }
+                Err(_) => {
+                    engine.shutdown();
+                    return Err(EngineError::Build("a worker exited during start-up".into()));
+                }
+            }
+        }
+        engine.workers = assigned
+            .iter()
+            .zip(streams)
+            .enumerate()
+            .filter_map(|(index, (&device, stream))| stream.map(|stream| WorkerInfo { index, device, stream }))
+            .collect();
+        Ok(engine)
+    }
+
+    /// Queues `input` (dim 0 = samples) and returns its ticket; waits while the queue is full.
+    /// Invalid input and submission after shutdown come back as an already-answered ticket.
+    ///
+    /// A GPU input may still be in the making on the caller's current stream: the engine records
+    /// an event there and the worker's stream waits for it, so no host synchronisation is needed.
+    pub fn submit(&self, input: Tensor) -> Ticket {
+        self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.spec.validate(&input) {
+            return self.refuse(e);
+        }
+        let (promise, ticket) = pair();
+        let ready = self.ready_mark(&input);
+        let request = Request::new(input, promise, ready);
+        match self.lanes.send(request) {
+            Ok(()) => ticket,
+            Err(request) => {
+                drop(request); // its ticket is not handed out: the caller gets the refusal
+                self.refuse(EngineError::ShutDown)
+            }
+        }
+    }
+
+    /// Like [`submit`](Engine::submit) but never waits: a full queue is [`EngineError::Busy`]
+    /// (the request is not accepted and not counted).
+    pub fn try_submit(&self, input: Tensor) -> Result<Ticket, EngineError> {
+        self.spec.validate(&input)?;
+        let (promise, ticket) = pair();
+        let ready = self.ready_mark(&input);
+        let request = Request::new(input, promise, ready);
+        match self.lanes.try_send(request) {
+            Ok(()) => {
+                self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
+                Ok(ticket)
+            }
+            // Never accepted: the request (and its ticket) are simply dropped.
+            Err(TrySendError::Full(_)) => Err(EngineError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::ShutDown),
+        }
+    }
+
+    /// Runs one input and waits for its result.
+    pub fn infer(&self, input: Tensor) -> Result<Tensor, EngineError> {
+        self.submit(input).wait()
+    }
+
+    /// Submits all inputs, then waits for all; results in input order.
+    pub fn infer_many(&self, inputs: Vec<Tensor>) -> Vec<Result<Tensor, EngineError>> {
+        let tickets: Vec<Ticket> = inputs.into_iter().map(|x| self.submit(x)).collect();
+        tickets.into_iter().map(Ticket::wait).collect()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> EngineStats {
+        self.metrics.snapshot()
+    }
+
+    /// The workers as started (device and bound stream of each).
+    pub fn workers(&self) -> &[WorkerInfo] {
+        &self.workers
+    }
+
+    /// Stops intake and waits until every accepted request is answered: workers drain the queue;
+    /// requests no live worker can take are failed with [`EngineError::WorkerDied`].
+    /// Idempotent; also run by `Drop`.
+    pub fn shutdown(&self) {
+        self.lanes.close(); // workers see their lane close once it is empty
+        loop {
+            let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.registry.lock());
+            if handles.is_empty() {
+                break;
+            }
+            for h in handles {
+                let _ = h.join(); // replacements register themselves before their parent exits
+            }
+        }
+        // Anything still queued has no worker left: answer it explicitly.
+        for r in self.lanes.drain() {
+            self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+            r.promise.fulfil(Err(EngineError::WorkerDied));
+        }
+    }
+
+    fn ready_mark(&self, input: &Tensor) -> Option<(Device, crate::stream::Event)> {
+        if self.inputs_ready {
+            None
+        } else {
+            self.events.mark_ready(input)
+        }
+    }
+
+    fn refuse(&self, e: EngineError) -> Ticket {
+        self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+        Ticket::resolved(Err(e))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
