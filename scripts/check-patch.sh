@@ -10,10 +10,10 @@
 #   3. sources:  the whole patch applies to vendor/pytorch when scripts/vendor-pytorch.sh has made
 #                it (the only check of the .mm hunks against real v2.11.0 sources); SKIP otherwise.
 #   4. pool-tsan: the pool core header, extracted from the patch, passes
-#                tests/mps_pool/pool_core_stress.cpp under ThreadSanitizer (needs g++); the same
+#                crates/tch-streams/tests/mps_pool/pool_core_stress.cpp under ThreadSanitizer (needs g++); the same
 #                test runs under `cargo test` as tests/mps_pool_tsan.rs.
 #   5. reuse-tsan: the allocator's buffer/stream reuse rule (MPSBufferStreamUse.h, extracted from
-#                the patch) passes tests/mps_pool/buffer_reuse_stress.cpp under ThreadSanitizer.
+#                the patch) passes crates/tch-streams/tests/mps_pool/buffer_reuse_stress.cpp under ThreadSanitizer.
 #   6. header-syntax: the patched headers that have a plain C++ form (MPSAllocatorInterface.h,
 #                MetalShaderLibrary.h, the two portable ones) compile with g++ -fsyntax-only
 #                against the c10 headers of a Linux torch 2.11.0 (the project's venv, or
@@ -224,16 +224,16 @@ elif ! command -v g++ >/dev/null; then
   fail pool-tsan "g++ is not installed (apt-get install g++)"
   fail reuse-tsan "g++ is not installed (apt-get install g++)"
 else
-  tsan_check pool-tsan "$ROOT/tests/mps_pool/pool_core_stress.cpp" "pool-core: exclusive" \
+  tsan_check pool-tsan "$ROOT/crates/tch-streams/tests/mps_pool/pool_core_stress.cpp" "pool-core: exclusive" \
     MPSStreamPoolCore.h
-  tsan_check reuse-tsan "$ROOT/tests/mps_pool/buffer_reuse_stress.cpp" "buffer-reuse: stress threads" \
+  tsan_check reuse-tsan "$ROOT/crates/tch-streams/tests/mps_pool/buffer_reuse_stress.cpp" "buffer-reuse: stress threads" \
     MPSStreamPoolCore.h MPSBufferStreamUse.h
 fi
 
 # --- 6. patched headers with a plain C++ form compile ----------------------------------------------
 TORCH_INC="${TCH_STREAMS_TORCH_INCLUDE:-}"
 if [ -z "$TORCH_INC" ]; then
-  TORCH_INC="$(find "$CACHE/venv" -maxdepth 6 -type d -path '*/site-packages/torch/include' 2>/dev/null | sort | head -n 1 || true)"
+  TORCH_INC="$(find "$CACHE/venv-2.11.0" -maxdepth 6 -type d -path '*/site-packages/torch/include' 2>/dev/null | sort | head -n 1 || true)"
 fi
 if ! command -v g++ >/dev/null; then
   fail header-syntax "g++ is not installed (apt-get install g++)"

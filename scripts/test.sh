@@ -2,12 +2,12 @@
 # The project's test command (CI runs exactly this, on a machine without a GPU):
 #   1. setup (venv with torch 2.13.0, libclang) — quick when already done;
 #   2. preflight: prove the tests will run on the libtorch they were built against;
-#   3. static checks of the MPS patch, when present (scripts/check-patch.sh);
-#   4. cargo test --workspace (release profile, shared with the other scripts): the library, the
+#   3. cargo test --workspace (release profile, shared with the other scripts): the library, the
 #      CLI, and the example apps, which depend on the library exactly as a user's crate does;
-#   5. the example apps run as a user runs them (no LD_LIBRARY_PATH), output shown;
-#   6. libtorch 2.11.0 / tch 0.24: the library's tests and the examples again (scripts/compat.sh);
-#      TCH_STREAMS_COMPAT=0 skips this step.
+#   4. the example apps run as a user runs them (no LD_LIBRARY_PATH), output shown;
+#   5. libtorch 2.11.0 / tch 0.24: the library's tests and the examples again (scripts/compat.sh);
+#      TCH_STREAMS_COMPAT=0 skips this step; the shim is also compiled against 2.12.0's headers;
+#   6. static checks of the MPS patch (scripts/check-patch.sh).
 # GPU tests are #[ignore]d here; run them on a GPU machine with `cargo test --release -- --include-ignored`.
 # Extra arguments go to cargo test, e.g. `scripts/test.sh stream_` to filter.
 set -euo pipefail
@@ -23,11 +23,6 @@ eval "$(scripts/setup.sh --print-env)"
 step "preflight (libtorch $TCH_STREAMS_TORCH)"
 scripts/preflight.sh
 
-if [ -x scripts/check-patch.sh ]; then
-  step "MPS patch static checks"
-  scripts/check-patch.sh
-fi
-
 step "cargo test --workspace (libtorch $TCH_STREAMS_TORCH)"
 cargo test --release --workspace "$@"
 
@@ -37,8 +32,17 @@ python3 scripts/fixtures/make_models.py "$FIX" >/dev/null
 env -u LD_LIBRARY_PATH "$CARGO_TARGET_DIR/release/serve-torchscript" "$FIX/mlp.pt" --device cpu --threads 4 --requests 50 --workers 2
 env -u LD_LIBRARY_PATH "$CARGO_TARGET_DIR/release/streams-demo" --device cpu --pairs 2 --rounds 10
 
+step "shim against libtorch 2.12.0 headers (tch 0.25)"
+scripts/check-shim.sh 2.12.0
+
 if [ "${TCH_STREAMS_COMPAT:-1}" != 0 ]; then
   step "libtorch 2.11.0 / tch 0.24: library tests and examples"
   scripts/compat.sh 2.11.0 "$@"
+fi
+
+if [ -x scripts/check-patch.sh ]; then
+  # Last: the header check compiles against Linux torch 2.11.0 (the venv compat.sh set up).
+  step "MPS patch static checks"
+  scripts/check-patch.sh
 fi
 step "all tests passed ($(( $(date +%s) - START )) s)"

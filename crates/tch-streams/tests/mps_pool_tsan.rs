@@ -16,12 +16,12 @@ use std::process::{Command, Output};
 
 const PATCH: &str = "patches/tch-streams-mps-v2.11.0.patch";
 const CORE_HEADER: &str = "aten/src/ATen/mps/MPSStreamPoolCore.h";
-const STRESS_SOURCE: &str = "tests/mps_pool/pool_core_stress.cpp";
+const STRESS_SOURCE: &str = "crates/tch-streams/tests/mps_pool/pool_core_stress.cpp";
 const REUSE_HEADER: &str = "aten/src/ATen/mps/MPSBufferStreamUse.h";
-const REUSE_SOURCE: &str = "tests/mps_pool/buffer_reuse_stress.cpp";
+const REUSE_SOURCE: &str = "crates/tch-streams/tests/mps_pool/buffer_reuse_stress.cpp";
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The text of a file that `patch` creates, rebuilt from its `+` lines; checks the hunk's count.

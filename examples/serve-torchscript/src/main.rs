@@ -182,41 +182,59 @@ fn main() {
         .map(|(c, expected)| {
             let (engine, shape) = (Arc::clone(&engine), args.shape.clone());
             // Without batching every request runs alone, as in the serial pass: bitwise equal.
-            // A batched run may take another kernel path: equal within float rounding.
+            // A batch may take other kernels (cuDNN picks per batch size; convolutions use TF32
+            // by default on NVIDIA GPUs): equal within 1 % of the answer's scale.
             let bitwise = args.batch_max == 1;
-            let same = move |y: &Tensor, want: &Tensor| {
-                y.size() == want.size() && if bitwise { y.equal(want) } else { y.allclose(want, 1e-5, 1e-6, false) }
+            let same = move |y: &Tensor, want: &Tensor| -> (bool, f64) {
+                if y.size() != want.size() {
+                    return (false, f64::INFINITY);
+                }
+                if bitwise {
+                    return (y.equal(want), 0.0);
+                }
+                let scale = want.abs().max().double_value(&[]).max(1e-6);
+                let rel = (y - want).abs().max().double_value(&[]) / scale;
+                (rel <= 1e-2, rel)
             };
             std::thread::spawn(move || {
                 let tickets: Vec<_> = (0..expected.len()).map(|r| engine.submit(input(c, r, &shape))).collect();
-                let (mut equal, mut differ, mut failed) = (0usize, 0usize, Vec::new());
+                let (mut equal, mut differ, mut worst, mut failed) = (0usize, 0usize, 0f64, Vec::new());
                 for (r, t) in tickets.into_iter().enumerate() {
                     match t.wait() {
-                        Ok(y) if same(&y, &expected[r]) => equal += 1,
                         Ok(y) => {
-                            let diff = (y - &expected[r]).abs().max().double_value(&[]);
-                            eprintln!("client {c} request {r}: differs from serial (max |diff| {diff:e})");
-                            differ += 1;
+                            let (ok, rel) = same(&y, &expected[r]);
+                            worst = worst.max(rel);
+                            if ok {
+                                equal += 1;
+                            } else {
+                                eprintln!("client {c} request {r}: differs from serial (max |diff| / max |serial| = {rel:e})");
+                                differ += 1;
+                            }
                         }
                         Err(e) => failed.push(e.to_string()),
                     }
                 }
-                (equal, differ, failed)
+                (equal, differ, worst, failed)
             })
         })
         .collect();
-    let (mut equal, mut differ, mut failed) = (0, 0, Vec::new());
+    let (mut equal, mut differ, mut worst, mut failed) = (0, 0, 0f64, Vec::new());
     for c in clients {
-        let (e, d, f) = c.join().expect("client thread");
+        let (e, d, w, f) = c.join().expect("client thread");
         equal += e;
         differ += d;
+        worst = worst.max(w);
         failed.extend(f);
     }
     let wall = start.elapsed();
     engine.shutdown();
     let st = engine.stats();
     let total = args.threads * args.requests;
-    println!("results equal to serial: {equal}/{total}");
+    if args.batch_max == 1 {
+        println!("results equal to serial: {equal}/{total}");
+    } else {
+        println!("results equal to serial: {equal}/{total} (batched: within 1e-2 of each answer's scale; worst {worst:.1e})");
+    }
     println!(
         "stats: submitted {} completed {} failed {} in {:.3} s ({:.0} requests/s), p50 {} us, p99 {} us, replaced workers {}",
         st.submitted,
