@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use tch_streams_cli::inputs::{InputArg, IntRange};
 use tch_streams_cli::bench::{
     self, read_peer, BenchConfig, BenchError, BenchReport, Mode, Outputs, PeerRunner, Stats, Workload, CSV_HEADER,
 };
@@ -335,7 +336,11 @@ fn invalid_configurations_fail_before_measuring() {
 #[test]
 fn a_model_that_cannot_load_is_skipped_with_the_reason() {
     let mut cfg = tiny();
-    cfg.workloads = vec![Workload::TorchScript { path: PathBuf::from("/nonexistent/net.pt"), shape: vec![1, 8] }];
+    cfg.workloads = vec![Workload::TorchScript {
+        path: PathBuf::from("/nonexistent/net.pt"),
+        inputs: vec![InputArg { shape: vec![1, 8], kind: tch::Kind::Float }],
+        int_range: IntRange::default(),
+    }];
     cfg.modes = vec![Mode::TchDefault, Mode::Limit];
     let report = bench::run(&cfg).expect("the sweep itself completes");
     assert!(report.ours.results.is_empty());
@@ -357,8 +362,16 @@ fn peer_arguments_mirror_the_sweep() {
     assert_eq!(value("--warmup-s"), Some("0.05"));
     assert_eq!(value("--duration-s"), Some("0.1"));
     assert_eq!(value("--out"), Some("/tmp/p.json"));
+    // A TorchScript workload: the peer gets the same model and input specs.
     let mut custom = tiny();
-    custom.workloads = vec![Workload::TorchScript { path: "net.pt".into(), shape: vec![1, 8] }];
+    let inputs = vec![InputArg { shape: vec![1, 16], kind: tch::Kind::Int64 }, InputArg { shape: vec![1, 16], kind: tch::Kind::Bool }];
+    custom.workloads = vec![Workload::TorchScript { path: "net.pt".into(), inputs, int_range: IntRange { lo: 0, hi: 30522 } }];
+    let args = runner.args(&custom, Path::new("p.json")).unwrap();
+    let joined = args.join(" ");
+    assert!(joined.contains("--model net.pt --input 1x16:int64 --input 1x16:bool --int-range 0..30522"), "{joined}");
+    assert!(!args.contains(&"--workloads".to_string()), "{joined}");
+    // Built-ins and a file in one sweep: the peer cannot mirror that.
+    custom.workloads.push(Workload::Builtin(tch_streams::models::Builtin::SmallMlp));
     assert!(matches!(runner.args(&custom, Path::new("p.json")), Err(BenchError::Peer(_))));
 }
 

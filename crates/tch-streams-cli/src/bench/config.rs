@@ -3,6 +3,7 @@
 use super::error::BenchError;
 use super::modes::Mode;
 use tch_streams::models::{Builtin, Model};
+use crate::inputs::{InputArg, IntRange};
 use std::path::PathBuf;
 use std::time::Duration;
 use tch::Device;
@@ -13,12 +14,14 @@ pub enum Workload {
     /// A built-in, with the peer's reference input: small-mlp `[1,512]`, large-mlp `[64,2048]`,
     /// transformer `[1,64,256]`.
     Builtin(Builtin),
-    /// A TorchScript file and the input shape of one call (dim 0 = samples), float32.
+    /// A TorchScript file and the inputs of one call (each batch first, one batch size).
     TorchScript {
         /// The `torch.jit.save` file.
         path: PathBuf,
-        /// Input shape, batch first.
-        shape: Vec<i64>,
+        /// Forward's inputs in order: shape (batch first) and dtype.
+        inputs: Vec<InputArg>,
+        /// Integer inputs are filled from this range.
+        int_range: IntRange,
     },
 }
 
@@ -33,21 +36,29 @@ impl Workload {
         }
     }
 
-    /// One call's input shape, batch first.
-    pub fn shape(&self) -> Vec<i64> {
+    /// One call's inputs (shape batch first, dtype), in forward's order.
+    pub fn inputs(&self) -> Vec<InputArg> {
         match self {
             Workload::Builtin(b) => {
                 let mut s = vec![b.default_batch()];
                 s.extend(b.sample_shape());
-                s
+                vec![InputArg { shape: s, kind: tch::Kind::Float }]
             }
-            Workload::TorchScript { shape, .. } => shape.clone(),
+            Workload::TorchScript { inputs, .. } => inputs.clone(),
         }
     }
 
-    /// Samples in one call (dim 0 of [`shape`](Workload::shape)).
+    /// The range integer inputs are filled from.
+    pub fn int_range(&self) -> IntRange {
+        match self {
+            Workload::Builtin(_) => IntRange::default(),
+            Workload::TorchScript { int_range, .. } => *int_range,
+        }
+    }
+
+    /// Samples in one call (dim 0 of the inputs).
     pub fn batch(&self) -> i64 {
-        self.shape().first().copied().unwrap_or(1)
+        self.inputs().first().and_then(|i| i.shape.first().copied()).unwrap_or(1)
     }
 
     /// The recipe the harness instantiates once per workload.
@@ -163,9 +174,12 @@ impl BenchConfig {
             return bad("the engine clients' window must be at least 1");
         }
         for w in &self.workloads {
-            if let Workload::TorchScript { shape, .. } = w {
-                if shape.is_empty() || shape.iter().any(|&d| d < 1) {
-                    return bad("a TorchScript workload needs an input shape, batch first, e.g. 1x3x224x224");
+            if let Workload::TorchScript { inputs, .. } = w {
+                if inputs.is_empty() || inputs.iter().any(|i| i.shape.is_empty() || i.shape.iter().any(|&d| d < 1)) {
+                    return bad("a TorchScript workload needs its inputs, each shape batch first, e.g. 1x3x224x224");
+                }
+                if inputs.iter().any(|i| i.shape[0] != inputs[0].shape[0]) {
+                    return bad("every input of a TorchScript workload needs the same batch size (dim 0)");
                 }
             }
         }

@@ -46,9 +46,12 @@ impl PeerRunner {
         Err(format!("{} cannot import torch ({last})", self.python.display()))
     }
 
-    /// The peer's arguments for the sweep `cfg`, writing its JSON to `out`. The peer knows only
-    /// the built-in workloads: others are left out; none at all is an error.
+    /// The peer's arguments for the sweep `cfg`, writing its JSON to `out`: the built-in
+    /// workloads by name, or a TorchScript workload as `--model FILE --input SHAPE:DTYPE ...
+    /// --int-range LO..HI` (the same specs, so both sides feed the model alike).
     pub fn args(&self, cfg: &BenchConfig, out: &Path) -> Result<Vec<String>, BenchError> {
+        let join = |v: Vec<String>| v.join(",");
+        let mut args = vec![self.script.display().to_string(), "--device".into(), super::device_label(cfg.device)];
         let builtins: Vec<String> = cfg
             .workloads
             .iter()
@@ -57,16 +60,19 @@ impl PeerRunner {
                 Workload::TorchScript { .. } => None,
             })
             .collect();
-        if builtins.is_empty() {
-            return Err(BenchError::Peer("the peer runs only the built-in workloads (small-mlp, large-mlp, transformer)".into()));
+        let scripts: Vec<&Workload> = cfg.workloads.iter().filter(|w| matches!(w, Workload::TorchScript { .. })).collect();
+        match (builtins.is_empty(), scripts.as_slice()) {
+            (false, []) => args.extend(["--workloads".into(), join(builtins)]),
+            (true, [Workload::TorchScript { path, inputs, int_range }]) => {
+                args.extend(["--model".into(), path.display().to_string()]);
+                for i in inputs {
+                    args.extend(["--input".into(), crate::inputs::format_input(i)]);
+                }
+                args.extend(["--int-range".into(), format!("{}..{}", int_range.lo, int_range.hi)]);
+            }
+            _ => return Err(BenchError::Peer("the peer runs either built-in workloads or one TorchScript file per sweep".into())),
         }
-        let join = |v: Vec<String>| v.join(",");
-        Ok(vec![
-            self.script.display().to_string(),
-            "--device".into(),
-            super::device_label(cfg.device),
-            "--workloads".into(),
-            join(builtins),
+        args.extend([
             "--threads".into(),
             join(cfg.threads.iter().map(usize::to_string).collect()),
             "--reps".into(),
@@ -77,7 +83,8 @@ impl PeerRunner {
             cfg.duration_s.to_string(),
             "--out".into(),
             out.display().to_string(),
-        ])
+        ]);
+        Ok(args)
     }
 
     /// Runs the peer for `cfg` (after ours, never at the same time) and reads its document from

@@ -6,14 +6,15 @@ use super::config::{BenchConfig, Workload};
 use super::measure::{measure, Client, Factory, Timing};
 use super::modes::Mode;
 use super::schema::{PointResult, Skipped, Stats};
-use tch_streams::engine::{Batching, Engine, Output, Ticket};
+use crate::inputs;
+use tch_streams::engine::{Batching, Engine, InputSpec, Output, Ticket};
 use tch_streams::models::{Forward, Model};
 use tch_streams::stream::{bind_thread, Priority, Stream};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Results and skips of a whole sweep, in run order.
 pub(crate) struct Sweep {
@@ -97,7 +98,7 @@ fn progress_bar(show: bool, total: u64) -> ProgressBar {
 /// Measures one (workload, mode, T); returns samples/s of every repetition.
 fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, t: usize) -> Result<Vec<f64>, String> {
     let device = cfg.device;
-    let shape = w.shape();
+    let specs = w.inputs();
     let devices = if mode == Mode::EngineSpread { cfg.spread_devices.clone() } else { vec![device] };
     let timing = Timing {
         reps: cfg.reps,
@@ -107,8 +108,8 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
     };
     // Client i's input lies on devices[i mod D] (one device except for engine-spread, whose
     // engine serves each input on the device it lies on).
-    let inputs: Vec<Tensor> = (0..t)
-        .map(|i| Tensor::f_randn(shape.as_slice(), (Kind::Float, devices[i % devices.len()])).map_err(|e| e.to_string()))
+    let inputs: Vec<Vec<Tensor>> = (0..t)
+        .map(|i| specs.iter().map(|s| inputs::generate(s, w.int_range(), devices[i % devices.len()])).collect::<Result<Vec<_>, _>>())
         .collect::<Result<_, _>>()?;
     let rows = w.batch().max(1) as u64;
     match mode {
@@ -118,7 +119,10 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             measure(factories, timing)
         }
         Mode::Limit => {
-            let x = Tensor::f_cat(&inputs, 0).map_err(|e| e.to_string())?;
+            let x = (0..specs.len())
+                .map(|k| Tensor::f_cat(&inputs.iter().map(|xs| &xs[k]).collect::<Vec<_>>(), 0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
             drop(inputs);
             let factories = vec![direct(model, x, rows * t as u64, device, false)];
             ready(device)?;
@@ -130,8 +134,7 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             let recipe = if devices.len() > 1 {
                 w.model()
             } else {
-                let inst = Arc::clone(model);
-                Model::closure(move |x: &Tensor| inst.forward(x))
+                Model::instance(Arc::clone(model))
             };
             let engine = Engine::builder(recipe)
                 .devices(devices.clone())
@@ -140,8 +143,7 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
                 .output(Output::OnDevice)
                 .cuda_graphs(mode == Mode::EngineGraphs)
                 .queue_capacity((t * cfg.window).max(64))
-                .input_shape(shape[1..].to_vec())
-                .input_kind(Kind::Float)
+                .inputs(specs.iter().map(|s| InputSpec::new(&s.shape[1..], s.kind)).collect())
                 .build()
                 .map_err(|e| format!("could not build the engine: {e}"))?;
             let factories = inputs
@@ -168,7 +170,7 @@ fn ready(device: Device) -> Result<(), String> {
     tch_streams::stream::synchronize_device(device).map_err(|e| e.to_string())
 }
 
-fn direct<'a>(model: &Arc<dyn Forward>, x: Tensor, rows: u64, device: Device, own_stream: bool) -> Factory<'a> {
+fn direct<'a>(model: &Arc<dyn Forward>, x: Vec<Tensor>, rows: u64, device: Device, own_stream: bool) -> Factory<'a> {
     let model = Arc::clone(model);
     Box::new(move || {
         let stream = if own_stream {
@@ -185,14 +187,14 @@ fn direct<'a>(model: &Arc<dyn Forward>, x: Tensor, rows: u64, device: Device, ow
 /// Calls the model itself, on the thread's current stream (default, or its own pool stream).
 struct DirectClient {
     model: Arc<dyn Forward>,
-    x: Tensor,
+    x: Vec<Tensor>,
     rows: u64,
     stream: Stream,
 }
 
 impl Client for DirectClient {
     fn step(&mut self) -> Result<u64, String> {
-        drop(self.model.forward(&self.x)?);
+        drop(self.model.run(&self.x).map_err(|e| e.to_string())?);
         Ok(self.rows)
     }
     fn settle(&mut self) -> Result<u64, String> {
@@ -204,7 +206,7 @@ impl Client for DirectClient {
 /// Submits to the engine, keeping up to `window` requests in flight.
 struct EngineClient<'a> {
     engine: &'a Engine,
-    x: Tensor,
+    x: Vec<Tensor>,
     window: usize,
     pending: VecDeque<Ticket>,
     rows: u64,
@@ -213,7 +215,7 @@ struct EngineClient<'a> {
 impl EngineClient<'_> {
     fn complete_oldest(&mut self) -> Result<u64, String> {
         match self.pending.pop_front() {
-            Some(ticket) => ticket.wait().map(|_| self.rows).map_err(|e| e.to_string()),
+            Some(ticket) => ticket.wait_outputs().map(|_| self.rows).map_err(|e| e.to_string()),
             None => Ok(0),
         }
     }
@@ -221,7 +223,7 @@ impl EngineClient<'_> {
 
 impl Client for EngineClient<'_> {
     fn step(&mut self) -> Result<u64, String> {
-        self.pending.push_back(self.engine.submit(self.x.shallow_clone()));
+        self.pending.push_back(self.engine.submit(self.x.iter().map(Tensor::shallow_clone).collect::<Vec<_>>()));
         if self.pending.len() >= self.window {
             self.complete_oldest()
         } else {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tch_streams_cli::bench::{self, BenchConfig, Mode, PeerRunner, Workload};
 use tch_streams::models::Builtin;
+use tch_streams_cli::inputs::{parse_input, parse_int_range, InputArg, IntRange};
 use tch_streams_cli::parse::{parse_devices, parse_shape};
 
 #[derive(Debug, clap::Args)]
@@ -36,17 +37,26 @@ Examples:
   tch-streams bench --device cuda:0 --with-python --python /opt/venv/bin/python
   tch-streams bench --workloads small-mlp --modes tch-default,engine,limit --threads 1,4,16 --reps 5
   tch-streams bench --model net.pt --shape 8x3x224x224 --threads 1,2,4
+  tch-streams bench --model bert.pt --input 1x128:int64 --input 1x128:int64 --int-range 0..30522
   tch-streams bench --device cuda:0,cuda:1 --workloads large-mlp --modes engine,engine-spread")]
 pub struct Args {
     /// Built-in workloads, comma-separated: small-mlp, large-mlp, transformer [default: all].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.trim().parse::<Builtin>(), conflicts_with = "model")]
     workloads: Vec<Builtin>,
-    /// A TorchScript file to benchmark instead of the built-ins (needs --shape).
-    #[arg(long, value_name = "FILE.pt", requires = "shape")]
+    /// A TorchScript file to benchmark instead of the built-ins (needs --input or --shape).
+    #[arg(long, value_name = "FILE.pt")]
     model: Option<PathBuf>,
-    /// Input shape of one call for --model, batch first (e.g. 8x3x224x224).
-    #[arg(long, value_parser = |s: &str| parse_shape(s).map(Shape), requires = "model")]
+    /// Input shape of one call for --model, batch first (e.g. 8x3x224x224): one float32 input.
+    #[arg(long, value_parser = |s: &str| parse_shape(s).map(Shape), requires = "model", conflicts_with = "input")]
     shape: Option<Shape>,
+    /// One input of --model per call, SHAPE:DTYPE with the batch first, repeated in the order of
+    /// forward's arguments (e.g. --input 1x128:int64 --input 1x128:int64). Dtypes: float32,
+    /// float16, bfloat16, int64, int32, bool. The Python peer gets the same specs.
+    #[arg(long, value_name = "SHAPE:DTYPE", value_parser = parse_input, requires = "model")]
+    input: Vec<InputArg>,
+    /// Integer inputs are filled uniformly from LO..HI (HI excluded).
+    #[arg(long, value_name = "LO..HI", default_value = "0..100", value_parser = parse_int_range)]
+    int_range: IntRange,
     /// Modes, comma-separated: tch-default, tch-streams, engine, engine-graphs, engine-spread,
     /// limit [default: all; those the device or build cannot run are listed as skipped].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Mode>())]
@@ -91,14 +101,23 @@ pub struct Args {
 }
 
 impl Args {
-    fn config(&self) -> BenchConfig {
+    fn config(&self) -> anyhow::Result<BenchConfig> {
         let device = self.device.0.first().copied().unwrap_or(tch::Device::Cpu);
         let mut cfg = if self.quick { BenchConfig::quick(device) } else { BenchConfig::full(device) };
         if !self.device.0.is_empty() {
             cfg.spread_devices = self.device.0.clone();
         }
-        if let (Some(path), Some(shape)) = (&self.model, &self.shape) {
-            cfg.workloads = vec![Workload::TorchScript { path: path.clone(), shape: shape.0.clone() }];
+        if let Some(path) = &self.model {
+            let inputs = match &self.shape {
+                Some(shape) => vec![InputArg { shape: shape.0.clone(), kind: tch::Kind::Float }],
+                None if !self.input.is_empty() => self.input.clone(),
+                None => anyhow::bail!("--model needs its inputs: --input SHAPE:DTYPE per argument of forward, or --shape for one float32 input"),
+            };
+            let rows = inputs[0].shape[0];
+            if let Some((i, _)) = inputs.iter().enumerate().find(|(_, s)| s.shape[0] != rows) {
+                anyhow::bail!("--input {i} has another batch size than input 0 ({rows}): every input carries the same samples");
+            }
+            cfg.workloads = vec![Workload::TorchScript { path: path.clone(), inputs, int_range: self.int_range }];
         } else if !self.workloads.is_empty() {
             cfg.workloads = self.workloads.iter().copied().map(Workload::Builtin).collect();
         }
@@ -114,13 +133,13 @@ impl Args {
         cfg.window = self.window;
         cfg.batch_wait = Duration::from_micros(self.batch_wait_us);
         cfg.progress = true;
-        cfg
+        Ok(cfg)
     }
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
-    let cfg = a.config();
+    let cfg = a.config()?;
     cfg.validate()?;
     let names: Vec<String> = cfg.workloads.iter().map(Workload::name).collect();
     let modes: Vec<&str> = cfg.modes.iter().map(|m| m.name()).collect();

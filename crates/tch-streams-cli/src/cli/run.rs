@@ -4,14 +4,16 @@
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use std::collections::VecDeque;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
-use tch_streams::engine::{Batching, Engine, Output, Replicas, Ticket};
+use tch_streams::engine::{Batching, Engine, InputSpec, Output, Replicas, Ticket};
 use tch_streams::models::{Builtin, Model};
+use tch_streams_cli::inputs::{self, format_input, parse_input, parse_int_range, InputArg, IntRange};
 use tch_streams_cli::parse::{parse_devices, parse_shape};
 
 /// A parsed `--device` list (one clap value).
@@ -24,17 +26,33 @@ pub struct Shape(pub Vec<i64>);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A TorchScript file to serve (needs --shape).
+    /// A TorchScript file to serve; give its inputs with --input (or --shape for one float32
+    /// input, or --input-file).
     #[arg(long, value_name = "FILE.pt", conflicts_with = "builtin")]
     model: Option<PathBuf>,
     /// A built-in model: small-mlp (512-1024-1024-512), large-mlp (2048-4096-4096-2048) or
     /// transformer (encoder layer, d_model 256, 4 heads, ff 1024).
     #[arg(long, default_value = "small-mlp", value_parser = |s: &str| s.parse::<Builtin>())]
     builtin: Builtin,
-    /// Shape of one request, batch first (e.g. 1x512). Default: the built-in's reference shape
-    /// (small-mlp 1x512, large-mlp 64x2048, transformer 1x64x256).
-    #[arg(long, value_parser = |s: &str| parse_shape(s).map(Shape))]
+    /// Shape of one request, batch first (e.g. 1x512): shorthand for one float32 --input.
+    /// Default: the built-in's reference shape (small-mlp 1x512, large-mlp 64x2048,
+    /// transformer 1x64x256).
+    #[arg(long, value_parser = |s: &str| parse_shape(s).map(Shape), conflicts_with_all = ["input", "input_file"])]
     shape: Option<Shape>,
+    /// One input of the model, SHAPE:DTYPE with the batch first, repeated in the order of
+    /// forward's arguments, e.g. --input 1x128:int64 --input 1x128:int64. Dtypes: float32,
+    /// float16, bfloat16, int64, int32, bool (default float32). Every input must have the same
+    /// batch size.
+    #[arg(long, value_name = "SHAPE:DTYPE", value_parser = parse_input, conflicts_with = "input_file")]
+    input: Vec<InputArg>,
+    /// Integer inputs are filled uniformly from LO..HI (HI excluded), so embedding lookups get
+    /// valid ids; e.g. 0..30522 for a BERT vocabulary.
+    #[arg(long, value_name = "LO..HI", default_value = "0..100", value_parser = parse_int_range)]
+    int_range: IntRange,
+    /// Real data for one input: a .npy file (samples along dim 0), repeated in the order of
+    /// forward's arguments. Every request sends the whole array.
+    #[arg(long, value_name = "FILE.npy")]
+    input_file: Vec<PathBuf>,
     /// Devices: auto, cpu, mps, cuda:N, or a list like cuda:0,cuda:1 (workers go round-robin).
     #[arg(long, default_value = "auto", value_parser = |s: &str| parse_devices(s).map(Devices))]
     device: Devices,
@@ -81,17 +99,35 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if a.clients == 0 || a.inflight == 0 {
         bail!("--clients and --inflight must be at least 1");
     }
-    let (model, shape, name) = match &a.model {
-        Some(path) => {
-            let shape = a.shape.clone().map(|s| s.0).context("--model needs --shape (batch first, e.g. 1x3x224x224)")?;
-            (Model::TorchScript(path.clone()), shape, path.display().to_string())
-        }
-        None => {
+    let input_device = if a.host_inputs { Device::Cpu } else { a.device.0[0] };
+    // The request: its inputs' specs, and the tensors every request sends.
+    let (model, name) = match &a.model {
+        Some(path) => (Model::TorchScript(path.clone()), path.display().to_string()),
+        None => (Model::Builtin(a.builtin), a.builtin.to_string()),
+    };
+    let (specs, request): (Vec<InputArg>, Vec<Tensor>) = if !a.input_file.is_empty() {
+        let tensors = a.input_file.iter().map(|p| inputs::read_npy(p)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+        let tensors = tensors.into_iter().map(|t| t.f_to_device(input_device)).collect::<Result<Vec<_>, _>>()?;
+        (tensors.iter().map(inputs::describe).collect(), tensors)
+    } else {
+        let specs = if !a.input.is_empty() {
+            a.input.clone()
+        } else if let Some(shape) = &a.shape {
+            vec![InputArg { shape: shape.0.clone(), kind: Kind::Float }]
+        } else if a.model.is_some() {
+            bail!("--model needs its inputs: --input SHAPE:DTYPE per argument of forward (e.g. --input 1x128:int64), --shape for one float32 input, or --input-file FILE.npy");
+        } else {
             let mut shape = vec![a.builtin.default_batch()];
             shape.extend(a.builtin.sample_shape());
-            (Model::Builtin(a.builtin), a.shape.clone().map_or(shape, |s| s.0), a.builtin.to_string())
-        }
+            vec![InputArg { shape, kind: Kind::Float }]
+        };
+        let tensors = specs.iter().map(|s| inputs::generate(s, a.int_range, input_device)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+        (specs, tensors)
     };
+    let rows = specs[0].shape[0];
+    if let Some((i, s)) = specs.iter().enumerate().find(|(_, s)| s.shape[0] != rows) {
+        bail!("input {i} ({}) has batch {} but input 0 has {rows}: every input of a request carries the same samples", format_input(s), s.shape[0]);
+    }
     let batching = if a.batch_max > 0 {
         Batching::Dynamic { max_batch: a.batch_max, max_wait: Duration::from_micros(a.batch_wait_us) }
     } else {
@@ -105,23 +141,23 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .replicas(if a.per_worker_replicas { Replicas::PerWorker } else { Replicas::Shared })
         .output(if a.cpu_output { Output::Cpu } else { Output::OnDevice })
         .queue_capacity((a.clients * a.inflight).max(64))
-        // The input below is made once and synchronised before any request: no per-request event.
+        // The inputs above are made once and synchronised before any request: no per-request event.
         .inputs_ready(true);
     if a.model.is_some() {
-        builder = builder.input_shape(shape[1..].to_vec()).input_kind(Kind::Float);
+        builder = builder.inputs(specs.iter().map(|s| InputSpec::new(&s.shape[1..], s.kind)).collect());
     }
     let engine = Arc::new(builder.build()?);
+    let shown: Vec<String> = specs.iter().map(format_input).collect();
     if !a.json {
-        println!("model {name}, request shape {shape:?}, {} client(s) x {} in flight", a.clients, a.inflight);
+        println!("model {name}, request inputs {}, {} client(s) x {} in flight", shown.join(" "), a.clients, a.inflight);
         for w in engine.workers() {
             println!("  worker {} on {:?}: {}", w.index, w.device, w.stream);
         }
     }
-    let input_device = if a.host_inputs { Device::Cpu } else { a.device.0[0] };
-    let input = Tensor::randn(shape.as_slice(), (Kind::Float, input_device));
     tch_streams::stream::synchronize_device(input_device)?;
 
-    let rows = shape[0] as u64;
+    let rows = rows as u64;
+    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let issued = Arc::new(AtomicU64::new(0));
@@ -131,9 +167,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let bar = progress(&a, budget);
     let clients: Vec<_> = (0..a.clients)
         .map(|_| {
-            let (engine, done, failed, issued, barrier) =
-                (Arc::clone(&engine), Arc::clone(&done), Arc::clone(&failed), Arc::clone(&issued), Arc::clone(&barrier));
-            let x = input.shallow_clone();
+            let (engine, done, failed, issued, barrier, errors) = (
+                Arc::clone(&engine),
+                Arc::clone(&done),
+                Arc::clone(&failed),
+                Arc::clone(&issued),
+                Arc::clone(&barrier),
+                Arc::clone(&errors),
+            );
+            let xs: Vec<Tensor> = request.iter().map(Tensor::shallow_clone).collect();
             let inflight = a.inflight;
             std::thread::spawn(move || {
                 let _ng = tch::no_grad_guard();
@@ -146,12 +188,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                         None => start.elapsed() < deadline_after,
                     };
                     if more {
-                        window.push_back(engine.submit(x.shallow_clone()));
+                        window.push_back(engine.submit(xs.iter().map(Tensor::shallow_clone).collect::<Vec<_>>()));
                     }
                     if window.len() >= inflight || (!more && !window.is_empty()) {
-                        let outcome = window.pop_front().expect("non-empty").wait();
-                        let counter = if outcome.is_ok() { &done } else { &failed };
-                        counter.fetch_add(1, Ordering::Relaxed);
+                        match window.pop_front().expect("non-empty").wait_outputs() {
+                            Ok(_) => {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                *errors.lock().entry(e.to_string()).or_default() += 1;
+                            }
+                        }
                     }
                     if !more && window.is_empty() {
                         break;
@@ -181,14 +229,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let completed = done.load(Ordering::Relaxed);
     let failures = failed.load(Ordering::Relaxed);
     let samples_per_s = completed as f64 * rows as f64 / wall;
+    let errors = std::mem::take(&mut *errors.lock());
     if a.json {
         let doc = json!({
-            "model": name, "shape": shape, "devices": a.device.0.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>(),
+            "model": name, "inputs": shown, "devices": a.device.0.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>(),
             "workers": engine.workers().iter().map(|w| json!({"index": w.index, "device": format!("{:?}", w.device), "stream": w.stream.id()})).collect::<Vec<_>>(),
             "batching": a.batch_max, "batch_wait_us": a.batch_wait_us, "cuda_graphs": a.cuda_graphs,
             "clients": a.clients, "inflight": a.inflight, "wall_s": wall,
             "completed": completed, "failed": failures, "samples_per_s": samples_per_s,
-            "requests_per_s": completed as f64 / wall, "stats": stats,
+            "requests_per_s": completed as f64 / wall, "stats": stats, "errors": errors,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -199,6 +248,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let batches: u64 = stats.batch_sizes.values().sum();
         let mean = stats.batch_sizes.iter().map(|(k, v)| *k as u64 * v).sum::<u64>() as f64 / batches.max(1) as f64;
         println!("batches     {batches} (mean {mean:.1} requests, largest {})", stats.batch_sizes.keys().last().unwrap_or(&0));
+    }
+    // Every distinct failure, with its count, on stderr (also in --json mode, where stdout is
+    // the document).
+    for (message, count) in &errors {
+        eprintln!("failed {count}x: {message}");
     }
     Ok(if failures == 0 { 0 } else { 1 })
 }

@@ -2,6 +2,7 @@
 
 use super::core::Engine;
 use super::error::EngineError;
+use super::request::Expected;
 use crate::models::Model;
 use std::time::Duration;
 use tch::{Device, Kind};
@@ -44,6 +45,35 @@ pub enum Output {
     Cpu,
 }
 
+/// One input of the model: its per-sample shape (no batch dimension) and dtype.
+///
+/// ```
+/// use tch_streams::engine::InputSpec;
+/// let ids = InputSpec::new([128], tch::Kind::Int64);
+/// assert_eq!(ids.to_string(), "[batch, 128] Int64");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    /// Per-sample shape: the input is `[batch, shape...]`.
+    pub shape: Vec<i64>,
+    /// Element type.
+    pub kind: Kind,
+}
+
+impl InputSpec {
+    /// An input of `[batch, shape...]` elements of `kind`.
+    pub fn new(shape: impl Into<Vec<i64>>, kind: Kind) -> InputSpec {
+        InputSpec { shape: shape.into(), kind }
+    }
+}
+
+impl std::fmt::Display for InputSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = std::iter::once("batch".to_string()).chain(self.shape.iter().map(i64::to_string)).collect();
+        write!(f, "[{}] {:?}", dims.join(", "), self.kind)
+    }
+}
+
 /// Builds an [`Engine`]. Start with [`Engine::builder`].
 ///
 /// ```
@@ -72,17 +102,18 @@ pub struct EngineBuilder {
     pub(crate) queue_capacity: usize,
     pub(crate) output: Output,
     pub(crate) require_stream_pool: bool,
-    pub(crate) input_shape: Option<Vec<i64>>,
-    pub(crate) input_kind: Option<Kind>,
+    pub(crate) inputs: Vec<Expected>,
+    pub(crate) arity: Option<usize>,
     pub(crate) warmup: bool,
     pub(crate) inputs_ready: bool,
 }
 
 impl EngineBuilder {
     pub(crate) fn new(model: Model) -> Self {
+        let declared = model.input_shape().is_some() || model.input_kind().is_some();
         EngineBuilder {
-            input_shape: model.input_shape(),
-            input_kind: model.input_kind(),
+            inputs: vec![Expected { sample_shape: model.input_shape(), kind: model.input_kind() }],
+            arity: declared.then_some(1),
             model,
             devices: vec![Device::cuda_if_available()],
             workers: 4,
@@ -149,21 +180,36 @@ impl EngineBuilder {
         self
     }
 
-    /// Per-sample input shape (no batch dimension) to validate requests against.
-    /// Default: the model's own (built-ins declare theirs), else no shape check.
+    /// Per-sample shape (no batch dimension) of the first input, to validate requests against.
+    /// Default: the model's own (built-ins declare theirs), else no shape check. For several
+    /// inputs use [`inputs`](EngineBuilder::inputs).
     pub fn input_shape(mut self, shape: Vec<i64>) -> Self {
-        self.input_shape = Some(shape);
+        self.inputs[0].sample_shape = Some(shape);
         self
     }
 
-    /// Input dtype to validate requests against. Default: the model's own, else none.
+    /// Dtype of the first input, to validate requests against. Default: the model's own, else
+    /// none.
     pub fn input_kind(mut self, kind: Kind) -> Self {
-        self.input_kind = Some(kind);
+        self.inputs[0].kind = Some(kind);
         self
     }
 
-    /// Run each worker's model twice on a zero input before serving (needs a known input
-    /// shape). Default true.
+    /// Every input of the model, in the order of its forward's arguments: requests must carry
+    /// exactly these (each `[batch, shape...]` of its dtype, one batch size for all), and
+    /// warm-up and the batch-independence check use them. Default: unknown (one input checked
+    /// only as far as `input_shape`/`input_kind` say).
+    pub fn inputs(mut self, specs: Vec<InputSpec>) -> Self {
+        self.arity = Some(specs.len());
+        self.inputs = specs.into_iter().map(|s| Expected { sample_shape: Some(s.shape), kind: Some(s.kind) }).collect();
+        if self.inputs.is_empty() {
+            self.inputs.push(Expected::default());
+        }
+        self
+    }
+
+    /// Run each worker's model twice on zero inputs before serving (needs every input's shape).
+    /// Default true.
     pub fn warmup(mut self, on: bool) -> Self {
         self.warmup = on;
         self

@@ -1,14 +1,15 @@
 //! [`Engine`]: intake, worker start-up, shutdown, and statistics.
 
-use super::config::{EngineBuilder, Replicas};
+use super::config::{Batching, EngineBuilder, Replicas};
+use super::independence;
 use super::error::EngineError;
 use super::metrics::{EngineStats, Metrics};
 use super::events::EventPool;
 use super::lanes::Lanes;
-use super::request::{InputSpec, Request};
+use super::request::{Admission, Request};
 use super::ticket::{pair, Ticket};
 use super::worker::{self, WorkerSpec};
-use crate::models::{Forward, Model};
+use crate::models::{Forward, Inputs, Model, Outputs};
 use crate::runtime::{check_capability, Capability, Report};
 use crate::stream::{Priority, Stream};
 use crate::Error;
@@ -54,7 +55,7 @@ pub struct Engine {
     lanes: Lanes,
     registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
     metrics: Arc<Metrics>,
-    spec: InputSpec,
+    spec: Admission,
     workers: Vec<WorkerInfo>,
     events: Arc<EventPool>,
     inputs_ready: bool,
@@ -70,6 +71,9 @@ impl Engine {
     pub(crate) fn start(b: EngineBuilder) -> Result<Engine, EngineError> {
         if b.devices.is_empty() || b.workers == 0 || b.queue_capacity == 0 {
             return Err(EngineError::Build("devices, workers and queue_capacity must all be non-empty / non-zero".into()));
+        }
+        if b.arity == Some(0) {
+            return Err(EngineError::Build("inputs(vec![]): a model needs at least one input".into()));
         }
         if b.cuda_graphs {
             if !cfg!(feature = "cuda-graphs") {
@@ -136,10 +140,17 @@ impl Engine {
         let lanes = Lanes::new(&assigned, b.queue_capacity);
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Mutex::new(Vec::new()));
-        let warmup = match (&b.input_shape, b.warmup) {
-            (Some(shape), true) => Some((shape.clone(), b.input_kind.unwrap_or(tch::Kind::Float))),
-            _ => None,
+        // Every input's shape known (dtype defaults to float32): the warm-up and probe inputs.
+        let known: Option<Vec<(Vec<i64>, tch::Kind)>> = {
+            let n = b.arity.unwrap_or(1);
+            (0..n)
+                .map(|i| b.inputs.get(i).and_then(|e| e.sample_shape.clone().map(|s| (s, e.kind.unwrap_or(tch::Kind::Float)))))
+                .collect()
         };
+        if let (Batching::Dynamic { .. }, Some(specs), Some(model)) = (b.batching, &known, models.first()) {
+            independence::check(&**model, assigned[0], specs)?;
+        }
+        let warmup = if b.warmup { known } else { None };
         let events = Arc::new(EventPool::default());
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         for (index, (&device, model)) in assigned.iter().zip(models).enumerate() {
@@ -165,7 +176,7 @@ impl Engine {
             lanes,
             registry,
             metrics,
-            spec: InputSpec { sample_shape: b.input_shape, kind: b.input_kind, devices: b.devices },
+            spec: Admission { inputs: b.inputs, arity: b.arity, devices: b.devices },
             workers: Vec::new(),
             events,
             inputs_ready: b.inputs_ready,
@@ -194,19 +205,21 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Queues `input` (dim 0 = samples) and returns its ticket; waits while the queue is full.
-    /// Invalid input and submission after shutdown come back as an already-answered ticket.
+    /// Queues a request and returns its ticket; waits while the queue is full. `inputs` is one
+    /// tensor or the model's positional inputs (`vec![ids, mask]`), each with the samples along
+    /// dim 0. Invalid input and submission after shutdown come back as an already-answered ticket.
     ///
     /// A GPU input may still be in the making on the caller's current stream: the engine records
     /// an event there and the worker's stream waits for it, so no host synchronisation is needed.
-    pub fn submit(&self, input: Tensor) -> Ticket {
+    pub fn submit(&self, inputs: impl Into<Inputs>) -> Ticket {
+        let inputs = inputs.into().0;
         self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.spec.validate(&input) {
+        if let Err(e) = self.spec.validate(&inputs) {
             return self.refuse(e);
         }
         let (promise, ticket) = pair();
-        let ready = self.ready_mark(&input);
-        let request = Request::new(input, promise, ready);
+        let ready = self.ready_mark(&inputs);
+        let request = Request::new(inputs, promise, ready);
         match self.lanes.send(request) {
             Ok(()) => ticket,
             Err(request) => {
@@ -218,11 +231,12 @@ impl Engine {
 
     /// Like [`submit`](Engine::submit) but never waits: a full queue is [`EngineError::Busy`]
     /// (the request is not accepted and not counted).
-    pub fn try_submit(&self, input: Tensor) -> Result<Ticket, EngineError> {
-        self.spec.validate(&input)?;
+    pub fn try_submit(&self, inputs: impl Into<Inputs>) -> Result<Ticket, EngineError> {
+        let inputs = inputs.into().0;
+        self.spec.validate(&inputs)?;
         let (promise, ticket) = pair();
-        let ready = self.ready_mark(&input);
-        let request = Request::new(input, promise, ready);
+        let ready = self.ready_mark(&inputs);
+        let request = Request::new(inputs, promise, ready);
         match self.lanes.try_send(request) {
             Ok(()) => {
                 self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
@@ -234,14 +248,33 @@ impl Engine {
         }
     }
 
-    /// Runs one input and waits for its result.
-    pub fn infer(&self, input: Tensor) -> Result<Tensor, EngineError> {
-        self.submit(input).wait()
+    /// Runs one request and waits for its single output tensor.
+    pub fn infer(&self, inputs: impl Into<Inputs>) -> Result<Tensor, EngineError> {
+        self.submit(inputs).wait()
     }
 
-    /// Submits all inputs, then waits for all; results in input order.
-    pub fn infer_many(&self, inputs: Vec<Tensor>) -> Vec<Result<Tensor, EngineError>> {
-        let tickets: Vec<Ticket> = inputs.into_iter().map(|x| self.submit(x)).collect();
+    /// Runs one request and waits for its outputs, in the model's own structure.
+    ///
+    /// ```
+    /// use tch_streams::engine::Engine;
+    /// use tch_streams::models::{Model, Outputs};
+    /// let engine = Engine::builder(Model::closure_many(|xs: &[tch::Tensor]| -> Result<Outputs, tch::TchError> {
+    ///     Ok(Outputs::Dict(vec![("sum".into(), xs[0].f_add(&xs[1])?), ("prod".into(), xs[0].f_mul(&xs[1])?)]))
+    /// }))
+    /// .devices(vec![tch::Device::Cpu])
+    /// .build()?;
+    /// let x = tch::Tensor::full([1, 2], 3.0, (tch::Kind::Float, tch::Device::Cpu));
+    /// let out = engine.infer_outputs(vec![x.shallow_clone(), x])?;
+    /// assert_eq!(out.get("prod").unwrap().double_value(&[0, 0]), 9.0);
+    /// # Ok::<(), tch_streams::engine::EngineError>(())
+    /// ```
+    pub fn infer_outputs(&self, inputs: impl Into<Inputs>) -> Result<Outputs, EngineError> {
+        self.submit(inputs).wait_outputs()
+    }
+
+    /// Submits all requests, then waits for all; single output tensors, in request order.
+    pub fn infer_many<I: Into<Inputs>>(&self, requests: Vec<I>) -> Vec<Result<Tensor, EngineError>> {
+        let tickets: Vec<Ticket> = requests.into_iter().map(|x| self.submit(x)).collect();
         tickets.into_iter().map(Ticket::wait).collect()
     }
 
@@ -276,11 +309,11 @@ impl Engine {
         }
     }
 
-    fn ready_mark(&self, input: &Tensor) -> Option<(Device, crate::stream::Event)> {
+    fn ready_mark(&self, inputs: &[Tensor]) -> Vec<(Device, crate::stream::Event)> {
         if self.inputs_ready {
-            None
+            Vec::new()
         } else {
-            self.events.mark_ready(input)
+            self.events.mark_ready_all(inputs)
         }
     }
 

@@ -5,12 +5,13 @@
 
 use super::graphs::MAX_GRAPHS;
 use crate::ffi::graph as ffi;
-use crate::models::Forward;
+use crate::models::{Forward, ForwardError, Outputs};
 use crate::status::last_error;
 use std::collections::{HashMap, HashSet};
 use tch::{Kind, Tensor};
 
-type Key = (Vec<i64>, Kind);
+/// Shapes and dtypes of every input.
+type Key = Vec<(Vec<i64>, Kind)>;
 
 struct Graph(*mut ffi::TssGraph);
 
@@ -51,11 +52,11 @@ fn ok(status: i32) -> Result<(), String> {
     }
 }
 
-/// A captured graph with its static input and output.
+/// A captured graph with its static inputs and outputs.
 struct Captured {
     graph: Graph,
-    input: Tensor,
-    output: Tensor,
+    inputs: Vec<Tensor>,
+    outputs: Outputs,
 }
 
 /// Graphs of one worker, by input shape and dtype.
@@ -67,33 +68,35 @@ pub(crate) struct GraphCache {
 }
 
 impl GraphCache {
-    pub(crate) fn forward(&mut self, model: &dyn Forward, x: &Tensor) -> Result<Tensor, String> {
-        let key = (x.size(), x.kind());
+    pub(crate) fn forward(&mut self, model: &dyn Forward, xs: &[Tensor]) -> Result<Outputs, ForwardError> {
+        let key: Key = xs.iter().map(|x| (x.size(), x.kind())).collect();
         if !self.graphs.contains_key(&key) {
             let n = self.seen.entry(key.clone()).or_insert(0);
             *n += 1;
             if *n < 2 || self.graphs.len() >= MAX_GRAPHS || self.refused.contains(&key) {
-                return model.forward(x);
+                return model.run(xs);
             }
-            match capture(model, x) {
+            match capture(model, xs) {
                 Ok(c) => {
                     self.graphs.insert(key.clone(), c);
                 }
                 Err(e) => {
-                    tracing::warn!("CUDA graph capture failed for shape {:?}; running it eagerly: {e}", key.0);
+                    tracing::warn!("CUDA graph capture failed for input shapes {:?}; running them eagerly: {e}", key);
                     self.refused.insert(key);
-                    return model.forward(x);
+                    return model.run(xs);
                 }
             }
         }
         let c = &self.graphs[&key];
-        c.input.shallow_clone().f_copy_(x).map_err(|e| e.to_string())?;
+        for (stat, x) in c.inputs.iter().zip(xs) {
+            stat.shallow_clone().f_copy_(x)?;
+        }
         {
             let _shared = LIFECYCLE.read();
-            c.graph.replay()?;
+            c.graph.replay().map_err(ForwardError::Other)?;
         }
-        // The static output is overwritten by the next replay: hand out a copy.
-        c.output.f_detach_copy().map_err(|e| e.to_string())
+        // The static outputs are overwritten by the next replay: hand out copies.
+        c.outputs.try_map(|t| t.f_detach_copy()).map_err(ForwardError::from)
     }
 }
 
@@ -111,15 +114,15 @@ impl Drop for GraphCache {
     }
 }
 
-fn capture(model: &dyn Forward, x: &Tensor) -> Result<Captured, String> {
+fn capture(model: &dyn Forward, xs: &[Tensor]) -> Result<Captured, String> {
     let _exclusive = LIFECYCLE.write();
-    let input = x.f_detach_copy().map_err(|e| e.to_string())?;
+    let inputs = xs.iter().map(|x| x.f_detach_copy()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     let graph = Graph::new()?;
     graph.begin()?;
-    let out = model.forward(&input);
+    let out = model.run(&inputs);
     // Always end the capture, even if the forward failed, so the stream leaves capture mode.
     let ended = graph.end();
-    let output = out?;
+    let outputs = out.map_err(|e| e.to_string())?;
     ended?;
-    Ok(Captured { graph, input, output })
+    Ok(Captured { graph, inputs, outputs })
 }

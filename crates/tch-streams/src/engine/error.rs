@@ -10,6 +10,11 @@ pub enum EngineError {
     /// The model raised an error on this request; libtorch's message.
     #[error("model error: {0}")]
     Model(String),
+    /// The model answered, but its output cannot be served: an output without the batch as its
+    /// first dimension (a scalar, a reduction over the batch), a structure the engine cannot
+    /// split, or not the single tensor asked for.
+    #[error("unusable model output: {0}")]
+    Output(String),
     /// The model panicked while serving this request; the worker was replaced.
     #[error("the model panicked (worker replaced): {0}")]
     ModelPanicked(String),
@@ -30,5 +35,16 @@ pub enum EngineError {
 impl From<crate::Error> for EngineError {
     fn from(e: crate::Error) -> Self {
         EngineError::Build(e.to_string())
+    }
+}
+
+impl From<crate::models::ForwardError> for EngineError {
+    fn from(e: crate::models::ForwardError) -> Self {
+        use crate::models::ForwardError as F;
+        match e {
+            F::Structure(m) => EngineError::Output(m),
+            F::Torch(e) => EngineError::Model(e.to_string()),
+            F::Inputs(m) | F::Other(m) => EngineError::Model(m),
+        }
     }
 }

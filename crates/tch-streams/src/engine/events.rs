@@ -19,15 +19,23 @@ pub(crate) struct EventPool {
 }
 
 impl EventPool {
-    /// For a GPU input: an event recorded on the calling thread's current stream, after which the
-    /// input is ready. `None` for host tensors (nothing to wait for), and also when no event could
-    /// be recorded: then this call has already waited for the caller's stream on the host, so the
-    /// input is ready for any stream when it returns (slower, never wrong).
-    pub(crate) fn mark_ready(&self, input: &Tensor) -> Option<(Device, Event)> {
-        let device = input.device();
-        if device == Device::Cpu {
-            return None;
+    /// For a request's GPU inputs: per device they lie on, an event recorded on the calling
+    /// thread's current stream there, after which they are ready. Nothing for host tensors
+    /// (nothing to wait for), and nothing either when no event could be recorded: then this call
+    /// has already waited for the caller's stream on the host, so the inputs are ready for any
+    /// stream when it returns (slower, never wrong).
+    pub(crate) fn mark_ready_all(&self, inputs: &[Tensor]) -> Vec<(Device, Event)> {
+        let mut devices: Vec<Device> = Vec::new();
+        for d in inputs.iter().map(Tensor::device) {
+            if d != Device::Cpu && !devices.contains(&d) {
+                devices.push(d);
+            }
         }
+        devices.into_iter().filter_map(|d| self.mark_ready(d)).collect()
+    }
+
+    /// One device's event (see [`mark_ready_all`](EventPool::mark_ready_all)).
+    fn mark_ready(&self, device: Device) -> Option<(Device, Event)> {
         let stream = match Stream::current(device) {
             Ok(stream) => stream,
             Err(err) => {

@@ -1,12 +1,12 @@
 //! How a worker runs its model: eagerly, or (with the `cuda-graphs` feature, on CUDA) by
 //! replaying a CUDA graph captured per input shape.
 //!
-//! Graph policy: a shape is captured the second time it is seen (the first run is eager and
+//! Graph policy: a set of input shapes is captured the second time it is seen (the first run is eager and
 //! doubles as warm-up on the worker's stream); at most [`MAX_GRAPHS`] shapes per worker; shapes
 //! never captured run eagerly. Capture uses thread-local capture mode, so other workers keep
 //! running while one captures.
 
-use crate::models::Forward;
+use crate::models::{Forward, ForwardError, Outputs};
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -31,11 +31,11 @@ impl Runner {
         }
     }
 
-    pub(crate) fn forward(&mut self, x: &Tensor) -> Result<Tensor, String> {
+    pub(crate) fn forward(&mut self, xs: &[Tensor]) -> Result<Outputs, ForwardError> {
         #[cfg(feature = "cuda-graphs")]
         if let Some(cache) = &mut self.graphs {
-            return cache.forward(&*self.model, x);
+            return cache.forward(&*self.model, xs);
         }
-        self.model.forward(x)
+        self.model.run(xs)
     }
 }

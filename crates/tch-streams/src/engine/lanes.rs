@@ -52,7 +52,7 @@ impl Lanes {
     }
 
     fn lane_of(&self, senders: &[Sender<Request>], request: &Request) -> usize {
-        pick(request.input.device(), &self.devices, |i| senders[i].len())
+        pick(request.device(), &self.devices, |i| senders[i].len())
     }
 
     /// Queues `request`, waiting while its lane is full; gives it back once the lanes are closed.

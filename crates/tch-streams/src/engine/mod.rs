@@ -44,6 +44,7 @@ mod core;
 mod error;
 mod events;
 mod graphs;
+mod independence;
 mod lanes;
 #[cfg(feature = "cuda-graphs")]
 mod cuda_graph;
@@ -52,9 +53,9 @@ mod request;
 mod ticket;
 mod worker;
 
-pub use config::{Batching, EngineBuilder, Output, Replicas};
+pub use config::{Batching, EngineBuilder, InputSpec, Output, Replicas};
 pub use core::{Engine, WorkerInfo};
 pub use error::EngineError;
 pub use graphs::MAX_GRAPHS;
 pub use metrics::EngineStats;
-pub use ticket::Ticket;
+pub use ticket::{OutputsTicket, Ticket};

@@ -8,9 +8,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+use crate::models::Outputs;
 use tch::Tensor;
 
-type Outcome = Result<Tensor, EngineError>;
+/// What a worker answers: the model's outputs for this request, or why not.
+pub(crate) type Outcome = Result<Outputs, EngineError>;
+
+/// The single tensor of an answer ([`Ticket::wait`]'s shorthand).
+fn single(outcome: Outcome) -> Result<Tensor, EngineError> {
+    outcome.and_then(|o| o.into_tensor().map_err(EngineError::from))
+}
 
 #[derive(Default)]
 struct State {
@@ -61,8 +68,15 @@ impl Ticket {
         ticket
     }
 
-    /// Blocks until the request is answered.
-    pub fn wait(self) -> Outcome {
+    /// Blocks until the request is answered; the model's single output tensor. A model that
+    /// returns a tuple, list or dict answers [`EngineError::Output`] here: use
+    /// [`wait_outputs`](Ticket::wait_outputs).
+    pub fn wait(self) -> Result<Tensor, EngineError> {
+        single(self.wait_outputs())
+    }
+
+    /// Blocks until the request is answered; the model's outputs in its own structure.
+    pub fn wait_outputs(self) -> Outcome {
         let mut st = self.slot.state.lock();
         loop {
             if let Some(outcome) = st.outcome.take() {
@@ -76,7 +90,12 @@ impl Ticket {
     }
 
     /// Waits at most `timeout`; gives the ticket back if it is not answered by then.
-    pub fn wait_timeout(self, timeout: Duration) -> Result<Outcome, Ticket> {
+    pub fn wait_timeout(self, timeout: Duration) -> Result<Result<Tensor, EngineError>, Ticket> {
+        self.wait_outputs_timeout(timeout).map(single)
+    }
+
+    /// [`wait_outputs`](Ticket::wait_outputs) for at most `timeout`.
+    pub fn wait_outputs_timeout(self, timeout: Duration) -> Result<Outcome, Ticket> {
         let deadline = std::time::Instant::now() + timeout;
         {
             let mut st = self.slot.state.lock();
@@ -103,9 +122,41 @@ impl Ticket {
 }
 
 impl Future for Ticket {
+    type Output = Result<Tensor, EngineError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.slot.poll(cx).map(single)
+    }
+}
+
+/// A [`Ticket`] whose `.await` gives the model's outputs in their own structure
+/// ([`Ticket::outputs`]).
+#[must_use = "a ticket does nothing unless waited on or awaited"]
+pub struct OutputsTicket(Ticket);
+
+impl OutputsTicket {
+    /// Blocks until the request is answered.
+    pub fn wait(self) -> Outcome {
+        self.0.wait_outputs()
+    }
+}
+
+impl Future for OutputsTicket {
     type Output = Outcome;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut st = self.slot.state.lock();
+        self.0.slot.poll(cx)
+    }
+}
+
+impl Ticket {
+    /// This ticket, awaiting the model's outputs in their own structure instead of one tensor.
+    pub fn outputs(self) -> OutputsTicket {
+        OutputsTicket(self)
+    }
+}
+
+impl Slot {
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut st = self.state.lock();
         if let Some(outcome) = st.outcome.take() {
             return Poll::Ready(outcome);
         }

@@ -13,7 +13,8 @@ use super::events::EventPool;
 use super::graphs::Runner;
 use super::metrics::{LatencyHistogram, Metrics};
 use super::request::Request;
-use crate::models::Forward;
+use super::ticket::Outcome;
+use crate::models::{Forward, Outputs};
 use crate::stream::{bind_thread, Priority, Stream};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -34,7 +35,8 @@ pub(crate) struct WorkerSpec {
     pub(crate) batching: Batching,
     pub(crate) output: Output,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) warmup: Option<(Vec<i64>, Kind)>,
+    /// Per-sample shape and dtype of every input, when all are known: the warm-up inputs.
+    pub(crate) warmup: Option<Vec<(Vec<i64>, Kind)>>,
     pub(crate) cuda_graphs: bool,
     pub(crate) use_pool: bool,
     pub(crate) registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -101,12 +103,18 @@ fn start(spec: &WorkerSpec) -> Result<Stream, String> {
     };
     bind_thread(&stream).map_err(|e| e.to_string())?;
     std::mem::forget(tch::no_grad_guard()); // grad mode is per thread; this one never needs it
-    if let Some((shape, kind)) = &spec.warmup {
-        let mut dims = vec![1];
-        dims.extend(shape);
-        let x = Tensor::zeros(dims.as_slice(), (*kind, spec.device));
+    if let Some(specs) = &spec.warmup {
+        let xs = specs
+            .iter()
+            .map(|(shape, kind)| {
+                let mut dims = vec![1];
+                dims.extend(shape);
+                Tensor::f_zeros(dims.as_slice(), (*kind, spec.device))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("warm-up inputs: {e}"))?;
         for _ in 0..2 {
-            let _warm = catch_unwind(AssertUnwindSafe(|| spec.model.forward(&x)))
+            let _warm = catch_unwind(AssertUnwindSafe(|| spec.model.run(&xs)))
                 .map_err(|p| format!("warm-up panicked: {}", panic_message(&*p)))?
                 .map_err(|e| format!("warm-up failed: {e}"))?;
         }
@@ -122,7 +130,7 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec
     // kernels on that device's current stream, which a wait on this stream does not order: the
     // host waits for its producer instead.
     for r in &mut batch {
-        if let Some((device, ready)) = r.ready.take() {
+        for (device, ready) in r.ready.drain(..) {
             let ordered = if device == spec.device { ready.wait(stream) } else { ready.synchronize() };
             if let Err(e) = ordered {
                 tracing::warn!("could not order worker {} after an input's producer: {e}", spec.index);
@@ -130,12 +138,12 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec
             spec.events.give_back(device, ready); // its wait is queued or done: safe to re-record
         }
     }
-    let inputs: Vec<&Tensor> = batch.iter().map(|r| &r.input).collect();
+    let inputs: Vec<&[Tensor]> = batch.iter().map(|r| r.inputs.as_slice()).collect();
     let rows: Vec<i64> = batch.iter().map(|r| r.rows).collect();
     let attempt = catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, &inputs, &rows)));
-    let mut outcomes: Vec<Result<Tensor, EngineError>> = match attempt {
+    let mut outcomes: Vec<Outcome> = match attempt {
         Ok(Ok(outs)) => outs.into_iter().map(Ok).collect(),
-        Ok(Err(msg)) if batch.len() == 1 => vec![Err(EngineError::Model(msg))],
+        Ok(Err(e)) if batch.len() == 1 => vec![Err(e)],
         Err(p) if batch.len() == 1 => vec![Err(EngineError::ModelPanicked(panic_message(&*p)))],
         // A batch failed: run each request alone so that only the bad ones fail.
         _ => inputs
@@ -143,7 +151,7 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec
             .zip(&rows)
             .map(|(x, r)| match catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, &[*x], &[*r]))) {
                 Ok(Ok(mut o)) => Ok(o.remove(0)),
-                Ok(Err(msg)) => Err(EngineError::Model(msg)),
+                Ok(Err(e)) => Err(e),
                 Err(p) => Err(EngineError::ModelPanicked(panic_message(&*p))),
             })
             .collect(),
@@ -174,28 +182,59 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec
     panicked
 }
 
-/// Concatenates, moves to the device, runs, delivers, splits.
-fn run_batch(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, inputs: &[&Tensor], rows: &[i64]) -> Result<Vec<Tensor>, String> {
-    let err = |e: tch::TchError| e.to_string();
-    let x = if inputs.len() == 1 { inputs[0].shallow_clone() } else { Tensor::f_cat(inputs, 0).map_err(err)? };
-    let x = if x.device() == spec.device { x } else { x.f_to_device(spec.device).map_err(err)? };
-    let y = runner.forward(&x)?;
+/// Concatenates each input along dim 0, moves them to the device, runs, checks that every
+/// output carries the batch along dim 0, delivers, and splits every output back per request.
+fn run_batch(
+    spec: &WorkerSpec,
+    stream: &Stream,
+    runner: &mut Runner,
+    requests: &[&[Tensor]],
+    rows: &[i64],
+) -> Result<Vec<Outputs>, EngineError> {
+    let torch = |e: tch::TchError| EngineError::Model(e.to_string());
+    let arity = requests[0].len();
+    let mut xs = Vec::with_capacity(arity);
+    for i in 0..arity {
+        let x = if requests.len() == 1 {
+            requests[0][i].shallow_clone()
+        } else {
+            let parts: Vec<&Tensor> = requests.iter().map(|r| &r[i]).collect();
+            Tensor::f_cat(&parts, 0).map_err(torch)?
+        };
+        xs.push(if x.device() == spec.device { x } else { x.f_to_device(spec.device).map_err(torch)? });
+    }
+    let y = runner.forward(&xs)?;
     let total: i64 = rows.iter().sum();
-    if y.dim() == 0 || y.size()[0] != total {
-        return Err(format!("the model returned shape {:?} for a batch of {total} samples", y.size()));
+    if y.is_empty() {
+        return Err(EngineError::Output(format!("the model returned {}; nothing to answer with", y.describe())));
+    }
+    for (name, t) in y.names().iter().zip(y.tensors()) {
+        if t.dim() == 0 || t.size()[0] != total {
+            return Err(EngineError::Output(format!(
+                "{name} has shape {:?}, but the engine splits outputs along dim 0, which must be the batch ({total} sample(s)); \
+                 a model that returns a scalar or reduces over the batch cannot be served per request",
+                t.size()
+            )));
+        }
     }
     let y = match spec.output {
-        Output::Cpu => y.f_to_device(Device::Cpu).map_err(err)?,
+        Output::Cpu => y.try_map(|t| t.f_to_device(Device::Cpu)).map_err(torch)?,
         Output::OnDevice => {
-            stream.synchronize().map_err(|e| e.to_string())?;
+            stream.synchronize().map_err(|e| EngineError::Model(e.to_string()))?;
             y
         }
     };
     if rows.len() == 1 {
-        Ok(vec![y])
-    } else {
-        y.f_split_with_sizes(rows, 0).map_err(err)
+        return Ok(vec![y]);
     }
+    // Split every output, then regroup per request in the model's structure.
+    let mut per_request: Vec<Vec<Tensor>> = (0..rows.len()).map(|_| Vec::with_capacity(y.len())).collect();
+    for t in y.tensors() {
+        for (j, part) in t.f_split_with_sizes(rows, 0).map_err(torch)?.into_iter().enumerate() {
+            per_request[j].push(part);
+        }
+    }
+    Ok(per_request.into_iter().map(|parts| y.rebuild_like(parts)).collect())
 }
 
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

@@ -1,7 +1,7 @@
 //! The built-in workloads, written with `tch::nn`, with deterministic weights so that every
 //! instance (per worker, per device, per process) computes the same function.
 
-use super::Forward;
+use super::{Forward, ForwardError, Outputs};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -123,17 +123,25 @@ impl Mlp {
 // concurrent reads of an at::Tensor are safe in libtorch (atomic refcounts, immutable metadata).
 unsafe impl Sync for Mlp {}
 
+/// The one input of a built-in, or an error naming how many came.
+fn single(inputs: &[Tensor]) -> Result<&Tensor, ForwardError> {
+    match inputs {
+        [x] => Ok(x),
+        _ => Err(ForwardError::Inputs(format!("built-in models take 1 input, got {}", inputs.len()))),
+    }
+}
+
 impl Forward for Mlp {
-    fn forward(&self, input: &Tensor) -> Result<Tensor, String> {
+    fn run(&self, inputs: &[Tensor]) -> Result<Outputs, ForwardError> {
         let last = self.layers.len() - 1;
-        let mut x = input.shallow_clone();
+        let mut x = single(inputs)?.shallow_clone();
         for (i, l) in self.layers.iter().enumerate() {
-            x = x.f_linear(&l.ws, l.bs.as_ref()).map_err(|e| e.to_string())?;
+            x = x.f_linear(&l.ws, l.bs.as_ref())?;
             if i < last {
-                x = x.f_relu().map_err(|e| e.to_string())?;
+                x = x.f_relu()?;
             }
         }
-        Ok(x)
+        Ok(Outputs::Tensor(x))
     }
 }
 
@@ -183,10 +191,11 @@ impl TransformerLayer {
 unsafe impl Sync for TransformerLayer {}
 
 impl Forward for TransformerLayer {
-    fn forward(&self, input: &Tensor) -> Result<Tensor, String> {
+    fn run(&self, inputs: &[Tensor]) -> Result<Outputs, ForwardError> {
+        let input = single(inputs)?;
         if input.dim() != 3 {
-            return Err(format!("transformer expects [batch, seq, 256], got {:?}", input.size()));
+            return Err(ForwardError::Inputs(format!("transformer expects [batch, seq, 256], got {:?}", input.size())));
         }
-        self.try_forward(input).map_err(|e| e.to_string())
+        Ok(Outputs::Tensor(self.try_forward(input)?))
     }
 }

@@ -1,9 +1,10 @@
 //! TorchScript models (`torch.jit.save` files), served through `tch::CModule`.
 
-use super::Forward;
+use super::{Forward, ForwardError, Outputs};
+use std::sync::Arc;
 use crate::error::{Error, Result};
 use std::path::Path;
-use tch::{CModule, Device, Tensor};
+use tch::{CModule, Device, IValue, Tensor};
 
 /// A loaded TorchScript module in eval mode on one device.
 pub(crate) struct Script {
@@ -27,7 +28,22 @@ impl Script {
 }
 
 impl Forward for Script {
-    fn forward(&self, input: &Tensor) -> std::result::Result<Tensor, String> {
-        self.module.forward_ts(&[input]).map_err(|e| e.to_string())
+    fn run(&self, inputs: &[Tensor]) -> std::result::Result<Outputs, ForwardError> {
+        run_module(&self.module, inputs)
     }
+}
+
+/// A module the app loaded, shared as it is.
+pub(crate) struct Shared(pub(crate) Arc<CModule>);
+
+impl Forward for Shared {
+    fn run(&self, inputs: &[Tensor]) -> std::result::Result<Outputs, ForwardError> {
+        run_module(&self.0, inputs)
+    }
+}
+
+/// `forward(*inputs)`, whatever structure it returns.
+fn run_module(module: &CModule, inputs: &[Tensor]) -> std::result::Result<Outputs, ForwardError> {
+    let args: Vec<IValue> = inputs.iter().map(|t| IValue::Tensor(t.shallow_clone())).collect();
+    Outputs::from_ivalue(module.forward_is(&args)?)
 }
