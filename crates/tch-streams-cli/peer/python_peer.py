@@ -133,9 +133,10 @@ class Point:
     def __init__(self, model, inputs, mode, dev, reps, warmup_s, duration_s):
         self.model, self.mode, self.dev = model, mode, dev
         self.reps, self.warmup_s, self.duration_s = reps, warmup_s, duration_s
-        batch = inputs[0].shape[0]
+        # inputs[i] is thread i's call: the model's positional inputs, batch first.
+        batch = inputs[0][0].shape[0]
         if mode == "py-limit":
-            self.inputs = [torch.cat(inputs, dim=0)]
+            self.inputs = [[torch.cat(parts, dim=0) for parts in zip(*inputs)]]
             self.samples_per_call = batch * len(inputs)
         else:
             self.inputs = inputs
@@ -198,19 +199,19 @@ class Point:
             self.barrier.abort()
 
     def _prepare(self, i, stream):
-        model, x = self.model, self.inputs[i]
+        model, xs = self.model, self.inputs[i]
         if self.mode != "py-graphs":
-            return lambda: model(x)
+            return lambda: model(*xs)
         # Current stream is already `stream`, a side stream: warm up there, then
         # capture. Serialized, since concurrent captures are unsafe.
         with self.capture_lock:
             stream.wait_stream(torch.cuda.default_stream(self.dev))
             for _ in range(GRAPH_WARMUP_CALLS):
-                model(x)
+                model(*xs)
             stream.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream):
-                out = model(x)
+                out = model(*xs)
             stream.synchronize()
         self.keep.append((graph, out))
         return graph.replay
@@ -266,6 +267,49 @@ def thread_list(text):
     return values
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+
+
+def input_spec(text):
+    """SHAPE[:DTYPE] -> (shape tuple, torch dtype), as `tch-streams --input` reads it."""
+    shape, _, dtype = text.partition(":")
+    dtype = dtype.strip().lower() or "float32"
+    if dtype not in DTYPES:
+        raise argparse.ArgumentTypeError(f"bad dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    try:
+        dims = tuple(int(d) for d in shape.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape {shape!r}: expected sizes joined by 'x'") from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"bad shape {shape!r}: every size must be >= 1")
+    return dims, DTYPES[dtype]
+
+
+def int_range(text):
+    lo, sep, hi = text.partition("..")
+    try:
+        lo, hi = int(lo), int(hi)
+    except ValueError:
+        lo = hi = 0
+    if not sep or lo >= hi:
+        raise argparse.ArgumentTypeError(f"bad range {text!r}: expected LO..HI with LO < HI")
+    return lo, hi
+
+
+def make_inputs(specs, lo_hi, dev):
+    """One call's inputs: floats standard normal, integers uniform in LO..HI, bools fair coins."""
+    out = []
+    for shape, dtype in specs:
+        if dtype == torch.bool:
+            out.append(torch.rand(shape, device=dev) > 0.5)
+        elif dtype in (torch.int64, torch.int32):
+            out.append(torch.randint(lo_hi[0], lo_hi[1], shape, device=dev, dtype=dtype))
+        else:
+            out.append(torch.randn(shape, device=dev).to(dtype))
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Python/PyTorch peer of the tch-streams benchmark: measures inference "
@@ -296,10 +340,26 @@ def parse_args(argv=None):
     p.add_argument("--duration-s", type=float, default=None,
                    help=f"timed seconds per repetition (default {FULL['duration_s']}, "
                         f"--quick {QUICK['duration_s']})")
+    p.add_argument("--model", default=None, metavar="FILE.pt",
+                   help="a TorchScript file to measure instead of the built-in workloads; "
+                        "its inputs come from --input (workload name: the file's stem)")
+    p.add_argument("--input", action="append", type=input_spec, default=[], metavar="SHAPE:DTYPE",
+                   help="one input of --model per call, batch first, in forward's order, e.g. "
+                        "1x128:int64 (dtypes: " + ", ".join(DTYPES) + "; default float32)")
+    p.add_argument("--int-range", type=int_range, default=(0, 100), metavar="LO..HI",
+                   help="integer inputs are filled uniformly from LO..HI, HI excluded (default 0..100)")
     p.add_argument("--out", default="results/peer.json", help="JSON output path, parent dirs created (default results/peer.json)")
     p.add_argument("--quick", action="store_true",
                    help="short CPU smoke run; explicit flags override its values")
     args = p.parse_args(argv)
+    if args.model is not None:
+        if not args.input:
+            p.error("--model needs its inputs: --input SHAPE:DTYPE per argument of forward")
+        if len({shape[0] for shape, _ in args.input}) != 1:
+            p.error("every --input needs the same batch size (dim 0)")
+        args.workloads = [os.path.splitext(os.path.basename(args.model))[0]]
+    elif args.input:
+        p.error("--input needs --model")
     base = QUICK if args.quick else FULL
     for key in base:
         if getattr(args, key) is None:
@@ -342,12 +402,18 @@ def main(argv=None):
             modes.append(mode)
     total, done = len(args.workloads) * len(modes) * len(args.threads), 0
     for workload in args.workloads:
-        model, shape = build_workload(workload)
-        model = model.to(device=dev, dtype=torch.float32).eval()
+        if args.model is not None:
+            model = torch.jit.load(args.model, map_location=dev).eval()
+            specs = args.input
+        else:
+            model, shape = build_workload(workload)
+            model = model.to(device=dev, dtype=torch.float32).eval()
+            specs = [(shape, torch.float32)]
+        batch = specs[0][0][0]
         for mode in modes:
             for t in args.threads:
                 done += 1
-                inputs = [torch.randn(shape, device=dev) for _ in range(t)]
+                inputs = [make_inputs(specs, args.int_range, dev) for _ in range(t)]
                 try:
                     runs = Point(model, inputs, mode, dev, args.reps,
                                  args.warmup_s, args.duration_s).run()
@@ -362,7 +428,7 @@ def main(argv=None):
                         torch.cuda.empty_cache()
                 stats = {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
                 results.append({"workload": workload, "mode": mode, "threads": t,
-                                "batch": shape[0], "samples_per_s": stats, "runs": runs})
+                                "batch": batch, "samples_per_s": stats, "runs": runs})
                 print(f"[{done}/{total}] {workload} {mode} T={t}: median {stats['median']:.1f} "
                       f"samples/s (min {stats['min']:.1f}, max {stats['max']:.1f})",
                       file=sys.stderr, flush=True)

@@ -59,9 +59,13 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
     let stream = match start(&spec) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("worker {} on {:?} could not start: {e}", spec.index, spec.device);
-            if let Some(tx) = ready {
-                let _ = tx.send((spec.index, Err(e)));
+            match ready {
+                // At start-up the builder returns the error: no need to log it once per worker.
+                Some(tx) => {
+                    tracing::debug!("worker {} on {:?} could not start: {e}", spec.index, spec.device);
+                    let _ = tx.send((spec.index, Err(e)));
+                }
+                None => tracing::error!("replacement worker {} on {:?} could not start: {e}", spec.index, spec.device),
             }
             return; // inherited requests are dropped here: their tickets resolve as WorkerDied
         }
@@ -113,10 +117,14 @@ fn start(spec: &WorkerSpec) -> Result<Stream, String> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("warm-up inputs: {e}"))?;
+        let described = || {
+            let v: Vec<String> = specs.iter().map(|(s, k)| crate::engine::InputSpec::new(s.clone(), *k).to_string()).collect();
+            v.join(", ")
+        };
         for _ in 0..2 {
             let _warm = catch_unwind(AssertUnwindSafe(|| spec.model.run(&xs)))
-                .map_err(|p| format!("warm-up panicked: {}", panic_message(&*p)))?
-                .map_err(|e| format!("warm-up failed: {e}"))?;
+                .map_err(|p| format!("warm-up with zero inputs {} panicked: {}", described(), panic_message(&*p)))?
+                .map_err(|e| format!("warm-up with zero inputs {} failed: {e}", described()))?;
         }
         stream.synchronize().map_err(|e| e.to_string())?;
     }
