@@ -346,12 +346,22 @@ def parse_args(argv=None):
     p.add_argument("--input", action="append", type=input_spec, default=[], metavar="SHAPE:DTYPE",
                    help="one input of --model per call, batch first, in forward's order, e.g. "
                         "1x128:int64 (dtypes: " + ", ".join(DTYPES) + "; default float32)")
+    p.add_argument("--input-file", action="append", default=[], metavar="FILE.npy",
+                   help="real data for one input of --model (samples along dim 0), in forward's "
+                        "order; every call sends the whole array (instead of --input)")
     p.add_argument("--int-range", type=int_range, default=(0, 100), metavar="LO..HI",
                    help="integer inputs are filled uniformly from LO..HI, HI excluded (default 0..100)")
     p.add_argument("--out", default="results/peer.json", help="JSON output path, parent dirs created (default results/peer.json)")
     p.add_argument("--quick", action="store_true",
                    help="short CPU smoke run; explicit flags override its values")
     args = p.parse_args(argv)
+    args.data = None
+    if args.input_file:
+        if args.model is None or args.input:
+            p.error("--input-file needs --model and replaces --input")
+        import numpy as np
+        args.data = [torch.from_numpy(np.load(f)) for f in args.input_file]
+        args.input = [(tuple(t.shape), t.dtype) for t in args.data]
     if args.model is not None:
         if not args.input:
             p.error("--model needs its inputs: --input SHAPE:DTYPE per argument of forward")
@@ -413,7 +423,10 @@ def main(argv=None):
         for mode in modes:
             for t in args.threads:
                 done += 1
-                inputs = [make_inputs(specs, args.int_range, dev) for _ in range(t)]
+                if args.data is not None:
+                    inputs = [[d.to(dev) for d in args.data] for _ in range(t)]
+                else:
+                    inputs = [make_inputs(specs, args.int_range, dev) for _ in range(t)]
                 try:
                     runs = Point(model, inputs, mode, dev, args.reps,
                                  args.warmup_s, args.duration_s).run()

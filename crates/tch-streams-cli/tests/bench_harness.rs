@@ -340,6 +340,7 @@ fn a_model_that_cannot_load_is_skipped_with_the_reason() {
         path: PathBuf::from("/nonexistent/net.pt"),
         inputs: vec![InputArg { shape: vec![1, 8], kind: tch::Kind::Float }],
         int_range: IntRange::default(),
+        data: Vec::new(),
     }];
     cfg.modes = vec![Mode::TchDefault, Mode::Limit];
     let report = bench::run(&cfg).expect("the sweep itself completes");
@@ -365,7 +366,7 @@ fn peer_arguments_mirror_the_sweep() {
     // A TorchScript workload: the peer gets the same model and input specs.
     let mut custom = tiny();
     let inputs = vec![InputArg { shape: vec![1, 16], kind: tch::Kind::Int64 }, InputArg { shape: vec![1, 16], kind: tch::Kind::Bool }];
-    custom.workloads = vec![Workload::TorchScript { path: "net.pt".into(), inputs, int_range: IntRange { lo: 0, hi: 30522 } }];
+    custom.workloads = vec![Workload::TorchScript { path: "net.pt".into(), inputs, int_range: IntRange { lo: 0, hi: 30522 }, data: Vec::new() }];
     let args = runner.args(&custom, Path::new("p.json")).unwrap();
     let joined = args.join(" ");
     assert!(joined.contains("--model net.pt --input 1x16:int64 --input 1x16:bool --int-range 0..30522"), "{joined}");

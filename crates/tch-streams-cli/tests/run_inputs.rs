@@ -94,19 +94,43 @@ fn run_refuses_bad_input_specs_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("LO < HI"));
 }
 
-#[test]
-fn run_feeds_real_data_from_npy_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let ids = dir.path().join("ids.npy");
-    let mask = dir.path().join("mask.npy");
+/// ids.npy (int64 [3, 16]) and mask.npy (float32 [3, 16]) in `dir`, written by numpy.
+fn npy_inputs(dir: &Path) -> (String, String) {
+    let ids = dir.join("ids.npy").display().to_string();
+    let mask = dir.join("mask.npy").display().to_string();
     let code = format!(
-        "import numpy as np; np.save({:?}, (np.arange(48).reshape(3, 16) % 100).astype(np.int64)); np.save({:?}, np.ones((3, 16), np.float32))",
-        ids.display().to_string(),
-        mask.display().to_string()
+        "import numpy as np; np.save({ids:?}, (np.arange(48).reshape(3, 16) % 100).astype(np.int64)); np.save({mask:?}, np.ones((3, 16), np.float32))"
     );
     let py = Command::new("python3").args(["-c", &code]).output().expect("python3");
     assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
-    let (ids, mask) = (ids.display().to_string(), mask.display().to_string());
+    (ids, mask)
+}
+
+#[test]
+fn bench_feeds_npy_files_to_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, mask) = npy_inputs(dir.path());
+    let out_dir = dir.path().join("out");
+    let out = cli(
+        &[
+            "bench", "--quick", "--device", "cpu", "--model", &fixture("two_inputs.pt"), "--input-file", &ids, "--input-file", &mask,
+            "--modes", "tch-default,engine", "--threads", "1", "--warmup-s", "0.05", "--duration-s", "0.1", "--with-python", "--out", out_dir.to_str().unwrap(),
+        ],
+        300,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let json = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).expect("a JSON report");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let batches: Vec<u64> = doc["results"].as_array().unwrap().iter().map(|r| r["batch"].as_u64().unwrap()).collect();
+    assert_eq!(batches, [3, 3], "each call sends the file's 3 samples: {doc}");
+    let peer: Vec<u64> = doc["peer"]["results"].as_array().expect("peer results").iter().map(|r| r["batch"].as_u64().unwrap()).collect();
+    assert!(!peer.is_empty() && peer.iter().all(|&b| b == 3), "{peer:?}");
+}
+
+#[test]
+fn run_feeds_real_data_from_npy_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, mask) = npy_inputs(dir.path());
     let out = cli(&["run", "--device", "cpu", "--model", &fixture("two_inputs.pt"), "--input-file", &ids, "--input-file", &mask, "--requests", "40", "--json"], 120);
     let doc = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{doc}");

@@ -64,55 +64,69 @@ fn same_bits(a: &Outputs, b: &Outputs) -> bool {
     a.describe() == b.describe() && a.tensors().iter().zip(b.tensors()).all(|(x, y)| x.size() == y.size() && x.kind() == y.kind() && x.equal(y))
 }
 
+/// Request `r` of client `c` for a one-input `[N, 8]` fixture of dtype `kind`: 1 to 3 samples.
+fn one_input_request(c: i64, r: i64, kind: Kind) -> Vec<Tensor> {
+    let rows = 1 + (c * 7 + r) % 3;
+    vec![Tensor::arange(rows * 8, (Kind::Float, Device::Cpu)).f_add_scalar((c * 1000 + r) as f64 * 0.25).unwrap().reshape([rows, 8]).to_kind(kind)]
+}
+
 #[test]
-fn two_int64_and_float_inputs_with_a_tuple_output_match_running_alone_in_every_mode() {
-    watchdog(600, || {
-        let reference = model("two_inputs.pt").instantiate(Device::Cpu).unwrap();
-        let modes = [
-            (Batching::Off, Replicas::Shared),
-            (Batching::Off, Replicas::PerWorker),
-            (Batching::Dynamic { max_batch: 32, max_wait: Duration::from_millis(2) }, Replicas::Shared),
-            (Batching::Dynamic { max_batch: 32, max_wait: Duration::from_millis(2) }, Replicas::PerWorker),
-        ];
-        for (batching, replicas) in modes {
-            let engine = Arc::new(
-                Engine::builder(model("two_inputs.pt"))
-                    .devices(vec![Device::Cpu])
-                    .workers(4)
-                    .batching(batching)
-                    .replicas(replicas)
-                    .inputs(two_input_specs())
-                    .output(Output::Cpu)
-                    .build()
-                    .unwrap(),
-            );
-            let clients: Vec<_> = (0..31)
-                .map(|c| {
-                    let (engine, reference) = (Arc::clone(&engine), Arc::clone(&reference));
-                    std::thread::spawn(move || {
-                        let _ng = tch::no_grad_guard();
-                        let tickets: Vec<_> = (0..100).map(|r| engine.submit(two_input_request(c, r))).collect();
-                        for (r, t) in tickets.into_iter().enumerate() {
-                            let got = t.wait_outputs().unwrap_or_else(|e| panic!("{batching:?} {replicas:?} client {c} request {r}: {e}"));
-                            let alone = reference.run(&two_input_request(c, r as i64)).unwrap();
-                            assert!(matches!(got, Outputs::Tuple(ref v) if v.len() == 2), "{got}");
-                            assert!(same_bits(&got, &alone), "{batching:?} {replicas:?} client {c} request {r}: {got} vs alone {alone}");
-                        }
+fn tuple_dict_and_float16_models_match_running_alone_in_every_mode_under_31_clients() {
+    type Make = fn(i64, i64) -> Vec<Tensor>;
+    let cases: [(&str, Vec<InputSpec>, Make, &str); 3] = [
+        ("two_inputs.pt", two_input_specs(), two_input_request, "a tuple of 2 tensors"),
+        ("dict_out.pt", vec![InputSpec::new([8], Kind::Float)], |c, r| one_input_request(c, r, Kind::Float), "a dict of 2 tensors (double, shifted)"),
+        ("half.pt", vec![InputSpec::new([8], Kind::Half)], |c, r| one_input_request(c, r, Kind::Half), "one tensor"),
+    ];
+    for (file, specs, make, structure) in cases {
+        watchdog(600, move || {
+            let reference = model(file).instantiate(Device::Cpu).unwrap();
+            let modes = [
+                (Batching::Off, Replicas::Shared),
+                (Batching::Off, Replicas::PerWorker),
+                (Batching::Dynamic { max_batch: 32, max_wait: Duration::from_millis(2) }, Replicas::Shared),
+                (Batching::Dynamic { max_batch: 32, max_wait: Duration::from_millis(2) }, Replicas::PerWorker),
+            ];
+            for (batching, replicas) in modes {
+                let engine = Arc::new(
+                    Engine::builder(model(file))
+                        .devices(vec![Device::Cpu])
+                        .workers(4)
+                        .batching(batching)
+                        .replicas(replicas)
+                        .inputs(specs.clone())
+                        .output(Output::Cpu)
+                        .build()
+                        .unwrap(),
+                );
+                let clients: Vec<_> = (0..31)
+                    .map(|c| {
+                        let (engine, reference) = (Arc::clone(&engine), Arc::clone(&reference));
+                        std::thread::spawn(move || {
+                            let _ng = tch::no_grad_guard();
+                            let tickets: Vec<_> = (0..100).map(|r| engine.submit(make(c, r))).collect();
+                            for (r, t) in tickets.into_iter().enumerate() {
+                                let got = t.wait_outputs().unwrap_or_else(|e| panic!("{file} {batching:?} {replicas:?} client {c} request {r}: {e}"));
+                                let alone = reference.run(&make(c, r as i64)).unwrap();
+                                assert_eq!(got.describe(), structure);
+                                assert!(same_bits(&got, &alone), "{file} {batching:?} {replicas:?} client {c} request {r}: {got} vs alone {alone}");
+                            }
+                        })
                     })
-                })
-                .collect();
-            for c in clients {
-                c.join().unwrap();
+                    .collect();
+                for c in clients {
+                    c.join().unwrap();
+                }
+                engine.shutdown();
+                let st = engine.stats();
+                accounted(&st);
+                assert_eq!((st.completed, st.failed), (3100, 0), "{file} {batching:?} {replicas:?}");
+                if let Batching::Dynamic { .. } = batching {
+                    assert!(st.batch_sizes.keys().any(|&k| k > 1), "{file}: no batch formed: {:?}", st.batch_sizes);
+                }
             }
-            engine.shutdown();
-            let st = engine.stats();
-            accounted(&st);
-            assert_eq!((st.completed, st.failed), (3100, 0), "{batching:?} {replicas:?}");
-            if let Batching::Dynamic { .. } = batching {
-                assert!(st.batch_sizes.keys().any(|&k| k > 1), "no batch formed: {:?}", st.batch_sizes);
-            }
-        }
-    });
+        });
+    }
 }
 
 #[test]

@@ -22,6 +22,8 @@ pub enum Workload {
         inputs: Vec<InputArg>,
         /// Integer inputs are filled from this range.
         int_range: IntRange,
+        /// Real data, one `.npy` file per input (then `inputs` describes them); empty: generated.
+        data: Vec<PathBuf>,
     },
 }
 
@@ -45,6 +47,14 @@ impl Workload {
                 vec![InputArg { shape: s, kind: tch::Kind::Float }]
             }
             Workload::TorchScript { inputs, .. } => inputs.clone(),
+        }
+    }
+
+    /// The `.npy` files holding real inputs, if any.
+    pub fn data(&self) -> &[PathBuf] {
+        match self {
+            Workload::Builtin(_) => &[],
+            Workload::TorchScript { data, .. } => data,
         }
     }
 

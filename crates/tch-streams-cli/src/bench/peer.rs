@@ -63,10 +63,16 @@ impl PeerRunner {
         let scripts: Vec<&Workload> = cfg.workloads.iter().filter(|w| matches!(w, Workload::TorchScript { .. })).collect();
         match (builtins.is_empty(), scripts.as_slice()) {
             (false, []) => args.extend(["--workloads".into(), join(builtins)]),
-            (true, [Workload::TorchScript { path, inputs, int_range }]) => {
+            (true, [Workload::TorchScript { path, inputs, int_range, data }]) => {
                 args.extend(["--model".into(), path.display().to_string()]);
-                for i in inputs {
-                    args.extend(["--input".into(), crate::inputs::format_input(i)]);
+                if data.is_empty() {
+                    for i in inputs {
+                        args.extend(["--input".into(), crate::inputs::format_input(i)]);
+                    }
+                } else {
+                    for f in data {
+                        args.extend(["--input-file".into(), f.display().to_string()]);
+                    }
                 }
                 args.extend(["--int-range".into(), format!("{}..{}", int_range.lo, int_range.hi)]);
             }

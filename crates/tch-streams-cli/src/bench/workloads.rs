@@ -108,8 +108,18 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
     };
     // Client i's input lies on devices[i mod D] (one device except for engine-spread, whose
     // engine serves each input on the device it lies on).
+    // Real data is read once and copied to each client's device; otherwise each client gets
+    // inputs of its own.
+    let files: Vec<Tensor> = w.data().iter().map(|p| inputs::read_npy(p)).collect::<Result<_, _>>()?;
     let inputs: Vec<Vec<Tensor>> = (0..t)
-        .map(|i| specs.iter().map(|s| inputs::generate(s, w.int_range(), devices[i % devices.len()])).collect::<Result<Vec<_>, _>>())
+        .map(|i| {
+            let device = devices[i % devices.len()];
+            if files.is_empty() {
+                specs.iter().map(|s| inputs::generate(s, w.int_range(), device)).collect::<Result<Vec<_>, _>>()
+            } else {
+                files.iter().map(|f| f.f_to_device(device).map_err(|e| e.to_string())).collect()
+            }
+        })
         .collect::<Result<_, _>>()?;
     let rows = w.batch().max(1) as u64;
     match mode {

@@ -57,6 +57,11 @@ pub struct Args {
     /// Integer inputs are filled uniformly from LO..HI (HI excluded).
     #[arg(long, value_name = "LO..HI", default_value = "0..100", value_parser = parse_int_range)]
     int_range: IntRange,
+    /// Real data for one input of --model: a .npy file (samples along dim 0), repeated in the
+    /// order of forward's arguments; every call sends the whole array. The Python peer reads
+    /// the same files.
+    #[arg(long, value_name = "FILE.npy", requires = "model", conflicts_with_all = ["input", "shape"])]
+    input_file: Vec<PathBuf>,
     /// Modes, comma-separated: tch-default, tch-streams, engine, engine-graphs, engine-spread,
     /// limit [default: all; those the device or build cannot run are listed as skipped].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Mode>())]
@@ -110,6 +115,12 @@ impl Args {
         if let Some(path) = &self.model {
             let inputs = match &self.shape {
                 Some(shape) => vec![InputArg { shape: shape.0.clone(), kind: tch::Kind::Float }],
+                None if !self.input_file.is_empty() => self
+                    .input_file
+                    .iter()
+                    .map(|f| tch_streams_cli::inputs::read_npy(f).map(|t| tch_streams_cli::inputs::describe(&t)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(anyhow::Error::msg)?,
                 None if !self.input.is_empty() => self.input.clone(),
                 None => anyhow::bail!("--model needs its inputs: --input SHAPE:DTYPE per argument of forward, or --shape for one float32 input"),
             };
@@ -117,7 +128,7 @@ impl Args {
             if let Some((i, _)) = inputs.iter().enumerate().find(|(_, s)| s.shape[0] != rows) {
                 anyhow::bail!("--input {i} has another batch size than input 0 ({rows}): every input carries the same samples");
             }
-            cfg.workloads = vec![Workload::TorchScript { path: path.clone(), inputs, int_range: self.int_range }];
+            cfg.workloads = vec![Workload::TorchScript { path: path.clone(), inputs, int_range: self.int_range, data: self.input_file.clone() }];
         } else if !self.workloads.is_empty() {
             cfg.workloads = self.workloads.iter().copied().map(Workload::Builtin).collect();
         }

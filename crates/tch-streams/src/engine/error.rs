@@ -43,8 +43,7 @@ impl From<crate::models::ForwardError> for EngineError {
         use crate::models::ForwardError as F;
         match e {
             F::Structure(m) => EngineError::Output(m),
-            F::Torch(e) => EngineError::Model(e.to_string()),
-            F::Inputs(m) | F::Other(m) => EngineError::Model(m),
+            F::Torch(m) | F::Inputs(m) | F::Other(m) => EngineError::Model(m),
         }
     }
 }

@@ -199,7 +199,7 @@ fn run_batch(
     requests: &[&[Tensor]],
     rows: &[i64],
 ) -> Result<Vec<Outputs>, EngineError> {
-    let torch = |e: tch::TchError| EngineError::Model(e.to_string());
+    let torch = |e: tch::TchError| EngineError::Model(crate::models::torch_message(&e));
     let arity = requests[0].len();
     let mut xs = Vec::with_capacity(arity);
     for i in 0..arity {

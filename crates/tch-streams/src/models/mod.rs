@@ -9,7 +9,7 @@ mod outputs;
 mod torchscript;
 
 pub use builtin::{Builtin, Mlp, TransformerLayer};
-pub use error::ForwardError;
+pub use error::{torch_message, ForwardError};
 pub use outputs::{Inputs, Outputs};
 
 use std::fmt;
