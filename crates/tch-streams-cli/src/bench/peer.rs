@@ -26,7 +26,7 @@ impl PeerRunner {
     /// A runner for `python` and the peer script found by [`find_script`].
     pub fn new(python: impl Into<PathBuf>) -> Result<PeerRunner, BenchError> {
         let script = find_script().ok_or_else(|| {
-            BenchError::Peer(format!("{PEER_SCRIPT} not found in the current directory or in the source tree; run from the project root"))
+            BenchError::Peer(format!("{PEER_SCRIPT} not found here, in a directory above, or in the source tree; run from the project root or set TCH_STREAMS_PEER"))
         })?;
         Ok(PeerRunner { python: python.into(), script })
     }
@@ -115,12 +115,17 @@ impl PeerRunner {
     }
 }
 
-/// `peer/python_peer.py` under the current directory (or the project root), else under this crate's source tree.
+/// The peer script: `TCH_STREAMS_PEER` when set; else `peer/python_peer.py` or
+/// `crates/tch-streams-cli/peer/python_peer.py` under the current directory or any directory
+/// above it (a binary run from inside a checkout finds it); else under this crate's source tree.
 pub fn find_script() -> Option<PathBuf> {
-    let here = PathBuf::from(PEER_SCRIPT);
-    let root = PathBuf::from(PEER_FROM_ROOT);
+    if let Some(p) = std::env::var_os("TCH_STREAMS_PEER") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let cwd = std::env::current_dir().ok();
+    let around = cwd.iter().flat_map(|d| d.ancestors()).flat_map(|d| [d.join(PEER_SCRIPT), d.join(PEER_FROM_ROOT)]);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(PEER_SCRIPT);
-    [here, root, source].into_iter().find(|p| p.is_file()).map(|p| p.canonicalize().unwrap_or(p))
+    around.chain(std::iter::once(source)).find(|p| p.is_file()).map(|p| p.canonicalize().unwrap_or(p))
 }
 
 /// Reads and checks a peer document from a file.
