@@ -5,16 +5,20 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TCH_STREAMS_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        // No colour codes in logs that go to a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = cli::Cli::parse();
     let code = match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            // A libtorch mismatch or a missing capability keeps its own code (2, 3) everywhere.
+            e.chain().find_map(|c| c.downcast_ref::<tch_streams::Error>()).map_or(1, tch_streams::Error::exit_code)
         }
     };
     std::process::exit(code);

@@ -50,7 +50,7 @@ pub enum Error {
     },
 
     /// A device index outside the devices this process sees.
-    #[error("{backend} device index {index} is out of range ({count} device(s) visible); pick 0..{count}")]
+    #[error("{backend} device index {index} is out of range: {}", device_range(*backend, *count))]
     DeviceIndex {
         /// The backend asked.
         backend: Backend,
@@ -73,6 +73,15 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A model file could not be loaded (missing, unreadable, or not TorchScript).
+    #[error("cannot load the model {path}: {message}")]
+    ModelLoad {
+        /// The file.
+        path: String,
+        /// libtorch's message, without its C++ stack trace.
+        message: String,
+    },
+
     /// Reading a file (e.g. hashing the loaded libtorch) failed.
     #[error("I/O error on {path}: {message}")]
     Io {
@@ -81,6 +90,14 @@ pub enum Error {
         /// The OS error.
         message: String,
     },
+}
+
+fn device_range(backend: Backend, count: usize) -> String {
+    match count {
+        0 => format!("this process sees no {backend} device"),
+        1 => format!("this process sees 1 {backend} device: use index 0"),
+        n => format!("this process sees {n} {backend} devices: use an index in 0..={}", n - 1),
+    }
 }
 
 fn mismatch_message(built: &LibIdentity, loaded: &LibIdentity) -> String {

@@ -171,17 +171,30 @@ impl BenchConfig {
         if self.threads.is_empty() || self.threads.iter().any(|&t| t == 0 || t > 1024) {
             return bad("thread counts must be a non-empty list of integers in 1..=1024");
         }
-        if self.reps == 0 {
-            return bad("reps must be at least 1 (3 or more for a meaningful min-max)");
+        if self.reps == 0 || self.reps > 1000 {
+            return bad("reps must be in 1..=1000 (3 or more for a meaningful min-max)");
         }
-        if !(self.warmup_s >= 0.0 && self.warmup_s.is_finite()) {
-            return bad("warm-up seconds must be >= 0");
+        if !(self.warmup_s >= 0.0 && self.warmup_s <= 3600.0) {
+            return bad("warm-up seconds must be in 0..=3600");
         }
-        if !(self.duration_s > 0.0 && self.duration_s.is_finite()) {
-            return bad("duration seconds must be > 0");
+        if !(self.duration_s > 0.0 && self.duration_s <= 3600.0) {
+            return bad("duration seconds must be in (0, 3600]");
         }
-        if self.window == 0 {
-            return bad("the engine clients' window must be at least 1");
+        if self.window == 0 || self.window > 65_536 {
+            return bad("the engine clients' window must be in 1..=65536");
+        }
+        if self.batch_wait > std::time::Duration::from_secs(10) {
+            return bad("the engine's batching wait must be at most 10 s (10000000 us)");
+        }
+        for w in &self.workloads {
+            if let Workload::TorchScript { path, data, .. } = w {
+                if !path.is_file() {
+                    return Err(BenchError::Config(format!("--model {}: no such file", path.display())));
+                }
+                if let Some(f) = data.iter().find(|f| !f.is_file()) {
+                    return Err(BenchError::Config(format!("--input-file {}: no such file", f.display())));
+                }
+            }
         }
         for w in &self.workloads {
             if let Workload::TorchScript { inputs, .. } = w {

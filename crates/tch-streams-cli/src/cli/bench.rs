@@ -149,9 +149,14 @@ impl Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
     let cfg = a.config()?;
     cfg.validate()?;
+    // The output directory must take files before the sweep spends its time, not after.
+    std::fs::create_dir_all(&a.out).with_context(|| format!("--out {}: cannot create the directory", a.out.display()))?;
+    let probe = a.out.join(".tch-streams-write-check");
+    std::fs::write(&probe, b"").with_context(|| format!("--out {}: cannot write there", a.out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
     let names: Vec<String> = cfg.workloads.iter().map(Workload::name).collect();
     let modes: Vec<&str> = cfg.modes.iter().map(|m| m.name()).collect();
     println!(
@@ -165,6 +170,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cfg.duration_s
     );
     let mut report = bench::run(&cfg)?;
+    if report.ours.results.is_empty() {
+        for s in &report.ours.skipped {
+            eprintln!("skipped {} {}: {}", s.workload, s.mode, s.reason.lines().next().unwrap_or(""));
+        }
+        anyhow::bail!("nothing was measured: every point was skipped (reasons above)");
+    }
     if a.with_python {
         match peer(&a, &cfg, &report.ours) {
             Ok(doc) => report.attach_peer(doc),

@@ -94,11 +94,44 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> anyhow::Result<i32> {
-    tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
-    if a.clients == 0 || a.inflight == 0 {
-        bail!("--clients and --inflight must be at least 1");
+/// Bounds of the numeric flags: generous for any real use, small enough that nothing overflows
+/// or allocates absurdly.
+const MAX_WORKERS: usize = 1024;
+const MAX_CLIENTS: usize = 4096;
+const MAX_INFLIGHT: usize = 65_536;
+const MAX_BATCH: usize = 1 << 20;
+const MAX_WAIT_US: u64 = 10_000_000;
+const MAX_DURATION_S: f64 = 86_400.0;
+
+impl Args {
+    /// Every numeric flag in range, with an error that names the flag and the accepted range.
+    fn check(&self) -> anyhow::Result<()> {
+        let within = |name: &str, v: usize, lo: usize, hi: usize| {
+            if v < lo || v > hi {
+                bail!("--{name} {v} is out of range: expected {lo}..={hi}");
+            }
+            Ok(())
+        };
+        within("workers", self.workers, 1, MAX_WORKERS)?;
+        within("clients", self.clients, 1, MAX_CLIENTS)?;
+        within("inflight", self.inflight, 1, MAX_INFLIGHT)?;
+        within("batch-max", self.batch_max, 0, MAX_BATCH)?;
+        if self.batch_wait_us > MAX_WAIT_US {
+            bail!("--batch-wait-us {} is out of range: expected 0..={MAX_WAIT_US} (10 s)", self.batch_wait_us);
+        }
+        if !(self.duration.is_finite() && self.duration > 0.0 && self.duration <= MAX_DURATION_S) {
+            bail!("--duration {} is out of range: expected seconds in (0, {MAX_DURATION_S}] (one day)", self.duration);
+        }
+        if self.requests == Some(0) {
+            bail!("--requests 0: expected at least 1 (or leave it out and use --duration)");
+        }
+        Ok(())
     }
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    a.check()?;
+    tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
     let input_device = if a.host_inputs { Device::Cpu } else { a.device.0[0] };
     // The request: its inputs' specs, and the tensors every request sends.
     let (model, name) = match &a.model {
@@ -140,7 +173,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .cuda_graphs(a.cuda_graphs)
         .replicas(if a.per_worker_replicas { Replicas::PerWorker } else { Replicas::Shared })
         .output(if a.cpu_output { Output::Cpu } else { Output::OnDevice })
-        .queue_capacity((a.clients * a.inflight).max(64))
+        .queue_capacity((a.clients * a.inflight).clamp(64, 1 << 24))
         // The inputs above are made once and synchronised before any request: no per-request event.
         .inputs_ready(true);
     if a.model.is_some() {

@@ -3,20 +3,21 @@
 //! own — never refused.
 
 use super::config::Batching;
+use super::lanes::LaneRx;
 use super::request::Request;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::RecvTimeoutError;
 use std::collections::VecDeque;
 use std::time::Instant;
 
 /// A worker's batching state: its queue and the requests it set aside.
 pub(crate) struct Batcher {
-    rx: Receiver<Request>,
+    rx: LaneRx,
     policy: Batching,
     aside: VecDeque<Request>,
 }
 
 impl Batcher {
-    pub(crate) fn new(rx: Receiver<Request>, policy: Batching) -> Self {
+    pub(crate) fn new(rx: LaneRx, policy: Batching) -> Self {
         Batcher { rx, policy, aside: VecDeque::new() }
     }
 
@@ -25,7 +26,7 @@ impl Batcher {
     pub(crate) fn next_batch(&mut self) -> Option<Vec<Request>> {
         let first = match self.aside.pop_front() {
             Some(r) => r,
-            None => self.rx.recv().ok()?,
+            None => self.rx.recv()?,
         };
         let (max_batch, max_wait) = match self.policy {
             Batching::Off => return Some(vec![first]),
@@ -45,13 +46,20 @@ impl Batcher {
                 i += 1;
             }
         }
-        let deadline = Instant::now() + max_wait;
+        // A wait too long to express as an instant (Duration::MAX) means: until the batch is full.
+        let deadline = Instant::now().checked_add(max_wait);
         while rows < max_batch {
             let next = match self.rx.try_recv() {
                 Ok(r) => r,
-                Err(_) => match self.rx.recv_deadline(deadline) {
-                    Ok(r) => r,
-                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(_) => match deadline {
+                    Some(deadline) => match self.rx.recv_deadline(deadline) {
+                        Ok(r) => r,
+                        Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                    None => match self.rx.recv() {
+                        Some(r) => r,
+                        None => break,
+                    },
                 },
             };
             if next.key == key && rows + next.rows <= max_batch {

@@ -225,6 +225,43 @@ impl EngineBuilder {
         self
     }
 
+    /// Every value in range, with an error that names it and the accepted range.
+    pub(crate) fn check(&self) -> Result<(), EngineError> {
+        use super::core::{MAX_BATCH, MAX_QUEUE_CAPACITY, MAX_WORKERS};
+        let bad = |m: String| Err(EngineError::Build(m));
+        if self.devices.is_empty() {
+            return bad("devices: the list is empty; give at least one device".into());
+        }
+        if let Some(d) = self.devices.iter().find(|d| !matches!(d, Device::Cpu | Device::Cuda(_) | Device::Mps)) {
+            return bad(format!("devices: {d:?} is not served; the engine serves Cpu, Cuda(n) and Mps"));
+        }
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return bad(format!("workers({}) is out of range: expected 1..={MAX_WORKERS}", self.workers));
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > MAX_QUEUE_CAPACITY {
+            return bad(format!("queue_capacity({}) is out of range: expected 1..={MAX_QUEUE_CAPACITY}", self.queue_capacity));
+        }
+        if let Batching::Dynamic { max_batch, .. } = self.batching {
+            if max_batch == 0 || max_batch > MAX_BATCH {
+                return bad(format!("Batching::Dynamic max_batch {max_batch} is out of range: expected 1..={MAX_BATCH} samples"));
+            }
+        }
+        if self.arity == Some(0) {
+            return bad("inputs(vec![]): a model needs at least one input".into());
+        }
+        for (i, e) in self.inputs.iter().enumerate() {
+            if let Some(shape) = &e.sample_shape {
+                let elements = shape.iter().try_fold(1i64, |acc, &d| if d >= 1 { acc.checked_mul(d) } else { None });
+                if elements.is_none_or(|n| n > 1 << 32) {
+                    return bad(format!(
+                        "input {i}: sample shape {shape:?} is invalid: every size must be >= 1 and a sample at most 2^32 elements"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the workers. Errors: no devices or workers; a device index out of range; a GPU
     /// backend without a stream pool under `require_stream_pool(true)`; CUDA graphs asked for
     /// without the feature; a model that cannot be loaded.

@@ -7,18 +7,19 @@ use super::metrics::{EngineStats, Metrics};
 use super::events::EventPool;
 use super::lanes::Lanes;
 use super::request::{Admission, Request};
-use super::ticket::{pair, Ticket};
+use super::ticket::{counted_pair, Ticket};
 use super::worker::{self, WorkerSpec};
 use crate::models::{Forward, Inputs, Model, Outputs};
 use crate::runtime::{check_capability, Capability, Report};
 use crate::stream::{Priority, Stream};
 use crate::Error;
-use crossbeam_channel::TrySendError;
+use super::lanes::SendError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
 /// One worker as started: its index, device and the stream it bound.
@@ -59,7 +60,16 @@ pub struct Engine {
     workers: Vec<WorkerInfo>,
     events: Arc<EventPool>,
     inputs_ready: bool,
+    /// Serialises shutdowns: a second concurrent call waits for the first to finish.
+    shutting_down: Mutex<()>,
 }
+
+/// Most workers one engine starts.
+pub const MAX_WORKERS: usize = 1024;
+/// Largest `queue_capacity` (requests per device lane; a count, not preallocated).
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 24;
+/// Largest `max_batch` of dynamic batching, in samples.
+pub const MAX_BATCH: usize = 1 << 20;
 
 impl Engine {
     /// Starts configuring an engine for `model`.
@@ -69,12 +79,7 @@ impl Engine {
     }
 
     pub(crate) fn start(b: EngineBuilder) -> Result<Engine, EngineError> {
-        if b.devices.is_empty() || b.workers == 0 || b.queue_capacity == 0 {
-            return Err(EngineError::Build("devices, workers and queue_capacity must all be non-empty / non-zero".into()));
-        }
-        if b.arity == Some(0) {
-            return Err(EngineError::Build("inputs(vec![]): a model needs at least one input".into()));
-        }
+        b.check()?;
         if b.cuda_graphs {
             if !cfg!(feature = "cuda-graphs") {
                 return Err(EngineError::Build(
@@ -137,8 +142,8 @@ impl Engine {
             models.push(m);
         }
 
-        let lanes = Lanes::new(&assigned, b.queue_capacity);
         let metrics = Arc::new(Metrics::new());
+        let lanes = Lanes::new(&assigned, b.queue_capacity, &metrics);
         let registry = Arc::new(Mutex::new(Vec::new()));
         // Every input's shape known (dtype defaults to float32): the warm-up and probe inputs.
         let known: Option<Vec<(Vec<i64>, tch::Kind)>> = {
@@ -151,36 +156,40 @@ impl Engine {
             independence::check(&**model, assigned[0], specs)?;
         }
         let warmup = if b.warmup { known } else { None };
-        let events = Arc::new(EventPool::default());
-        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-        for (index, (&device, model)) in assigned.iter().zip(models).enumerate() {
-            let spec = WorkerSpec {
-                index,
-                device,
-                model,
-                rx: lanes.receiver(device),
-                batching: b.batching,
-                output: b.output,
-                metrics: Arc::clone(&metrics),
-                warmup: warmup.clone(),
-                cuda_graphs: b.cuda_graphs,
-                use_pool: has_pool[&device] && device != Device::Cpu,
-                registry: Arc::clone(&registry),
-                events: Arc::clone(&events),
-            };
-            let handle = worker::spawn(spec, Vec::new(), Some(ready_tx.clone()))
-                .map_err(|e| EngineError::Build(format!("could not start a worker thread: {e}")))?;
-            registry.lock().push(handle);
-        }
+        // The engine exists before any worker starts: an early return below drops it, and its
+        // Drop stops and joins whatever was started (no detached threads, no half-built engine).
         let mut engine = Engine {
             lanes,
             registry,
             metrics,
             spec: Admission { inputs: b.inputs, arity: b.arity, devices: b.devices },
             workers: Vec::new(),
-            events,
+            events: Arc::new(EventPool::default()),
             inputs_ready: b.inputs_ready,
+            shutting_down: Mutex::new(()),
         };
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        for (index, (&device, model)) in assigned.iter().zip(models).enumerate() {
+            let spec = WorkerSpec {
+                index,
+                device,
+                model,
+                rx: engine.lanes.receiver(device),
+                batching: b.batching,
+                output: b.output,
+                metrics: Arc::clone(&engine.metrics),
+                warmup: warmup.clone(),
+                cuda_graphs: b.cuda_graphs,
+                use_pool: has_pool[&device] && device != Device::Cpu,
+                registry: Arc::clone(&engine.registry),
+                events: Arc::clone(&engine.events),
+            };
+            let handle = worker::spawn(spec, Vec::new(), Some(ready_tx.clone()))
+                .map_err(|e| EngineError::Build(format!("could not start a worker thread: {e}")))?;
+            engine.registry.lock().push(handle);
+        }
+        // Only the workers hold senders now: if every one of them exits, `recv` fails (no hang).
+        drop(ready_tx);
         // Reports come in start-up order, not index order: each names its worker.
         let mut streams: Vec<Option<Stream>> = vec![None; assigned.len()];
         for _ in 0..assigned.len() {
@@ -217,14 +226,19 @@ impl Engine {
         if let Err(e) = self.spec.validate(&inputs) {
             return self.refuse(e);
         }
-        let (promise, ticket) = pair();
+        let (promise, ticket) = counted_pair(&self.metrics);
         let ready = self.ready_mark(&inputs);
         let request = Request::new(inputs, promise, ready);
-        match self.lanes.send(request) {
+        match self.lanes.send(request, true) {
             Ok(()) => ticket,
-            Err(request) => {
-                drop(request); // its ticket is not handed out: the caller gets the refusal
+            // Its ticket is not handed out: the caller gets the refusal, counted once.
+            Err(SendError::Closed(r)) | Err(SendError::Full(r)) => {
+                unaccepted(r);
                 self.refuse(EngineError::ShutDown)
+            }
+            Err(SendError::NoWorkers(r, why)) => {
+                unaccepted(r);
+                self.refuse(EngineError::NoWorkers(why))
             }
         }
     }
@@ -234,17 +248,28 @@ impl Engine {
     pub fn try_submit(&self, inputs: impl Into<Inputs>) -> Result<Ticket, EngineError> {
         let inputs = inputs.into().0;
         self.spec.validate(&inputs)?;
-        let (promise, ticket) = pair();
+        let (promise, ticket) = counted_pair(&self.metrics);
         let ready = self.ready_mark(&inputs);
         let request = Request::new(inputs, promise, ready);
-        match self.lanes.try_send(request) {
+        // Never waits: not for room, and not for a lock a blocked submitter holds.
+        match self.lanes.send(request, false) {
             Ok(()) => {
                 self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(ticket)
             }
-            // Never accepted: the request (and its ticket) are simply dropped.
-            Err(TrySendError::Full(_)) => Err(EngineError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(EngineError::ShutDown),
+            // Never accepted: the request (and its ticket) are simply dropped, not counted.
+            Err(SendError::Full(r)) => {
+                unaccepted(r);
+                Err(EngineError::Busy)
+            }
+            Err(SendError::Closed(r)) => {
+                unaccepted(r);
+                Err(EngineError::ShutDown)
+            }
+            Err(SendError::NoWorkers(r, why)) => {
+                unaccepted(r);
+                Err(EngineError::NoWorkers(why))
+            }
         }
     }
 
@@ -290,23 +315,71 @@ impl Engine {
 
     /// Stops intake and waits until every accepted request is answered: workers drain the queue;
     /// requests no live worker can take are failed with [`EngineError::WorkerDied`].
-    /// Idempotent; also run by `Drop`.
+    /// Idempotent; a second concurrent call waits for the first. Also run by `Drop`. Waits as
+    /// long as the model takes: see [`shutdown_timeout`](Engine::shutdown_timeout) for a bound.
     pub fn shutdown(&self) {
+        self.shutdown_within(None);
+    }
+
+    /// [`shutdown`](Engine::shutdown), waiting at most `timeout` for the workers. Returns true if
+    /// every worker finished. Otherwise the requests still queued fail with
+    /// [`EngineError::ShutdownTimeout`], the stuck worker threads are detached (counted in
+    /// [`EngineStats::workers_detached`]; a request a stuck worker holds is answered if that
+    /// worker ever returns), and the call returns.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tch_streams::engine::Engine;
+    /// use tch_streams::models::Model;
+    /// let engine = Engine::builder(Model::closure(|x: &tch::Tensor| x.f_add_scalar(1.0))).devices(vec![tch::Device::Cpu]).build()?;
+    /// assert!(engine.shutdown_timeout(Duration::from_secs(5)));
+    /// assert_eq!(engine.stats().workers_detached, 0);
+    /// # Ok::<(), tch_streams::engine::EngineError>(())
+    /// ```
+    pub fn shutdown_timeout(&self, timeout: Duration) -> bool {
+        self.shutdown_within(Some(timeout))
+    }
+
+    fn shutdown_within(&self, timeout: Option<Duration>) -> bool {
+        let _one_at_a_time = self.shutting_down.lock();
         self.lanes.close(); // workers see their lane close once it is empty
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut stuck: Vec<JoinHandle<()>> = Vec::new();
         loop {
             let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.registry.lock());
             if handles.is_empty() {
                 break;
             }
             for h in handles {
-                let _ = h.join(); // replacements register themselves before their parent exits
+                match deadline {
+                    None => {
+                        let _ = h.join(); // replacements register themselves before their parent exits
+                    }
+                    Some(deadline) => {
+                        while !h.is_finished() && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        if h.is_finished() {
+                            let _ = h.join();
+                        } else {
+                            stuck.push(h);
+                        }
+                    }
+                }
             }
+        }
+        let timed_out = !stuck.is_empty();
+        if timed_out {
+            self.metrics.detached.fetch_add(stuck.len() as u64, Ordering::Relaxed);
+            tracing::error!("shutdown timed out: {} worker thread(s) stuck in the model are left running", stuck.len());
+            drop(stuck); // detached
         }
         // Anything still queued has no worker left: answer it explicitly.
         for r in self.lanes.drain() {
             self.metrics.failed.fetch_add(1, Ordering::Relaxed);
-            r.promise.fulfil(Err(EngineError::WorkerDied));
+            r.promise.fulfil(Err(if timed_out { EngineError::ShutdownTimeout } else { EngineError::WorkerDied }));
         }
+        !timed_out
     }
 
     fn ready_mark(&self, inputs: &[Tensor]) -> Vec<(Device, crate::stream::Event)> {
@@ -327,4 +400,9 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Drops a request that was never queued without counting it as failed (its caller is told).
+fn unaccepted(mut r: Request) {
+    r.promise.disarm();
 }

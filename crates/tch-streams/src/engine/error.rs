@@ -21,6 +21,13 @@ pub enum EngineError {
     /// The worker holding this request stopped without answering it.
     #[error("the worker serving this request died before answering it")]
     WorkerDied,
+    /// Every worker that could serve this request has died (a model panic, then a replacement
+    /// that could not start); the message names the device.
+    #[error("no worker left: {0}")]
+    NoWorkers(String),
+    /// `shutdown_timeout` gave up waiting: the request was still queued, or its worker was stuck.
+    #[error("the engine's shutdown timed out before this request was served")]
+    ShutdownTimeout,
     /// The engine was shut down before the request was accepted.
     #[error("the engine is shut down")]
     ShutDown,

@@ -96,6 +96,8 @@ pub struct EngineStats {
     pub batch_sizes: BTreeMap<usize, u64>,
     /// Workers replaced after a panic.
     pub workers_replaced: u64,
+    /// Worker threads left running by a `shutdown_timeout` that expired (stuck in the model).
+    pub workers_detached: u64,
     /// Seconds since the engine was built.
     pub elapsed_s: f64,
 }
@@ -107,6 +109,7 @@ pub(crate) struct Metrics {
     pub(crate) failed: AtomicU64,
     pub(crate) samples: AtomicU64,
     pub(crate) replaced: AtomicU64,
+    pub(crate) detached: AtomicU64,
     per_batch: Mutex<(LatencyHistogram, BTreeMap<usize, u64>)>,
 }
 
@@ -119,6 +122,7 @@ impl Metrics {
             failed: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
+            detached: AtomicU64::new(0),
             per_batch: Mutex::new((LatencyHistogram::new(), BTreeMap::new())),
         }
     }
@@ -148,6 +152,7 @@ impl Metrics {
             latency_us_p99: g.0.quantile(0.99),
             batch_sizes: g.1.clone(),
             workers_replaced: self.replaced.load(Ordering::Relaxed),
+            workers_detached: self.detached.load(Ordering::Relaxed),
             elapsed_s: elapsed,
         }
     }

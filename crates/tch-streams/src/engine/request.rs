@@ -69,13 +69,12 @@ impl Admission {
         let name = |i: usize| if inputs.len() == 1 { "input".to_string() } else { format!("input {i}") };
         let mut rows = None;
         for (i, input) in inputs.iter().enumerate() {
+            if !input.defined() {
+                return Err(EngineError::InvalidInput(format!("{}: the tensor is undefined (Tensor::new() holds no data)", name(i))));
+            }
             let size = input.size();
-            if !input.defined() || size.is_empty() {
-                return Err(EngineError::InvalidInput(format!(
-                    "{}: expected a batch (dim 0 = samples), got a tensor of rank {}",
-                    name(i),
-                    if input.defined() { size.len() } else { 0 }
-                )));
+            if size.is_empty() {
+                return Err(EngineError::InvalidInput(format!("{}: expected a batch (dim 0 = samples), got a 0-d tensor", name(i))));
             }
             if size[0] == 0 {
                 return Err(EngineError::InvalidInput(format!("{}: empty batch (dim 0 has size 0)", name(i))));

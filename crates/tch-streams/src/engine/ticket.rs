@@ -2,6 +2,7 @@
 //! `Future` for async code (no particular runtime needed: it only uses the `Waker` it is given).
 
 use super::error::EngineError;
+use super::metrics::Metrics;
 use parking_lot::{Condvar, Mutex};
 use std::future::Future;
 use std::pin::Pin;
@@ -53,11 +54,21 @@ pub struct Ticket {
 /// [`EngineError::WorkerDied`]. `slot` is `None` once answered.
 pub(crate) struct Promise {
     slot: Option<Arc<Slot>>,
+    /// Counts the request as failed if the promise is dropped unanswered.
+    metrics: Option<Arc<Metrics>>,
 }
 
 pub(crate) fn pair() -> (Promise, Ticket) {
     let slot = Arc::new(Slot::default());
-    (Promise { slot: Some(Arc::clone(&slot)) }, Ticket { slot })
+    (Promise { slot: Some(Arc::clone(&slot)), metrics: None }, Ticket { slot })
+}
+
+/// A pair for an accepted request: dropping its promise unanswered counts a failure, so that
+/// submitted = completed + failed holds even when a worker dies holding it.
+pub(crate) fn counted_pair(metrics: &Arc<Metrics>) -> (Promise, Ticket) {
+    let (mut promise, ticket) = pair();
+    promise.metrics = Some(Arc::clone(metrics));
+    (promise, ticket)
 }
 
 impl Ticket {
@@ -96,7 +107,10 @@ impl Ticket {
 
     /// [`wait_outputs`](Ticket::wait_outputs) for at most `timeout`.
     pub fn wait_outputs_timeout(self, timeout: Duration) -> Result<Outcome, Ticket> {
-        let deadline = std::time::Instant::now() + timeout;
+        // A timeout too long to express as an instant (Duration::MAX) is no timeout.
+        let Some(deadline) = std::time::Instant::now().checked_add(timeout) else {
+            return Ok(self.wait_outputs());
+        };
         {
             let mut st = self.slot.state.lock();
             loop {
@@ -169,6 +183,12 @@ impl Slot {
 }
 
 impl Promise {
+    /// For a request that was never accepted: dropping it must not count a failure (the caller
+    /// gets, and is counted for, the refusal instead).
+    pub(crate) fn disarm(&mut self) {
+        self.metrics = None;
+    }
+
     /// Answers the ticket. If the caller already dropped its ticket, the outcome (and any device
     /// memory it holds) is freed right here, with the slot.
     pub(crate) fn fulfil(mut self, outcome: Outcome) {
@@ -195,6 +215,9 @@ impl Slot {
 impl Drop for Promise {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
+            if let Some(m) = &self.metrics {
+                m.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             slot.settle(|st| st.abandoned = true);
         }
     }

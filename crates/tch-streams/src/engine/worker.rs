@@ -16,7 +16,8 @@ use super::request::Request;
 use super::ticket::Outcome;
 use crate::models::{Forward, Outputs};
 use crate::stream::{bind_thread, Priority, Stream};
-use crossbeam_channel::{Receiver, Sender};
+use super::lanes::{LaneRx, LiveWorker};
+use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -31,7 +32,7 @@ pub(crate) struct WorkerSpec {
     pub(crate) index: usize,
     pub(crate) device: Device,
     pub(crate) model: Arc<dyn Forward>,
-    pub(crate) rx: Receiver<Request>,
+    pub(crate) rx: LaneRx,
     pub(crate) batching: Batching,
     pub(crate) output: Output,
     pub(crate) metrics: Arc<Metrics>,
@@ -50,13 +51,21 @@ pub(crate) fn spawn(
     inherited: Vec<Request>,
     ready: Option<Sender<(usize, Result<Stream, String>)>>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("tch-streams-worker-{}", spec.index))
-        .spawn(move || run(spec, inherited, ready))
+    // Alive from now until the thread ends: the lane is never without a counted worker between
+    // a dying worker and its replacement.
+    let live = LiveWorker::new(spec.rx.lane());
+    std::thread::Builder::new().name(format!("tch-streams-worker-{}", spec.index)).spawn(move || {
+        let _live = live;
+        run(spec, inherited, ready)
+    })
 }
 
 fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, Result<Stream, String>)>>) {
-    let stream = match start(&spec) {
+    // Start-up (stream, warm-up inputs, warm-up) must not unwind past here: a panic is a start
+    // failure, reported like any other.
+    let started = catch_unwind(AssertUnwindSafe(|| start(&spec)))
+        .unwrap_or_else(|p| Err(format!("the worker panicked while starting: {}", panic_message(&*p))));
+    let stream = match started {
         Ok(s) => s,
         Err(e) => {
             match ready {

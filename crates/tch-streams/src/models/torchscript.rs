@@ -14,7 +14,7 @@ pub(crate) struct Script {
 impl Script {
     /// Loads `path` onto `device`. MPS cannot be deserialised onto directly: load on CPU, move.
     pub(crate) fn load(path: &Path, device: Device) -> Result<Script> {
-        let io = |e: tch::TchError| Error::Io { path: path.display().to_string(), message: super::torch_message(&e) };
+        let io = |e: tch::TchError| Error::ModelLoad { path: path.display().to_string(), message: super::torch_message(&e) };
         let mut module = if device == Device::Mps {
             let mut m = CModule::load_on_device(path, Device::Cpu).map_err(io)?;
             m.to(Device::Mps, tch::Kind::Float, false);

@@ -87,8 +87,8 @@ impl Report {
                 return Err(e);
             }
             let warning = format!("{ALLOW_MISMATCH_ENV}=1: running despite a libtorch mismatch. {e}");
+            // Once, on stderr, whether or not the app installed a tracing subscriber.
             eprintln!("\n!!!!!!!! WARNING !!!!!!!!\n{warning}\n!!!!!!!!!!!!!!!!!!!!!!!!\n");
-            tracing::warn!("{warning}");
             self.warnings.push(warning);
         }
         for &capability in &policy.required {

@@ -35,6 +35,9 @@ pub fn synchronize_device(device: tch::Device) -> Result<()> {
 /// # Ok::<(), tch_streams::Error>(())
 /// ```
 pub fn record_stream(tensor: &tch::Tensor, stream: &Stream) -> Result<()> {
+    if !tensor.defined() {
+        return Err(Error::InvalidArgument("record_stream: the tensor is undefined (it holds no memory to protect)".into()));
+    }
     if tensor.device() != stream.device() {
         return Err(Error::InvalidArgument(format!(
             "record_stream: tensor is on {:?} but the stream is on {:?}",
