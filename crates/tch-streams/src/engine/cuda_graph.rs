@@ -114,14 +114,46 @@ impl Drop for GraphCache {
     }
 }
 
+/// An open capture on the worker's stream. Dropping it ends the capture, also when the model
+/// panics inside it: the stream never stays in capture mode (pool streams are shared by every
+/// thread of the process that asks the pool).
+struct Capturing<'g> {
+    graph: &'g Graph,
+    open: bool,
+}
+
+impl<'g> Capturing<'g> {
+    fn begin(graph: &'g Graph) -> Result<Capturing<'g>, String> {
+        graph.begin()?;
+        Ok(Capturing { graph, open: true })
+    }
+
+    /// Ends the capture and reports whether the graph is usable.
+    fn end(mut self) -> Result<(), String> {
+        self.open = false;
+        self.graph.end()
+    }
+}
+
+impl Drop for Capturing<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // Unwinding from a panic in the model: close the capture; the graph is discarded.
+            if let Err(e) = self.graph.end() {
+                tracing::error!("could not end a CUDA graph capture after a panic: {e}");
+            }
+        }
+    }
+}
+
 fn capture(model: &dyn Forward, xs: &[Tensor]) -> Result<Captured, String> {
     let _exclusive = LIFECYCLE.write();
     let inputs = xs.iter().map(|x| x.f_detach_copy()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     let graph = Graph::new()?;
-    graph.begin()?;
+    let capturing = Capturing::begin(&graph)?;
     let out = model.run(&inputs);
-    // Always end the capture, even if the forward failed, so the stream leaves capture mode.
-    let ended = graph.end();
+    // Always end the capture, even if the forward failed (and, through Drop, if it panicked).
+    let ended = capturing.end();
     let outputs = out.map_err(|e| e.to_string())?;
     ended?;
     Ok(Captured { graph, inputs, outputs })

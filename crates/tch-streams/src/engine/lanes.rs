@@ -232,7 +232,8 @@ impl Lanes {
         let lanes = &self.lanes;
         let Some(i) = pick(device, &self.devices, |i| lanes[i].queued.load(Ordering::Relaxed), |i| !lanes[i].dead.load(Ordering::Acquire))
         else {
-            return Err(SendError::NoWorkers(request, "every worker of this engine has died; rebuild it".into()));
+            let why = format!("every worker of this engine ({:?}) has died; it serves nothing any more: rebuild it", self.devices);
+            return Err(SendError::NoWorkers(request, why));
         };
         let lane = &lanes[i];
         match lane.reserve(wait) {
