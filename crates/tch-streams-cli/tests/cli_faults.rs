@@ -100,6 +100,18 @@ fn bench_checks_its_model_and_output_directory_before_the_sweep() {
     refused(&["bench", "--quick", "--device", "cpu", "--out", "/proc/nope"], 1, "--out /proc/nope");
 }
 
+/// 16. A model that cannot load: one clear line (no C++ frames, not once per worker), and no
+/// colour codes in logs that go to a pipe.
+#[test]
+fn a_model_load_error_is_one_clean_message() {
+    let out = cli(&strs(&["run", "--device", "cpu", "--model", "/nonexistent/model.pt", "--input", "1x4", "--workers", "4"]), 60).expect("no hang");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert_eq!(all.matches("cannot load the model /nonexistent/model.pt").count(), 1, "{all}");
+    assert!(!all.contains("frame #") && !all.contains("Exception raised from") && !all.contains("I/O error"), "{all}");
+    assert!(!all.contains('\u{1b}'), "ANSI codes in piped output: {all:?}");
+}
+
 /// A value for a numeric flag: in range, at the edges, or hostile.
 fn numeric() -> impl Strategy<Value = String> {
     prop_oneof![

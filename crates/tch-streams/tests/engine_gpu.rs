@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
-use tch_streams::engine::{Batching, Engine, Output, Replicas};
+use tch_streams::engine::{Batching, Engine, EngineError, Output, Replicas};
 use tch_streams::models::{Builtin, Model};
 use tch_streams::stream::{with_stream, Priority, Stream};
 
@@ -200,4 +200,41 @@ fn cuda_graphs_replay_equals_eager() {
     let engine = Arc::new(Engine::builder(affine()).devices(vec![GPU]).workers(8).cuda_graphs(true).batching(dynamic()).build().unwrap());
     stress(&engine, 30, 2, &[64], &|x: &Tensor| (x * 3.0 + 1.0) * x, true);
     report("affine graphs + batching", &engine);
+}
+
+/// A model that panics while a CUDA graph is being captured: the capture is ended (RAII), the
+/// request fails alone, the worker is replaced, and the stream serves (and captures) again.
+#[test]
+#[ignore = "needs a CUDA GPU and the cuda-graphs feature"]
+fn a_panic_during_graph_capture_ends_the_capture_and_the_engine_recovers() {
+    if !cfg!(feature = "cuda-graphs") {
+        println!("built without cuda-graphs: nothing to capture");
+        return;
+    }
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    // Call 1 runs eagerly; call 2 is the capture (the shape's second sighting): it panics.
+    let model = Model::closure(move |x: &Tensor| {
+        if c.fetch_add(1, Ordering::SeqCst) == 1 {
+            panic!("panic inside capture");
+        }
+        x.f_mul_scalar(3.0)?.f_add_scalar(1.0)?.f_mul(x)
+    });
+    let engine = Engine::builder(model).devices(vec![GPU]).workers(1).cuda_graphs(true).output(Output::Cpu).build().unwrap();
+    let x = Tensor::full([4, 8], 2.0, (Kind::Float, GPU));
+    assert!(engine.infer(x.shallow_clone()).is_ok());
+    let err = engine.infer(x.shallow_clone()).unwrap_err();
+    assert!(matches!(&err, EngineError::ModelPanicked(m) if m.contains("panic inside capture")), "{err:?}");
+    for _ in 0..5 {
+        let y = engine.infer(x.shallow_clone()).unwrap();
+        assert_eq!(y.double_value(&[0, 0]), 14.0);
+    }
+    // Work on this thread's default stream is not caught in a capture either.
+    let z = (&x * 2).to_device(Device::Cpu);
+    assert_eq!(z.double_value(&[0, 0]), 4.0);
+    engine.shutdown();
+    let st = engine.stats();
+    assert_eq!(st.submitted, st.completed + st.failed);
+    assert_eq!((st.completed, st.failed, st.workers_replaced), (6, 1, 1));
 }

@@ -96,7 +96,8 @@ impl GraphCache {
             c.graph.replay().map_err(ForwardError::Other)?;
         }
         // The static outputs are overwritten by the next replay: hand out copies.
-        c.outputs.try_map(|t| t.f_detach_copy()).map_err(ForwardError::from)
+        let copies = c.outputs.tensors().into_iter().map(|t| t.f_detach_copy()).collect::<Result<Vec<_>, _>>()?;
+        Ok(c.outputs.rebuild_like(copies))
     }
 }
 
