@@ -335,19 +335,30 @@ fn invalid_configurations_fail_before_measuring() {
 
 #[test]
 fn a_model_that_cannot_load_is_skipped_with_the_reason() {
-    let mut cfg = tiny();
-    cfg.workloads = vec![Workload::TorchScript {
-        path: PathBuf::from("/nonexistent/net.pt"),
+    // A file that is not TorchScript: the sweep runs and records why each mode was skipped.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.pt");
+    std::fs::write(&path, b"not a TorchScript archive").unwrap();
+    let workload = |path: PathBuf| Workload::TorchScript {
+        path,
         inputs: vec![InputArg { shape: vec![1, 8], kind: tch::Kind::Float }],
         int_range: IntRange::default(),
         data: Vec::new(),
-    }];
+    };
+    let mut cfg = tiny();
+    cfg.workloads = vec![workload(path)];
     cfg.modes = vec![Mode::TchDefault, Mode::Limit];
     let report = bench::run(&cfg).expect("the sweep itself completes");
     assert!(report.ours.results.is_empty());
     let modes: Vec<&str> = report.ours.skipped.iter().map(|s| s.mode.as_str()).collect();
     assert_eq!(modes, ["tch-default", "limit"]);
     assert!(report.ours.skipped.iter().all(|s| s.workload == "net" && s.reason.contains("could not load the model")));
+    // A file that does not exist is a configuration error before any work.
+    cfg.workloads = vec![workload(PathBuf::from("/nonexistent/net.pt"))];
+    match bench::run(&cfg) {
+        Err(BenchError::Config(m)) => assert!(m.contains("--model /nonexistent/net.pt: no such file"), "{m}"),
+        other => panic!("expected a configuration error, got {:?}", other.map(|_| ())),
+    }
 }
 
 #[test]

@@ -2,30 +2,17 @@
 //! lose count or panic, and fails, rather than hangs, if that comes back. Every test runs under a
 //! watchdog and checks submitted = completed + failed where an engine served.
 
+mod common;
+
+use common::{accounted, watchdog};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
-use tch_streams::engine::{Batching, Engine, EngineError, EngineStats};
+use tch_streams::engine::{Batching, Engine, EngineError};
 use tch_streams::models::Model;
 use tch_streams::stream::{record_stream, Stream};
 
-/// Runs `f` on another thread; fails the test if it takes longer than `secs`.
-fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(p)) => std::panic::resume_unwind(p),
-        Err(_) => panic!("watchdog: did not finish within {secs} s (a hang)"),
-    }
-}
-
-fn accounted(st: &EngineStats) {
-    assert_eq!(st.submitted, st.completed + st.failed, "{st:?}");
-}
 
 fn x() -> Tensor {
     Tensor::ones([1, 4], (Kind::Float, Device::Cpu))

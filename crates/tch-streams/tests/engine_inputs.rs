@@ -3,11 +3,14 @@
 //! PATH (the venv `scripts/setup.sh --print-env` puts first), so they match the linked libtorch.
 //! Every test runs under a watchdog and checks submitted = completed + failed.
 
+mod common;
+
+use common::{accounted, watchdog};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
-use tch_streams::engine::{Batching, Engine, EngineError, EngineStats, InputSpec, Output, Replicas};
+use tch_streams::engine::{Batching, Engine, EngineError, InputSpec, Output, Replicas};
 use tch_streams::models::{Forward, ForwardError, Model, Outputs};
 
 const L: i64 = 16;
@@ -30,22 +33,6 @@ fn model(name: &str) -> Model {
     Model::TorchScript(fixtures().join(name))
 }
 
-/// Runs `f` on another thread and fails the test if it takes longer than `secs`.
-fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(p)) => std::panic::resume_unwind(p),
-        Err(_) => panic!("watchdog: the test did not finish within {secs} s"),
-    }
-}
-
-fn accounted(st: &EngineStats) {
-    assert_eq!(st.submitted, st.completed + st.failed, "{st:?}");
-}
 
 fn two_input_specs() -> Vec<InputSpec> {
     vec![InputSpec::new([L], Kind::Int64), InputSpec::new([L], Kind::Float)]

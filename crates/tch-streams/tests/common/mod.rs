@@ -1,0 +1,24 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::sync::mpsc;
+use std::time::Duration;
+use tch_streams::engine::EngineStats;
+
+/// Runs `f` on another thread; fails the test if it takes longer than `secs` (a hang).
+pub fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(_) => panic!("watchdog: did not finish within {secs} s (a hang)"),
+    }
+}
+
+/// Every request answered and counted exactly once.
+pub fn accounted(st: &EngineStats) {
+    assert_eq!(st.submitted, st.completed + st.failed, "{st:?}");
+}
