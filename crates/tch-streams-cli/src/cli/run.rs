@@ -83,12 +83,13 @@ pub struct Args {
     /// Start inputs on the host (copied by the workers) instead of on the first device.
     #[arg(long)]
     host_inputs: bool,
-    /// Total requests to run (overrides --duration).
+    /// Total requests to run. Without --duration, the run lasts until they are all answered;
+    /// with it, it stops at whichever limit comes first.
     #[arg(long)]
     requests: Option<u64>,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
+    /// Seconds to run [default: 5, when --requests is not given].
+    #[arg(long)]
+    duration: Option<f64>,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
@@ -104,6 +105,15 @@ const MAX_WAIT_US: u64 = 10_000_000;
 const MAX_DURATION_S: f64 = 86_400.0;
 
 impl Args {
+    /// How long the run may last: --duration, or 5 s when neither limit is given.
+    fn seconds(&self) -> Option<f64> {
+        match (self.duration, self.requests) {
+            (Some(d), _) => Some(d),
+            (None, None) => Some(5.0),
+            (None, Some(_)) => None,
+        }
+    }
+
     /// Every numeric flag in range, with an error that names the flag and the accepted range.
     fn check(&self) -> anyhow::Result<()> {
         let within = |name: &str, v: usize, lo: usize, hi: usize| {
@@ -119,8 +129,10 @@ impl Args {
         if self.batch_wait_us > MAX_WAIT_US {
             bail!("--batch-wait-us {} is out of range: expected 0..={MAX_WAIT_US} (10 s)", self.batch_wait_us);
         }
-        if !(self.duration.is_finite() && self.duration > 0.0 && self.duration <= MAX_DURATION_S) {
-            bail!("--duration {} is out of range: expected seconds in (0, {MAX_DURATION_S}] (one day)", self.duration);
+        if let Some(d) = self.duration {
+            if !(d.is_finite() && d > 0.0 && d <= MAX_DURATION_S) {
+                bail!("--duration {d} is out of range: expected seconds in (0, {MAX_DURATION_S}] (one day)");
+            }
         }
         if self.requests == Some(0) {
             bail!("--requests 0: expected at least 1 (or leave it out and use --duration)");
@@ -195,7 +207,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let failed = Arc::new(AtomicU64::new(0));
     let issued = Arc::new(AtomicU64::new(0));
     let budget = a.requests;
-    let deadline_after = Duration::from_secs_f64(a.duration);
+    // Checked above: finite, positive, at most a day.
+    let seconds = a.seconds();
+    let deadline_after = seconds.map(Duration::from_secs_f64);
     let barrier = Arc::new(Barrier::new(a.clients + 1));
     let bar = progress(&a, budget);
     let clients: Vec<_> = (0..a.clients)
@@ -216,10 +230,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 barrier.wait();
                 let start = Instant::now();
                 loop {
-                    let more = match budget {
-                        Some(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
-                        None => start.elapsed() < deadline_after,
-                    };
+                    // Stop at the first limit reached: the request budget or the deadline.
+                    let in_time = deadline_after.is_none_or(|d| start.elapsed() < d);
+                    let more = in_time && budget.is_none_or(|n| issued.fetch_add(1, Ordering::Relaxed) < n);
                     if more {
                         window.push_back(engine.submit(xs.iter().map(Tensor::shallow_clone).collect::<Vec<_>>()));
                     }
@@ -248,7 +261,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let n = done.load(Ordering::Relaxed);
         match budget {
             Some(_) => bar.set_position(n),
-            None => bar.set_position((start.elapsed().as_secs_f64() * 1000.0).min(a.duration * 1000.0) as u64),
+            None => bar.set_position((start.elapsed().as_secs_f64() * 1000.0).min(seconds.unwrap_or(0.0) * 1000.0) as u64),
         }
         bar.set_message(format!("{:.0} samples/s", n as f64 * rows as f64 / start.elapsed().as_secs_f64()));
     }
@@ -296,7 +309,7 @@ fn progress(a: &Args, budget: Option<u64>) -> ProgressBar {
     }
     let (len, unit) = match budget {
         Some(n) => (n, "requests"),
-        None => ((a.duration * 1000.0) as u64, "ms"),
+        None => ((a.seconds().unwrap_or(0.0) * 1000.0) as u64, "ms"),
     };
     let bar = ProgressBar::new(len);
     bar.set_style(
