@@ -133,7 +133,7 @@ impl Drop for LiveWorker {
     fn drop(&mut self) {
         let lane = &self.0;
         if lane.live.fetch_sub(1, Ordering::AcqRel) == 1 && !lane.closed.load(Ordering::Acquire) {
-            tracing::error!("{}", lane.no_workers());
+            tracing::warn!("no worker left on {:?}: its queued requests fail and new ones are refused", lane.device);
             lane.dead.store(true, Ordering::Release);
             lane.wake_all();
             lane.fail_queued();
