@@ -56,7 +56,7 @@ fn main() {
 
     // The build record.
     let version = read_torch_version(&includes).unwrap_or_else(|| "unknown".into());
-    let libs = torch_libraries(&lib_dir, so);
+    let libs = torch_libraries(&lib_dir);
     let sha_of = |path: &Path| libs.iter().find(|(p, _)| p == path).map(|(_, h)| h.clone());
     let cpu_sha = sha_of(&cpu_lib).unwrap_or_else(|| panic!("{} not found: is this a libtorch lib dir?", cpu_lib.display()));
     let cuda_sha = sha_of(&cuda_lib).unwrap_or_default();
@@ -74,22 +74,17 @@ fn main() {
     println!("cargo:libtorch_lib={}", lib_dir.display());
 }
 
-/// Whether a file in libtorch's lib dir is one of libtorch's own libraries (not a bundled
-/// third-party one such as libgomp, which the system may legitimately provide instead).
-fn is_torch_library(name: &str, so: &str) -> bool {
-    let ours = ["libc10", "libtorch", "libcaffe2", "libshm"].iter().any(|p| name.starts_with(p));
-    let shared = if so == "so" { name.contains(".so") } else { name.ends_with(".dylib") };
-    ours && shared
-}
+// The rule the runtime verifier uses too.
+include!("src/runtime/library_names.rs");
 
 /// Every libtorch library in `lib_dir` (regular files and links to them), with its SHA-256,
 /// sorted by name.
-fn torch_libraries(lib_dir: &Path, so: &str) -> Vec<(PathBuf, String)> {
+fn torch_libraries(lib_dir: &Path) -> Vec<(PathBuf, String)> {
     let entries = std::fs::read_dir(lib_dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", lib_dir.display()));
     let mut libs: Vec<(PathBuf, String)> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_torch_library(n, so)))
+        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_torch_library(n)))
         .map(|p| {
             println!("cargo:rerun-if-changed={}", p.display());
             let sha = sha256_file(&p).unwrap_or_else(|e| panic!("cannot hash {}: {e}", p.display()));
@@ -120,6 +115,7 @@ fn compile_shim(includes: &[PathBuf]) {
         .filter(|p| p.extension().is_some_and(|x| x == "cpp"))
         .collect();
     println!("cargo:rerun-if-changed=src/shim");
+    println!("cargo:rerun-if-changed=src/runtime/library_names.rs");
     for p in &sources {
         println!("cargo:rerun-if-changed={}", p.display());
     }

@@ -45,6 +45,9 @@ pub(crate) struct Lane {
     capacity: usize,
     room: Mutex<()>,
     freed: Condvar,
+    /// Submitters waiting for room: a worker takes the lock to wake one only when there is one,
+    /// so the common case (room to spare) costs an atomic per request, not a lock.
+    waiting: AtomicUsize,
     closed: AtomicBool,
     /// Worker threads alive on this lane (counted from spawn to thread exit).
     live: AtomicUsize,
@@ -55,9 +58,13 @@ pub(crate) struct Lane {
 
 impl Lane {
     fn release(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        let _g = self.room.lock();
-        self.freed.notify_one();
+        // SeqCst pairs with `reserve`: either this load sees the waiter's increment, or the
+        // waiter's check of `queued` sees this decrement and it does not wait.
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _g = self.room.lock();
+            self.freed.notify_one();
+        }
     }
 
     /// Reserves room for one request; `wait` says whether to wait for it.
@@ -80,12 +87,14 @@ impl Lane {
                 return Err(Stop::Full);
             }
             let mut g = self.room.lock();
-            while self.queued.load(Ordering::Acquire) >= self.capacity
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            while self.queued.load(Ordering::SeqCst) >= self.capacity
                 && !self.closed.load(Ordering::Acquire)
                 && !self.dead.load(Ordering::Acquire)
             {
                 self.freed.wait(&mut g);
             }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -209,6 +218,7 @@ impl Lanes {
                 capacity,
                 room: Mutex::new(()),
                 freed: Condvar::new(),
+                waiting: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 live: AtomicUsize::new(0),
                 dead: AtomicBool::new(false),

@@ -13,14 +13,6 @@ pub struct BuiltLib {
     pub sha256: String,
 }
 
-/// Whether a file name is one of libtorch's own libraries (libc10*, libtorch*, libcaffe2*,
-/// libshm*), as opposed to a third-party library a wheel bundles (libgomp). The build script
-/// records exactly these.
-pub fn is_torch_library(file_name: &str) -> bool {
-    let ours = ["libc10", "libtorch", "libcaffe2", "libshm"].iter().any(|p| file_name.starts_with(p));
-    ours && (file_name.contains(".so") || file_name.ends_with(".dylib"))
-}
-
 /// The libtorch the build linked: where, which version, which exact bytes, which patch.
 ///
 /// ```

@@ -14,6 +14,7 @@
 
 mod backends;
 mod build_record;
+mod library_names;
 mod capability;
 pub mod fingerprint;
 mod loaded;
@@ -22,7 +23,8 @@ mod report_text;
 mod verify;
 
 pub use backends::{load_backends, CudaLoad, LOAD_CUDA_ENV};
-pub use build_record::{is_torch_library, BuildRecord, BuiltLib};
+pub use build_record::{BuildRecord, BuiltLib};
+pub use library_names::is_torch_library;
 pub use capability::Capability;
 pub use loaded::{LibIdentity, LoadedLibtorch};
 pub use probe::{probe_pool, PoolProbe};
