@@ -12,8 +12,8 @@
 # Usage:
 #   scripts/setup.sh              set up (quick when already done), then print the environment
 #   scripts/setup.sh --print-env  print only the `export` lines, for `eval "$(scripts/setup.sh --print-env)"`
-#   scripts/setup.sh --cuda-graphs  also install the CUDA headers the `cuda-graphs` feature compiles
-#                                  against (PyPI nvidia-cuda-crt matching torch's CUDA runtime)
+#   scripts/setup.sh --cuda-graphs  the same (accepted for older instructions: the CUDA headers are
+#                                  now always installed beside a CUDA torch, see step 3)
 #
 # A libtorch of your own (e.g. the patched MPS build) is honoured: when LIBTORCH is set, the build
 # links it and the venv's torch is only used by the Python peer of the benchmark.
@@ -27,10 +27,9 @@ esac
 CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
 VENV="$CACHE/venv-$TORCH_VERSION"
 PRINT_ONLY=0
-CUDA_GRAPHS=0
 case "${1:-}" in
   --print-env) PRINT_ONLY=1 ;;
-  --cuda-graphs) CUDA_GRAPHS=1 ;;
+  --cuda-graphs) ;;
   -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
@@ -120,17 +119,21 @@ MSG
   torch_installed || { echo "[setup] error: pip finished but torch $TORCH_VERSION is not in $VENV" >&2; exit 1; }
 fi
 
-# 3. Optional: CUDA headers for the cuda-graphs feature, matching the installed CUDA runtime.
-if [ "$CUDA_GRAPHS" = 1 ]; then
-  if compgen -G "$VENV/lib/python3*/site-packages/nvidia/cu*/include/crt/host_config.h" >/dev/null; then
-    log "CUDA headers for cuda-graphs already present"
-  else
-    RT=$("$VENV/bin/python" -m pip show nvidia-cuda-runtime 2>/dev/null | sed -n 's/^Version: \([0-9]*\.[0-9]*\).*/\1/p')
-    [ -n "$RT" ] || { echo "[setup] error: no nvidia-cuda-runtime in $VENV: the cuda-graphs feature needs torch's CUDA build" >&2; exit 1; }
-    log "installing nvidia-cuda-crt==$RT.* (CUDA headers for the cuda-graphs feature)"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "nvidia-cuda-crt==$RT.*" >&2 \
-      || { echo "[setup] error: could not install nvidia-cuda-crt==$RT.*; install the CUDA $RT toolkit headers and set CUDA_INCLUDE_DIR" >&2; exit 1; }
-  fi
+# 3. CUDA headers beside a CUDA torch, so that the crate compiles its CUDA graph code (the engine
+#    uses graphs by default on CUDA): PyPI nvidia-cuda-crt matching torch's CUDA runtime. A torch
+#    without CUDA (macOS, a CPU wheel) needs none. TCH_STREAMS_CUDA_GRAPHS=0 skips this (and the
+#    build then leaves graphs out).
+RT=$("$VENV/bin/python" -m pip show nvidia-cuda-runtime 2>/dev/null | sed -n 's/^Version: \([0-9]*\.[0-9]*\).*/\1/p' || true)
+if [ "${TCH_STREAMS_CUDA_GRAPHS:-1}" = 0 ]; then
+  log "CUDA graphs opted out (TCH_STREAMS_CUDA_GRAPHS=0): not installing CUDA headers"
+elif [ -z "$RT" ]; then
+  log "torch in $VENV has no CUDA runtime: CUDA graphs are not built"
+elif compgen -G "$VENV/lib/python3*/site-packages/nvidia/cu*/include/crt/host_config.h" >/dev/null; then
+  log "CUDA $RT headers (for CUDA graphs) already present"
+else
+  log "installing nvidia-cuda-crt==$RT.* (CUDA headers, so that CUDA graphs are built)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "nvidia-cuda-crt==$RT.*" >&2 \
+    || { echo "[setup] error: could not install nvidia-cuda-crt==$RT.*; install the CUDA $RT toolkit headers and set CUDA_INCLUDE_DIR, or set TCH_STREAMS_CUDA_GRAPHS=0 to build without CUDA graphs" >&2; exit 1; }
 fi
 
 log "ready; environment:"

@@ -38,9 +38,7 @@ fn main() {
 
     compile_shim(&includes);
     generate_bindings();
-    if std::env::var_os("CARGO_FEATURE_CUDA_GRAPHS").is_some() {
-        compile_graph_shim(&includes, &lib_dir);
-    }
+    cuda_graphs(&includes, &lib_dir);
 
     // Libraries: the dylib suffix depends on the target.
     let so = if target_os == "macos" { "dylib" } else { "so" };
@@ -128,11 +126,28 @@ fn compile_shim(includes: &[PathBuf]) {
     build.files(&sources).compile("tch_streams_shim");
 }
 
-/// The `cuda-graphs` shim: needs CUDA headers, taken from PyPI's nvidia packages beside torch
-/// (`site-packages/nvidia/cu13/include`), or from `CUDA_HOME`/`CUDA_INCLUDE_DIR`.
-fn compile_graph_shim(includes: &[PathBuf], lib_dir: &Path) {
+/// CUDA graphs are compiled in whenever they can be: the linked libtorch is a CUDA build
+/// (libc10_cuda beside libtorch_cpu) and the CUDA headers are found, in PyPI's nvidia packages
+/// beside torch (`site-packages/nvidia/cu13/include`, which `scripts/setup.sh` installs with
+/// torch's CUDA build), under `CUDA_HOME`, or at `CUDA_INCLUDE_DIR`. Then the crate is built with
+/// `cfg(tss_cuda_graphs)` and the engine can use graphs by default.
+///
+/// `TCH_STREAMS_CUDA_GRAPHS=0` opts out. The `cuda-graphs` feature makes them mandatory: the
+/// build fails, saying what is missing, instead of leaving them out.
+fn cuda_graphs(includes: &[PathBuf], lib_dir: &Path) {
+    println!("cargo::rustc-check-cfg=cfg(tss_cuda_graphs)");
+    println!("cargo:rerun-if-env-changed=TCH_STREAMS_CUDA_GRAPHS");
     println!("cargo:rerun-if-env-changed=CUDA_INCLUDE_DIR");
-    println!("cargo:rerun-if-changed=src/shim/cuda");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let required = std::env::var_os("CARGO_FEATURE_CUDA_GRAPHS").is_some();
+    if std::env::var("TCH_STREAMS_CUDA_GRAPHS").is_ok_and(|v| v == "0") {
+        if required {
+            panic!("TCH_STREAMS_CUDA_GRAPHS=0 opts out of CUDA graphs, but the `cuda-graphs` feature requires them; drop one of the two");
+        }
+        println!("cargo:warning=CUDA graphs left out (TCH_STREAMS_CUDA_GRAPHS=0)");
+        return;
+    }
+    let has_cuda_lib = ["so", "dylib"].iter().any(|so| lib_dir.join(format!("libc10_cuda.{so}")).exists());
     let site = lib_dir.parent().and_then(Path::parent);
     let mut candidates: Vec<PathBuf> = std::env::var_os("CUDA_INCLUDE_DIR").map(PathBuf::from).into_iter().collect();
     if let Some(home) = std::env::var_os("CUDA_HOME") {
@@ -143,12 +158,32 @@ fn compile_graph_shim(includes: &[PathBuf], lib_dir: &Path) {
             candidates.push(site.join("nvidia").join(v).join("include"));
         }
     }
-    let cuda_inc = candidates.into_iter().find(|p| p.join("cuda_runtime_api.h").exists()).unwrap_or_else(|| {
-        panic!(
-            "the cuda-graphs feature needs the CUDA headers (cuda_runtime_api.h): install torch from PyPI \
-             (its nvidia packages carry them), or set CUDA_INCLUDE_DIR"
-        )
-    });
+    // crt/host_config.h comes with nvcc's headers (PyPI nvidia-cuda-crt), which cuda_runtime_api.h
+    // alone does not carry on CUDA 13.
+    let cuda_inc = candidates
+        .into_iter()
+        .find(|p| p.join("cuda_runtime_api.h").exists() && p.join("crt/host_config.h").exists());
+    let cuda_inc = match (has_cuda_lib, cuda_inc) {
+        (true, Some(inc)) => inc,
+        (has_lib, _) => {
+            let why = if !has_lib {
+                format!("the linked libtorch ({}) is not a CUDA build (no libc10_cuda)", lib_dir.display())
+            } else {
+                "the CUDA headers (cuda_runtime_api.h and crt/host_config.h) were not found: run scripts/setup.sh \
+                 (it installs PyPI nvidia-cuda-crt beside torch), or set CUDA_INCLUDE_DIR"
+                    .to_string()
+            };
+            if required {
+                panic!("the cuda-graphs feature requires CUDA graphs, but {why}");
+            }
+            if has_lib {
+                println!("cargo:warning=CUDA graphs left out: {why}");
+            }
+            return;
+        }
+    };
+    println!("cargo:rustc-cfg=tss_cuda_graphs");
+    println!("cargo:rerun-if-changed=src/shim/cuda");
     let mut build = cc::Build::new();
     build.cpp(true).pic(true).flag("-std=c++17").flag("-D_GLIBCXX_USE_CXX11_ABI=1").warnings(true);
     for inc in includes.iter().chain(std::iter::once(&cuda_inc)) {

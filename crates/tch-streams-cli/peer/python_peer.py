@@ -23,8 +23,15 @@ Modes, each measured for every thread count T:
   py-graphs   each thread captures its own CUDA graph of model(x) on its own
               stream (warm-up and capture done serially under a lock before
               any timing) and replays it in a loop.
-py-streams and py-graphs need CUDA; elsewhere they are listed under "skipped"
-with the reason, as is any point that fails at run time.
+  py-batcher  a serving thread per device, as a Python service would write it:
+              the T client threads each keep --window requests in flight in
+              its queue; the server takes everything queued (up to the
+              workload's largest batch), concatenates it, runs the model on
+              its own stream, synchronizes, and splits the result back.
+  py-batcher-graphs  the same, padding each batch to a power-of-two bucket and
+              replaying a CUDA graph captured per bucket before any timing.
+py-streams, py-graphs and py-batcher-graphs need CUDA; elsewhere they are
+listed under "skipped" with the reason, as is any point that fails at run time.
 
 Protocol, per (workload, mode, T):
   1. The worker threads set up (stream, graph capture) and meet at a barrier.
@@ -41,6 +48,7 @@ Protocol, per (workload, mode, T):
 """
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -55,11 +63,16 @@ import torch
 
 SCHEMA = "tch-streams-bench/1"
 ALL_WORKLOADS = ("small-mlp", "large-mlp", "transformer")
-ALL_MODES = ("py-default", "py-streams", "py-limit", "py-graphs")
+ALL_MODES = ("py-default", "py-streams", "py-limit", "py-graphs", "py-batcher", "py-batcher-graphs")
+BATCHER_MODES = ("py-batcher", "py-batcher-graphs")
 CUDA_ONLY = {
     "py-streams": "CUDA streams need a CUDA device",
     "py-graphs": "CUDA graphs need a CUDA device",
+    "py-batcher-graphs": "CUDA graphs need a CUDA device",
 }
+# Largest batch (samples) of the batcher modes per built-in workload; a TorchScript file gets
+# 64 calls' worth.
+MAX_BATCH = {"small-mlp": 512, "large-mlp": 1024, "transformer": 128}
 FULL = {"threads": [1, 2, 4, 8, 16], "reps": 3, "warmup_s": 1.0, "duration_s": 2.0}
 QUICK = {"threads": [1, 2], "reps": 3, "warmup_s": 0.1, "duration_s": 0.3}
 GRAPH_WARMUP_CALLS = 3
@@ -127,11 +140,155 @@ def device_sync(dev):
         torch.mps.synchronize()
 
 
+class Request:
+    __slots__ = ("xs", "rows", "out", "error", "done")
+
+    def __init__(self, xs, rows):
+        self.xs, self.rows, self.out, self.error = xs, rows, None, None
+        self.done = threading.Event()
+
+
+class Batcher:
+    """One serving thread for a device: gathers what is queued, runs it as one batch, splits."""
+
+    def __init__(self, model, dev, example, max_batch, graphs):
+        self.model, self.dev, self.graphs = model, dev, graphs
+        self.rows = example[0].shape[0]
+        self.max_batch = max(max_batch, self.rows)
+        self.queue = collections.deque()
+        self.cv = threading.Condition()
+        self.closed = False
+        self.error = None
+        self.ready = threading.Event()
+        self.example = example
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, xs):
+        r = Request(xs, self.rows)
+        with self.cv:
+            self.queue.append(r)
+            self.cv.notify()
+        return r
+
+    def close(self):
+        with self.cv:
+            self.closed = True
+            self.cv.notify()
+        self.thread.join()
+
+    def _buckets(self):
+        sizes, b = [], self.rows
+        while b < self.max_batch:
+            sizes.append(b)
+            b *= 2
+        sizes.append(self.max_batch)
+        return sizes
+
+    def _capture(self, stream):
+        """Per bucket: static inputs, a graph, its static output (warm-up and capture first)."""
+        graphs = {}
+        for b in self._buckets():
+            static = [x[:1].expand((b,) + tuple(x.shape[1:])).contiguous() for x in self.example]
+            for _ in range(GRAPH_WARMUP_CALLS):
+                self.model(*static)
+            stream.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, stream=stream):
+                out = self.model(*static)
+            stream.synchronize()
+            graphs[b] = (g, static, out)
+        return graphs
+
+    def _serve(self):
+        try:
+            with torch.inference_mode():
+                stream = None
+                if self.dev.type == "cuda":
+                    torch.cuda.set_device(self.dev)
+                    stream = torch.cuda.Stream(self.dev)
+                ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+                with ctx:
+                    graphs = self._capture(stream) if self.graphs else None
+                    self.ready.set()
+                    self._loop(graphs, stream)
+        except BaseException as e:  # noqa: BLE001 - reported to the clients
+            self.error = e
+            self.ready.set()
+            with self.cv:
+                pending = list(self.queue)
+                self.queue.clear()
+            for r in pending:
+                r.error = e
+                r.done.set()
+
+    def _loop(self, graphs, stream):
+        while True:
+            with self.cv:
+                while not self.queue and not self.closed:
+                    self.cv.wait()
+                if not self.queue:
+                    return
+                batch, n = [], 0
+                while self.queue and n + self.queue[0].rows <= self.max_batch:
+                    r = self.queue.popleft()
+                    batch.append(r)
+                    n += r.rows
+            parts = [torch.cat([r.xs[k] for r in batch]) if len(batch) > 1 else batch[0].xs[k]
+                     for k in range(len(batch[0].xs))]
+            if graphs is not None:
+                bucket = next(b for b in sorted(graphs) if b >= n)
+                g, static, out = graphs[bucket]
+                for s_in, x in zip(static, parts):
+                    s_in[:n].copy_(x)
+                g.replay()
+                y = out[:n].clone()
+            else:
+                y = self.model(*parts)
+            if stream is not None:
+                stream.synchronize()
+            elif self.dev.type == "mps":
+                torch.mps.synchronize()
+            for r, part in zip(batch, torch.split(y, [r.rows for r in batch])):
+                r.out = part
+                r.done.set()
+
+
+class BatchClient:
+    """A client thread's side: keeps `window` requests in flight."""
+
+    def __init__(self, batcher, xs, window):
+        self.batcher, self.xs, self.window = batcher, xs, window
+        self.pending = collections.deque()
+
+    def _complete_oldest(self):
+        r = self.pending.popleft()
+        r.done.wait()
+        if r.error is not None:
+            raise r.error
+
+    def step(self):
+        self.pending.append(self.batcher.submit(self.xs))
+        if len(self.pending) >= self.window:
+            self._complete_oldest()
+
+    def settle(self):
+        while self.pending:
+            self._complete_oldest()
+
+
 class Point:
     """Runs one (workload, mode, T) measurement with its own worker threads."""
 
-    def __init__(self, model, inputs, mode, dev, reps, warmup_s, duration_s):
+    def __init__(self, model, inputs, mode, dev, reps, warmup_s, duration_s, max_batch=256, window=8):
         self.model, self.mode, self.dev = model, mode, dev
+        self.window = window
+        self.batcher = None
+        if mode in BATCHER_MODES:
+            self.batcher = Batcher(model, dev, inputs[0], max_batch, mode == "py-batcher-graphs")
         self.reps, self.warmup_s, self.duration_s = reps, warmup_s, duration_s
         # inputs[i] is thread i's call: the model's positional inputs, batch first.
         batch = inputs[0][0].shape[0]
@@ -174,6 +331,8 @@ class Point:
             pass
         for t in threads:
             t.join()
+        if self.batcher is not None:
+            self.batcher.close()
         self.keep.clear()
         if self.errors:
             raise self.errors[0]
@@ -191,7 +350,11 @@ class Point:
                         stream = torch.cuda.Stream(self.dev)
                 ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
                 with ctx:
-                    self._loop(i, self._prepare(i, stream))
+                    if self.batcher is not None:
+                        client = BatchClient(self.batcher, self.inputs[i], self.window)
+                        self._loop(i, client.step, client.settle)
+                    else:
+                        self._loop(i, self._prepare(i, stream), self._sync_fn())
         except threading.BrokenBarrierError:
             pass  # another thread failed; its error is reported
         except BaseException as e:  # noqa: BLE001 - reported by run()
@@ -223,8 +386,8 @@ class Point:
             return torch.mps.synchronize
         return lambda: None
 
-    def _loop(self, i, step):
-        b, sync, clock = self.barrier, self._sync_fn(), time.perf_counter
+    def _loop(self, i, step, sync):
+        b, clock = self.barrier, time.perf_counter
         b.wait()  # set up
         for _ in range(self.reps):
             b.wait()  # warm-up starts
@@ -351,6 +514,8 @@ def parse_args(argv=None):
                         "order; every call sends the whole array (instead of --input)")
     p.add_argument("--int-range", type=int_range, default=(0, 100), metavar="LO..HI",
                    help="integer inputs are filled uniformly from LO..HI, HI excluded (default 0..100)")
+    p.add_argument("--window", type=int, default=8,
+                   help="requests each client keeps in flight in the batcher modes (default 8, as the engine's clients)")
     p.add_argument("--out", default="results/peer.json", help="JSON output path, parent dirs created (default results/peer.json)")
     p.add_argument("--quick", action="store_true",
                    help="short CPU smoke run; explicit flags override its values")
@@ -428,8 +593,9 @@ def main(argv=None):
                 else:
                     inputs = [make_inputs(specs, args.int_range, dev) for _ in range(t)]
                 try:
+                    max_batch = MAX_BATCH.get(workload, 64 * batch)
                     runs = Point(model, inputs, mode, dev, args.reps,
-                                 args.warmup_s, args.duration_s).run()
+                                 args.warmup_s, args.duration_s, max_batch, args.window).run()
                 except Exception as e:  # noqa: BLE001 - recorded, not dropped
                     reason = f"threads={t}: failed: {type(e).__name__}: {e}".splitlines()[0]
                     skipped.append({"workload": workload, "mode": mode, "reason": reason})

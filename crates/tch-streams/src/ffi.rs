@@ -5,7 +5,7 @@
 include!(concat!(env!("OUT_DIR"), "/ffi.rs"));
 
 /// Bindings of the `cuda-graphs` shim (`src/shim/cuda/tss_graph.h`).
-#[cfg(feature = "cuda-graphs")]
+#[cfg(tss_cuda_graphs)]
 pub mod graph {
     include!(concat!(env!("OUT_DIR"), "/ffi_graph.rs"));
 }

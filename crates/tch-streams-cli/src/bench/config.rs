@@ -5,7 +5,6 @@ use super::modes::Mode;
 use tch_streams::models::{Builtin, Model};
 use crate::inputs::{InputArg, IntRange};
 use std::path::PathBuf;
-use std::time::Duration;
 use tch::Device;
 
 /// A model and the input one thread sends per call (batch first).
@@ -112,8 +111,11 @@ pub struct BenchConfig {
     /// How to run it. Default: every [`Mode`]; those the device or build cannot run are
     /// recorded as skipped, with the reason.
     pub modes: Vec<Mode>,
-    /// Thread counts T. Default 1, 2, 4, 8, 16 (quick: 1, 2).
+    /// Thread counts T. Default 1, 4, 16, 64 (quick: 1, 2).
     pub threads: Vec<usize>,
+    /// Thread counts at which the `--tune` sweep runs the engine on every configuration of
+    /// [`TuneConfig::grid`](super::TuneConfig::grid). Default: none (no tune sweep).
+    pub tune_threads: Vec<usize>,
     /// Repetitions per point (at least 1; 3 or more for a meaningful min–max). Default 3.
     pub reps: usize,
     /// Warm-up seconds before each timed phase. Default 1.0 (quick: 0.1).
@@ -127,26 +129,24 @@ pub struct BenchConfig {
     pub spread_devices: Vec<Device>,
     /// Requests each engine client keeps in flight. Default 8.
     pub window: usize,
-    /// The engine's dynamic-batching wait. Default 150 µs.
-    pub batch_wait: Duration,
     /// Show a progress bar on stderr. Default false.
     pub progress: bool,
 }
 
 impl BenchConfig {
-    /// The full sweep: threads 1, 2, 4, 8, 16; 3 reps; 1 s warm-up; 2 s timed.
+    /// The full sweep: threads 1, 4, 16, 64; 3 reps; 1 s warm-up; 2 s timed.
     pub fn full(device: Device) -> BenchConfig {
         BenchConfig {
             workloads: Builtin::ALL.into_iter().map(Workload::Builtin).collect(),
             modes: Mode::ALL.to_vec(),
-            threads: vec![1, 2, 4, 8, 16],
+            threads: vec![1, 4, 16, 64],
+            tune_threads: Vec::new(),
             reps: 3,
             warmup_s: 1.0,
             duration_s: 2.0,
             device,
             spread_devices: vec![device],
             window: 8,
-            batch_wait: Duration::from_micros(150),
             progress: false,
         }
     }
@@ -171,6 +171,9 @@ impl BenchConfig {
         if self.threads.is_empty() || self.threads.iter().any(|&t| t == 0 || t > 1024) {
             return bad("thread counts must be a non-empty list of integers in 1..=1024");
         }
+        if self.tune_threads.iter().any(|&t| t == 0 || t > 1024) {
+            return bad("tune thread counts must be integers in 1..=1024");
+        }
         if self.reps == 0 || self.reps > 1000 {
             return bad("reps must be in 1..=1000 (3 or more for a meaningful min-max)");
         }
@@ -182,9 +185,6 @@ impl BenchConfig {
         }
         if self.window == 0 || self.window > 65_536 {
             return bad("the engine clients' window must be in 1..=65536");
-        }
-        if self.batch_wait > std::time::Duration::from_secs(10) {
-            return bad("the engine's batching wait must be at most 10 s (10000000 us)");
         }
         for w in &self.workloads {
             if let Workload::TorchScript { path, data, .. } = w {

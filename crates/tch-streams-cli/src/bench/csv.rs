@@ -3,10 +3,11 @@
 use super::report::{efficiency, BenchReport};
 
 /// The header line (without newline).
-pub const CSV_HEADER: &str = "tool,workload,mode,threads,batch,median,min,max,efficiency";
+pub const CSV_HEADER: &str = "tool,workload,mode,threads,batch,median,min,max,efficiency,p50_us,p99_us";
 
 /// Renders `report` as CSV (RFC 4180 quoting). Throughputs are samples/s written exactly as in
-/// the JSON; `efficiency` is empty without a T = 1 point of the same mode.
+/// the JSON; `efficiency` is empty without a T = 1 point of the same mode; the latency columns
+/// are empty except for engine points. Our `--tune` points follow our results (modes `tune:…`).
 ///
 /// ```
 /// use tch_streams_cli::bench::{to_csv, BenchDoc, BenchReport, CSV_HEADER};
@@ -22,14 +23,14 @@ pub const CSV_HEADER: &str = "tool,workload,mode,threads,batch,median,min,max,ef
 /// let csv = to_csv(&BenchReport { ours, peer: None });
 /// let lines: Vec<&str> = csv.lines().collect();
 /// assert_eq!(lines[0], CSV_HEADER);
-/// assert_eq!(lines[2], "tch-streams,small-mlp,tch-default,2,1,150,150,150,0.7500");
+/// assert_eq!(lines[2], "tch-streams,small-mlp,tch-default,2,1,150,150,150,0.7500,,");
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 pub fn to_csv(report: &BenchReport) -> String {
     let mut out = String::from(CSV_HEADER);
     out.push('\n');
     for doc in report.docs() {
-        for r in &doc.results {
+        for r in doc.results.iter().chain(&doc.tune) {
             let s = r.samples_per_s;
             let eff = efficiency(doc, r).map_or(String::new(), |e| format!("{e:.4}"));
             let fields = [
@@ -42,6 +43,8 @@ pub fn to_csv(report: &BenchReport) -> String {
                 s.min.to_string(),
                 s.max.to_string(),
                 eff,
+                r.latency_us.map_or(String::new(), |l| l.p50.to_string()),
+                r.latency_us.map_or(String::new(), |l| l.p99.to_string()),
             ];
             out.push_str(&fields.join(","));
             out.push('\n');

@@ -27,6 +27,9 @@ pub(crate) trait Client {
     /// Synchronises: waits until all the client issued has finished; returns the samples that
     /// completed while waiting.
     fn settle(&mut self) -> Result<u64, String>;
+    /// Called before each phase: `timed` is false for a warm-up, true for a timed phase (a client
+    /// that measures latency records it only then).
+    fn phase(&mut self, _timed: bool) {}
 }
 
 /// Builds a client on its measuring thread (so stream binding applies to that thread).
@@ -147,6 +150,7 @@ fn worker(sh: &Shared, factory: Factory<'_>, reps: usize) {
         sh.barrier.wait(); // warm-up starts
         let deadline = *sh.deadline.lock();
         if let Some(c) = client.as_mut() {
+            c.phase(false);
             if let Err(e) = catch(|| phase(c.as_mut(), deadline, &sh.failed)) {
                 sh.fail(e);
             }
@@ -155,6 +159,7 @@ fn worker(sh: &Shared, factory: Factory<'_>, reps: usize) {
         sh.barrier.wait(); // timed phase starts
         let deadline = *sh.deadline.lock();
         if let Some(c) = client.as_mut() {
+            c.phase(true);
             match catch(|| phase(c.as_mut(), deadline, &sh.failed)) {
                 Ok(n) => {
                     sh.samples.fetch_add(n, Ordering::SeqCst);

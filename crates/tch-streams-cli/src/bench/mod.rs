@@ -9,8 +9,8 @@
 //! |-----------------|-----------------------------------------------------------------------------------|
 //! | `tch-default`   | T threads call `forward` in a loop on the default stream (the Rust status quo)     |
 //! | `tch-streams`   | as `tch-default`, each thread bound to its own pool stream (not on CPU: one stream) |
-//! | `engine`        | the [`Engine`](tch_streams::engine::Engine), `min(T,16)` workers, dynamic batching, fed by T clients with 8 requests in flight each |
-//! | `engine-graphs` | as `engine` with CUDA graphs (build with `--features cuda-graphs`; CUDA only)      |
+//! | `engine`        | the [`Engine`](tch_streams::engine::Engine) on its defaults, CUDA graphs off, fed by T clients with 8 requests in flight each |
+//! | `engine-graphs` | the engine on its defaults with CUDA graphs on (its default on CUDA; CUDA only)     |
 //! | `limit`         | one thread, one call on the T inputs concatenated (T × batch samples per call)    |
 //!
 //! Workloads: the built-ins with the peer's inputs, small-mlp `[1,512]`, large-mlp `[64,2048]`,
@@ -74,8 +74,9 @@ pub use error::BenchError;
 pub use modes::Mode;
 pub use peer::{find_script, read_peer, PeerRunner, PEER_SCRIPT};
 pub use plot::plot_png;
-pub use report::{efficiency, BenchReport, LimitRatio, PeerDoc, PeerRatio, SpreadPeak, SpreadRatio};
-pub use schema::{BenchDoc, DocConfig, PointResult, Skipped, Stats, PEER_TOOL, SCHEMA, TOOL};
+pub use report::{efficiency, BenchReport, LimitRatio, PeerDoc, PeerRatio, SpreadPeak, SpreadRatio, TuneBest};
+pub use schema::{BenchDoc, DocConfig, Latency, PointResult, Skipped, Stats, PEER_TOOL, SCHEMA, TOOL};
+pub use workloads::TuneConfig;
 
 use tch_streams::runtime::LoadedLibtorch;
 use tch_streams::stream::Stream;
@@ -113,6 +114,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         },
         results: sweep.results,
         skipped: sweep.skipped,
+        tune: sweep.tune,
     };
     Ok(BenchReport { ours, peer: None })
 }

@@ -13,12 +13,14 @@ pub enum Mode {
     /// As `TchDefault`, but each thread binds its own pool stream first
     /// ([`bind_thread`](tch_streams::stream::bind_thread)). Needs a backend with a stream pool.
     TchStreams,
-    /// The [`Engine`](tch_streams::engine::Engine) with `min(T, 16)` workers and dynamic batching, fed by
-    /// T client threads that each keep a window of requests in flight.
+    /// The [`Engine`](tch_streams::engine::Engine) on its defaults (workers, batching and buckets
+    /// chosen by the engine) with CUDA graphs off, fed by T client threads that each keep a
+    /// window of requests in flight.
     Engine,
-    /// As `Engine`, with CUDA graphs. Needs the `cuda-graphs` cargo feature and a CUDA device.
+    /// The engine on its defaults, CUDA graphs on (what the defaults do on CUDA). Needs a build
+    /// with the CUDA graph code and a CUDA device.
     EngineGraphs,
-    /// As `Engine`, with `min(T, 16)` workers per device spread round-robin over every device of
+    /// The engine on its defaults, with workers spread round-robin over every device of
     /// [`BenchConfig::spread_devices`](super::BenchConfig::spread_devices) (two or more), each
     /// device with its own model instance; client i's input on device i mod D (the engine serves
     /// an input on the device it lies on). Compared with `Engine` at
@@ -70,8 +72,8 @@ impl Mode {
                 Ok(_) => None,
                 Err(e) => Some(format!("no stream pool on {device:?}: {e}")),
             },
-            Mode::EngineGraphs if !cfg!(feature = "cuda-graphs") => {
-                Some("needs a build with --features cuda-graphs (and a CUDA device)".into())
+            Mode::EngineGraphs if !tch_streams::engine::CUDA_GRAPHS_BUILT => {
+                Some("this build has no CUDA graph code (it compiles in when the build finds the CUDA headers; scripts/setup.sh installs them)".into())
             }
             Mode::EngineGraphs if !matches!(device, Device::Cuda(_)) => Some("CUDA graphs need a CUDA device".into()),
             Mode::EngineGraphs => None,

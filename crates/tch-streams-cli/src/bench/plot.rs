@@ -67,6 +67,8 @@ fn color_of(peer: bool, mode: &str) -> RGBColor {
         (true, "py-streams") => pal::LIGHTGREEN_600,
         (true, "py-graphs") => pal::PINK_300,
         (true, "py-limit") => pal::GREY_500,
+        (true, "py-batcher") => pal::AMBER_400,
+        (true, "py-batcher-graphs") => pal::DEEPPURPLE_300,
         _ => {
             let index = mode.bytes().map(usize::from).sum::<usize>();
             let c = Palette99::pick(index).to_rgba();

@@ -102,6 +102,21 @@ pub struct SpreadPeak {
     pub ratio: f64,
 }
 
+/// The `--tune` sweep's best point at one (workload, T), beside the engine's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TuneBest {
+    /// Workload name.
+    pub workload: String,
+    /// Thread count T.
+    pub threads: usize,
+    /// The best tune point: its mode name (`tune:w4-batch-graphs`) and median samples/s.
+    pub best: (String, f64),
+    /// The defaults: `engine-graphs` where it ran (the default on CUDA), else `engine`.
+    pub defaults: (String, f64),
+    /// defaults / best.
+    pub ratio: f64,
+}
+
 /// The seed project's scaling efficiency of a result: throughput(T) / (T × throughput(1)), on
 /// medians of the same document, workload and mode; `None` without a T = 1 point.
 pub fn efficiency(doc: &BenchDoc, r: &PointResult) -> Option<f64> {
@@ -192,6 +207,18 @@ impl BenchReport {
                     .collect();
                 map.insert("spread_peaks".into(), Value::Array(peaks));
             }
+            let tune = self.tune_best();
+            if !tune.is_empty() {
+                let rows = tune
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({"workload": b.workload, "threads": b.threads,
+                                           "best": {"mode": b.best.0, "median": b.best.1},
+                                           "defaults": {"mode": b.defaults.0, "median": b.defaults.1}, "ratio": b.ratio})
+                    })
+                    .collect();
+                map.insert("tune_best".into(), Value::Array(rows));
+            }
         }
         v
     }
@@ -228,6 +255,36 @@ impl BenchReport {
                 let (s, o) = (find(&w, t, Mode::EngineSpread)?, find(&w, t, Mode::Engine)?);
                 let (sm, om) = (s.samples_per_s.median, o.samples_per_s.median);
                 (om > 0.0).then(|| SpreadRatio { workload: w.clone(), threads: t, devices, spread: sm, single: om, ratio: sm / om })
+            })
+            .collect()
+    }
+
+    /// Per (workload, T) of the tune sweep: its best point against the defaults at that T.
+    pub fn tune_best(&self) -> Vec<TuneBest> {
+        let mut keys: Vec<(String, usize)> = Vec::new();
+        for r in &self.ours.tune {
+            if !keys.contains(&(r.workload.clone(), r.threads)) {
+                keys.push((r.workload.clone(), r.threads));
+            }
+        }
+        keys.into_iter()
+            .filter_map(|(w, t)| {
+                let best = self
+                    .ours
+                    .tune
+                    .iter()
+                    .filter(|r| r.workload == w && r.threads == t)
+                    .max_by(|a, b| a.samples_per_s.median.total_cmp(&b.samples_per_s.median))?;
+                let find = |m: Mode| self.ours.results.iter().find(|r| r.workload == w && r.threads == t && r.mode == m.name());
+                let d = find(Mode::EngineGraphs).or_else(|| find(Mode::Engine))?;
+                let (bm, dm) = (best.samples_per_s.median, d.samples_per_s.median);
+                (bm > 0.0).then(|| TuneBest {
+                    workload: w.clone(),
+                    threads: t,
+                    best: (best.mode.clone(), bm),
+                    defaults: (d.mode.clone(), dm),
+                    ratio: dm / bm,
+                })
             })
             .collect()
     }
@@ -280,7 +337,10 @@ impl BenchReport {
                 d.tool, d.torch_version, d.device, d.device_name, d.date, d.config.threads, d.config.reps, d.config.warmup_s, d.config.duration_s
             );
         }
-        let head = format!("{:<14} {:<12} {:<14} {:>3} {:>13} {:>13} {:>13} {:>6}", "workload", "tool", "mode", "T", "median", "min", "max", "eff");
+        let head = format!(
+            "{:<14} {:<12} {:<14} {:>3} {:>13} {:>13} {:>13} {:>6} {:>17}",
+            "workload", "tool", "mode", "T", "median", "min", "max", "eff", "p50/p99 us"
+        );
         let _ = writeln!(s, "\n{head}\n{}", "-".repeat(head.len()));
         let mut all_workloads = workloads(&self.ours);
         for d in self.docs() {
@@ -298,10 +358,11 @@ impl BenchReport {
                     for r in rows {
                         let st = r.samples_per_s;
                         let eff = efficiency(d, r).map_or("-".into(), |e| format!("{e:.2}"));
+                        let lat = r.latency_us.map_or("-".into(), |l| format!("{:.0}/{:.0}", l.p50, l.p99));
                         let _ = writeln!(
                             s,
-                            "{:<14} {:<12} {:<14} {:>3} {:>13.1} {:>13.1} {:>13.1} {:>6}",
-                            w, d.tool, m, r.threads, st.median, st.min, st.max, eff
+                            "{:<14} {:<12} {:<14} {:>3} {:>13.1} {:>13.1} {:>13.1} {:>6} {:>17}",
+                            w, d.tool, m, r.threads, st.median, st.min, st.max, eff, lat
                         );
                     }
                 }
@@ -327,6 +388,17 @@ impl BenchReport {
             let _ = writeln!(s, "\nours / limit (best serving mode vs one batched call of T x batch samples):");
             for r in limits {
                 let _ = writeln!(s, "  {:<14} T={:<3} {:>6.2}   {} {:.1} vs limit {:.1}", r.workload, r.threads, r.ratio, r.ours.0, r.ours.1, r.limit);
+            }
+        }
+        let tune = self.tune_best();
+        if !tune.is_empty() {
+            let _ = writeln!(s, "\ndefaults / best --tune point ({} configurations per workload and T):", self.ours.tune.len() / tune.len().max(1));
+            for b in tune {
+                let _ = writeln!(
+                    s,
+                    "  {:<14} T={:<3} {:>6.2}   {} {:.1} vs {} {:.1}",
+                    b.workload, b.threads, b.ratio, b.defaults.0, b.defaults.1, b.best.0, b.best.1
+                );
             }
         }
         let spread = self.spread_ratios();

@@ -44,6 +44,10 @@ pub struct BenchDoc {
     pub results: Vec<PointResult>,
     /// Modes not run, and points that failed, with the reason.
     pub skipped: Vec<Skipped>,
+    /// The `--tune` sweep: the engine on hand-set configurations, mode named
+    /// `tune:w<workers>-<batch|nobatch>-<graphs|nographs>` (ours only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tune: Vec<PointResult>,
 }
 
 /// The sweep parameters recorded in a document.
@@ -77,6 +81,40 @@ pub struct PointResult {
     pub samples_per_s: Stats,
     /// Samples/s of every repetition, in order.
     pub runs: Vec<f64>,
+    /// Per-request latency over the timed phases (engine points only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<Latency>,
+    /// The engine's configuration as it resolved it (engine points only), e.g.
+    /// `4 worker(s), batching dynamic (max 1024 samples, wait 0 us), ...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_config: Option<String>,
+}
+
+/// Latency percentiles of one point, microseconds: from a request's submission to the moment
+/// its client saw the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+impl Latency {
+    /// Percentiles of `us` (nearest rank); `None` when empty.
+    ///
+    /// ```
+    /// let l = tch_streams_cli::bench::Latency::of(&mut (1..=100).map(f64::from).collect::<Vec<_>>()).unwrap();
+    /// assert_eq!((l.p50, l.p99), (50.0, 99.0));
+    /// ```
+    pub fn of(us: &mut [f64]) -> Option<Latency> {
+        if us.is_empty() {
+            return None;
+        }
+        us.sort_by(f64::total_cmp);
+        let at = |q: f64| us[((q * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1];
+        Some(Latency { p50: at(0.50), p99: at(0.99) })
+    }
 }
 
 /// Median, min and max of the repetitions.

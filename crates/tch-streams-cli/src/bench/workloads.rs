@@ -5,7 +5,9 @@
 use super::config::{BenchConfig, Workload};
 use super::measure::{measure, Client, Factory, Timing};
 use super::modes::Mode;
-use super::schema::{PointResult, Skipped, Stats};
+use super::schema::{Latency, PointResult, Skipped, Stats};
+use parking_lot::Mutex;
+use std::time::Instant;
 use crate::inputs;
 use tch_streams::engine::{Batching, Engine, InputSpec, Output, Ticket};
 use tch_streams::models::{Forward, Model};
@@ -20,12 +22,55 @@ use tch::{Device, Tensor};
 pub(crate) struct Sweep {
     pub(crate) results: Vec<PointResult>,
     pub(crate) skipped: Vec<Skipped>,
+    pub(crate) tune: Vec<PointResult>,
+}
+
+/// One hand-set engine configuration of the `--tune` sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TuneConfig {
+    /// Workers in all.
+    pub workers: usize,
+    /// Dynamic batching as the engine sizes it (on), or none (off).
+    pub batching: bool,
+    /// CUDA graphs.
+    pub graphs: bool,
+}
+
+impl TuneConfig {
+    /// Workers 1, 2, 4, 8, 16 × batching off/on × graphs off/on (graphs only where the device
+    /// and build have them).
+    pub fn grid(graphs: bool) -> Vec<TuneConfig> {
+        let mut v = Vec::new();
+        for workers in [1, 2, 4, 8, 16] {
+            for batching in [false, true] {
+                for g in if graphs { &[false, true][..] } else { &[false][..] } {
+                    v.push(TuneConfig { workers, batching, graphs: *g });
+                }
+            }
+        }
+        v
+    }
+
+    /// The mode name in results: `tune:w4-batch-graphs`.
+    ///
+    /// ```
+    /// use tch_streams_cli::bench::TuneConfig;
+    /// assert_eq!(TuneConfig { workers: 4, batching: true, graphs: false }.name(), "tune:w4-batch-nographs");
+    /// ```
+    pub fn name(&self) -> String {
+        format!(
+            "tune:w{}-{}-{}",
+            self.workers,
+            if self.batching { "batch" } else { "nobatch" },
+            if self.graphs { "graphs" } else { "nographs" }
+        )
+    }
 }
 
 /// Runs every (workload, mode, T) of `cfg`. A mode the device cannot run, a model that cannot
 /// be loaded and a point that fails are recorded under `skipped`; only the sweep goes on.
 pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
-    let mut out = Sweep { results: Vec::new(), skipped: Vec::new() };
+    let mut out = Sweep { results: Vec::new(), skipped: Vec::new(), tune: Vec::new() };
     let mut runnable = Vec::new();
     for &mode in &cfg.modes {
         match mode.unavailable_on(&cfg.spread_devices) {
@@ -38,7 +83,12 @@ pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
             }
         }
     }
-    let total = (cfg.workloads.len() * runnable.len() * cfg.threads.len()) as u64;
+    let tune: Vec<TuneConfig> = if cfg.tune_threads.is_empty() {
+        Vec::new()
+    } else {
+        TuneConfig::grid(Mode::EngineGraphs.unavailable(cfg.device).is_none())
+    };
+    let total = (cfg.workloads.len() * (runnable.len() * cfg.threads.len() + tune.len() * cfg.tune_threads.len())) as u64;
     let bar = progress_bar(cfg.progress, total);
     tch::manual_seed(0);
     for workload in &cfg.workloads {
@@ -49,34 +99,47 @@ pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
                 for &mode in &runnable {
                     out.skipped.push(Skipped { workload: name.clone(), mode: mode.to_string(), reason: format!("could not load the model: {e}") });
                 }
-                bar.inc((runnable.len() * cfg.threads.len()) as u64);
+                bar.inc((runnable.len() * cfg.threads.len() + tune.len() * cfg.tune_threads.len()) as u64);
                 continue;
             }
         };
+        let mut jobs: Vec<(Mode, Option<TuneConfig>, usize)> = Vec::new();
         for &mode in &runnable {
-            for &t in &cfg.threads {
-                bar.set_message(format!("{name} {mode} T={t}"));
-                match point(cfg, workload, &instance, mode, t) {
-                    Ok(runs) => {
-                        let stats = Stats::of(&runs).unwrap_or(Stats { median: 0.0, min: 0.0, max: 0.0 });
-                        tracing::info!("{name} {mode} T={t}: median {:.1} samples/s", stats.median);
-                        out.results.push(PointResult {
-                            workload: name.clone(),
-                            mode: mode.to_string(),
-                            threads: t,
-                            batch: workload.batch(),
-                            samples_per_s: stats,
-                            runs,
-                        });
-                    }
-                    Err(e) => {
-                        let reason = format!("threads={t}: failed: {}", e.lines().next().unwrap_or(""));
-                        tracing::warn!("{name} {mode}: {reason}");
-                        out.skipped.push(Skipped { workload: name.clone(), mode: mode.to_string(), reason });
+            jobs.extend(cfg.threads.iter().map(|&t| (mode, None, t)));
+        }
+        for &t in &cfg.tune_threads {
+            jobs.extend(tune.iter().map(|&c| (Mode::Engine, Some(c), t)));
+        }
+        for (mode, tuned, t) in jobs {
+            let label = tuned.map_or_else(|| mode.to_string(), |c| c.name());
+            bar.set_message(format!("{name} {label} T={t}"));
+            match point(cfg, workload, &instance, mode, tuned, t) {
+                Ok(measured) => {
+                    let stats = Stats::of(&measured.runs).unwrap_or(Stats { median: 0.0, min: 0.0, max: 0.0 });
+                    tracing::info!("{name} {label} T={t}: median {:.1} samples/s", stats.median);
+                    let result = PointResult {
+                        workload: name.clone(),
+                        mode: label,
+                        threads: t,
+                        batch: workload.batch(),
+                        samples_per_s: stats,
+                        runs: measured.runs,
+                        latency_us: measured.latency,
+                        engine_config: measured.engine_config,
+                    };
+                    if tuned.is_some() {
+                        out.tune.push(result);
+                    } else {
+                        out.results.push(result);
                     }
                 }
-                bar.inc(1);
+                Err(e) => {
+                    let reason = format!("threads={t}: failed: {}", e.lines().next().unwrap_or(""));
+                    tracing::warn!("{name} {label}: {reason}");
+                    out.skipped.push(Skipped { workload: name.clone(), mode: label, reason });
+                }
             }
+            bar.inc(1);
         }
     }
     bar.finish_and_clear();
@@ -95,8 +158,21 @@ fn progress_bar(show: bool, total: u64) -> ProgressBar {
     bar
 }
 
-/// Measures one (workload, mode, T); returns samples/s of every repetition.
-fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, t: usize) -> Result<Vec<f64>, String> {
+/// What one point measured.
+struct Measured {
+    runs: Vec<f64>,
+    latency: Option<Latency>,
+    engine_config: Option<String>,
+}
+
+impl From<Vec<f64>> for Measured {
+    fn from(runs: Vec<f64>) -> Measured {
+        Measured { runs, latency: None, engine_config: None }
+    }
+}
+
+/// Measures one (workload, mode or tune configuration, T).
+fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, tuned: Option<TuneConfig>, t: usize) -> Result<Measured, String> {
     let device = cfg.device;
     let specs = w.inputs();
     let devices = if mode == Mode::EngineSpread { cfg.spread_devices.clone() } else { vec![device] };
@@ -126,7 +202,7 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
         Mode::TchDefault | Mode::TchStreams => {
             let factories = inputs.into_iter().map(|x| direct(model, x, rows, device, mode == Mode::TchStreams)).collect();
             ready(device)?;
-            measure(factories, timing)
+            measure(factories, timing).map(Measured::from)
         }
         Mode::Limit => {
             let x = (0..specs.len())
@@ -136,7 +212,7 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             drop(inputs);
             let factories = vec![direct(model, x, rows * t as u64, device, false)];
             ready(device)?;
-            measure(factories, timing)
+            measure(factories, timing).map(Measured::from)
         }
         Mode::Engine | Mode::EngineGraphs | Mode::EngineSpread => {
             // One device: the sweep's instance. Several: the recipe, so that the engine builds an
@@ -146,23 +222,35 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             } else {
                 Model::instance(Arc::clone(model))
             };
-            let engine = Engine::builder(recipe)
+            // The engine's defaults: only what the harness must say (devices, inputs, room for
+            // every client's window) and what the mode or tune point sets.
+            let mut builder = Engine::builder(recipe)
                 .devices(devices.clone())
-                .workers(t.min(16) * devices.len())
-                .batching(Batching::Dynamic { max_batch: w.engine_max_batch().max(rows as usize), max_wait: cfg.batch_wait })
                 .output(Output::OnDevice)
-                .cuda_graphs(mode == Mode::EngineGraphs)
-                .queue_capacity((t * cfg.window).max(64))
-                .inputs(specs.iter().map(|s| InputSpec::new(&s.shape[1..], s.kind)).collect())
-                .build()
-                .map_err(|e| format!("could not build the engine: {e}"))?;
+                .queue_capacity((t * cfg.window).max(1024))
+                .inputs(specs.iter().map(|s| InputSpec::new(&s.shape[1..], s.kind)).collect());
+            match (mode, tuned) {
+                (_, Some(c)) => {
+                    builder = builder
+                        .workers(c.workers)
+                        .batching(if c.batching { Batching::Auto } else { Batching::Off })
+                        .cuda_graphs(c.graphs)
+                }
+                (Mode::Engine, None) => builder = builder.cuda_graphs(false),
+                (Mode::EngineGraphs, None) => builder = builder.cuda_graphs(true),
+                _ => {}
+            }
+            let engine = builder.build().map_err(|e| format!("could not build the engine: {e}"))?;
+            let latencies: Mutex<Vec<f64>> = Mutex::new(Vec::new());
             let factories = inputs
                 .into_iter()
                 .map(|x| {
-                    let engine = &engine;
+                    let (engine, latencies) = (&engine, &latencies);
                     let window = cfg.window;
-                    Box::new(move || Ok(Box::new(EngineClient { engine, x, window, pending: VecDeque::new(), rows }) as Box<dyn Client + '_>))
-                        as Factory<'_>
+                    Box::new(move || {
+                        Ok(Box::new(EngineClient { engine, x, window, pending: VecDeque::new(), rows, timed: false, seen: Vec::new(), latencies })
+                            as Box<dyn Client + '_>)
+                    }) as Factory<'_>
                 })
                 .collect();
             for &d in &devices {
@@ -170,7 +258,9 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             }
             let runs = measure(factories, timing);
             engine.shutdown();
-            runs
+            let engine_config = engine.config().to_string();
+            let latency = Latency::of(&mut latencies.into_inner());
+            runs.map(|runs| Measured { runs, latency, engine_config: Some(engine_config) })
         }
     }
 }
@@ -213,19 +303,29 @@ impl Client for DirectClient {
     }
 }
 
-/// Submits to the engine, keeping up to `window` requests in flight.
+/// Submits to the engine, keeping up to `window` requests in flight; in timed phases records
+/// each request's latency (submission to the moment the client saw its answer).
 struct EngineClient<'a> {
     engine: &'a Engine,
     x: Vec<Tensor>,
     window: usize,
-    pending: VecDeque<Ticket>,
+    pending: VecDeque<(Ticket, Instant)>,
     rows: u64,
+    timed: bool,
+    seen: Vec<f64>,
+    latencies: &'a Mutex<Vec<f64>>,
 }
 
 impl EngineClient<'_> {
     fn complete_oldest(&mut self) -> Result<u64, String> {
         match self.pending.pop_front() {
-            Some(ticket) => ticket.wait_outputs().map(|_| self.rows).map_err(|e| e.to_string()),
+            Some((ticket, submitted)) => {
+                ticket.wait_outputs().map_err(|e| e.to_string())?;
+                if self.timed {
+                    self.seen.push(submitted.elapsed().as_secs_f64() * 1e6);
+                }
+                Ok(self.rows)
+            }
             None => Ok(0),
         }
     }
@@ -233,7 +333,9 @@ impl EngineClient<'_> {
 
 impl Client for EngineClient<'_> {
     fn step(&mut self) -> Result<u64, String> {
-        self.pending.push_back(self.engine.submit(self.x.iter().map(Tensor::shallow_clone).collect::<Vec<_>>()));
+        let submitted = Instant::now();
+        let ticket = self.engine.submit(self.x.iter().map(Tensor::shallow_clone).collect::<Vec<_>>());
+        self.pending.push_back((ticket, submitted));
         if self.pending.len() >= self.window {
             self.complete_oldest()
         } else {
@@ -246,6 +348,10 @@ impl Client for EngineClient<'_> {
         while !self.pending.is_empty() {
             samples += self.complete_oldest()?;
         }
+        self.latencies.lock().append(&mut self.seen);
         Ok(samples)
+    }
+    fn phase(&mut self, timed: bool) {
+        self.timed = timed;
     }
 }

@@ -4,7 +4,6 @@
 use super::run::{Devices, Shape};
 use anyhow::Context;
 use std::path::PathBuf;
-use std::time::Duration;
 use tch_streams_cli::bench::{self, BenchConfig, Mode, PeerRunner, Workload};
 use tch_streams::models::Builtin;
 use tch_streams_cli::inputs::{parse_input, parse_int_range, InputArg, IntRange};
@@ -15,9 +14,10 @@ use tch_streams_cli::parse::{parse_devices, parse_shape};
 Modes, each run for every thread count T:
   tch-default    T threads call forward in a loop on the default stream (the Rust status quo)
   tch-streams    as tch-default, each thread bound to its own pool stream (skipped on CPU)
-  engine         the Engine: min(T,16) workers, dynamic batching, T clients with 8 requests in flight
-  engine-graphs  as engine with CUDA graphs (needs --features cuda-graphs and a CUDA device)
-  engine-spread  as engine, min(T,16) workers on each device of --device (needs two or more,
+  engine         the Engine on its defaults (workers, batching, buckets chosen by the engine),
+                 CUDA graphs off; T clients with 8 requests in flight each
+  engine-graphs  the Engine on its defaults, CUDA graphs on (what the defaults do on CUDA)
+  engine-spread  the Engine on its defaults over every device of --device (needs two or more,
                  e.g. cuda:0,cuda:1; client i's input on device i mod D); the report gives
                  engine-spread/engine
   limit          one thread, one call on the T inputs concatenated (T x batch samples per call)
@@ -31,6 +31,9 @@ efficiency throughput(T) / (T x throughput(1)) per mode.
 Writes <out>/<date>-<device>.json (schema tch-streams-bench/1; the peer's document under
 \"peer\"), .csv (tool,workload,mode,threads,batch,median,min,max,efficiency) and .png
 (throughput vs threads per workload; the peer's lines are py-*, limits dashed).
+
+--tune adds the engine on hand-set configurations (workers 1,2,4,8,16 x batching off/on x
+graphs off/on) at the --tune-threads counts, and reports the best beside the defaults.
 
 Examples:
   tch-streams bench --quick --device cpu --with-python
@@ -66,7 +69,7 @@ pub struct Args {
     /// limit [default: all; those the device or build cannot run are listed as skipped].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Mode>())]
     modes: Vec<Mode>,
-    /// Thread counts, comma-separated [default: 1,2,4,8,16; --quick: 1,2].
+    /// Thread counts, comma-separated [default: 1,4,16,64; --quick: 1,2].
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
     /// Repetitions per point [default: 3].
@@ -100,9 +103,14 @@ pub struct Args {
     /// Requests each engine client keeps in flight.
     #[arg(long, default_value_t = 8)]
     window: usize,
-    /// The engine's dynamic-batching wait, microseconds.
-    #[arg(long, default_value_t = 150)]
-    batch_wait_us: u64,
+    /// Also sweep the engine over hand-set configurations (workers 1, 2, 4, 8, 16 x batching
+    /// off/on x CUDA graphs off/on where available) and report the best point per workload and
+    /// thread count beside the defaults.
+    #[arg(long)]
+    tune: bool,
+    /// Thread counts of the --tune sweep, comma-separated [default: 16].
+    #[arg(long, value_delimiter = ',', requires = "tune")]
+    tune_threads: Vec<usize>,
 }
 
 impl Args {
@@ -142,7 +150,9 @@ impl Args {
         cfg.warmup_s = self.warmup_s.unwrap_or(cfg.warmup_s);
         cfg.duration_s = self.duration_s.unwrap_or(cfg.duration_s);
         cfg.window = self.window;
-        cfg.batch_wait = Duration::from_micros(self.batch_wait_us);
+        if self.tune {
+            cfg.tune_threads = if self.tune_threads.is_empty() { vec![16] } else { self.tune_threads.clone() };
+        }
         cfg.progress = true;
         Ok(cfg)
     }

@@ -56,18 +56,33 @@ pub struct Args {
     /// Devices: auto, cpu, mps, cuda:N, or a list like cuda:0,cuda:1 (workers go round-robin).
     #[arg(long, default_value = "auto", value_parser = |s: &str| parse_devices(s).map(Devices))]
     device: Devices,
-    /// Worker threads, each with its own stream.
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
-    /// Dynamic batching: most samples per batch (0 = off).
-    #[arg(long, default_value_t = 0)]
-    batch_max: usize,
-    /// Dynamic batching: longest a request waits for company, microseconds.
-    #[arg(long, default_value_t = 200)]
-    batch_wait_us: u64,
-    /// Capture and replay CUDA graphs (needs a build with --features cuda-graphs).
+    /// Worker threads in all, each with its own stream [default: the engine's choice, 4 per GPU,
+    /// 2 for the CPU].
     #[arg(long)]
+    workers: Option<usize>,
+    /// Dynamic batching: most samples per batch; 0 turns batching off [default: the engine's
+    /// choice, calibrated at start-up when the model's inputs are known].
+    #[arg(long)]
+    batch_max: Option<usize>,
+    /// Dynamic batching: longest a request waits for company, microseconds [default: 0, with
+    /// --batch-max: 200].
+    #[arg(long)]
+    batch_wait_us: Option<u64>,
+    /// Batch sizes batches are padded to, comma-separated (e.g. 1,8,64); needs batching
+    /// [default: powers of two up to the largest batch].
+    #[arg(long, value_delimiter = ',')]
+    buckets: Vec<usize>,
+    /// Capture and replay CUDA graphs [default: on for CUDA when the build has them].
+    #[arg(long, conflicts_with = "no_cuda_graphs")]
     cuda_graphs: bool,
+    /// Never use CUDA graphs.
+    #[arg(long)]
+    no_cuda_graphs: bool,
+    /// Promise that inputs are complete when submitted (skips the per-request event that
+    /// orders a worker after the submitting thread's stream). True here, since the inputs are
+    /// made once and synchronised; off by default to measure what an application gets.
+    #[arg(long)]
+    inputs_ready: bool,
     /// One model instance per worker instead of one per device.
     #[arg(long)]
     per_worker_replicas: bool,
@@ -122,12 +137,24 @@ impl Args {
             }
             Ok(())
         };
-        within("workers", self.workers, 1, MAX_WORKERS)?;
+        if let Some(w) = self.workers {
+            within("workers", w, 1, MAX_WORKERS)?;
+        }
         within("clients", self.clients, 1, MAX_CLIENTS)?;
         within("inflight", self.inflight, 1, MAX_INFLIGHT)?;
-        within("batch-max", self.batch_max, 0, MAX_BATCH)?;
-        if self.batch_wait_us > MAX_WAIT_US {
-            bail!("--batch-wait-us {} is out of range: expected 0..={MAX_WAIT_US} (10 s)", self.batch_wait_us);
+        if let Some(b) = self.batch_max {
+            within("batch-max", b, 0, MAX_BATCH)?;
+        }
+        if let Some(w) = self.batch_wait_us {
+            if w > MAX_WAIT_US {
+                bail!("--batch-wait-us {w} is out of range: expected 0..={MAX_WAIT_US} (10 s)");
+            }
+        }
+        if let Some(b) = self.buckets.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
+            bail!("--buckets: size {b} is out of range: expected 1..={MAX_BATCH}");
+        }
+        if !self.buckets.is_empty() && self.batch_max == Some(0) {
+            bail!("--buckets needs batching: leave --batch-max out (the engine batches by default) or give it a size");
         }
         if let Some(d) = self.duration {
             if !(d.is_finite() && d > 0.0 && d <= MAX_DURATION_S) {
@@ -145,6 +172,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     a.check()?;
     tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
     let input_device = if a.host_inputs { Device::Cpu } else { a.device.0[0] };
+    let model_given = a.model.is_some();
     // The request: its inputs' specs, and the tensors every request sends.
     let (model, name) = match &a.model {
         Some(path) => (Model::TorchScript(path.clone()), path.display().to_string()),
@@ -173,28 +201,38 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if let Some((i, s)) = specs.iter().enumerate().find(|(_, s)| s.shape[0] != rows) {
         bail!("input {i} ({}) has batch {} but input 0 has {rows}: every input of a request carries the same samples", format_input(s), s.shape[0]);
     }
-    let batching = if a.batch_max > 0 {
-        Batching::Dynamic { max_batch: a.batch_max, max_wait: Duration::from_micros(a.batch_wait_us) }
-    } else {
-        Batching::Off
+    let batching = match (a.batch_max, a.batch_wait_us) {
+        (Some(0), _) => Batching::Off,
+        (Some(max_batch), wait) => Batching::Dynamic { max_batch, max_wait: Duration::from_micros(wait.unwrap_or(200)) },
+        (None, _) => Batching::Auto,
     };
     let mut builder = Engine::builder(model)
         .devices(a.device.0.clone())
-        .workers(a.workers)
         .batching(batching)
-        .cuda_graphs(a.cuda_graphs)
         .replicas(if a.per_worker_replicas { Replicas::PerWorker } else { Replicas::Shared })
         .output(if a.cpu_output { Output::Cpu } else { Output::OnDevice })
-        .queue_capacity((a.clients * a.inflight).clamp(64, 1 << 24))
-        // The inputs above are made once and synchronised before any request: no per-request event.
-        .inputs_ready(true);
-    if a.model.is_some() {
+        .queue_capacity((a.clients * a.inflight).clamp(1024, 1 << 24))
+        .inputs_ready(a.inputs_ready);
+    if let Some(w) = a.workers {
+        builder = builder.workers(w);
+    }
+    if !a.buckets.is_empty() {
+        builder = builder.buckets(a.buckets.clone());
+    }
+    if a.cuda_graphs || a.no_cuda_graphs {
+        builder = builder.cuda_graphs(a.cuda_graphs);
+    }
+    if model_given {
         builder = builder.inputs(specs.iter().map(|s| InputSpec::new(&s.shape[1..], s.kind)).collect());
     }
     let engine = Arc::new(builder.build()?);
     let shown: Vec<String> = specs.iter().map(format_input).collect();
     if !a.json {
         println!("model {name}, request inputs {}, {} client(s) x {} in flight", shown.join(" "), a.clients, a.inflight);
+        println!("engine: {}", engine.config());
+        for why in &engine.config().reasons {
+            println!("  {why}");
+        }
         for w in engine.workers() {
             println!("  worker {} on {:?}: {}", w.index, w.device, w.stream);
         }
@@ -280,7 +318,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let doc = json!({
             "model": name, "inputs": shown, "devices": a.device.0.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>(),
             "workers": engine.workers().iter().map(|w| json!({"index": w.index, "device": format!("{:?}", w.device), "stream": w.stream.id()})).collect::<Vec<_>>(),
-            "batching": a.batch_max, "batch_wait_us": a.batch_wait_us, "cuda_graphs": a.cuda_graphs,
+            "config": engine.config(),
             "clients": a.clients, "inflight": a.inflight, "wall_s": wall,
             "completed": completed, "failed": failures, "samples_per_s": samples_per_s,
             "requests_per_s": completed as f64 / wall, "stats": stats, "errors": errors,
@@ -294,6 +332,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let batches: u64 = stats.batch_sizes.values().sum();
         let mean = stats.batch_sizes.iter().map(|(k, v)| *k as u64 * v).sum::<u64>() as f64 / batches.max(1) as f64;
         println!("batches     {batches} (mean {mean:.1} requests, largest {})", stats.batch_sizes.keys().last().unwrap_or(&0));
+        let st = &stats.stages;
+        let per = |us: u64| us as f64 / st.batches.max(1) as f64;
+        println!(
+            "per batch   order {:.1} us ({} waits, {} skipped), assemble {:.1} us, forward {:.1} us, device wait {:.1} us, deliver {:.1} us; {} padding samples",
+            per(st.order_us),
+            st.ready_waits,
+            st.ready_skipped,
+            per(st.assemble_us),
+            per(st.forward_us),
+            per(st.complete_us),
+            per(st.deliver_us),
+            st.padded_samples
+        );
     }
     // Every distinct failure, with its count, on stderr (also in --json mode, where stdout is
     // the document).

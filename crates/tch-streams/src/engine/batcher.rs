@@ -29,7 +29,7 @@ impl Batcher {
             None => self.rx.recv()?,
         };
         let (max_batch, max_wait) = match self.policy {
-            Batching::Off => return Some(vec![first]),
+            Batching::Off | Batching::Auto => return Some(vec![first]), // Auto is resolved before workers start
             Batching::Dynamic { max_batch, max_wait } => (max_batch.max(1) as i64, max_wait),
         };
         let key = first.key.clone();

@@ -18,13 +18,21 @@ pub enum Replicas {
 }
 
 /// Whether and how requests are merged into batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Batching {
-    /// Each request runs alone (default).
+    /// The engine decides (default): dynamic batching when every input's shape is known and the
+    /// model passes the batch-independence check, with `max_batch` from a short calibration at
+    /// build time (the largest power-of-two multiple of one sample whose forward takes at most
+    /// four times a single sample's, capped at [`AUTO_MAX_BATCH`](super::AUTO_MAX_BATCH)) and no
+    /// wait beyond what is already queued; otherwise off. [`Engine::config`](super::Engine::config)
+    /// says what was chosen.
     #[default]
+    Auto,
+    /// Each request runs alone.
     Off,
     /// Requests of compatible shape are concatenated along dim 0, up to `max_batch` samples or
-    /// until `max_wait` has passed since the first one was taken, run once, and split back.
+    /// until `max_wait` has passed since the first one was taken, padded to the next bucket size
+    /// (see [`EngineBuilder::buckets`]), run once, and split back without the padding.
     Dynamic {
         /// Most samples (rows along dim 0) in one batch.
         max_batch: usize,
@@ -95,10 +103,11 @@ impl std::fmt::Display for InputSpec {
 pub struct EngineBuilder {
     pub(crate) model: Model,
     pub(crate) devices: Vec<Device>,
-    pub(crate) workers: usize,
+    pub(crate) workers: Option<usize>,
     pub(crate) replicas: Replicas,
     pub(crate) batching: Batching,
-    pub(crate) cuda_graphs: bool,
+    pub(crate) buckets: Option<Vec<usize>>,
+    pub(crate) cuda_graphs: Option<bool>,
     pub(crate) queue_capacity: usize,
     pub(crate) output: Output,
     pub(crate) require_stream_pool: bool,
@@ -116,10 +125,11 @@ impl EngineBuilder {
             arity: declared.then_some(1),
             model,
             devices: vec![Device::cuda_if_available()],
-            workers: 4,
+            workers: None,
             replicas: Replicas::Shared,
-            batching: Batching::Off,
-            cuda_graphs: false,
+            batching: Batching::Auto,
+            buckets: None,
+            cuda_graphs: None,
             queue_capacity: 1024,
             output: Output::OnDevice,
             require_stream_pool: false,
@@ -135,9 +145,11 @@ impl EngineBuilder {
         self
     }
 
-    /// Number of worker threads, each with its own stream. Default 4.
+    /// Number of worker threads in all, each with its own stream, spread round-robin over the
+    /// devices. Default: chosen by the engine: 4 per GPU with a stream pool, 1 per GPU without
+    /// one, 2 for the CPU.
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n;
+        self.workers = Some(n);
         self
     }
 
@@ -147,16 +159,30 @@ impl EngineBuilder {
         self
     }
 
-    /// Dynamic batching. Default [`Batching::Off`].
+    /// Dynamic batching. Default [`Batching::Auto`].
     pub fn batching(mut self, b: Batching) -> Self {
         self.batching = b;
         self
     }
 
-    /// Capture a CUDA graph per worker and input shape after warm-up and replay it. CUDA only;
-    /// needs the `cuda-graphs` cargo feature. Default off.
+    /// Batch sizes (samples) a dynamic batch is padded up to: a batch of `n` samples runs as the
+    /// smallest bucket `>= n`, with copies of its first sample as padding that is dropped from
+    /// the answers (rows never mix: the batch-independence check ran at build). Every bucket is
+    /// warmed up, and captured as a CUDA graph when graphs are on, before `build()` returns, so
+    /// no request pays a first-shape cost. A batch larger than every bucket runs unpadded.
+    /// An empty list turns padding off. Default: powers of two up to `max_batch` (and
+    /// `max_batch` itself).
+    pub fn buckets(mut self, sizes: Vec<usize>) -> Self {
+        self.buckets = Some(sizes);
+        self
+    }
+
+    /// Capture a CUDA graph per worker and input shape (every bucket, at build) and replay it.
+    /// CUDA only; needs a build with CUDA graphs compiled in ([`CUDA_GRAPHS_BUILT`](super::CUDA_GRAPHS_BUILT)).
+    /// Default: on when compiled in, the engine serves a CUDA device, and every input's shape
+    /// is known (so that buckets are captured up front); off otherwise.
     pub fn cuda_graphs(mut self, on: bool) -> Self {
-        self.cuda_graphs = on;
+        self.cuda_graphs = Some(on);
         self
     }
 
@@ -227,7 +253,7 @@ impl EngineBuilder {
 
     /// Every value in range, with an error that names it and the accepted range.
     pub(crate) fn check(&self) -> Result<(), EngineError> {
-        use super::core::{MAX_BATCH, MAX_QUEUE_CAPACITY, MAX_WORKERS};
+        use super::core::{MAX_BATCH, MAX_BUCKETS, MAX_QUEUE_CAPACITY, MAX_WORKERS};
         let bad = |m: String| Err(EngineError::Build(m));
         if self.devices.is_empty() {
             return bad("devices: the list is empty; give at least one device".into());
@@ -235,8 +261,18 @@ impl EngineBuilder {
         if let Some(d) = self.devices.iter().find(|d| !matches!(d, Device::Cpu | Device::Cuda(_) | Device::Mps)) {
             return bad(format!("devices: {d:?} is not served; the engine serves Cpu, Cuda(n) and Mps"));
         }
-        if self.workers == 0 || self.workers > MAX_WORKERS {
-            return bad(format!("workers({}) is out of range: expected 1..={MAX_WORKERS}", self.workers));
+        if let Some(w) = self.workers {
+            if w == 0 || w > MAX_WORKERS {
+                return bad(format!("workers({w}) is out of range: expected 1..={MAX_WORKERS}"));
+            }
+        }
+        if let Some(sizes) = &self.buckets {
+            if sizes.len() > MAX_BUCKETS {
+                return bad(format!("buckets: {} sizes given; at most {MAX_BUCKETS}", sizes.len()));
+            }
+            if let Some(b) = sizes.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
+                return bad(format!("buckets: size {b} is out of range: expected 1..={MAX_BATCH} samples"));
+            }
         }
         if self.queue_capacity == 0 || self.queue_capacity > MAX_QUEUE_CAPACITY {
             return bad(format!("queue_capacity({}) is out of range: expected 1..={MAX_QUEUE_CAPACITY}", self.queue_capacity));

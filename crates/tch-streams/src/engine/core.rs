@@ -1,5 +1,7 @@
 //! [`Engine`]: intake, worker start-up, shutdown, and statistics.
 
+use super::auto::{self, EngineConfig};
+use super::buckets::Buckets;
 use super::config::{Batching, EngineBuilder, Replicas};
 use super::independence;
 use super::error::EngineError;
@@ -70,6 +72,11 @@ pub const MAX_WORKERS: usize = 1024;
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 24;
 /// Largest `max_batch` of dynamic batching, in samples.
 pub const MAX_BATCH: usize = 1 << 20;
+/// Most bucket sizes one engine accepts.
+pub const MAX_BUCKETS: usize = 64;
+/// Whether this build has the CUDA graph code (compiled in when the build found the CUDA
+/// headers beside a CUDA libtorch; see the crate's build script).
+pub const CUDA_GRAPHS_BUILT: bool = cfg!(tss_cuda_graphs);
 
 impl Engine {
     /// Starts configuring an engine for `model`.
@@ -80,10 +87,12 @@ impl Engine {
 
     pub(crate) fn start(b: EngineBuilder) -> Result<Engine, EngineError> {
         b.check()?;
-        if b.cuda_graphs {
-            if !cfg!(feature = "cuda-graphs") {
+        if b.cuda_graphs == Some(true) {
+            if !CUDA_GRAPHS_BUILT {
                 return Err(EngineError::Build(
-                    "CUDA graphs were asked for, but this build lacks the `cuda-graphs` cargo feature; rebuild with --features cuda-graphs".into(),
+                    "CUDA graphs were asked for, but this build has no CUDA graph code: it compiles in when the build finds the CUDA \
+                     headers beside a CUDA libtorch (scripts/setup.sh installs them); --features cuda-graphs makes a build fail without them"
+                        .into(),
                 ));
             }
             if !b.devices.iter().any(|d| matches!(d, Device::Cuda(_))) {
@@ -117,9 +126,18 @@ impl Engine {
             };
             has_pool.insert(device, pool);
         }
+        let mut reasons = Vec::new();
+        let workers = match b.workers {
+            Some(n) => n,
+            None => {
+                let n = b.devices.iter().map(|&d| auto::workers_for(d, has_pool[&d])).sum::<usize>().min(MAX_WORKERS);
+                reasons.push(format!("workers: {n} (default: 4 per GPU with a stream pool, 1 without, 2 for the CPU)"));
+                n
+            }
+        };
         // Round-robin assignment; a GPU device without a pool gets exactly one worker.
         let mut assigned: Vec<Device> = Vec::new();
-        for i in 0..b.workers {
+        for i in 0..workers {
             let d = b.devices[i % b.devices.len()];
             if has_pool[&d] || !assigned.contains(&d) {
                 assigned.push(d);
@@ -142,19 +160,102 @@ impl Engine {
             models.push(m);
         }
 
-        let metrics = Arc::new(Metrics::new());
-        let lanes = Lanes::new(&assigned, b.queue_capacity, &metrics);
-        let registry = Arc::new(Mutex::new(Vec::new()));
-        // Every input's shape known (dtype defaults to float32): the warm-up and probe inputs.
+        // Every input's shape known (dtype defaults to float32): the warm-up, probe and
+        // calibration inputs.
         let known: Option<Vec<(Vec<i64>, tch::Kind)>> = {
             let n = b.arity.unwrap_or(1);
             (0..n)
                 .map(|i| b.inputs.get(i).and_then(|e| e.sample_shape.clone().map(|s| (s, e.kind.unwrap_or(tch::Kind::Float)))))
                 .collect()
         };
-        if let (Batching::Dynamic { .. }, Some(specs), Some(model)) = (b.batching, &known, models.first()) {
-            independence::check(&**model, assigned[0], specs)?;
-        }
+        // The check and the calibration run the user's model on this thread: a panic in it is
+        // caught here and reported (or, for the defaults, turns batching off).
+        let checked = |model: &Arc<dyn Forward>, specs: &[(Vec<i64>, tch::Kind)]| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| independence::check(&**model, assigned[0], specs))).unwrap_or_else(|p| {
+                Err(EngineError::Build(format!("the model panicked during the batch-independence check: {}", worker::panic_message(&*p))))
+            })
+        };
+        let mut calibration = Vec::new();
+        let batching = match (b.batching, &known, models.first()) {
+            (Batching::Dynamic { .. }, Some(specs), Some(model)) => {
+                checked(model, specs)?;
+                b.batching
+            }
+            (Batching::Auto, Some(specs), Some(model)) if b.warmup => match checked(model, specs) {
+                Err(e) => {
+                    reasons.push(format!("batching: off ({e})"));
+                    Batching::Off
+                }
+                Ok(()) => {
+                    let calibrated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        auto::calibrate(&**model, assigned[0], specs, auto::AUTO_MAX_BATCH)
+                    }))
+                    .ok()
+                    .flatten();
+                    match calibrated {
+                        Some((max_batch, readings)) => {
+                            let shown: Vec<String> = readings.iter().map(|(n, us)| format!("{n}: {us:.0} us")).collect();
+                            reasons.push(format!(
+                                "batching: dynamic, max {max_batch} samples, no wait beyond what is queued (calibrated on {:?}: {})",
+                                assigned[0],
+                                shown.join(", ")
+                            ));
+                            calibration = readings;
+                            Batching::Dynamic { max_batch, max_wait: Duration::ZERO }
+                        }
+                        None => {
+                            reasons.push("batching: off (the model failed on zero inputs during calibration)".into());
+                            Batching::Off
+                        }
+                    }
+                }
+            },
+            (Batching::Auto, _, _) => {
+                reasons.push(if b.warmup {
+                    "batching: off (the inputs' shapes are unknown: give them with .inputs() to batch)".into()
+                } else {
+                    "batching: off (warm-up is off, so nothing is calibrated)".into()
+                });
+                Batching::Off
+            }
+            (other, _, _) => other,
+        };
+        let buckets = match batching {
+            Batching::Dynamic { max_batch, .. } => match &b.buckets {
+                Some(sizes) => Buckets::from_sizes(sizes.clone()),
+                None => Buckets::powers_of_two(max_batch),
+            },
+            Batching::Off | Batching::Auto => Buckets::default(),
+        };
+        let any_cuda = assigned.iter().any(|d| matches!(d, Device::Cuda(_)));
+        let cuda_graphs = match b.cuda_graphs {
+            Some(on) => on,
+            None => {
+                let on = CUDA_GRAPHS_BUILT && any_cuda && known.is_some() && b.warmup;
+                if any_cuda {
+                    reasons.push(match (on, CUDA_GRAPHS_BUILT) {
+                        (true, _) => "CUDA graphs: on (compiled in, CUDA device, input shapes known)".into(),
+                        (false, false) => "CUDA graphs: off (not compiled into this build)".into(),
+                        (false, true) => "CUDA graphs: off (input shapes unknown or warm-up off: nothing to capture up front)".into(),
+                    });
+                }
+                on
+            }
+        };
+        let config = EngineConfig {
+            workers: assigned.len(),
+            batching,
+            buckets: buckets.sizes().to_vec(),
+            cuda_graphs,
+            inputs_ready: b.inputs_ready,
+            calibration,
+            reasons,
+        };
+        tracing::debug!("engine configuration: {config}");
+        let metrics = Arc::new(Metrics::new(config));
+        let lanes = Lanes::new(&assigned, b.queue_capacity, &metrics);
+        let registry = Arc::new(Mutex::new(Vec::new()));
+        let buckets = Arc::new(buckets);
         let warmup = if b.warmup { known } else { None };
         // The engine exists before any worker starts: an early return below drops it, and its
         // Drop stops and joins whatever was started (no detached threads, no half-built engine).
@@ -175,11 +276,12 @@ impl Engine {
                 device,
                 model,
                 rx: engine.lanes.receiver(device),
-                batching: b.batching,
+                batching,
+                buckets: Arc::clone(&buckets),
                 output: b.output,
                 metrics: Arc::clone(&engine.metrics),
                 warmup: warmup.clone(),
-                cuda_graphs: b.cuda_graphs,
+                cuda_graphs,
                 use_pool: has_pool[&device] && device != Device::Cpu,
                 registry: Arc::clone(&engine.registry),
                 events: Arc::clone(&engine.events),
@@ -308,6 +410,12 @@ impl Engine {
         self.metrics.snapshot()
     }
 
+    /// The configuration the engine runs with: every default resolved, with the reasons for each
+    /// automatic choice and the calibration readings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.metrics.config
+    }
+
     /// The workers as started (device and bound stream of each).
     pub fn workers(&self) -> &[WorkerInfo] {
         &self.workers
@@ -382,7 +490,7 @@ impl Engine {
         !timed_out
     }
 
-    fn ready_mark(&self, inputs: &[Tensor]) -> Vec<(Device, crate::stream::Event)> {
+    fn ready_mark(&self, inputs: &[Tensor]) -> Vec<super::events::ReadyMark> {
         if self.inputs_ready {
             Vec::new()
         } else {

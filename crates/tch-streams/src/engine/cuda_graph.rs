@@ -68,6 +68,23 @@ pub(crate) struct GraphCache {
 }
 
 impl GraphCache {
+    /// Captures these shapes now (see [`Runner::prepare`](super::graphs::Runner::prepare)).
+    pub(crate) fn prepare(&mut self, model: &dyn Forward, xs: &[Tensor]) {
+        let key: Key = xs.iter().map(|x| (x.size(), x.kind())).collect();
+        if self.graphs.contains_key(&key) || self.refused.contains(&key) || self.graphs.len() >= MAX_GRAPHS {
+            return;
+        }
+        match capture(model, xs) {
+            Ok(c) => {
+                self.graphs.insert(key, c);
+            }
+            Err(e) => {
+                tracing::warn!("CUDA graph capture failed for input shapes {:?}; running them eagerly: {e}", key);
+                self.refused.insert(key);
+            }
+        }
+    }
+
     pub(crate) fn forward(&mut self, model: &dyn Forward, xs: &[Tensor]) -> Result<Outputs, ForwardError> {
         let key: Key = xs.iter().map(|x| (x.size(), x.kind())).collect();
         if !self.graphs.contains_key(&key) {

@@ -3,6 +3,7 @@
 //! Workers record once per *batch* (one lock per batch, not per request); `stats()` reads a
 //! consistent snapshot.
 
+use super::auto::EngineConfig;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -100,6 +101,75 @@ pub struct EngineStats {
     pub workers_detached: u64,
     /// Seconds since the engine was built.
     pub elapsed_s: f64,
+    /// Where the workers' time went, summed over every batch.
+    pub stages: StageStats,
+    /// The configuration the engine runs with (defaults resolved).
+    pub config: EngineConfig,
+}
+
+/// Where the workers' time goes: host time per stage summed over every batch (µs), and counts.
+/// Divide by `batches` for a per-batch mean.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StageStats {
+    /// Batches served.
+    pub batches: u64,
+    /// Ordering a batch after its inputs' producers (one device-side wait per producer).
+    pub order_us: u64,
+    /// Event waits queued for that.
+    pub ready_waits: u64,
+    /// Events not waited for: a later event of the same producer covered them.
+    pub ready_skipped: u64,
+    /// Joining the requests' inputs, padding to the bucket, moving them to the device.
+    pub assemble_us: u64,
+    /// The model call as the host sees it: eager kernel launches, or graph copy-in, replay and
+    /// copy-out.
+    pub forward_us: u64,
+    /// Waiting for the device to finish a batch (on the worker's completion thread for CUDA
+    /// results left on the device; on the worker itself otherwise).
+    pub complete_us: u64,
+    /// Splitting the outputs and answering the tickets.
+    pub deliver_us: u64,
+    /// Padding samples added to reach a bucket size.
+    pub padded_samples: u64,
+}
+
+/// Stage counters, updated by workers without a lock.
+#[derive(Default)]
+pub(crate) struct Stages {
+    pub(crate) batches: AtomicU64,
+    pub(crate) order: AtomicU64,
+    pub(crate) ready_waits: AtomicU64,
+    pub(crate) ready_skipped: AtomicU64,
+    pub(crate) assemble: AtomicU64,
+    pub(crate) forward: AtomicU64,
+    pub(crate) complete: AtomicU64,
+    pub(crate) deliver: AtomicU64,
+    pub(crate) padded: AtomicU64,
+}
+
+impl Stages {
+    /// Adds the time since `since` (ns) to `counter`; returns now, for the next stage.
+    pub(crate) fn lap(counter: &AtomicU64, since: Instant) -> Instant {
+        let now = Instant::now();
+        counter.fetch_add(now.duration_since(since).as_nanos() as u64, Ordering::Relaxed);
+        now
+    }
+
+    fn snapshot(&self) -> StageStats {
+        let us = |c: &AtomicU64| c.load(Ordering::Relaxed) / 1000;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StageStats {
+            batches: n(&self.batches),
+            order_us: us(&self.order),
+            ready_waits: n(&self.ready_waits),
+            ready_skipped: n(&self.ready_skipped),
+            assemble_us: us(&self.assemble),
+            forward_us: us(&self.forward),
+            complete_us: us(&self.complete),
+            deliver_us: us(&self.deliver),
+            padded_samples: n(&self.padded),
+        }
+    }
 }
 
 pub(crate) struct Metrics {
@@ -110,11 +180,13 @@ pub(crate) struct Metrics {
     pub(crate) samples: AtomicU64,
     pub(crate) replaced: AtomicU64,
     pub(crate) detached: AtomicU64,
+    pub(crate) stages: Stages,
+    pub(crate) config: EngineConfig,
     per_batch: Mutex<(LatencyHistogram, BTreeMap<usize, u64>)>,
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(config: EngineConfig) -> Self {
         Metrics {
             started: Instant::now(),
             submitted: AtomicU64::new(0),
@@ -123,6 +195,8 @@ impl Metrics {
             samples: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
             detached: AtomicU64::new(0),
+            stages: Stages::default(),
+            config,
             per_batch: Mutex::new((LatencyHistogram::new(), BTreeMap::new())),
         }
     }
@@ -154,6 +228,8 @@ impl Metrics {
             workers_replaced: self.replaced.load(Ordering::Relaxed),
             workers_detached: self.detached.load(Ordering::Relaxed),
             elapsed_s: elapsed,
+            stages: self.stages.snapshot(),
+            config: self.config.clone(),
         }
     }
 }

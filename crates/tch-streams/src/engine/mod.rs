@@ -38,7 +38,10 @@
 //! # Ok::<(), tch_streams::engine::EngineError>(())
 //! ```
 
+mod auto;
 mod batcher;
+mod buckets;
+mod completion;
 mod config;
 mod core;
 mod error;
@@ -46,16 +49,17 @@ mod events;
 mod graphs;
 mod independence;
 mod lanes;
-#[cfg(feature = "cuda-graphs")]
+#[cfg(tss_cuda_graphs)]
 mod cuda_graph;
 mod metrics;
 mod request;
 mod ticket;
 mod worker;
 
+pub use auto::{EngineConfig, AUTO_MAX_BATCH};
 pub use config::{Batching, EngineBuilder, InputSpec, Output, Replicas};
-pub use core::{Engine, WorkerInfo};
+pub use core::{Engine, WorkerInfo, CUDA_GRAPHS_BUILT, MAX_BUCKETS};
 pub use error::EngineError;
 pub use graphs::MAX_GRAPHS;
-pub use metrics::EngineStats;
+pub use metrics::{EngineStats, StageStats};
 pub use ticket::{OutputsTicket, Ticket};

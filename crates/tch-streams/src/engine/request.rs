@@ -2,7 +2,7 @@
 
 use super::error::EngineError;
 use super::ticket::Promise;
-use crate::stream::Event;
+use super::events::ReadyMark;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -17,14 +17,14 @@ pub(crate) struct Request {
     pub(crate) submitted: Instant,
     /// Per GPU device the inputs live on: an event recorded on the submitting thread's current
     /// stream there; the worker orders itself after it before reading the inputs.
-    pub(crate) ready: Vec<(Device, Event)>,
+    pub(crate) ready: Vec<ReadyMark>,
     /// Samples along dim 0 (the same for every input: checked at admission).
     pub(crate) rows: i64,
     pub(crate) key: BatchKey,
 }
 
 impl Request {
-    pub(crate) fn new(inputs: Vec<Tensor>, promise: Promise, ready: Vec<(Device, Event)>) -> Request {
+    pub(crate) fn new(inputs: Vec<Tensor>, promise: Promise, ready: Vec<ReadyMark>) -> Request {
         let rows = inputs.first().and_then(|x| x.size().first().copied()).unwrap_or(0);
         let key = inputs.iter().map(|x| (x.size().get(1..).unwrap_or(&[]).to_vec(), x.kind(), x.device())).collect();
         Request { inputs, promise, submitted: Instant::now(), ready, rows, key }

@@ -5,13 +5,19 @@
 //! exactly once (a result, an error, or — if the thread dies — `WorkerDied` through the
 //! promise's drop). A panic in the model fails only the requests that panic when re-run alone,
 //! and the worker then hands its set-aside requests to a fresh replacement thread and exits.
+//!
+//! On CUDA with results left on the device, a launched batch goes to the worker's completion
+//! thread ([`super::completion`]), which waits for it and answers; the worker goes on to the
+//! next batch meanwhile. Elsewhere the worker waits (or copies to the host) and answers itself.
 
 use super::batcher::Batcher;
+use super::buckets::{join_padded, Buckets};
+use super::completion::{answer, Completer, Launched};
 use super::config::{Batching, Output};
 use super::error::EngineError;
-use super::events::EventPool;
+use super::events::{latest_per_producer, EventPool};
 use super::graphs::Runner;
-use super::metrics::{LatencyHistogram, Metrics};
+use super::metrics::{Metrics, Stages};
 use super::request::Request;
 use super::ticket::Outcome;
 use crate::models::{Forward, Outputs};
@@ -33,11 +39,15 @@ pub(crate) struct WorkerSpec {
     pub(crate) device: Device,
     pub(crate) model: Arc<dyn Forward>,
     pub(crate) rx: LaneRx,
+    /// Resolved: never `Auto`.
     pub(crate) batching: Batching,
+    /// Sizes batches are padded to (empty without dynamic batching).
+    pub(crate) buckets: Arc<Buckets>,
     pub(crate) output: Output,
     pub(crate) metrics: Arc<Metrics>,
     /// Per-sample shape and dtype of every input, when all are known: the warm-up inputs.
     pub(crate) warmup: Option<Vec<(Vec<i64>, Kind)>>,
+    /// Resolved: graphs are used on a CUDA device.
     pub(crate) cuda_graphs: bool,
     pub(crate) use_pool: bool,
     pub(crate) registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -65,7 +75,7 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
     // failure, reported like any other.
     let started = catch_unwind(AssertUnwindSafe(|| start(&spec)))
         .unwrap_or_else(|p| Err(format!("the worker panicked while starting: {}", panic_message(&*p))));
-    let stream = match started {
+    let (stream, mut runner) = match started {
         Ok(s) => s,
         Err(e) => {
             match ready {
@@ -83,7 +93,15 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
         let _ = tx.send((spec.index, Ok(stream)));
     }
     let mut batcher = Batcher::new(spec.rx.clone(), spec.batching);
-    let mut runner = Runner::new(spec.model.clone(), spec.cuda_graphs && matches!(spec.device, Device::Cuda(_)));
+    // Answers batches while this thread launches the next; dropped (drained and joined) when
+    // the worker returns.
+    let completer = if spec.output == Output::OnDevice && matches!(spec.device, Device::Cuda(_)) {
+        Completer::start(spec.index, Arc::clone(&spec.metrics))
+            .map_err(|e| tracing::warn!("worker {}: no completion thread ({e}); answering batches itself", spec.index))
+            .ok()
+    } else {
+        None
+    };
     let mut queue: std::collections::VecDeque<Request> = inherited.into();
     loop {
         let batch = match queue.pop_front() {
@@ -93,7 +111,7 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
                 None => return, // queue closed and drained
             },
         };
-        if serve(&spec, &stream, &mut runner, batch) {
+        if serve(&spec, &stream, &mut runner, completer.as_ref(), batch) {
             // A panic: hand what this worker set aside to a replacement and stop.
             spec.metrics.replaced.fetch_add(1, Ordering::Relaxed);
             let mut rest: Vec<Request> = queue.into_iter().collect();
@@ -107,8 +125,9 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
     }
 }
 
-/// Binds the stream, turns grad off, warms up.
-fn start(spec: &WorkerSpec) -> Result<Stream, String> {
+/// Binds the stream, turns grad off, warms up every bucket size (capturing each as a CUDA graph
+/// when graphs are on), so that no request pays a first-shape cost.
+fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
     let stream = if spec.use_pool {
         Stream::from_pool(spec.device, Priority::Normal).map_err(|e| e.to_string())?
     } else {
@@ -116,49 +135,72 @@ fn start(spec: &WorkerSpec) -> Result<Stream, String> {
     };
     bind_thread(&stream).map_err(|e| e.to_string())?;
     std::mem::forget(tch::no_grad_guard()); // grad mode is per thread; this one never needs it
+    let mut runner = Runner::new(spec.model.clone(), spec.cuda_graphs && matches!(spec.device, Device::Cuda(_)));
     if let Some(specs) = &spec.warmup {
-        let xs = specs
-            .iter()
-            .map(|(shape, kind)| {
-                let mut dims = vec![1];
-                dims.extend(shape);
-                Tensor::f_zeros(dims.as_slice(), (*kind, spec.device))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("warm-up inputs: {e}"))?;
         let described = || {
             let v: Vec<String> = specs.iter().map(|(s, k)| crate::engine::InputSpec::new(s.clone(), *k).to_string()).collect();
             v.join(", ")
         };
-        for _ in 0..2 {
-            let _warm = catch_unwind(AssertUnwindSafe(|| spec.model.run(&xs)))
-                .map_err(|p| format!("warm-up with zero inputs {} panicked: {}", described(), panic_message(&*p)))?
-                .map_err(|e| format!("warm-up with zero inputs {} failed: {e}", described()))?;
+        let sizes: Vec<i64> = match spec.buckets.sizes() {
+            [] => vec![1],
+            b => b.iter().map(|&b| b as i64).collect(),
+        };
+        for (k, &rows) in sizes.iter().enumerate() {
+            let xs = specs
+                .iter()
+                .map(|(shape, kind)| {
+                    let mut dims = vec![rows];
+                    dims.extend(shape);
+                    Tensor::f_zeros(dims.as_slice(), (*kind, spec.device))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("warm-up inputs of {rows} sample(s): {e}"))?;
+            // The first shape twice (one-time initialisation, then the shape's own first run).
+            let of = if rows == 1 { String::new() } else { format!(" (a batch of {rows})") };
+            for _ in 0..if k == 0 { 2 } else { 1 } {
+                let _warm = catch_unwind(AssertUnwindSafe(|| spec.model.run(&xs)))
+                    .map_err(|p| format!("warm-up with zero inputs {} panicked: {}{of}", described(), panic_message(&*p)))?
+                    .map_err(|e| format!("warm-up with zero inputs {} failed: {e}{of}", described()))?;
+            }
+            runner.prepare(&xs);
         }
         stream.synchronize().map_err(|e| e.to_string())?;
     }
-    Ok(stream)
+    Ok((stream, runner))
+}
+
+/// Orders the worker's stream after the batch's inputs' producers: one device-side wait per
+/// producer, on its latest mark (see [`super::events`]). An input on another device is gathered
+/// and copied by kernels on that device's current stream, which a wait on this stream does not
+/// order: the host waits for its producer instead.
+fn order(spec: &WorkerSpec, stream: &Stream, batch: &mut [Request]) {
+    let marks: Vec<_> = batch.iter_mut().flat_map(|r| r.ready.drain(..)).collect();
+    if marks.is_empty() {
+        return;
+    }
+    let (latest, redundant) = latest_per_producer(marks);
+    let st = &spec.metrics.stages;
+    st.ready_waits.fetch_add(latest.len() as u64, Ordering::Relaxed);
+    st.ready_skipped.fetch_add(redundant.len() as u64, Ordering::Relaxed);
+    for m in &latest {
+        let ordered = if m.device == spec.device { m.event.wait(stream) } else { m.event.synchronize() };
+        if let Err(e) = ordered {
+            tracing::warn!("could not order worker {} after an input's producer: {e}", spec.index);
+        }
+    }
+    // Waits queued (or done): safe to re-record. The redundant ones nobody waits for.
+    spec.events.give_back(latest.into_iter().chain(redundant));
 }
 
 /// Serves one batch; returns true if the model panicked.
-fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec<Request>) -> bool {
-    // Inputs produced on the callers' streams: order this worker's stream after them (on the
-    // device; the host does not wait). An input on another device is gathered and copied by
-    // kernels on that device's current stream, which a wait on this stream does not order: the
-    // host waits for its producer instead.
-    for r in &mut batch {
-        for (device, ready) in r.ready.drain(..) {
-            let ordered = if device == spec.device { ready.wait(stream) } else { ready.synchronize() };
-            if let Err(e) = ordered {
-                tracing::warn!("could not order worker {} after an input's producer: {e}", spec.index);
-            }
-            spec.events.give_back(device, ready); // its wait is queued or done: safe to re-record
-        }
-    }
+fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, completer: Option<&Completer>, mut batch: Vec<Request>) -> bool {
+    let t0 = Instant::now();
+    order(spec, stream, &mut batch);
+    Stages::lap(&spec.metrics.stages.order, t0);
     let inputs: Vec<&[Tensor]> = batch.iter().map(|r| r.inputs.as_slice()).collect();
     let rows: Vec<i64> = batch.iter().map(|r| r.rows).collect();
-    let attempt = catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, &inputs, &rows)));
-    let mut outcomes: Vec<Outcome> = match attempt {
+    let attempt = catch_unwind(AssertUnwindSafe(|| run_batch(spec, runner, &inputs, &rows)));
+    let outcomes: Vec<Outcome> = match attempt {
         Ok(Ok(outs)) => outs.into_iter().map(Ok).collect(),
         Ok(Err(e)) if batch.len() == 1 => vec![Err(e)],
         Err(p) if batch.len() == 1 => vec![Err(EngineError::ModelPanicked(panic_message(&*p)))],
@@ -166,7 +208,7 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec
         _ => inputs
             .iter()
             .zip(&rows)
-            .map(|(x, r)| match catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, &[*x], &[*r]))) {
+            .map(|(x, r)| match catch_unwind(AssertUnwindSafe(|| run_batch(spec, runner, &[*x], &[*r]))) {
                 Ok(Ok(mut o)) => Ok(o.remove(0)),
                 Ok(Err(e)) => Err(e),
                 Err(p) => Err(EngineError::ModelPanicked(panic_message(&*p))),
@@ -175,60 +217,61 @@ fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, mut batch: Vec
     };
     drop(inputs);
     let panicked = outcomes.iter().any(|o| matches!(o, Err(EngineError::ModelPanicked(_))));
-    let now = Instant::now();
-    let mut latencies = LatencyHistogram::new();
-    let (mut ok, mut failed, mut samples) = (0u64, 0u64, 0u64);
-    let n = batch.len();
-    let mut answers = Vec::with_capacity(n);
-    for (req, outcome) in batch.into_iter().zip(outcomes.drain(..)) {
-        latencies.record(now.duration_since(req.submitted));
-        match &outcome {
-            Ok(_) => {
-                ok += 1;
-                samples += req.rows as u64;
+    // Whatever was launched (also for failed requests) is covered by the event or the wait
+    // below before any request, and so any caller's input, is let go.
+    if let Some(c) = completer {
+        let recorded = c.event(spec.device).and_then(|mut e| e.record(stream).map(|()| e));
+        match recorded {
+            Ok(event) => {
+                c.hand_over(Launched { event, requests: batch, outcomes });
+                return panicked;
             }
-            Err(_) => failed += 1,
+            Err(e) => tracing::warn!("worker {}: no completion event ({e}); waiting for the batch here", spec.index),
         }
-        answers.push((req.promise, outcome));
     }
-    // Count before answering, so a caller who sees its answer also sees it counted.
-    spec.metrics.batch(n, ok, failed, samples, &latencies);
-    for (promise, outcome) in answers {
-        promise.fulfil(outcome);
-    }
+    let t1 = Instant::now();
+    let outcomes = match stream.synchronize() {
+        Ok(()) => outcomes,
+        Err(e) => outcomes.into_iter().map(|_| Err(EngineError::Model(format!("the device failed while running the batch: {e}")))).collect(),
+    };
+    let t2 = Stages::lap(&spec.metrics.stages.complete, t1);
+    answer(batch, outcomes, &spec.metrics);
+    Stages::lap(&spec.metrics.stages.deliver, t2);
     panicked
 }
 
-/// Concatenates each input along dim 0, moves them to the device, runs, checks that every
-/// output carries the batch along dim 0, delivers, and splits every output back per request.
-fn run_batch(
-    spec: &WorkerSpec,
-    stream: &Stream,
-    runner: &mut Runner,
-    requests: &[&[Tensor]],
-    rows: &[i64],
-) -> Result<Vec<Outputs>, EngineError> {
+/// Joins each input along dim 0, pads to the bucket size, moves them to the device, runs,
+/// checks that every output carries the (padded) batch along dim 0, delivers, and splits every
+/// output back per request, dropping the padding. Results may still be in the making on the
+/// worker's stream (the caller waits for it) unless they were copied to the host.
+fn run_batch(spec: &WorkerSpec, runner: &mut Runner, requests: &[&[Tensor]], rows: &[i64]) -> Result<Vec<Outputs>, EngineError> {
     let torch = |e: tch::TchError| EngineError::Model(crate::models::torch_message(&e));
+    let st = &spec.metrics.stages;
+    let t0 = Instant::now();
     let arity = requests[0].len();
+    let total: i64 = rows.iter().sum();
+    let padded = spec.buckets.fit(total);
+    let pad = padded - total;
     let mut xs = Vec::with_capacity(arity);
     for i in 0..arity {
-        let x = if requests.len() == 1 {
-            requests[0][i].shallow_clone()
-        } else {
-            let parts: Vec<&Tensor> = requests.iter().map(|r| &r[i]).collect();
-            Tensor::f_cat(&parts, 0).map_err(torch)?
-        };
+        let parts: Vec<&Tensor> = requests.iter().map(|r| &r[i]).collect();
+        let x = join_padded(&parts, pad).map_err(torch)?;
         xs.push(if x.device() == spec.device { x } else { x.f_to_device(spec.device).map_err(torch)? });
     }
+    if pad > 0 {
+        st.padded.fetch_add(pad as u64, Ordering::Relaxed);
+    }
+    let t1 = Stages::lap(&st.assemble, t0);
     let y = runner.forward(&xs)?;
-    let total: i64 = rows.iter().sum();
+    drop(xs);
+    let t2 = Stages::lap(&st.forward, t1);
     if y.is_empty() {
         return Err(EngineError::Output(format!("the model returned {}; nothing to answer with", y.describe())));
     }
     for (name, t) in y.names().iter().zip(y.tensors()) {
-        if t.dim() == 0 || t.size()[0] != total {
+        if t.dim() == 0 || t.size()[0] != padded {
             return Err(EngineError::Output(format!(
-                "{name} has shape {:?}, but the engine splits outputs along dim 0, which must be the batch ({total} sample(s)); \
+                "{name} has shape {:?}, but the engine splits outputs along dim 0, which must be the batch ({padded} sample(s)); \
                  a model that returns a scalar or reduces over the batch cannot be served per request",
                 t.size()
             )));
@@ -236,22 +279,27 @@ fn run_batch(
     }
     let y = match spec.output {
         Output::Cpu => y.try_map(|t| t.f_to_device(Device::Cpu)).map_err(torch)?,
-        Output::OnDevice => {
-            stream.synchronize().map_err(|e| EngineError::Model(e.to_string()))?;
-            y
-        }
+        Output::OnDevice => y,
     };
-    if rows.len() == 1 {
+    if rows.len() == 1 && pad == 0 {
+        Stages::lap(&st.deliver, t2);
         return Ok(vec![y]);
     }
-    // Split every output, then regroup per request in the model's structure.
+    // Split every output (the padding is the last part, dropped), then regroup per request in
+    // the model's structure.
+    let mut sizes = rows.to_vec();
+    if pad > 0 {
+        sizes.push(pad);
+    }
     let mut per_request: Vec<Vec<Tensor>> = (0..rows.len()).map(|_| Vec::with_capacity(y.len())).collect();
     for t in y.tensors() {
-        for (j, part) in t.f_split_with_sizes(rows, 0).map_err(torch)?.into_iter().enumerate() {
+        for (j, part) in t.f_split_with_sizes(sizes.as_slice(), 0).map_err(torch)?.into_iter().take(rows.len()).enumerate() {
             per_request[j].push(part);
         }
     }
-    Ok(per_request.into_iter().map(|parts| y.rebuild_like(parts)).collect())
+    let out = per_request.into_iter().map(|parts| y.rebuild_like(parts)).collect();
+    Stages::lap(&st.deliver, t2);
+    Ok(out)
 }
 
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
