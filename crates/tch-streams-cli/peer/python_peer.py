@@ -170,6 +170,8 @@ class Batcher:
     def submit(self, xs):
         r = Request(xs, self.rows)
         with self.cv:
+            if self.error is not None:
+                raise self.error
             self.queue.append(r)
             self.cv.notify()
         return r
@@ -216,11 +218,11 @@ class Batcher:
                     self.ready.set()
                     self._loop(graphs, stream)
         except BaseException as e:  # noqa: BLE001 - reported to the clients
-            self.error = e
-            self.ready.set()
             with self.cv:
+                self.error = e
                 pending = list(self.queue)
                 self.queue.clear()
+            self.ready.set()
             for r in pending:
                 r.error = e
                 r.done.set()
@@ -245,16 +247,27 @@ class Batcher:
                 for s_in, x in zip(static, parts):
                     s_in[:n].copy_(x)
                 g.replay()
-                y = out[:n].clone()
+                ys = [t[:n].clone() for t in tensors_of(out)]
             else:
-                y = self.model(*parts)
+                ys = tensors_of(self.model(*parts))
             if stream is not None:
                 stream.synchronize()
             elif self.dev.type == "mps":
                 torch.mps.synchronize()
-            for r, part in zip(batch, torch.split(y, [r.rows for r in batch])):
-                r.out = part
+            sizes = [r.rows for r in batch]
+            split = [torch.split(y, sizes) for y in ys]
+            for j, r in enumerate(batch):
+                r.out = [parts_of_y[j] for parts_of_y in split]
                 r.done.set()
+
+
+def tensors_of(out):
+    """The tensors of a model's output: a tensor, or a tuple/list/dict of them (in order)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [v for v in out.values()]
+    return list(out)
 
 
 class BatchClient:

@@ -65,7 +65,14 @@ fn json_follows_the_schema() {
     assert!(j.get("peer").is_none(), "no peer ran, so no peer key");
     for r in j["results"].as_array().unwrap() {
         let keys: BTreeSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["workload", "mode", "threads", "batch", "samples_per_s", "runs"]));
+        let mut want = BTreeSet::from(["workload", "mode", "threads", "batch", "samples_per_s", "runs"]);
+        if r["mode"].as_str().is_some_and(|m| m.starts_with("engine")) {
+            // Engine points also carry their latency and the configuration the engine chose.
+            want.extend(["latency_us", "engine_config"]);
+            assert!(r["latency_us"]["p50"].as_f64().unwrap() <= r["latency_us"]["p99"].as_f64().unwrap(), "{r}");
+            assert!(r["engine_config"].as_str().unwrap().contains("worker(s), batching"), "{r}");
+        }
+        assert_eq!(keys, want);
         assert!(r["threads"].is_u64() && r["batch"].is_i64());
         for k in ["median", "min", "max"] {
             assert!(r["samples_per_s"][k].is_f64(), "{k} is a number: {r}");
@@ -172,7 +179,7 @@ fn csv_has_the_header_one_row_per_result_and_the_efficiency() {
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 6);
     for row in &rows {
-        assert_eq!(row.len(), 9, "{row:?}");
+        assert_eq!(row.len(), 11, "{row:?}");
         assert_eq!(row[0], "tch-streams");
         let r = w.report.ours.results.iter().find(|r| r.mode == row[2] && r.threads.to_string() == row[3]).expect("row matches a result");
         let num = |i: usize| row[i].parse::<f64>().expect("a number");
@@ -270,10 +277,10 @@ fn peer_document_merges_into_json_ratios_csv_and_plot() {
     assert_eq!(
         peer_rows,
         vec![
-            "python-peer,small-mlp,py-default,1,1,1000,900,1100,1.0000",
-            "python-peer,small-mlp,py-default,2,1,1500,1400,1600,0.7500",
-            "python-peer,small-mlp,py-limit,1,1,500,450,550,1.0000",
-            "python-peer,small-mlp,py-limit,2,1,5000,4900,5100,5.0000",
+            "python-peer,small-mlp,py-default,1,1,1000,900,1100,1.0000,,",
+            "python-peer,small-mlp,py-default,2,1,1500,1400,1600,0.7500,,",
+            "python-peer,small-mlp,py-limit,1,1,500,450,550,1.0000,,",
+            "python-peer,small-mlp,py-limit,2,1,5000,4900,5100,5.0000,,",
         ]
     );
 

@@ -95,6 +95,10 @@ pub struct Args {
     /// Requests each client keeps in flight (1 = strictly one at a time).
     #[arg(long, default_value_t = 4)]
     inflight: usize,
+    /// Each client thread binds its own pool stream before submitting, as an application whose
+    /// threads work on their own streams (default: the device's default stream).
+    #[arg(long)]
+    client_streams: bool,
     /// Start inputs on the host (copied by the workers) instead of on the first device.
     #[arg(long)]
     host_inputs: bool,
@@ -262,8 +266,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             );
             let xs: Vec<Tensor> = request.iter().map(Tensor::shallow_clone).collect();
             let inflight = a.inflight;
+            let bind = a.client_streams.then_some(input_device).filter(|d| *d != Device::Cpu);
             std::thread::spawn(move || {
                 let _ng = tch::no_grad_guard();
+                if let Some(device) = bind {
+                    let s = tch_streams::stream::Stream::from_pool(device, tch_streams::stream::Priority::Normal).expect("a pool stream");
+                    tch_streams::stream::bind_thread(&s).expect("bind the client's stream");
+                }
                 let mut window: VecDeque<Ticket> = VecDeque::new();
                 barrier.wait();
                 let start = Instant::now();

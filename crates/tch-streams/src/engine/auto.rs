@@ -18,16 +18,17 @@ pub const AUTO_MAX_BATCH: usize = 1024;
 /// latency a request can be charged for its company).
 const LATENCY_CAP: Duration = Duration::from_millis(25);
 
-/// Doubling the batch must cost less than this factor in time (so more than about 11 % more
-/// throughput per doubling) for the calibration to keep growing it.
-const WORTH_DOUBLING: f64 = 1.8;
+/// The calibration picks the smallest batch whose throughput (samples per second of forward
+/// time) reaches this share of the best throughput it measured.
+const NEAR_BEST: f64 = 0.9;
 
 /// The configuration an engine runs with, defaults resolved.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EngineConfig {
     /// Workers started, over all devices.
     pub workers: usize,
-    /// Batching as resolved ([`Batching::Auto`] never appears here).
+    /// Batching as resolved ([`Batching::Auto`] never appears here). Auto-configured:
+    /// `max_batch` from the calibration, no wait.
     pub batching: Batching,
     /// Bucket sizes (samples) batches are padded to; empty: no padding.
     pub buckets: Vec<usize>,
@@ -68,11 +69,12 @@ pub(crate) fn workers_for(device: Device, has_pool: bool) -> usize {
     }
 }
 
-/// Times `model` on zero inputs of 1, 2, 4, … samples; returns the chosen `max_batch` and the
-/// readings. The batch grows while doubling it costs less than [`WORTH_DOUBLING`] times the
-/// time, the forward stays under [`LATENCY_CAP`], and the size stays within `cap`. Errors (the
-/// model fails on zeros, out of memory) stop the calibration at the last size that worked;
-/// `None` when even one sample failed.
+/// Times `model` on zero inputs of 1, 2, 4, … samples, up to `cap` or until one forward takes
+/// longer than [`LATENCY_CAP`]; returns the chosen `max_batch` and the readings. The choice is
+/// the smallest size whose throughput reaches [`NEAR_BEST`] of the best measured: past it, a
+/// bigger batch buys little throughput and costs latency. One noisy reading cannot stop the
+/// search early: every size is measured. Errors (the model fails on zeros, out of memory) end
+/// the search at the last size that worked; `None` when even one sample failed.
 pub(crate) fn calibrate(model: &dyn Forward, device: Device, specs: &[(Vec<i64>, Kind)], cap: usize) -> Option<(usize, Vec<(usize, f64)>)> {
     let _no_grad = tch::no_grad_guard();
     let stream = crate::stream::Stream::current(device).ok()?;
@@ -98,16 +100,47 @@ pub(crate) fn calibrate(model: &dyn Forward, device: Device, specs: &[(Vec<i64>,
         v.sort_by(f64::total_cmp);
         Some(v[1])
     };
-    let mut readings = vec![(1usize, time(1)?)];
-    let mut chosen = 1usize;
-    while chosen * 2 <= cap {
-        let (_, t) = readings[readings.len() - 1];
-        let Some(t2) = time(chosen * 2) else { break };
-        readings.push((chosen * 2, t2));
-        if t2 > t * WORTH_DOUBLING || t2 > LATENCY_CAP.as_secs_f64() * 1e6 {
+    let mut readings: Vec<(usize, f64)> = Vec::new();
+    let mut b = 1usize;
+    while b <= cap.max(1) {
+        let Some(t) = time(b) else { break };
+        readings.push((b, t));
+        if t > LATENCY_CAP.as_secs_f64() * 1e6 {
             break;
         }
-        chosen *= 2;
+        b *= 2;
     }
-    Some((chosen, readings))
+    Some((choose(&readings)?, readings))
+}
+
+/// The smallest size whose samples per µs reach [`NEAR_BEST`] of the best, among readings
+/// within [`LATENCY_CAP`].
+pub(crate) fn choose(readings: &[(usize, f64)]) -> Option<usize> {
+    let cap = LATENCY_CAP.as_secs_f64() * 1e6;
+    let within: Vec<(usize, f64)> = readings.iter().copied().filter(|&(_, t)| t <= cap && t > 0.0).collect();
+    let rate = |&(b, t): &(usize, f64)| b as f64 / t;
+    let best = within.iter().map(rate).fold(f64::NAN, f64::max);
+    if within.is_empty() {
+        return readings.first().map(|&(b, _)| b);
+    }
+    within.iter().find(|r| rate(r) >= NEAR_BEST * best).map(|&(b, _)| b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose;
+
+    #[test]
+    fn the_choice_is_the_smallest_batch_near_the_best_throughput() {
+        // Launch-bound until 64, then compute-bound: 512 reaches 90 % of 1024's rate.
+        let r = [(1, 90.0), (8, 92.0), (64, 120.0), (128, 200.0), (256, 380.0), (512, 700.0), (1024, 1300.0)];
+        assert_eq!(choose(&r), Some(512));
+        // One noisy reading in the middle does not stop the search.
+        let noisy = [(1, 90.0), (2, 400.0), (4, 95.0), (8, 96.0), (16, 97.0)];
+        assert_eq!(choose(&noisy), Some(16));
+        // Readings past the latency cap are not candidates.
+        let slow = [(1, 1_000.0), (2, 1_500.0), (4, 30_000.0)];
+        assert_eq!(choose(&slow), Some(2));
+        assert_eq!(choose(&[]), None);
+    }
 }

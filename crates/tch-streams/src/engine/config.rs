@@ -22,9 +22,9 @@ pub enum Replicas {
 pub enum Batching {
     /// The engine decides (default): dynamic batching when every input's shape is known and the
     /// model passes the batch-independence check, with `max_batch` from a short calibration at
-    /// build time (the largest power-of-two multiple of one sample whose forward takes at most
-    /// four times a single sample's, capped at [`AUTO_MAX_BATCH`](super::AUTO_MAX_BATCH)) and no
-    /// wait beyond what is already queued; otherwise off. [`Engine::config`](super::Engine::config)
+    /// build time (forward times at 1, 2, 4, … samples up to
+    /// [`AUTO_MAX_BATCH`](super::AUTO_MAX_BATCH); the smallest size within 90 % of the best
+    /// throughput measured) and no wait beyond what is already queued; otherwise off. [`Engine::config`](super::Engine::config)
     /// says what was chosen.
     #[default]
     Auto,
@@ -242,10 +242,10 @@ impl EngineBuilder {
     }
 
     /// Promise that GPU inputs are complete when submitted (their producer stream was
-    /// synchronised, e.g. inputs prepared once up front). Skips the per-request event that
-    /// otherwise orders each worker after the submitting thread's stream — a driver call per
-    /// request on the hot path. Wrong if the promise is broken: workers may read unfinished
-    /// inputs. Default false.
+    /// synchronised, e.g. inputs prepared once up front). Workers then skip ordering each batch
+    /// after the submitting threads' streams (an event recorded and waited for per distinct
+    /// stream and batch). Wrong if the promise is broken: workers may read unfinished inputs.
+    /// Default false.
     pub fn inputs_ready(mut self, on: bool) -> Self {
         self.inputs_ready = on;
         self

@@ -6,7 +6,6 @@ use super::config::{Batching, EngineBuilder, Replicas};
 use super::independence;
 use super::error::EngineError;
 use super::metrics::{EngineStats, Metrics};
-use super::events::EventPool;
 use super::lanes::Lanes;
 use super::request::{Admission, Request};
 use super::ticket::{counted_pair, Ticket};
@@ -60,7 +59,6 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     spec: Admission,
     workers: Vec<WorkerInfo>,
-    events: Arc<EventPool>,
     inputs_ready: bool,
     /// Serialises shutdowns: a second concurrent call waits for the first to finish.
     shutting_down: Mutex<()>,
@@ -265,7 +263,6 @@ impl Engine {
             metrics,
             spec: Admission { inputs: b.inputs, arity: b.arity, devices: b.devices },
             workers: Vec::new(),
-            events: Arc::new(EventPool::default()),
             inputs_ready: b.inputs_ready,
             shutting_down: Mutex::new(()),
         };
@@ -284,7 +281,6 @@ impl Engine {
                 cuda_graphs,
                 use_pool: has_pool[&device] && device != Device::Cpu,
                 registry: Arc::clone(&engine.registry),
-                events: Arc::clone(&engine.events),
             };
             let handle = worker::spawn(spec, Vec::new(), Some(ready_tx.clone()))
                 .map_err(|e| EngineError::Build(format!("could not start a worker thread: {e}")))?;
@@ -320,8 +316,9 @@ impl Engine {
     /// tensor or the model's positional inputs (`vec![ids, mask]`), each with the samples along
     /// dim 0. Invalid input and submission after shutdown come back as an already-answered ticket.
     ///
-    /// A GPU input may still be in the making on the caller's current stream: the engine records
-    /// an event there and the worker's stream waits for it, so no host synchronisation is needed.
+    /// A GPU input may still be in the making on the caller's current stream: the worker serving
+    /// it orders its stream after that one on the device (one event per distinct stream and
+    /// batch), so no host synchronisation is needed.
     pub fn submit(&self, inputs: impl Into<Inputs>) -> Ticket {
         let inputs = inputs.into().0;
         self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
@@ -494,7 +491,7 @@ impl Engine {
         if self.inputs_ready {
             Vec::new()
         } else {
-            self.events.mark_ready_all(inputs)
+            super::events::producers(inputs)
         }
     }
 

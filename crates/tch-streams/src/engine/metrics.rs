@@ -113,11 +113,12 @@ pub struct EngineStats {
 pub struct StageStats {
     /// Batches served.
     pub batches: u64,
-    /// Ordering a batch after its inputs' producers (one device-side wait per producer).
+    /// Ordering a batch after the streams that produced its inputs (an event recorded on each
+    /// distinct producer stream, waited for on the device).
     pub order_us: u64,
-    /// Event waits queued for that.
+    /// Producer streams waited for (one per distinct stream and batch).
     pub ready_waits: u64,
-    /// Events not waited for: a later event of the same producer covered them.
+    /// Requests whose producer stream another request of the same batch already covered.
     pub ready_skipped: u64,
     /// Joining the requests' inputs, padding to the bucket, moving them to the device.
     pub assemble_us: u64,

@@ -15,7 +15,7 @@ use super::buckets::{join_padded, Buckets};
 use super::completion::{answer, Completer, Launched};
 use super::config::{Batching, Output};
 use super::error::EngineError;
-use super::events::{latest_per_producer, EventPool};
+use super::events::{distinct, ReadyEvents};
 use super::graphs::Runner;
 use super::metrics::{Metrics, Stages};
 use super::request::Request;
@@ -51,7 +51,6 @@ pub(crate) struct WorkerSpec {
     pub(crate) cuda_graphs: bool,
     pub(crate) use_pool: bool,
     pub(crate) registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    pub(crate) events: Arc<EventPool>,
 }
 
 /// Starts a worker thread; it reports its index with its bound stream (or why it could not
@@ -102,6 +101,7 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
     } else {
         None
     };
+    let mut events = ReadyEvents::default();
     let mut queue: std::collections::VecDeque<Request> = inherited.into();
     loop {
         let batch = match queue.pop_front() {
@@ -111,7 +111,7 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
                 None => return, // queue closed and drained
             },
         };
-        if serve(&spec, &stream, &mut runner, completer.as_ref(), batch) {
+        if serve(&spec, &stream, &mut runner, &mut events, completer.as_ref(), batch) {
             // A panic: hand what this worker set aside to a replacement and stop.
             spec.metrics.replaced.fetch_add(1, Ordering::Relaxed);
             let mut rest: Vec<Request> = queue.into_iter().collect();
@@ -169,33 +169,38 @@ fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
     Ok((stream, runner))
 }
 
-/// Orders the worker's stream after the batch's inputs' producers: one device-side wait per
-/// producer, on its latest mark (see [`super::events`]). An input on another device is gathered
-/// and copied by kernels on that device's current stream, which a wait on this stream does not
-/// order: the host waits for its producer instead.
-fn order(spec: &WorkerSpec, stream: &Stream, batch: &mut [Request]) {
-    let marks: Vec<_> = batch.iter_mut().flat_map(|r| r.ready.drain(..)).collect();
-    if marks.is_empty() {
+/// Orders the worker's stream after the streams that produced the batch's inputs: one event per
+/// distinct producer stream (see [`super::events`]).
+fn order(spec: &WorkerSpec, stream: &Stream, events: &mut ReadyEvents, batch: &mut [Request]) {
+    let (producers, total) = distinct(batch.iter_mut().flat_map(|r| r.ready.drain(..)));
+    if total == 0 {
         return;
     }
-    let (latest, redundant) = latest_per_producer(marks);
     let st = &spec.metrics.stages;
-    st.ready_waits.fetch_add(latest.len() as u64, Ordering::Relaxed);
-    st.ready_skipped.fetch_add(redundant.len() as u64, Ordering::Relaxed);
-    for m in &latest {
-        let ordered = if m.device == spec.device { m.event.wait(stream) } else { m.event.synchronize() };
-        if let Err(e) = ordered {
-            tracing::warn!("could not order worker {} after an input's producer: {e}", spec.index);
+    st.ready_waits.fetch_add(producers.len() as u64, Ordering::Relaxed);
+    st.ready_skipped.fetch_add((total - producers.len()) as u64, Ordering::Relaxed);
+    for m in &producers {
+        if let Err(e) = events.order_after(m, stream, spec.device) {
+            // Not ordered on the device: wait for the producer on the host (slower, never wrong).
+            tracing::warn!("worker {}: could not order after {} on the device ({e}); waiting on the host", spec.index, m.stream);
+            if let Err(e) = m.stream.synchronize() {
+                tracing::error!("worker {}: could not wait for {} either: {e}", spec.index, m.stream);
+            }
         }
     }
-    // Waits queued (or done): safe to re-record. The redundant ones nobody waits for.
-    spec.events.give_back(latest.into_iter().chain(redundant));
 }
 
 /// Serves one batch; returns true if the model panicked.
-fn serve(spec: &WorkerSpec, stream: &Stream, runner: &mut Runner, completer: Option<&Completer>, mut batch: Vec<Request>) -> bool {
+fn serve(
+    spec: &WorkerSpec,
+    stream: &Stream,
+    runner: &mut Runner,
+    events: &mut ReadyEvents,
+    completer: Option<&Completer>,
+    mut batch: Vec<Request>,
+) -> bool {
     let t0 = Instant::now();
-    order(spec, stream, &mut batch);
+    order(spec, stream, events, &mut batch);
     Stages::lap(&spec.metrics.stages.order, t0);
     let inputs: Vec<&[Tensor]> = batch.iter().map(|r| r.inputs.as_slice()).collect();
     let rows: Vec<i64> = batch.iter().map(|r| r.rows).collect();
