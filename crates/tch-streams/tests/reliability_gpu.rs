@@ -165,7 +165,7 @@ fn soak_mixed_load_with_restarts() {
             Batching::Off
         };
         let every: u64 = std::env::var("TCH_STREAMS_SOAK_GRAPHS_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-        let graphs = cfg!(feature = "cuda-graphs") && cycles % every == every - 1;
+        let graphs = tch_streams::engine::CUDA_GRAPHS_BUILT && cycles % every == every - 1;
         let (submitted, ok, bad, dropped) = run_cycle(workers, batching, graphs, cycle, cycles);
         let now = allocated();
         println!(

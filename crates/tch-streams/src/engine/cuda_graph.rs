@@ -85,6 +85,37 @@ impl GraphCache {
         }
     }
 
+    /// Replays the graph captured for `padded` rows of these inputs, if there is one, writing the
+    /// batch's parts straight into the graph's static inputs (one kernel per input; the rows past
+    /// `rows` keep whatever an earlier batch left there: rows are independent, and those outputs
+    /// are never handed out). Returns copies of the first `rows` rows of every output, or `None`
+    /// when no graph fits (the caller runs the batch another way).
+    pub(crate) fn replay_parts(&mut self, parts: &[Vec<&Tensor>], rows: i64, padded: i64) -> Result<Option<Outputs>, ForwardError> {
+        let key: Key = parts
+            .iter()
+            .map(|p| {
+                let mut size = p[0].size();
+                size[0] = padded;
+                (size, p[0].kind())
+            })
+            .collect();
+        let Some(c) = self.graphs.get(&key) else { return Ok(None) };
+        for (stat, p) in c.inputs.iter().zip(parts) {
+            let target = stat.f_narrow(0, 0, rows)?;
+            if p.len() == 1 {
+                target.shallow_clone().f_copy_(p[0])?;
+            } else {
+                let _written = Tensor::f_cat_out(&target, p, 0)?; // returns `target` itself
+            }
+        }
+        {
+            let _shared = LIFECYCLE.read();
+            c.graph.replay().map_err(ForwardError::Other)?;
+        }
+        let copies = c.outputs.tensors().into_iter().map(|t| t.f_narrow(0, 0, rows)?.f_detach_copy()).collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(c.outputs.rebuild_like(copies)))
+    }
+
     pub(crate) fn forward(&mut self, model: &dyn Forward, xs: &[Tensor]) -> Result<Outputs, ForwardError> {
         let key: Key = xs.iter().map(|x| (x.size(), x.kind())).collect();
         if !self.graphs.contains_key(&key) {

@@ -11,7 +11,9 @@
 //! the producer enqueued after submitting: a longer wait, never a wrong one.
 //!
 //! This matters most for callers on the default stream, where an event recorded per request
-//! serialises every submitting thread on the legacy default stream.
+//! serialises every submitting thread on the legacy default stream. The worker first asks
+//! whether the producer stream is idle (a query, which does not enqueue anything): then
+//! everything enqueued there, the inputs included, is done and there is nothing to wait for.
 //!
 //! Invariants: a [`ReadyMarks`] belongs to one worker thread; its events are re-recorded only
 //! after the wait on their previous record was queued (a stream wait applies to the record that
@@ -46,6 +48,10 @@ pub(crate) fn producers(inputs: &[Tensor]) -> Vec<ReadyMark> {
 }
 
 /// Distinct producer streams of a batch, and how many marks they cover in all.
+///
+/// ```text
+/// requests:  [s1] [s1] [s2] [s1]   ->   distinct [s1, s2], total 4
+/// ```
 pub(crate) fn distinct(marks: impl IntoIterator<Item = ReadyMark>) -> (Vec<ReadyMark>, usize) {
     let mut out: Vec<ReadyMark> = Vec::new();
     let mut total = 0;
@@ -71,6 +77,9 @@ impl ReadyEvents {
     pub(crate) fn order_after(&mut self, mark: &ReadyMark, worker: &Stream, own: Device) -> crate::Result<()> {
         if mark.stream == *worker {
             return Ok(()); // the same stream: already in order
+        }
+        if mark.stream.query()? {
+            return Ok(()); // idle: every input it produced is complete
         }
         let event = match self.by_device.entry(mark.device) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

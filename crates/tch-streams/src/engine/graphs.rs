@@ -42,6 +42,18 @@ impl Runner {
         let _ = xs;
     }
 
+    /// A batch given as its parts per input (all on the worker's device), to run as `padded`
+    /// rows: replayed straight from the parts when a graph of that size exists (outputs of
+    /// `rows` rows), `None` otherwise.
+    pub(crate) fn replay_parts(&mut self, parts: &[Vec<&Tensor>], rows: i64, padded: i64) -> Result<Option<Outputs>, ForwardError> {
+        #[cfg(tss_cuda_graphs)]
+        if let Some(cache) = &mut self.graphs {
+            return cache.replay_parts(parts, rows, padded);
+        }
+        let _ = (parts, rows, padded);
+        Ok(None)
+    }
+
     pub(crate) fn forward(&mut self, xs: &[Tensor]) -> Result<Outputs, ForwardError> {
         #[cfg(tss_cuda_graphs)]
         if let Some(cache) = &mut self.graphs {

@@ -116,7 +116,8 @@ pub struct StageStats {
     /// Ordering a batch after the streams that produced its inputs (an event recorded on each
     /// distinct producer stream, waited for on the device).
     pub order_us: u64,
-    /// Producer streams waited for (one per distinct stream and batch).
+    /// Producer streams ordered after (one per distinct stream and batch; an idle one needs no
+    /// wait and only costs a query).
     pub ready_waits: u64,
     /// Requests whose producer stream another request of the same batch already covered.
     pub ready_skipped: u64,
