@@ -380,6 +380,7 @@ fn peer_arguments_mirror_the_sweep() {
     assert_eq!(value("--reps"), Some("3"));
     assert_eq!(value("--warmup-s"), Some("0.05"));
     assert_eq!(value("--duration-s"), Some("0.1"));
+    assert_eq!(value("--window"), Some("8"), "the batcher modes keep as many requests in flight as our clients");
     assert_eq!(value("--out"), Some("/tmp/p.json"));
     // A TorchScript workload: the peer gets the same model and input specs.
     let mut custom = tiny();

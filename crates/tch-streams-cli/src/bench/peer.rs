@@ -87,6 +87,9 @@ impl PeerRunner {
             cfg.warmup_s.to_string(),
             "--duration-s".into(),
             cfg.duration_s.to_string(),
+            // The batcher modes' clients keep as many requests in flight as ours.
+            "--window".into(),
+            cfg.window.to_string(),
             "--out".into(),
             out.display().to_string(),
         ]);
