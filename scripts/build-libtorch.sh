@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds libtorch 2.11.0 with our MPS stream-pool patch (macOS on Apple silicon), idempotently:
 #   1. vendor/pytorch at the commit in vendor/pytorch.lock (scripts/vendor-pytorch.sh);
-#   2. patches/tch-streams-mps-v2.11.0.patch applied (checked first; skipped when already applied);
+#   2. patches/v2.11.0/tch-streams-mps-v2.11.0.patch applied (checked first; skipped when already applied);
 #   3. libtorch built with CMake: MPS on, Python/CUDA/distributed/tests off, the patch id compiled
 #      in (-DTCH_STREAMS_MPS_PATCH_ID), installed into
 #      ${TCH_STREAMS_HOME:-~/.cache/tch-streams}/libtorch/<pytorch-commit-12>-<patch-sha-12>/
@@ -20,7 +20,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
-PATCH="$ROOT/patches/tch-streams-mps-v2.11.0.patch"
+PATCH="$ROOT/patches/v2.11.0/tch-streams-mps-v2.11.0.patch"
 SRC="$ROOT/vendor/pytorch"
 CUSTOM_SRC=0
 ALLOW_NON_MAC=0
@@ -78,7 +78,7 @@ else
   if ! out="$(cd "$SRC" && git apply --check --verbose "$PATCH" 2>&1)"; then
     echo "$out" | grep -E '^(error|Checking patch)' | grep -B1 '^error' >&2 || true
     failing="$(echo "$out" | sed -n 's/^error: patch failed: \(.*\)$/\1/p' | head -n 1)"
-    die "patches/tch-streams-mps-v2.11.0.patch does not apply to $SRC (commit $COMMIT).
+    die "patches/v2.11.0/tch-streams-mps-v2.11.0.patch does not apply to $SRC (commit $COMMIT).
 The first failing hunk is at ${failing:-<see the errors above>} (file:line in the patch's numbering).
 The tree may be partly patched or locally modified: 'git -C $SRC status' shows it; restore it with
 'git -C $SRC checkout -- . && git -C $SRC clean -fd aten' and run this again. If it still fails, the

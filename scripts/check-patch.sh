@@ -32,8 +32,8 @@ trap 'echo "[check-patch] error: command failed at line $LINENO" >&2' ERR
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
 WHEELS="$CACHE/wheels"
-PATCH="$ROOT/patches/tch-streams-mps-v2.11.0.patch"
-SERIES_DIR="$ROOT/patches/series"
+PATCH="$ROOT/patches/v2.11.0/tch-streams-mps-v2.11.0.patch"
+SERIES_DIR="$ROOT/patches/v2.11.0/series"
 RUN_TSAN=1
 
 while [ $# -gt 0 ]; do

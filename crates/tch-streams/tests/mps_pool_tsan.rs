@@ -4,7 +4,7 @@
 //! here: the stream pool's slot and thread-local logic (`aten/src/ATen/mps/MPSStreamPoolCore.h`)
 //! and the allocator's rule for reusing a freed buffer across streams
 //! (`aten/src/ATen/mps/MPSBufferStreamUse.h`). The tests extract them from
-//! `patches/tch-streams-mps-v2.11.0.patch` (their `+` lines), so they test exactly what the patch
+//! `patches/v2.11.0/tch-streams-mps-v2.11.0.patch` (their `+` lines), so they test exactly what the patch
 //! ships, compile `tests/mps_pool/pool_core_stress.cpp` and `tests/mps_pool/buffer_reuse_stress.cpp`
 //! against them with `g++ -fsanitize=thread`, run them and check their summaries.
 //!
@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const PATCH: &str = "patches/tch-streams-mps-v2.11.0.patch";
+const PATCH: &str = "patches/v2.11.0/tch-streams-mps-v2.11.0.patch";
 const CORE_HEADER: &str = "aten/src/ATen/mps/MPSStreamPoolCore.h";
 const STRESS_SOURCE: &str = "crates/tch-streams/tests/mps_pool/pool_core_stress.cpp";
 const REUSE_HEADER: &str = "aten/src/ATen/mps/MPSBufferStreamUse.h";
