@@ -214,7 +214,17 @@ check_version() {
     mkdir -p "$C"
     for f in "${CTX_FILES[@]}"; do mkdir -p "$C/$(dirname "$f")"; cp "$CTX/$f" "$C/$f"; inc+=(--include="$f"); done
     if out="$(cd "$C" && git apply --check --verbose "${inc[@]}" "$PATCH" 2>&1)"; then
-      pass context "every hunk of ${#CTX_FILES[@]} .mm files applies to the upstream text ($(grep -c '^Hunk\|^Checking' <<<"$out" || true) lines of git apply output, $(sed -n 's/^repo=//p' "$ROOT/vendor/v$V/mps-context.lock")@$(sed -n 's/^commit=//p' "$ROOT/vendor/v$V/mps-context.lock" | cut -c1-8))"
+      local nh; nh="$(python3 - "$PATCH" "${CTX_FILES[@]}" <<'PY2'
+import re, sys
+text, want = open(sys.argv[1]).read(), set(sys.argv[2:])
+n = 0
+for block in re.split(r'^(?=diff --git )', text, flags=re.M)[1:]:
+    if re.match(r'diff --git a/(\S+) b/', block).group(1) in want:
+        n += len(re.findall(r'^@@ ', block, flags=re.M))
+print(n)
+PY2
+)"
+      pass context "all $nh hunks of ${#CTX_FILES[@]} .mm files apply to the upstream text ($(sed -n 's/^repo=//p' "$ROOT/vendor/v$V/mps-context.lock")@$(sed -n 's/^commit=//p' "$ROOT/vendor/v$V/mps-context.lock" | cut -c1-8), renames reversed)"
     else
       fail context "$(grep -E '^error' <<<"$out" | head -n 3 | oneline)"
     fi
