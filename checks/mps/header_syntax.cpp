@@ -6,11 +6,14 @@
 #include <ATen/mps/MPSStreamPoolCore.h>
 #include <ATen/native/mps/MetalShaderLibrary.h>
 
-// IMPSAllocator declares recordStream(const DataPtr&, c10::Stream); an implementation overrides it
-// (const in v2.11.0; from v2.13.0 on the non-const one that c10::DeviceAllocator declares).
+// IMPSAllocator gains a pure virtual that records a buffer's use by a stream: recordStream (const) in
+// v2.11.0; from v2.13.0 on, where IMPSAllocator derives from c10::DeviceAllocator and upstream's
+// MPSAllocator overrides DeviceAllocator::recordStream as a no-op, recordStreamUse (const).
 struct RecordStreamProbe : at::mps::IMPSAllocator {
 #ifdef TCH_STREAMS_DEVICE_ALLOCATOR
+  // upstream's own (MPSAllocator overrides it as a no-op) and ours, named apart
   void recordStream(const c10::DataPtr&, c10::Stream) override {}
+  void recordStreamUse(const c10::DataPtr&, c10::Stream) const override {}
 #else
   void recordStream(const c10::DataPtr&, c10::Stream) const override {}
 #endif
