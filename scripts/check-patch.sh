@@ -29,6 +29,7 @@
 #                 torch's c10/ATen headers and our Apple stub headers (checks/mps/apple-stubs/):
 #                 0 errors, no warning the patch adds.
 #
+# Needs g++, curl, python3; installs Debian's clang and llvm (apt-get) when missing.
 # Usage: scripts/check-patch.sh [--version 2.11.0|2.13.0] [--no-tsan] [--help]
 # Exits 1 when any check fails.
 set -euo pipefail
@@ -46,11 +47,26 @@ while [ $# -gt 0 ]; do
     --version)
       case "${2:-}" in 2.11.0|2.13.0) VERSIONS=("$2") ;; *) echo "check-patch.sh: --version 2.11.0|2.13.0" >&2; exit 2 ;; esac
       shift ;;
-    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "check-patch.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
+
+# Debian packages the checks use: clang (objc-syntax), llvm (llvm-nm, for the binary facts).
+# Quick when already installed; failures surface in the checks that need them.
+ensure_debian_packages() {
+  local need=()
+  command -v clang++ >/dev/null || need+=(clang)
+  { command -v llvm-nm || command -v llvm-nm-14; } >/dev/null || need+=(llvm)
+  [ "${#need[@]}" = 0 ] && return 0
+  command -v apt-get >/dev/null || return 0
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "[check-patch] installing Debian packages: ${need[*]}" >&2
+  { $sudo apt-get install -y -q "${need[@]}" >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q "${need[@]}" >/dev/null 2>&1; }; } || true
+}
+ensure_debian_packages
 
 FAILED=0
 pass() { echo "PASS $1 v$V: $2"; }
@@ -185,7 +201,11 @@ check_version() {
   # series == cumulative
   local A="$W/cumulative" B="$W/series" p series_ok=1 d
   cp -r "$BASE" "$A"; cp -r "$BASE" "$B"
-  if ! out="$(cd "$A" && git apply "$PATCH" 2>&1)"; then
+  if [ "${#CTX_FILES[@]}" -gt 0 ] && [ "$CTX_OK" = 0 ]; then
+    # the series' intermediate steps touch upstream lines that only the real files have
+    fail series "needs the context .mm files, which could not be fetched: $(oneline < "$W/fetch.log")"
+    series_ok=0
+  elif ! out="$(cd "$A" && git apply "$PATCH" 2>&1)"; then
     fail series "the cumulative patch does not apply to its own base: $(head -n 3 <<<"$out" | oneline)"
     series_ok=0
   else
@@ -301,6 +321,8 @@ PY2
     skip objc-syntax "no upstream .mm source of the v$V window to compile (vendor/v$V/mps-context.lock)"
   elif [ "$CTX_OK" = 0 ]; then
     fail objc-syntax "the context .mm files could not be fetched"
+  elif [ -z "${TORCH_INC:-}" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
+    skip objc-syntax "no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
   elif [ "$series_ok" = 1 ]; then
     local TORCH_INC_L="${TORCH_INC:-}"
     if out="$("$ROOT/checks/mps/objc-syntax.sh" "$V" "$BASE" "$A" "$W/wheel/torch/include" "$TORCH_INC_L" "${CTX_FILES[@]}" 2>&1)"; then

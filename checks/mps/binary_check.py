@@ -34,6 +34,26 @@ for path, lit in sorted(literals):
 for path, name in sorted(functions):
     if name.encode() not in data:
         problems.append('function %s of %s is not in the binary' % (name, path))
+_symbols = None
+
+
+def symbol_address(name):
+    """Address of a defined symbol, from llvm-nm (Debian's clang brings llvm-nm-14)."""
+    global _symbols
+    if _symbols is None:
+        import shutil, subprocess
+        nm = shutil.which('llvm-nm') or shutil.which('llvm-nm-14')
+        if nm is None:
+            return None
+        out = subprocess.run([nm, '--defined-only', dylib], capture_output=True, text=True).stdout
+        _symbols = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                _symbols[parts[2]] = int(parts[0], 16)
+    return _symbols.get(name)
+
+
 nfacts = 0
 for raw in open(facts_path):
     line = raw.rstrip('\n')
@@ -45,6 +65,14 @@ for raw in open(facts_path):
     if kind == 'dispatches':
         if not re.search(re.escape(needle) + rb'[\w$.]*_block_invoke', data):
             problems.append('%s dispatches no block in the binary' % rest)
+    elif kind == 'empty-function':
+        # the symbol's first instruction is arm64 `ret` (c0 03 5f d6): the function does nothing.
+        # Symbol addresses from llvm-nm; in these dylibs __TEXT starts at address 0 and file offset 0.
+        addr = symbol_address(rest)
+        if addr is None:
+            problems.append('symbol %s not found (llvm-nm)' % rest)
+        elif data[addr:addr + 4] != bytes.fromhex('c0035fd6'):
+            problems.append('%s does not start with ret (found %s)' % (rest, data[addr:addr + 4].hex()))
     elif kind in ('present', 'absent'):
         if (needle in data) != (kind == 'present'):
             problems.append('expected %r to be %s the binary' % (needle, 'in' if kind == 'present' else 'absent from'))
