@@ -4,9 +4,33 @@
 
 typedef NSUInteger MTLResourceOptions;
 enum : NSUInteger {
+  MTLResourceCPUCacheModeDefaultCache = 0,
   MTLResourceStorageModeShared = 0,
+  MTLResourceStorageModeManaged = 1 << 4,
   MTLResourceStorageModePrivate = 2 << 4,
+  MTLResourceHazardTrackingModeDefault = 0,
+  MTLResourceHazardTrackingModeUntracked = 1 << 8,
+  MTLResourceHazardTrackingModeTracked = 2 << 8,
 };
+typedef NSUInteger MTLStorageMode;
+enum : NSUInteger { MTLStorageModeShared = 0, MTLStorageModeManaged = 1, MTLStorageModePrivate = 2 };
+typedef NSUInteger MTLCPUCacheMode;
+enum : NSUInteger { MTLCPUCacheModeDefaultCache = 0, MTLCPUCacheModeWriteCombined = 1 };
+typedef NSUInteger MTLHazardTrackingMode;
+enum : NSUInteger { MTLHazardTrackingModeDefault = 0, MTLHazardTrackingModeUntracked = 1, MTLHazardTrackingModeTracked = 2 };
+typedef NSInteger MTLHeapType;
+enum : NSInteger { MTLHeapTypeAutomatic = 0, MTLHeapTypePlacement = 1 };
+typedef NSUInteger MTLPurgeableState;
+enum : NSUInteger {
+  MTLPurgeableStateKeepCurrent = 1,
+  MTLPurgeableStateNonVolatile = 2,
+  MTLPurgeableStateVolatile = 3,
+  MTLPurgeableStateEmpty = 4,
+};
+typedef struct {
+  NSUInteger size;
+  NSUInteger align;
+} MTLSizeAndAlign;
 typedef NSUInteger MTLCommandBufferStatus;
 
 @protocol MTLDevice;
@@ -94,6 +118,19 @@ typedef void (^MTLCommandBufferHandler)(id<MTLCommandBuffer>);
 @end
 
 @protocol MTLHeap <NSObject>
+@property(readonly) NSUInteger size;
+- (NSUInteger)maxAvailableSizeWithAlignment:(NSUInteger)alignment;
+- (id<MTLBuffer>)newBufferWithLength:(NSUInteger)length options:(MTLResourceOptions)options;
+- (MTLPurgeableState)setPurgeableState:(MTLPurgeableState)state;
+@end
+
+@interface MTLHeapDescriptor : NSObject <NSCopying>
+@property NSUInteger size;
+@property MTLStorageMode storageMode;
+@property MTLCPUCacheMode cpuCacheMode;
+@property MTLHazardTrackingMode hazardTrackingMode;
+@property MTLResourceOptions resourceOptions;
+@property MTLHeapType type;
 @end
 
 @protocol MTLDevice <NSObject>
@@ -101,6 +138,12 @@ typedef void (^MTLCommandBufferHandler)(id<MTLCommandBuffer>);
 - (id<MTLCommandQueue>)newCommandQueue;
 - (id<MTLSharedEvent>)newSharedEvent;
 - (id<MTLBuffer>)newBufferWithLength:(NSUInteger)length options:(MTLResourceOptions)options;
+- (id<MTLHeap>)newHeapWithDescriptor:(MTLHeapDescriptor*)descriptor;
+- (MTLSizeAndAlign)heapBufferSizeAndAlignWithLength:(NSUInteger)length options:(MTLResourceOptions)options;
+@property(readonly) NSUInteger maxBufferLength;
+@property(readonly) uint64_t recommendedMaxWorkingSetSize;
+@property(readonly) NSUInteger currentAllocatedSize;
+@property(readonly) BOOL hasUnifiedMemory;
 @end
 
 @interface MTLCaptureManager : NSObject
