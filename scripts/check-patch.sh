@@ -22,8 +22,8 @@
 #   reuse-tsan    the allocator's reuse rule passes tests/mps_pool/buffer_reuse_stress.cpp (TSan);
 #   queue-model   checks/mps/queue_model.cpp (serial queues, late GPU signals, pooled events, command
 #                 buffers with retain counts, the allocator lock) runs the patch's portable headers
-#                 under TSan with no report and no violation, and catches bugs 1, 2 and 7 of issue
-#                 #16 when they are put back (four mutation runs, each must FAIL).
+#                 under TSan with no report and no violation, and catches bugs 1, 2, 5 and 7 of
+#                 issue #16 when they are put back (five mutation runs, each must FAIL).
 #   objc-syntax   checks/mps/objc-syntax.sh: clang -fsyntax-only -x objective-c++ of the context .mm
 #                 files before and after the patch, against the wheel's ATen/mps headers, the Linux
 #                 torch's c10/ATen headers and our Apple stub headers (checks/mps/apple-stubs/):
@@ -361,9 +361,9 @@ queue_model() {
     return
   fi
   local summary; summary="$(grep -m1 '^queue-model: summary' <<<"$TSAN_OUT" | cut -d' ' -f3-)"
-  # Mutations put bugs 1, 2 and 7 of issue #16 back, in the patch's own header (edited copy) or in
+  # Mutations put bugs 1, 2, 5 and 7 of issue #16 back, in the patch's own header (edited copy) or in
   # the model of the .mm lines that fixed them; each run must fail (a violation or a TSan report).
-  for m in bug1-reset-and-reuse bug1-reuse-unsettled bug2-leak-prev-buffer bug7-no-queue-frames; do
+  for m in bug1-reset-and-reuse bug1-reuse-unsettled bug2-leak-prev-buffer bug5-wait-dispatches bug7-no-queue-frames; do
     local mi="$w/inc-$m"; rm -rf "$mi"; cp -r "$inc" "$mi"
     local flags=()
     case "$m" in
@@ -378,6 +378,8 @@ queue_model() {
         sed -i 's/^    if (settled(\*it)) {$/    if (true) {/' "$mi/ATen/mps/MPSEventCore.h" ;;
       bug2-leak-prev-buffer)
         flags=(-DQM_MUTATE_FLUSH_OVERWRITES_PREV) ;;
+      bug5-wait-dispatches)
+        flags=(-DQM_MUTATE_WAITON_ALWAYS_DISPATCHES) ;;
       bug7-no-queue-frames)
         flags=(-DQM_MUTATE_NO_FRAMES) ;;
     esac

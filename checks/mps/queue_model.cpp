@@ -37,6 +37,8 @@
 //   QM_MUTATE_FLUSH_OVERWRITES_PREV flush() overwrites _prevCommandBuffer without releasing it (bug 2)
 //   QM_MUTATE_NO_FRAMES             dispatch_sync_with_rethrow installs no queue frames, so only
 //                                  GCD's innermost queue is known (bug 7's nested self-deadlock)
+//   QM_MUTATE_WAITON_ALWAYS_DISPATCHES waitOn dispatches even from inside its own stream's block
+//                                  (bug 5's hang)
 #include <ATen/mps/MPSEventCore.h>
 #include <ATen/mps/MPSStreamPoolCore.h>
 
@@ -372,7 +374,9 @@ struct Event {
     dispatch_sync_with_rethrow(&stream->queue, [&] { recordLocked(syncEvent, stream); });
   }
   bool waitOn(Stream* stream, bool syncEvent) {
+#ifndef QM_MUTATE_WAITON_ALWAYS_DISPATCHES
     if (stream->isOnQueue()) return waitLocked(syncEvent, stream);
+#endif
     bool waited = false;
     dispatch_sync_with_rethrow(&stream->queue, [&] { waited = waitLocked(syncEvent, stream); });
     return waited;
@@ -458,7 +462,7 @@ std::recursive_mutex& unsafeKernelMutex() {
 }
 
 // ---- the workload ---------------------------------------------------------------------------------
-std::atomic<long> g_cross{0}, g_queries{0}, g_nested{0}, g_allocs{0}, g_kernels{0};
+std::atomic<long> g_cross{0}, g_queries{0}, g_nested{0}, g_allocs{0}, g_kernels{0}, g_inner_waits{0};
 
 // An op on `s`: encode work that sets *flag, inside a block on the stream's queue.
 void encodeWork(Stream* s, std::atomic<bool>* flag, bool commit) {
@@ -479,7 +483,7 @@ void worker(int index, int iterations) {
   for (int i = 0; i < iterations; ++i) {
     flags.push_back(std::make_unique<std::atomic<bool>>(false));
     std::atomic<bool>* flag = flags.back().get();
-    switch (rng() % 6) {
+    switch (rng() % 7) {
       case 0: {  // record on s after work, block t on the event, then check on t
         encodeWork(s, flag, false);
         auto e = g_events->acquireEvent(s);
@@ -523,6 +527,18 @@ void worker(int index, int iterations) {
         std::lock_guard<std::recursive_mutex> serialize(unsafeKernelMutex());
         encodeWork(s, flag, true);
         g_kernels.fetch_add(1);
+        break;
+      }
+      case 5: {  // a wait issued from inside a block of the waiting stream (a hook, an extension)
+        encodeWork(s, flag, false);
+        auto e = g_events->acquireEvent(s);
+        e->recordOn(s, /*syncEvent*/ true);
+        dispatch_sync_with_rethrow(&t->queue, [&] {
+          e->waitOn(t, /*syncEvent*/ false);
+          t->commandBuffer()->encode(Op{Op::Check, nullptr, 0, flag});
+          t->synchronize(SyncType::COMMIT);
+        });
+        g_inner_waits.fetch_add(1);
         break;
       }
       default:
@@ -570,8 +586,8 @@ void runConfiguration(bool commit_and_continue, int threads, int iterations) {
 int main() {
   runConfiguration(/*commit_and_continue*/ true, 6, 120);
   runConfiguration(/*commit_and_continue*/ false, 6, 120);
-  std::printf("queue-model: summary cross_stream_waits=%ld stream_queries=%ld nested_hops=%ld allocations=%ld serialised_kernels=%ld violations=%d\n",
-              g_cross.load(), g_queries.load(), g_nested.load(), g_allocs.load(), g_kernels.load(),
+  std::printf("queue-model: summary cross_stream_waits=%ld waits_inside_blocks=%ld stream_queries=%ld nested_hops=%ld allocations=%ld serialised_kernels=%ld violations=%d\n",
+              g_cross.load(), g_inner_waits.load(), g_queries.load(), g_nested.load(), g_allocs.load(), g_kernels.load(),
               g_violations.load());
   const bool ok = g_violations.load() == 0;
   std::printf("%s queue_model\n", ok ? "PASS" : "FAIL");
