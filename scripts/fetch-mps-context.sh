@@ -52,6 +52,7 @@ for entry in "${files[@]}"; do
     echo "[fetch-mps-context] $path: sha256 $got after reversing the renames, expected $want" >&2
     rm -f "$tmp"; failed=1; continue
   fi
+  chmod 644 "$tmp"
   mv "$tmp" "$out"
 done
 exit "$failed"
