@@ -1,98 +1,101 @@
 #!/usr/bin/env bash
-# Static checks of the MPS stream-pool patch (patches/), runnable on Linux; idempotent.
+# Static checks of the MPS stream-pool patches (patches/v<VERSION>/), runnable on Linux; idempotent.
+# Every check runs for every version (2.11.0 and 2.13.0 unless --version says otherwise) and
+# prints one line: "PASS|FAIL|SKIP <check> v<VERSION>: ...".
 #
-#   1. headers:  every header hunk of patches/tch-streams-mps-v2.11.0.patch applies to the exact
-#                v2.11.0 headers shipped in PyPI's macOS arm64 torch==2.11.0 wheel (downloaded once
-#                into the cache; the installer's TORCH_STABLE_ONLY wrapper lines are stripped).
-#   2. series:   applying patches/series/*.patch in order gives the same files as the cumulative
-#                patch (on the wheel headers, and on .mm pre-images rebuilt from the cumulative
-#                patch's own hunks: that part compares the two forms, not upstream).
-#   3. sources:  the whole patch applies to vendor/pytorch when scripts/vendor-pytorch.sh has made
-#                it (the only check of the .mm hunks against real v2.11.0 sources); SKIP otherwise.
-#   4. pool-tsan: the pool core header, extracted from the patch, passes
-#                crates/tch-streams/tests/mps_pool/pool_core_stress.cpp under ThreadSanitizer (needs g++); the same
-#                test runs under `cargo test` as tests/mps_pool_tsan.rs.
-#   5. reuse-tsan: the allocator's buffer/stream reuse rule (MPSBufferStreamUse.h, extracted from
-#                the patch) passes crates/tch-streams/tests/mps_pool/buffer_reuse_stress.cpp under ThreadSanitizer.
-#   6. header-syntax: the patched headers that have a plain C++ form (MPSAllocatorInterface.h,
-#                MetalShaderLibrary.h, the two portable ones) compile with g++ -fsyntax-only
-#                against the c10 headers of a Linux torch 2.11.0 (the project's venv, or
-#                TCH_STREAMS_TORCH_INCLUDE); SKIP when there is none.
-#   7. binary:   the .mm hunks' context agrees with the v2.11.0 build in the same wheel
-#                (libtorch_cpu.dylib): every string literal on a context or removed line is in
-#                it, every function defined on one is named in its symbols, the functions that
-#                gain the kernel lock or the encoder move dispatch a block in v2.11.0, and the
-#                facts patches/README.md relies on about v2.11.0's code hold.
+#   headers       every header hunk applies to the exact headers of PyPI's macOS arm64 torch
+#                 wheel of that version (downloaded once into the cache; the installer's
+#                 TORCH_STABLE_ONLY wrapper lines are stripped).
+#   series        the series applied in order gives the same files as the cumulative patch (on the
+#                 wheel headers, the context .mm files where fetched, and .mm pre-images rebuilt
+#                 from the cumulative patch's own hunks elsewhere).
+#   context       every hunk of every .mm file listed in vendor/v<VERSION>/mps-context.lock applies
+#                 to that upstream file (scripts/fetch-mps-context.sh); SKIP when the lock lists none.
+#   sources       the whole patch applies to vendor/pytorch-<VERSION> when scripts/vendor-pytorch.sh
+#                 has made it; SKIP otherwise.
+#   binary        the .mm hunks' context agrees with the wheel's libtorch_cpu.dylib (string literals,
+#                 function names) and checks/mps/binary-facts-v<VERSION>.txt holds.
+#   header-syntax the patched headers with a plain C++ form compile (g++ -fsyntax-only -Wall
+#                 -Wextra) against the c10 headers of the Linux torch of that version (venv).
+#   pool-tsan     the pool core header from the patch passes tests/mps_pool/pool_core_stress.cpp
+#                 under ThreadSanitizer;
+#   reuse-tsan    the allocator's reuse rule passes tests/mps_pool/buffer_reuse_stress.cpp (TSan);
+#   queue-model   checks/mps/queue_model.cpp (serial queues, late GPU signals, pooled events, command
+#                 buffers with retain counts, the allocator lock) runs the patch's portable headers
+#                 under TSan with no report and no violation, and catches bugs 1, 2, 5 and 7 of
+#                 issue #16 when they are put back (five mutation runs, each must FAIL).
+#   objc-syntax   checks/mps/objc-syntax.sh: clang -fsyntax-only -x objective-c++ of the context .mm
+#                 files before and after the patch, against the wheel's ATen/mps headers, the Linux
+#                 torch's c10/ATen headers and our Apple stub headers (checks/mps/apple-stubs/):
+#                 0 errors, no warning the patch adds.
 #
-# Usage: scripts/check-patch.sh [--no-tsan] [--help]
-# Prints one PASS/FAIL/SKIP line per check; exits 1 when any check fails.
+# Needs g++, curl, python3; installs Debian's clang and llvm (apt-get) when missing.
+# Usage: scripts/check-patch.sh [--version 2.11.0|2.13.0] [--no-tsan] [--help]
+# Exits 1 when any check fails.
 set -euo pipefail
 trap 'echo "[check-patch] error: command failed at line $LINENO" >&2' ERR
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
 WHEELS="$CACHE/wheels"
-PATCH="$ROOT/patches/tch-streams-mps-v2.11.0.patch"
-SERIES_DIR="$ROOT/patches/series"
 RUN_TSAN=1
+VERSIONS=(2.11.0 2.13.0)
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-tsan) RUN_TSAN=0 ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --version)
+      case "${2:-}" in 2.11.0|2.13.0) VERSIONS=("$2") ;; *) echo "check-patch.sh: --version 2.11.0|2.13.0" >&2; exit 2 ;; esac
+      shift ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "check-patch.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
+# Debian packages the checks use: clang (objc-syntax), llvm (llvm-nm, for the binary facts).
+# Quick when already installed; failures surface in the checks that need them.
+ensure_debian_packages() {
+  local need=()
+  command -v clang++ >/dev/null || need+=(clang)
+  { command -v llvm-nm || command -v llvm-nm-14; } >/dev/null || need+=(llvm)
+  [ "${#need[@]}" = 0 ] && return 0
+  command -v apt-get >/dev/null || return 0
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "[check-patch] installing Debian packages: ${need[*]}" >&2
+  { $sudo apt-get install -y -q "${need[@]}" >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q "${need[@]}" >/dev/null 2>&1; }; } || true
+}
+ensure_debian_packages
+
 FAILED=0
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; FAILED=1; }
-skip() { echo "SKIP $1: $2"; }
+pass() { echo "PASS $1 v$V: $2"; }
+fail() { echo "FAIL $1 v$V: $2"; FAILED=1; }
+skip() { echo "SKIP $1 v$V: $2"; }
+oneline() { tr '\n' ' ' | cut -c1-400; }
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
-[ -f "$PATCH" ] || { fail patch "missing $PATCH"; exit 1; }
-mapfile -t SERIES < <(find "$SERIES_DIR" -maxdepth 1 -name '[0-9][0-9][0-9][0-9]-*.patch' | sort)
-[ "${#SERIES[@]}" -gt 0 ] || { fail series "no patches in $SERIES_DIR"; exit 1; }
+# PyPI has no macosx_11_0_arm64 torch wheels after 2.11.
+wheel_tag() { case "$1" in 2.11.*) echo macosx_11_0_arm64 ;; *) echo macosx_14_0_arm64 ;; esac; }
+find_wheel() { [ -d "$WHEELS" ] || return 0; find "$WHEELS" -maxdepth 1 -name "torch-$1-*-$(wheel_tag "$1").whl" | sort | head -n 1; }
 
-# --- the wheel -----------------------------------------------------------------------------------
-# (No wheels directory yet on a fresh machine: that is "not found", not a failure.)
-find_wheel() { [ -d "$WHEELS" ] || return 0; find "$WHEELS" -maxdepth 1 -name 'torch-2.11.0-*-macosx_11_0_arm64.whl' | sort | head -n 1; }
-WHEEL="$(find_wheel)"
-if [ -z "$WHEEL" ]; then
-  mkdir -p "$WHEELS"
-  echo "[check-patch] downloading PyPI's macOS arm64 torch==2.11.0 wheel (~80 MB, once) into $WHEELS" >&2
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --platform macosx_11_0_arm64 \
-    torch==2.11.0 -d "$WHEELS" >&2 || true
-  WHEEL="$(find_wheel)"
-fi
-if [ -z "$WHEEL" ]; then
-  cat <<EOF
-FAIL headers: the macOS arm64 torch==2.11.0 wheel is not in $WHEELS and could not be downloaded.
-The header check compares the patch with the exact v2.11.0 headers, which ship only in that wheel.
-On a machine with PyPI access run: python3 -m pip download --no-deps --only-binary=:all:
---platform macosx_11_0_arm64 torch==2.11.0 -d "$WHEELS" (or copy any torch-2.11.0-*-macosx_11_0_arm64.whl
-there), then run scripts/check-patch.sh again; nothing else needs the network.
-EOF
-  exit 1
-fi
-
-# --- files the patch touches ---------------------------------------------------------------------
-# "path new|old" per file: new when the patch creates it.
-python3 - "$PATCH" > "$WORK/files" <<'PY'
+# "path new|old" per file of a patch: new when the patch creates it.
+patch_files() {
+  python3 - "$1" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 for block in re.split(r'^(?=diff --git )', text, flags=re.M)[1:]:
     path = re.match(r'diff --git a/(\S+) b/', block).group(1)
     print(path, 'new' if re.search(r'^--- /dev/null$', block, flags=re.M) else 'old')
 PY
+}
 
-# Rebuilds a pre-image of PATH from the hunks of the cumulative patch: each hunk's old lines at
-# its stated line numbers, unique filler lines in between.
+# Rebuilds a pre-image of PATH from the hunks of a patch: each hunk's old lines at its stated line
+# numbers, unique filler lines in between.
 rebuild_preimage() {
-  python3 - "$PATCH" "$1" <<'PY'
+  python3 - "$1" "$2" <<'PY'
 import re, sys
 text, want = open(sys.argv[1]).read(), sys.argv[2]
 out = []
@@ -109,222 +112,294 @@ print('\n'.join(out))
 PY
 }
 
-# --- base tree: wheel headers (wrapper stripped) + .mm pre-images --------------------------------
-BASE="$WORK/base"
-mkdir -p "$BASE"
-unzip -q -o "$WHEEL" 'torch/include/ATen/mps/*' 'torch/include/ATen/native/mps/*' -d "$WORK/wheel"
-WRAP_HEAD='#if !defined(TORCH_STABLE_ONLY) && !defined(TORCH_TARGET_VERSION)'
-WRAP_TAIL="$(printf '%s\n' '' '#else' \
-  '#error "This file should not be included when either TORCH_STABLE_ONLY or TORCH_TARGET_VERSION is defined."' \
-  '#endif  // !defined(TORCH_STABLE_ONLY) && !defined(TORCH_TARGET_VERSION)')"
-HEADERS_OK=1
-while read -r path kind; do
-  [ "$kind" = new ] && continue
-  mkdir -p "$BASE/$(dirname "$path")"
-  case "$path" in
-    aten/src/ATen/*.h)
-      src="$WORK/wheel/torch/include/${path#aten/src/}"
-      if [ ! -f "$src" ]; then
-        fail headers "$path is not in the wheel (torch/include/${path#aten/src/})"; HEADERS_OK=0; continue
-      fi
-      n="$(wc -l < "$src")"
-      if [ "$(head -n 1 "$src")" != "$WRAP_HEAD" ] || [ "$(tail -n 4 "$src")" != "$WRAP_TAIL" ]; then
-        fail headers "$src does not carry the expected installer wrapper lines; update check-patch.sh"
-        HEADERS_OK=0; continue
-      fi
-      sed -n "2,$((n - 4))p" "$src" > "$BASE/$path" ;;
-    *)
-      rebuild_preimage "$path" > "$BASE/$path" ;;
-  esac
-done < "$WORK/files"
-
-# --- 1. header hunks against the exact wheel headers ---------------------------------------------
-if [ "$HEADERS_OK" = 1 ]; then
-  H="$WORK/h"; cp -r "$BASE" "$H"
-  if out="$(cd "$H" && git apply --check --verbose --include='aten/src/ATen/*.h' "$PATCH" 2>&1)"; then
-    pass "headers: $(grep -c '^Checking patch .*\.h' <<<"$out") header files (new ones included) apply to the v2.11.0 wheel headers ($(basename "$WHEEL"))"
-  else
-    fail headers "$(grep -E '^error:' <<<"$out" | head -n 5 | tr '\n' ' ')"
+# tsan_run NAME SOURCE BIN INCLUDE_DIR [extra g++ args]: compiles and runs under TSan (without ASLR
+# if the kernel's mmap layout upsets TSan); sets TSAN_OUT and TSAN_RC.
+tsan_run() {
+  local name="$1" src="$2" bin="$3" inc="$4"; shift 4
+  TSAN_RC=0
+  if ! TSAN_OUT="$(g++ -std=c++17 -O1 -g -fsanitize=thread -pthread -I"$inc" "$@" "$src" -o "$bin" 2>&1)"; then
+    TSAN_RC=127; return
   fi
-fi
-
-# --- 2. series == cumulative ---------------------------------------------------------------------
-A="$WORK/cumulative"; B="$WORK/series"
-cp -r "$BASE" "$A"; cp -r "$BASE" "$B"
-if ! out="$(cd "$A" && git apply "$PATCH" 2>&1)"; then
-  fail series "the cumulative patch does not apply to its own base: $(head -n 3 <<<"$out" | tr '\n' ' ')"
-else
-  series_ok=1
-  for p in "${SERIES[@]}"; do
-    if ! out="$(cd "$B" && git apply "$p" 2>&1)"; then
-      fail series "$(basename "$p") does not apply after the ones before it: $(head -n 3 <<<"$out" | tr '\n' ' ')"
-      series_ok=0; break
-    fi
-  done
-  if [ "$series_ok" = 1 ]; then
-    if d="$(diff -r "$A" "$B")"; then
-      pass "series: ${#SERIES[@]} series patches in order == cumulative patch"
-    else
-      fail series "series and cumulative patch differ: $(head -n 8 <<<"$d" | tr '\n' ' ')"
-    fi
-  fi
-fi
-
-# --- 3. every hunk against real v2.11.0 sources --------------------------------------------------
-VENDOR="$ROOT/vendor/pytorch"
-if [ -d "$VENDOR/.git" ] || [ -f "$VENDOR/.git" ]; then
-  if "$ROOT/scripts/vendor-pytorch.sh" --check >/dev/null 2>&1; then
-    if (cd "$VENDOR" && git apply --check "$PATCH" 2>/dev/null); then
-      pass "sources: the whole patch applies to vendor/pytorch (v2.11.0)"
-    elif (cd "$VENDOR" && git apply --reverse --check "$PATCH" 2>/dev/null); then
-      pass "sources: vendor/pytorch already carries the whole patch"
-    else
-      fail sources "$(cd "$VENDOR" && git apply --check "$PATCH" 2>&1 | head -n 3 | tr '\n' ' ')"
-    fi
-  else
-    fail sources "vendor/pytorch is not at the commit in vendor/pytorch.lock (scripts/vendor-pytorch.sh --check)"
-  fi
-else
-  skip sources ".mm hunks not checked against real v2.11.0 sources (no vendor/pytorch; scripts/vendor-pytorch.sh makes it)"
-fi
-
-# --- 4./5. portable headers under ThreadSanitizer ------------------------------------------------
-# tsan_check NAME SOURCE SUMMARY_PREFIX HEADER...: compiles SOURCE against HEADERs taken from the
-# patched tree, runs it under TSan (without ASLR if the kernel's mmap layout upsets TSan) and
-# expects "PASS <binary name>"; prints the first SUMMARY_PREFIX line on success.
-tsan_check() {
-  local name="$1" src="$2" summary="$3"; shift 3
-  local inc="$WORK/inc-$name" bin="$WORK/$(basename "$src" .cpp)" h out rc
-  mkdir -p "$inc/ATen/mps"
-  for h in "$@"; do
-    if [ ! -f "$A/aten/src/ATen/mps/$h" ]; then
-      fail "$name" "the patch adds no aten/src/ATen/mps/$h"; return
-    fi
-    cp "$A/aten/src/ATen/mps/$h" "$inc/ATen/mps/"
-  done
-  if ! out="$(g++ -std=c++17 -O1 -g -fsanitize=thread -pthread -I"$inc" "$src" -o "$bin" 2>&1)"; then
-    fail "$name" "compile failed: $(head -n 5 <<<"$out" | tr '\n' ' ')"; return
-  fi
-  run() { TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$@" "$bin" 2>&1; }
-  rc=0; out="$(run)" || rc=$?
-  if grep -q "unexpected memory mapping" <<<"$out"; then
-    rc=0; out="$(run setarch "$(uname -m)" -R)" || rc=$?
-  fi
-  if [ "$rc" = 0 ] && grep -q "^PASS $(basename "$bin")" <<<"$out"; then
-    pass "$name: $(grep -m 1 "^$summary" <<<"$out" | cut -d' ' -f3-), no ThreadSanitizer report"
-  else
-    fail "$name" "exit $rc: $(grep -E 'FAIL|CHECK FAILED|WARNING: ThreadSanitizer' <<<"$out" | head -n 3 | tr '\n' ' ')"
+  TSAN_OUT="$(TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0" "$bin" 2>&1)" || TSAN_RC=$?
+  if grep -q "unexpected memory mapping" <<<"$TSAN_OUT"; then
+    TSAN_RC=0
+    TSAN_OUT="$(TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0" setarch "$(uname -m)" -R "$bin" 2>&1)" || TSAN_RC=$?
   fi
 }
 
-if [ "$RUN_TSAN" = 0 ]; then
-  skip pool-tsan "--no-tsan given (cargo test runs it as tests/mps_pool_tsan.rs)"
-  skip reuse-tsan "--no-tsan given (cargo test runs it as tests/mps_pool_tsan.rs)"
-elif ! command -v g++ >/dev/null; then
-  fail pool-tsan "g++ is not installed (apt-get install g++)"
-  fail reuse-tsan "g++ is not installed (apt-get install g++)"
-else
-  tsan_check pool-tsan "$ROOT/crates/tch-streams/tests/mps_pool/pool_core_stress.cpp" "pool-core: exclusive" \
-    MPSStreamPoolCore.h
-  tsan_check reuse-tsan "$ROOT/crates/tch-streams/tests/mps_pool/buffer_reuse_stress.cpp" "buffer-reuse: stress threads" \
-    MPSStreamPoolCore.h MPSBufferStreamUse.h
-fi
+check_version() {
+  V="$1"
+  local PATCH="$ROOT/patches/v$V/tch-streams-mps-v$V.patch"
+  local SERIES_DIR="$ROOT/patches/v$V/series"
+  local W="$WORK/v$V"; mkdir -p "$W"
+  if [ ! -f "$PATCH" ]; then fail patch "missing $PATCH"; return; fi
+  local SERIES=()
+  mapfile -t SERIES < <(find "$SERIES_DIR" -maxdepth 1 -name '[0-9][0-9][0-9][0-9]-*.patch' | sort)
+  if [ "${#SERIES[@]}" = 0 ]; then fail series "no patches in $SERIES_DIR"; return; fi
 
-# --- 6. patched headers with a plain C++ form compile ----------------------------------------------
-TORCH_INC="${TCH_STREAMS_TORCH_INCLUDE:-}"
-if [ -z "$TORCH_INC" ]; then
-  TORCH_INC="$(find "$CACHE/venv-2.11.0" -maxdepth 6 -type d -path '*/site-packages/torch/include' 2>/dev/null | sort | head -n 1 || true)"
-fi
-if ! command -v g++ >/dev/null; then
-  fail header-syntax "g++ is not installed (apt-get install g++)"
-elif [ -z "$TORCH_INC" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
-  skip header-syntax "no Linux torch include directory (set TCH_STREAMS_TORCH_INCLUDE, or run scripts/setup.sh)"
-else
-  cat > "$WORK/header_syntax.cpp" <<'CPP'
-#include <ATen/mps/MPSAllocatorInterface.h>
-#include <ATen/mps/MPSBufferStreamUse.h>
-#include <ATen/mps/MPSStreamPoolCore.h>
-#include <ATen/native/mps/MetalShaderLibrary.h>
-// IMPSAllocator gained a pure virtual recordStream: an implementation overrides it.
-struct RecordStreamProbe final : at::mps::IMPSAllocator {
-  void recordStream(const c10::DataPtr&, c10::Stream) const override {}
-};
-// MetalShaderLibrary's inline accessors lock the (protected) cacheMutex().
-struct ShaderLibraryProbe : at::native::mps::MetalShaderLibrary {
-  ShaderLibraryProbe() : MetalShaderLibrary("") {}
-  std::recursive_mutex& lock() { return cacheMutex(); }
-};
-int main() { return 0; }
-CPP
-  # The patched headers come first; every other include resolves to the Linux torch headers.
-  if out="$(g++ -std=c++17 -fsyntax-only -Wall -Wextra -D_GLIBCXX_USE_CXX11_ABI=1 -I"$A/aten/src" \
-              -I"$TORCH_INC" -I"$TORCH_INC/torch/csrc/api/include" "$WORK/header_syntax.cpp" 2>&1)"; then
-    pass "header-syntax: patched MPSAllocatorInterface.h, MetalShaderLibrary.h (non-Objective-C form) and the portable headers compile against the c10 headers in $TORCH_INC"
-  else
-    fail header-syntax "$(grep -E 'error' <<<"$out" | head -n 3 | tr '\n' ' ')"
+  # --- the wheel ---------------------------------------------------------------------------------
+  local WHEEL; WHEEL="$(find_wheel "$V")"
+  if [ -z "$WHEEL" ]; then
+    mkdir -p "$WHEELS"
+    echo "[check-patch] downloading PyPI's $(wheel_tag "$V") torch==$V wheel (~100 MB, once) into $WHEELS" >&2
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --platform "$(wheel_tag "$V")" \
+      "torch==$V" -d "$WHEELS" >&2 || true
+    WHEEL="$(find_wheel "$V")"
   fi
-fi
+  if [ -z "$WHEEL" ]; then
+    fail headers "the $(wheel_tag "$V") torch==$V wheel is not in $WHEELS and could not be downloaded (python3 -m pip download --no-deps --only-binary=:all: --platform $(wheel_tag "$V") torch==$V -d $WHEELS)"
+    return
+  fi
+  unzip -q -o "$WHEEL" 'torch/include/ATen/mps/*' 'torch/include/ATen/native/mps/*' 'torch/lib/libtorch_cpu.dylib' -d "$W/wheel"
 
-# --- 7. .mm context against the v2.11.0 binary ---------------------------------------------------
-# The wheel's libtorch_cpu.dylib was built from the exact v2.11.0 sources: its string literals and
-# symbol names are a fingerprint of the .mm files whose text we could only read at other revisions.
-unzip -q -o "$WHEEL" 'torch/lib/libtorch_cpu.dylib' -d "$WORK/wheel"
-if out="$(python3 - "$PATCH" "$WORK/wheel/torch/lib/libtorch_cpu.dylib" <<'PY'
+  # --- context .mm files (real upstream text) ----------------------------------------------------
+  local CTX; CTX="$("$ROOT/scripts/fetch-mps-context.sh" --print-dir "$V")"
+  local CTX_OK=1
+  "$ROOT/scripts/fetch-mps-context.sh" "$V" >"$W/fetch.log" 2>&1 || CTX_OK=0
+  local CTX_FILES=()
+  mapfile -t CTX_FILES < <(sed -n 's/^file=\([^ ]*\) .*/\1/p' "$ROOT/vendor/v$V/mps-context.lock")
+
+  # --- base tree: wheel headers (wrapper stripped) + context .mm + rebuilt pre-images ------------
+  local BASE="$W/base"; mkdir -p "$BASE"
+  patch_files "$PATCH" > "$W/files"
+  local WRAP_HEAD='#if !defined(TORCH_STABLE_ONLY) && !defined(TORCH_TARGET_VERSION)'
+  local WRAP_TAIL
+  WRAP_TAIL="$(printf '%s\n' '' '#else' \
+    '#error "This file should not be included when either TORCH_STABLE_ONLY or TORCH_TARGET_VERSION is defined."' \
+    '#endif  // !defined(TORCH_STABLE_ONLY) && !defined(TORCH_TARGET_VERSION)')"
+  local HEADERS_OK=1 path kind src n
+  while read -r path kind; do
+    [ "$kind" = new ] && continue
+    mkdir -p "$BASE/$(dirname "$path")"
+    case "$path" in
+      aten/src/ATen/*.h)
+        src="$W/wheel/torch/include/${path#aten/src/}"
+        if [ ! -f "$src" ]; then fail headers "$path is not in the wheel"; HEADERS_OK=0; continue; fi
+        n="$(wc -l < "$src")"
+        if [ "$(head -n 1 "$src")" != "$WRAP_HEAD" ] || [ "$(tail -n 4 "$src")" != "$WRAP_TAIL" ]; then
+          fail headers "$src does not carry the expected installer wrapper lines; update check-patch.sh"
+          HEADERS_OK=0; continue
+        fi
+        sed -n "2,$((n - 4))p" "$src" > "$BASE/$path" ;;
+      *)
+        if [ "$CTX_OK" = 1 ] && [ -f "$CTX/$path" ]; then cp "$CTX/$path" "$BASE/$path"
+        else rebuild_preimage "$PATCH" "$path" > "$BASE/$path"; fi ;;
+    esac
+  done < "$W/files"
+  local out
+
+  # headers
+  if [ "$HEADERS_OK" = 1 ]; then
+    local H="$W/h"; cp -r "$BASE" "$H"
+    if out="$(cd "$H" && git apply --check --verbose --include='aten/src/ATen/*.h' "$PATCH" 2>&1)"; then
+      pass headers "$(grep -c '^Checking patch .*\.h' <<<"$out") header files (new ones included) apply to the v$V wheel headers ($(basename "$WHEEL"))"
+    else
+      fail headers "$(grep -E '^error:' <<<"$out" | head -n 5 | oneline)"
+    fi
+  fi
+
+  # series == cumulative
+  local A="$W/cumulative" B="$W/series" p series_ok=1 d
+  cp -r "$BASE" "$A"; cp -r "$BASE" "$B"
+  if [ "${#CTX_FILES[@]}" -gt 0 ] && [ "$CTX_OK" = 0 ]; then
+    # the series' intermediate steps touch upstream lines that only the real files have
+    fail series "needs the context .mm files, which could not be fetched: $(oneline < "$W/fetch.log")"
+    series_ok=0
+  elif ! out="$(cd "$A" && git apply "$PATCH" 2>&1)"; then
+    fail series "the cumulative patch does not apply to its own base: $(head -n 3 <<<"$out" | oneline)"
+    series_ok=0
+  else
+    for p in "${SERIES[@]}"; do
+      if ! out="$(cd "$B" && git apply "$p" 2>&1)"; then
+        fail series "$(basename "$p") does not apply after the ones before it: $(head -n 3 <<<"$out" | oneline)"
+        series_ok=0; break
+      fi
+    done
+    if [ "$series_ok" = 1 ]; then
+      if d="$(diff -r "$A" "$B")"; then
+        pass series "${#SERIES[@]} series patches in order == cumulative patch"
+      else
+        fail series "series and cumulative patch differ: $(head -n 8 <<<"$d" | oneline)"
+      fi
+    fi
+  fi
+
+  # context
+  if [ "${#CTX_FILES[@]}" = 0 ]; then
+    skip context "no upstream .mm source of the v$V window is listed in vendor/v$V/mps-context.lock"
+  elif [ "$CTX_OK" = 0 ]; then
+    fail context "scripts/fetch-mps-context.sh $V failed: $(oneline < "$W/fetch.log")"
+  else
+    local C="$W/ctx" inc=() f
+    mkdir -p "$C"
+    for f in "${CTX_FILES[@]}"; do mkdir -p "$C/$(dirname "$f")"; cp "$CTX/$f" "$C/$f"; inc+=(--include="$f"); done
+    if out="$(cd "$C" && git apply --check --verbose "${inc[@]}" "$PATCH" 2>&1)"; then
+      local nh; nh="$(python3 - "$PATCH" "${CTX_FILES[@]}" <<'PY2'
 import re, sys
-patch, dylib = sys.argv[1], sys.argv[2]
-data = open(dylib, 'rb').read()
-problems, literals, functions = [], set(), set()
-for block in re.split(r'^(?=diff --git )', open(patch).read(), flags=re.M)[1:]:
-    path = re.match(r'diff --git a/(\S+) b/', block).group(1)
-    if not path.endswith('.mm') or re.search(r'^--- /dev/null$', block, flags=re.M):
-        continue
-    for line in block.splitlines():
-        if line[:1] not in (' ', '-') or line.startswith('--- '):
-            continue
-        for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', line[1:]):
-            if '\\' not in lit and len(lit) >= 6:
-                literals.add((path, lit))
-        m = re.match(r'^(?:static\s+|inline\s+)*[\w:<>,*&\s]*?\b\w+::(\w+)\(|^(?:static\s+|inline\s+)*[\w:<>,*&]+[\s*&]+(\w+)\(', line[1:])
-        if m and (m.group(1) or m.group(2)) not in ('if', 'for', 'while', 'switch', 'return'):
-            functions.add((path, m.group(1) or m.group(2)))
-for path, lit in sorted(literals):
-    if lit.encode() not in data:
-        problems.append('literal "%s" of %s is not in v2.11.0' % (lit, path))
-for path, name in sorted(functions):
-    if name.encode() not in data:
-        problems.append('function %s of %s is not in v2.11.0' % (name, path))
-# Functions that gain the kernel lock (taken before their dispatch) or the encoder move.
-dispatching = ['_mps_linear_nograph', 'linalg_lu_factor_ex_out_mps_impl', 'linalg_solve_out_mps_impl',
-               'tiled_bmm_out_mps_impl', 'layer_norm_mps']
-for name in dispatching:
-    if not re.search(re.escape(name.encode()) + rb'[\w$.]*_block_invoke', data):
-        problems.append('%s dispatches no block in v2.11.0' % name)
-# binary_facts: what patches/README.md says about v2.11.0's code.
-facts = [
-    # layer_norm_mps picks its Metal kernel as "layer_norm_single_row_"/"layer_norm_looped_" + dtype
-    # (the revision the Normalization.mm hunk's context comes from), not by index width as later.
-    (b'layer_norm_single_row_\0', True), (b'layer_norm_looped_\0', True), (b'layer_norm_single_row_i32', False),
-    # linalg.solve is MPSMatrixDecompositionLU + MPSMatrixSolveLU; no MPS lu_solve kernel yet.
-    (b'solve(): Linear solve failed at the ', True), (b'linalg.lu_solve(): MPS only supports float32', False),
-    # arange/range/linspace run MPSGraph graphs (encoded on the stream's queue), not the later Metal
-    # kernels whose encoder is taken off the queue (the code pytorch/pytorch#197805 describes).
-    (b'linspace_out_mps:\0', True), (b'arange_strided_', False), (b'linspace_integral_', False),
-    # MPSStream has no commitAdaptive (the later caller of recordEvents from inside a queue block).
-    (b'commitAdaptive', False),
-]
-for needle, present in facts:
-    if (needle in data) != present:
-        problems.append('expected %r to be %s the v2.11.0 binary' % (needle, 'in' if present else 'absent from'))
-print('%d literals, %d functions, %d dispatching functions, %d facts' % (len(literals), len(functions), len(dispatching), len(facts)))
-for p in problems:
-    print(p)
-sys.exit(1 if problems else 0)
-PY
-)"; then
-  pass "binary: .mm context agrees with the v2.11.0 libtorch_cpu.dylib in the wheel ($out)"
-else
-  fail binary "$(tail -n +2 <<<"$out" | head -n 5 | tr '\n' ' ')"
-fi
+text, want = open(sys.argv[1]).read(), set(sys.argv[2:])
+n = 0
+for block in re.split(r'^(?=diff --git )', text, flags=re.M)[1:]:
+    if re.match(r'diff --git a/(\S+) b/', block).group(1) in want:
+        n += len(re.findall(r'^@@ ', block, flags=re.M))
+print(n)
+PY2
+)"
+      pass context "all $nh hunks of ${#CTX_FILES[@]} .mm files apply to the upstream text ($(sed -n 's/^repo=//p' "$ROOT/vendor/v$V/mps-context.lock")@$(sed -n 's/^commit=//p' "$ROOT/vendor/v$V/mps-context.lock" | cut -c1-8), renames reversed)"
+    else
+      fail context "$(grep -E '^error' <<<"$out" | head -n 3 | oneline)"
+    fi
+  fi
 
+  # sources
+  local VENDOR="$ROOT/vendor/pytorch-$V"
+  if [ -d "$VENDOR/.git" ] || [ -f "$VENDOR/.git" ]; then
+    if ! "$ROOT/scripts/vendor-pytorch.sh" --check "$V" >/dev/null 2>&1; then
+      fail sources "vendor/pytorch-$V is not at the commit in vendor/v$V/pytorch.lock"
+    elif (cd "$VENDOR" && git apply --check "$PATCH" 2>/dev/null); then
+      pass sources "the whole patch applies to vendor/pytorch-$V"
+    elif (cd "$VENDOR" && git apply --reverse --check "$PATCH" 2>/dev/null); then
+      pass sources "vendor/pytorch-$V already carries the whole patch"
+    else
+      fail sources "$(cd "$VENDOR" && git apply --check "$PATCH" 2>&1 | head -n 3 | oneline)"
+    fi
+  else
+    skip sources "no vendor/pytorch-$V (scripts/vendor-pytorch.sh $V clones it; several GB)"
+  fi
+
+  # binary
+  if out="$(python3 "$ROOT/checks/mps/binary_check.py" "$PATCH" "$W/wheel/torch/lib/libtorch_cpu.dylib" \
+              "$ROOT/checks/mps/binary-facts-v$V.txt" 2>&1)"; then
+    pass binary ".mm context agrees with the v$V libtorch_cpu.dylib in the wheel ($out)"
+  else
+    fail binary "$(tail -n +2 <<<"$out" | head -n 5 | oneline)"
+  fi
+
+  # header-syntax
+  local TORCH_INC
+  TORCH_INC="$(find "$CACHE/venv-$V" -maxdepth 6 -type d -path '*/site-packages/torch/include' 2>/dev/null | sort | head -n 1 || true)"
+  if ! command -v g++ >/dev/null; then
+    fail header-syntax "g++ is not installed (apt-get install g++)"
+  elif [ -z "$TORCH_INC" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
+    skip header-syntax "no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
+  elif [ "$series_ok" = 1 ]; then
+    local defs=()
+    # from 2.13 on IMPSAllocator derives from c10::DeviceAllocator (non-const recordStream)
+    [ "$V" = 2.11.0 ] || defs=(-DTCH_STREAMS_DEVICE_ALLOCATOR)
+    if out="$(g++ -std=c++17 -fsyntax-only -Wall -Wextra -D_GLIBCXX_USE_CXX11_ABI=1 "${defs[@]}" -I"$A/aten/src" \
+                -I"$TORCH_INC" -I"$TORCH_INC/torch/csrc/api/include" "$ROOT/checks/mps/header_syntax.cpp" 2>&1)"; then
+      pass header-syntax "patched MPSAllocatorInterface.h, MetalShaderLibrary.h (non-Objective-C form) and the portable headers compile against the c10 headers of Linux torch $V"
+    else
+      fail header-syntax "$(grep -E 'error|warning' <<<"$out" | head -n 3 | oneline)"
+    fi
+  fi
+
+  # TSan checks
+  if [ "$RUN_TSAN" = 0 ]; then
+    skip pool-tsan "--no-tsan given"; skip reuse-tsan "--no-tsan given"; skip queue-model "--no-tsan given"
+  elif ! command -v g++ >/dev/null; then
+    fail pool-tsan "g++ is not installed"; fail reuse-tsan "g++ is not installed"; fail queue-model "g++ is not installed"
+  elif [ "$series_ok" = 1 ]; then
+    local INC="$W/inc"; mkdir -p "$INC/ATen/mps"
+    cp "$A"/aten/src/ATen/mps/MPS{StreamPoolCore,BufferStreamUse,EventCore}.h "$INC/ATen/mps/" 2>/dev/null || true
+    # The TSan checks run only the portable headers (and our test sources): when a version's
+    # headers are byte-identical to an earlier version's in this run, its results stand for both.
+    local key; key="$(cat "$INC"/ATen/mps/*.h | sha256sum | cut -c1-16)"
+    if [ -f "$WORK/tsan-$key" ]; then
+      while IFS= read -r line; do
+        echo "${line/ v$(cat "$WORK/tsan-$key.version"):/ v$V:} (portable headers identical to v$(cat "$WORK/tsan-$key.version")'s, sha256 $key…: result of that run)"
+      done < "$WORK/tsan-$key"
+      grep -q '^FAIL' "$WORK/tsan-$key" && FAILED=1
+    else
+      tsan_checks "$INC" "$W" | tee "$WORK/tsan-$key"
+      echo "$V" > "$WORK/tsan-$key.version"
+      grep -q '^FAIL' "$WORK/tsan-$key" && FAILED=1
+    fi
+  fi
+
+  # objc-syntax
+  if [ "${#CTX_FILES[@]}" = 0 ]; then
+    skip objc-syntax "no upstream .mm source of the v$V window to compile (vendor/v$V/mps-context.lock)"
+  elif [ "$CTX_OK" = 0 ]; then
+    fail objc-syntax "the context .mm files could not be fetched"
+  elif [ -z "${TORCH_INC:-}" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
+    skip objc-syntax "no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
+  elif [ "$series_ok" = 1 ]; then
+    local TORCH_INC_L="${TORCH_INC:-}"
+    if out="$("$ROOT/checks/mps/objc-syntax.sh" "$V" "$BASE" "$A" "$W/wheel/torch/include" "$TORCH_INC_L" "${CTX_FILES[@]}" 2>&1)"; then
+      pass objc-syntax "$(tail -n 1 <<<"$out")"
+    else
+      fail objc-syntax "$(tail -n 4 <<<"$out" | oneline)"
+    fi
+  fi
+}
+
+# tsan_checks INC WORKDIR: pool-tsan, reuse-tsan and queue-model on the portable headers in INC.
+# Runs in a pipeline (a subshell): it prints its lines, the caller reads FAIL from them.
+tsan_checks() {
+  local INC="$1" W="$2"
+  tsan_run pool-tsan "$ROOT/crates/tch-streams/tests/mps_pool/pool_core_stress.cpp" "$W/pool" "$INC"
+  if [ "$TSAN_RC" = 0 ] && grep -q '^PASS pool_core_stress' <<<"$TSAN_OUT"; then
+    pass pool-tsan "$(grep -m1 '^pool-core: exclusive' <<<"$TSAN_OUT" | cut -d' ' -f3-), no ThreadSanitizer report"
+  else
+    fail pool-tsan "exit $TSAN_RC: $(grep -E 'FAIL|CHECK FAILED|WARNING: ThreadSanitizer|error' <<<"$TSAN_OUT" | head -n 3 | oneline)"
+  fi
+  tsan_run reuse-tsan "$ROOT/crates/tch-streams/tests/mps_pool/buffer_reuse_stress.cpp" "$W/reuse" "$INC"
+  if [ "$TSAN_RC" = 0 ] && grep -q '^PASS buffer_reuse_stress' <<<"$TSAN_OUT"; then
+    pass reuse-tsan "$(grep -m1 '^buffer-reuse: stress' <<<"$TSAN_OUT" | cut -d' ' -f3-), no ThreadSanitizer report"
+  else
+    fail reuse-tsan "exit $TSAN_RC: $(grep -E 'FAIL|CHECK FAILED|WARNING: ThreadSanitizer|error' <<<"$TSAN_OUT" | head -n 3 | oneline)"
+  fi
+  queue_model "$INC" "$W"
+}
+
+# queue_model INC WORKDIR: the fixed design must pass; each mutation must be caught.
+queue_model() {
+  local inc="$1" w="$2" src="$ROOT/checks/mps/queue_model.cpp" m caught=() missed=()
+  tsan_run queue-model "$src" "$w/qm" "$inc"
+  if [ "$TSAN_RC" != 0 ] || ! grep -q '^PASS queue_model' <<<"$TSAN_OUT"; then
+    fail queue-model "fixed design: exit $TSAN_RC: $(grep -E 'FAIL|VIOLATION|WARNING: ThreadSanitizer|error' <<<"$TSAN_OUT" | head -n 3 | oneline)"
+    return
+  fi
+  local summary; summary="$(grep -m1 '^queue-model: summary' <<<"$TSAN_OUT" | cut -d' ' -f3-)"
+  # Mutations put bugs 1, 2, 5 and 7 of issue #16 back, in the patch's own header (edited copy) or in
+  # the model of the .mm lines that fixed them; each run must fail (a violation or a TSan report).
+  for m in bug1-reset-and-reuse bug1-reuse-unsettled bug2-leak-prev-buffer bug5-wait-dispatches bug7-no-queue-frames; do
+    local mi="$w/inc-$m"; rm -rf "$mi"; cp -r "$inc" "$mi"
+    local flags=()
+    case "$m" in
+      bug1-reset-and-reuse)
+        # What v2.11.0 did: a new holder starts the values again from 0 (MPSEventCore.h's onAcquire;
+        # the model's reset() also zeroes signaledValue) and the pool hands out any free event.
+        sed -i 's/^    acquired_at_ = target();$/    counter_.store(0, std::memory_order_release);  acquired_at_ = 0;/' "$mi/ATen/mps/MPSEventCore.h"
+        sed -i 's/^    if (settled(\*it)) {$/    if (true) {/' "$mi/ATen/mps/MPSEventCore.h"
+        flags=(-DQM_RESET_SIGNALED_ON_ACQUIRE) ;;
+      bug1-reuse-unsettled)
+        # MPSEventCore.h: values kept, but the pool hands out the first free event, settled or not.
+        sed -i 's/^    if (settled(\*it)) {$/    if (true) {/' "$mi/ATen/mps/MPSEventCore.h" ;;
+      bug2-leak-prev-buffer)
+        flags=(-DQM_MUTATE_FLUSH_OVERWRITES_PREV) ;;
+      bug5-wait-dispatches)
+        flags=(-DQM_MUTATE_WAITON_ALWAYS_DISPATCHES) ;;
+      bug7-no-queue-frames)
+        flags=(-DQM_MUTATE_NO_FRAMES) ;;
+    esac
+    if cmp -s "$mi/ATen/mps/MPSEventCore.h" "$inc/ATen/mps/MPSEventCore.h" && [ "${#flags[@]}" = 0 ]; then
+      missed+=("$m(mutation did not apply)"); continue
+    fi
+    tsan_run queue-model "$src" "$w/qm-$m" "$mi" "${flags[@]}"
+    if [ "$TSAN_RC" = 127 ]; then missed+=("$m(compile failed: $(head -n 2 <<<"$TSAN_OUT" | oneline))")
+    elif [ "$TSAN_RC" != 0 ] && grep -qE 'VIOLATION|WARNING: ThreadSanitizer' <<<"$TSAN_OUT"; then caught+=("$m")
+    else missed+=("$m"); fi
+  done
+  if [ "${#missed[@]}" = 0 ]; then
+    pass queue-model "$summary; no TSan report; mutations caught: ${caught[*]}"
+  else
+    fail queue-model "mutations not caught: ${missed[*]}"
+  fi
+}
+
+for v in "${VERSIONS[@]}"; do
+  check_version "$v"
+done
 if [ "$FAILED" = 0 ]; then echo "check-patch: all checks passed"; else echo "check-patch: FAILED"; fi
 exit "$FAILED"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Fetches the PyTorch source that our MPS stream-pool patch applies to, idempotently:
-# a shallow clone (with submodules) of the tag named in vendor/pytorch.lock into vendor/pytorch,
-# checked against the lock's commit. vendor/pytorch is git-ignored.
+# Fetches the PyTorch source that our MPS stream-pool patch for VERSION applies to, idempotently:
+# a shallow clone (with submodules) of the tag named in vendor/v<VERSION>/pytorch.lock into
+# vendor/pytorch-<VERSION>, checked against the lock's commit. vendor/pytorch-* is git-ignored.
 #
-# Usage:
-#   scripts/vendor-pytorch.sh           clone when missing, then verify (quick when already done)
-#   scripts/vendor-pytorch.sh --check   verify an existing checkout only; never touches the network
-#   scripts/vendor-pytorch.sh --dest D  use directory D instead of vendor/pytorch
+# Usage (VERSION: 2.11.0 or 2.13.0; default 2.11.0):
+#   scripts/vendor-pytorch.sh [VERSION]           clone when missing, then verify (quick when done)
+#   scripts/vendor-pytorch.sh --check [VERSION]   verify an existing checkout only; no network
+#   scripts/vendor-pytorch.sh --dest D [VERSION]  use directory D instead of vendor/pytorch-<VERSION>
 #   scripts/vendor-pytorch.sh --help
 #
 # Environment:
@@ -18,8 +18,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LOCK="$ROOT/vendor/pytorch.lock"
-DEST="$ROOT/vendor/pytorch"
+VERSION=2.11.0
+DEST=""
 CHECK_ONLY=0
 
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -31,10 +31,14 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "vendor-pytorch.sh: --dest needs a directory" >&2; exit 2; }
       DEST="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
+    2.11.0|2.13.0) VERSION="$1" ;;
     *) echo "vendor-pytorch.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
+
+LOCK="$ROOT/vendor/v$VERSION/pytorch.lock"
+DEST="${DEST:-$ROOT/vendor/pytorch-$VERSION}"
 
 log() { echo "[vendor-pytorch] $*" >&2; }
 die() { echo "[vendor-pytorch] ERROR: $*" >&2; exit 1; }
@@ -58,7 +62,7 @@ verify() {
   local head
   head="$(git -C "$DEST" rev-parse HEAD 2>/dev/null)" || die "$DEST exists but is not a git checkout"
   if [ "$head" != "$COMMIT" ]; then
-    die "$DEST is at $head, but vendor/pytorch.lock wants $TAG = $COMMIT.
+    die "$DEST is at $head, but vendor/v$VERSION/pytorch.lock wants $TAG = $COMMIT.
 Move that directory away (it is never deleted for you) and run this script again."
   fi
   if [ -f "$DEST/.gitmodules" ] && git -C "$DEST" submodule status --recursive 2>/dev/null | grep -q '^-'; then

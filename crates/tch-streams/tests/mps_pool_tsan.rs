@@ -4,7 +4,7 @@
 //! here: the stream pool's slot and thread-local logic (`aten/src/ATen/mps/MPSStreamPoolCore.h`)
 //! and the allocator's rule for reusing a freed buffer across streams
 //! (`aten/src/ATen/mps/MPSBufferStreamUse.h`). The tests extract them from
-//! `patches/tch-streams-mps-v2.11.0.patch` (their `+` lines), so they test exactly what the patch
+//! `patches/v2.11.0/tch-streams-mps-v2.11.0.patch` (their `+` lines), so they test exactly what the patch
 //! ships, compile `tests/mps_pool/pool_core_stress.cpp` and `tests/mps_pool/buffer_reuse_stress.cpp`
 //! against them with `g++ -fsanitize=thread`, run them and check their summaries.
 //!
@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const PATCH: &str = "patches/tch-streams-mps-v2.11.0.patch";
+const PATCH: &str = "patches/v2.11.0/tch-streams-mps-v2.11.0.patch";
 const CORE_HEADER: &str = "aten/src/ATen/mps/MPSStreamPoolCore.h";
 const STRESS_SOURCE: &str = "crates/tch-streams/tests/mps_pool/pool_core_stress.cpp";
 const REUSE_HEADER: &str = "aten/src/ATen/mps/MPSBufferStreamUse.h";
@@ -104,7 +104,8 @@ fn extracts_the_pool_core_header_from_the_patch() {
     let patch = fs::read_to_string(repo_root().join(PATCH)).expect("read the cumulative patch");
     let header = new_file_from_patch(&patch, CORE_HEADER).unwrap();
     assert!(header.contains("namespace at::mps::detail"), "unexpected header text");
-    assert!(header.contains("constexpr int64_t kMPSStreamsPerPool = 32;"));
+    assert!(header.contains("constexpr int64_t kPoolStreams = 32;"));
+    assert!(header.contains("constexpr int64_t kStreamSlots = kPoolStreams + 1;"));
     for metal in ["<Metal/", "id<MTL", "MTLCommand", "dispatch_queue_t", "#import"] {
         assert!(!header.contains(metal), "the pool core must stay free of Metal types ({metal})");
     }
@@ -175,12 +176,12 @@ fn pool_core_is_race_free_under_thread_sanitizer() {
     assert_lines(
         &stdout,
         &[
-            "pool-core: exclusive threads=31 iterations=500 acquisitions=15500 shared=0 violations=0 \
-             submitted=15500 leased_after=0",
-            "pool-core: thread-exit threads=31 release_hooks=31 leased_after=0",
-            "pool-core: oversubscribed threads=40 leased=31 shared=9 violations=0 leased_after=0",
-            "pool-core: set-current leased_after=0",
-            "pool-core: sync-all streams=32 reached=32 drained=yes",
+            "pool-core: ids pool=1..32 distinct=32 refused=yes last=yes",
+            "pool-core: creator handed_out=8 leased_by_creator=0 held=8 exit_hooks=8 leased_after=0",
+            "pool-core: exclusive threads=32 iterations=500 bindings=16000 violations=0 leased_after=0",
+            "pool-core: oversubscribed threads=40 leased=32 shared=8 leased_after=0",
+            "pool-core: rebind leased_after=0",
+            "pool-core: sync-all streams=33 reached=33 drained=yes",
             "PASS pool_core_stress (0 failed checks)",
         ],
     );

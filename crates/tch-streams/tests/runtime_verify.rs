@@ -2,8 +2,8 @@
 //! decision rules on constructed records.
 
 use tch_streams::runtime::{
-    check_capability, check_identity, load_backends, probe_pool, verify, BuildRecord, BuiltLib, Capability, CudaLoad,
-    LibIdentity, LoadedLibtorch, Policy, PoolProbe, Report,
+    check_capability, check_identity, expected_mps_patch_id, load_backends, mps_patch_versions, probe_pool, verify,
+    BuildRecord, BuiltLib, Capability, CudaLoad, LibIdentity, LoadedLibtorch, Policy, PoolProbe, Report,
 };
 use tch_streams::{Backend, Error};
 
@@ -185,8 +185,28 @@ fn patched_requires_the_exact_id() {
     report.loaded.patch_marker = Some("tch-streams-mps/bbbb".into());
     let err = check_capability(Capability::Patched, &report).unwrap_err();
     assert!(err.to_string().contains("tch-streams-mps/bbbb") && err.to_string().contains("tch-streams-mps/aaaa"), "{err}");
+    // Built and loaded agree, but on an id that is not the one of the patch this crate ships for
+    // the loaded version: refused, naming the expected id.
     report.loaded.patch_marker = Some("tch-streams-mps/aaaa".into());
-    assert_eq!(check_capability(Capability::Patched, &report), Ok(()));
+    let version = report.loaded.loaded_version.clone().unwrap_or_else(|| report.loaded.compiled_version.clone());
+    let err = check_capability(Capability::Patched, &report).unwrap_err().to_string();
+    match expected_mps_patch_id(&version) {
+        Some(expected) => {
+            assert!(err.contains(&expected), "{err}");
+            // Exactly the id for the loaded version passes ...
+            report.built.patch_id = Some(expected.clone());
+            report.loaded.patch_marker = Some(expected);
+            assert_eq!(check_capability(Capability::Patched, &report), Ok(()));
+            // ... and the other version's id does not.
+            for other in mps_patch_versions().filter(|v| *v != version.split('+').next().unwrap()) {
+                let other_id = expected_mps_patch_id(other).unwrap();
+                report.built.patch_id = Some(other_id.clone());
+                report.loaded.patch_marker = Some(other_id);
+                assert!(check_capability(Capability::Patched, &report).is_err(), "{other}'s id accepted on {version}");
+            }
+        }
+        None => assert!(err.contains("no MPS patch"), "{err}"),
+    }
 }
 
 #[test]

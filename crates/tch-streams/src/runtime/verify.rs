@@ -191,12 +191,25 @@ pub fn check_capability(capability: Capability, report: &Report) -> Result<()> {
         Capability::MpsPool => match report.probe(Backend::Mps) {
             PoolProbe::Yes { .. } => Ok(()),
             other => missing(format!(
-                "MPS {other}. Stock libtorch 2.11.0 has no MPS stream pool: build the patched libtorch \
+                "MPS {other}. Stock libtorch has no MPS stream pool: build the patched libtorch for its version \
                  (scripts/build-libtorch.sh on a Mac), set LIBTORCH to its prefix, rebuild."
             )),
         },
         Capability::Patched => match (&report.built.patch_id, &report.loaded.patch_marker) {
-            (Some(b), Some(l)) if b == l => Ok(()),
+            (Some(b), Some(l)) if b == l => {
+                // Exactly the id of the patch this crate ships for the loaded libtorch's version.
+                let version = report.loaded.loaded_version.as_deref().unwrap_or(&report.loaded.compiled_version);
+                match super::expected_mps_patch_id(version) {
+                    Some(expected) if expected == *l => Ok(()),
+                    Some(expected) => missing(format!(
+                        "the loaded libtorch {version} carries patch {l}, but the patch this build ships for {version}                          (patches/v{version}) has id {expected}; rebuild libtorch with scripts/build-libtorch.sh --version {version}"
+                    )),
+                    None => missing(format!(
+                        "the loaded libtorch is {version}, for which there is no MPS patch (patched versions: {})",
+                        super::mps_patch_versions().collect::<Vec<_>>().join(", ")
+                    )),
+                }
+            }
             (Some(b), Some(l)) => missing(format!("the loaded libtorch carries patch {l} but this binary was built against {b}; rebuild, or load the matching library")),
             (Some(b), None) => missing(format!("this binary was built against patch {b} but the loaded libtorch exports no patch marker (a stock library was picked up; check LD_LIBRARY_PATH / DYLD_LIBRARY_PATH)")),
             (None, _) => missing("this binary was built against a stock libtorch (no tch-streams-patch-id stamp next to its lib dir); build the patched one with scripts/build-libtorch.sh and set LIBTORCH to its prefix".into()),

@@ -1,7 +1,7 @@
 // Stress test of the MPS allocator's stream rule for reusing freed buffers
 // (ATen/mps/MPSBufferStreamUse.h), meant to run under ThreadSanitizer. Like
 // pool_core_stress.cpp, the header is extracted from
-// patches/tch-streams-mps-v2.11.0.patch by the test build, so what runs here is
+// patches/v2.11.0/tch-streams-mps-v2.11.0.patch by the test build, so what runs here is
 // exactly what the patch adds (with MPSStreamPoolCore.h, which it includes).
 //
 // Build (what tests/mps_pool_tsan.rs and scripts/check-patch.sh do):
@@ -44,7 +44,7 @@
 namespace {
 
 using at::mps::detail::BufferStreamUse;
-using at::mps::detail::kMPSStreamsPerPool;
+using at::mps::detail::kStreamSlots;
 
 std::atomic<int> g_failures{0};
 
@@ -74,20 +74,20 @@ void checkRule() {
   u.recordUse(3);
   check(u.otherStreams() == 0, "recording the owner changes nothing");
   u.recordUse(5);
-  check(u.otherStreams() == (1u << 5), "recorded stream is remembered");
+  check(u.otherStreams() == (uint64_t{1} << 5), "recorded stream is remembered");
   check(!u.mayReuseOn(3, false), "owner waits once another stream used the buffer");
   check(!u.mayReuseOn(5, false), "the recorded stream waits too");
   check(u.mayReuseOn(3, true) && u.mayReuseOn(5, true), "anyone takes it once idle");
   u.onAllocate(5);
   check(u.owner() == 5 && u.otherStreams() == 0 && u.mayReuseOn(5, false), "reallocation resets");
-  u.recordUse(kMPSStreamsPerPool);
-  check(u.otherStreams() == ~0u && !u.mayReuseOn(5, false), "out-of-range id blocks reuse until idle");
+  u.recordUse(kStreamSlots);
+  check(u.otherStreams() == ~uint64_t{0} && !u.mayReuseOn(5, false), "out-of-range id blocks reuse until idle");
   u.onAllocate(0);
   u.recordUse(-1);
   check(!u.mayReuseOn(0, false) && u.mayReuseOn(0, true), "negative id blocks reuse until idle");
-  u.onAllocate(kMPSStreamsPerPool - 1);
+  u.onAllocate(kStreamSlots - 1);
   u.recordUse(0);
-  check(u.otherStreams() == 1u && !u.mayReuseOn(kMPSStreamsPerPool - 1, false), "ids 0 and 31 work");
+  check(u.otherStreams() == 1 && !u.mayReuseOn(kStreamSlots - 1, false), "ids 0 and 32 work");
   std::printf("buffer-reuse: rule cases=%d failed=%d\n", cases, g_failures.load());
 }
 
@@ -96,7 +96,7 @@ constexpr int kStreams = 8; // simulated streams 1..kStreams
 struct Block {
   BufferStreamUse use; // guarded by Allocator::mutex
   bool in_use = false; // guarded by Allocator::mutex
-  std::array<std::atomic<int>, kMPSStreamsPerPool> pending{}; // queued or running work, per stream
+  std::array<std::atomic<int>, kStreamSlots> pending{}; // queued or running work, per stream
   std::atomic<int> total_pending{0};
   std::atomic<uint64_t> generation{0}; // bumped on every allocation
   std::atomic<int64_t> owner{-1}; // copy of use.owner() for the GPU threads
@@ -123,7 +123,7 @@ class Allocator {
       available_.erase(available_.begin() + static_cast<std::ptrdiff_t>(i));
       // Pending work only ever drains now that nobody holds the buffer, so a
       // count seen here is a real overlap with the new owner.
-      for (int64_t s = 0; s < kMPSStreamsPerPool; ++s) {
+      for (int64_t s = 0; s < kStreamSlots; ++s) {
         if (s != stream && b->pending[s].load(std::memory_order_acquire) > 0) {
           c_.handout_violations.fetch_add(1, std::memory_order_relaxed);
           break;

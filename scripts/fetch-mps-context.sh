@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Fetches the upstream .mm files that vendor/v<VERSION>/mps-context.lock lists into
+# ${TCH_STREAMS_HOME:-~/.cache/tch-streams}/mps-context/v<VERSION>/, idempotently: each file is
+# downloaded at the lock's commit, the lock's renames are reversed (old:new, applied in order), and
+# the result must have the lock's sha256. A file already in the cache with the right sha256 is kept.
+#
+# Usage: scripts/fetch-mps-context.sh VERSION      (2.11.0 or 2.13.0)
+#        scripts/fetch-mps-context.sh --print-dir VERSION
+# Environment: TCH_STREAMS_GITHUB_RAW  base URL instead of https://raw.githubusercontent.com (a mirror;
+#              the sha256 check still applies).
+# Exit status: 0 when every listed file is in the cache (also when the lock lists none), 1 otherwise.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
+PRINT_DIR=0
+if [ "${1:-}" = --print-dir ]; then PRINT_DIR=1; shift; fi
+case "${1:-}" in
+  2.11.0|2.13.0) VERSION="$1" ;;
+  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "fetch-mps-context.sh: expected a version (2.11.0 or 2.13.0), got '${1:-}'" >&2; exit 2 ;;
+esac
+LOCK="$ROOT/vendor/v$VERSION/mps-context.lock"
+DEST="$CACHE/mps-context/v$VERSION"
+if [ "$PRINT_DIR" = 1 ]; then echo "$DEST"; exit 0; fi
+[ -f "$LOCK" ] || { echo "[fetch-mps-context] missing $LOCK" >&2; exit 1; }
+
+repo="$(sed -n 's/^repo=//p' "$LOCK")"
+commit="$(sed -n 's/^commit=//p' "$LOCK")"
+mapfile -t renames < <(sed -n 's/^rename=//p' "$LOCK")
+mapfile -t files < <(sed -n 's/^file=//p' "$LOCK")
+[ "${#files[@]}" -gt 0 ] || exit 0
+[[ "$commit" =~ ^[0-9a-f]{40}$ ]] || { echo "[fetch-mps-context] $LOCK: commit must be 40 hex digits" >&2; exit 1; }
+BASE="${TCH_STREAMS_GITHUB_RAW:-https://raw.githubusercontent.com}"
+sha() { sha256sum "$1" | cut -c1-64; }
+
+failed=0
+for entry in "${files[@]}"; do
+  path="${entry% *}"; want="${entry##* }"
+  out="$DEST/$path"
+  if [ -f "$out" ] && [ "$(sha "$out")" = "$want" ]; then continue; fi
+  mkdir -p "$(dirname "$out")"
+  tmp="$(mktemp)"
+  if ! curl -fsSL --retry 2 --max-time 60 "$BASE/$repo/$commit/$path" -o "$tmp"; then
+    echo "[fetch-mps-context] could not download $repo@${commit:0:12}:$path" >&2; rm -f "$tmp"; failed=1; continue
+  fi
+  for r in "${renames[@]}"; do
+    sed -i "s/${r%%:*}/${r#*:}/g" "$tmp"
+  done
+  got="$(sha "$tmp")"
+  if [ "$got" != "$want" ]; then
+    echo "[fetch-mps-context] $path: sha256 $got after reversing the renames, expected $want" >&2
+    rm -f "$tmp"; failed=1; continue
+  fi
+  chmod 644 "$tmp"
+  mv "$tmp" "$out"
+done
+exit "$failed"
