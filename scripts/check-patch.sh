@@ -154,8 +154,18 @@ check_version() {
 
   # --- context .mm files (real upstream text) ----------------------------------------------------
   local CTX; CTX="$("$ROOT/scripts/fetch-mps-context.sh" --print-dir "$V")"
-  local CTX_OK=1
-  "$ROOT/scripts/fetch-mps-context.sh" "$V" >"$W/fetch.log" 2>&1 || CTX_OK=0
+  local CTX_OK=1 CTX_RC=0
+  "$ROOT/scripts/fetch-mps-context.sh" "$V" >"$W/fetch.log" 2>&1 || CTX_RC=$?
+  [ "$CTX_RC" = 0 ] || CTX_OK=0
+  # Exit 3: the upstream host cannot be reached from this machine. The checks that need the real
+  # files then skip (saying so) rather than fail; a file that arrives with the wrong sha256 fails.
+  ctx_missing() { # CHECK WHAT
+    if [ "$CTX_RC" = 3 ]; then
+      skip "$1" "$2: the upstream .mm files could not be downloaded here ($(oneline < "$W/fetch.log")); set TCH_STREAMS_GITHUB_RAW to a mirror to run it"
+    else
+      fail "$1" "$2: $(oneline < "$W/fetch.log")"
+    fi
+  }
   local CTX_FILES=()
   mapfile -t CTX_FILES < <(sed -n 's/^file=\([^ ]*\) .*/\1/p' "$ROOT/vendor/v$V/mps-context.lock")
 
@@ -203,7 +213,7 @@ check_version() {
   cp -r "$BASE" "$A"; cp -r "$BASE" "$B"
   if [ "${#CTX_FILES[@]}" -gt 0 ] && [ "$CTX_OK" = 0 ]; then
     # the series' intermediate steps touch upstream lines that only the real files have
-    fail series "needs the context .mm files, which could not be fetched: $(oneline < "$W/fetch.log")"
+    ctx_missing series "needs the context .mm files"
     series_ok=0
   elif ! out="$(cd "$A" && git apply "$PATCH" 2>&1)"; then
     fail series "the cumulative patch does not apply to its own base: $(head -n 3 <<<"$out" | oneline)"
@@ -228,7 +238,7 @@ check_version() {
   if [ "${#CTX_FILES[@]}" = 0 ]; then
     skip context "no upstream .mm source of the v$V window is listed in vendor/v$V/mps-context.lock"
   elif [ "$CTX_OK" = 0 ]; then
-    fail context "scripts/fetch-mps-context.sh $V failed: $(oneline < "$W/fetch.log")"
+    ctx_missing context "scripts/fetch-mps-context.sh $V"
   else
     local C="$W/ctx" inc=() f
     mkdir -p "$C"
@@ -320,7 +330,7 @@ PY2
   if [ "${#CTX_FILES[@]}" = 0 ]; then
     skip objc-syntax "no upstream .mm source of the v$V window to compile (vendor/v$V/mps-context.lock)"
   elif [ "$CTX_OK" = 0 ]; then
-    fail objc-syntax "the context .mm files could not be fetched"
+    ctx_missing objc-syntax "needs the context .mm files"
   elif [ -z "${TORCH_INC:-}" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
     skip objc-syntax "no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
   elif [ "$series_ok" = 1 ]; then

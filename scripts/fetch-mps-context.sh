@@ -8,7 +8,9 @@
 #        scripts/fetch-mps-context.sh --print-dir VERSION
 # Environment: TCH_STREAMS_GITHUB_RAW  base URL instead of https://raw.githubusercontent.com (a mirror;
 #              the sha256 check still applies).
-# Exit status: 0 when every listed file is in the cache (also when the lock lists none), 1 otherwise.
+# Exit status: 0 when every listed file is in the cache (also when the lock lists none); 3 when a
+# file could not be downloaded (the host is unreachable from this machine: the checks that need
+# the files then skip, saying so); 1 for anything else (a file whose sha256 differs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,6 +37,7 @@ BASE="${TCH_STREAMS_GITHUB_RAW:-https://raw.githubusercontent.com}"
 sha() { sha256sum "$1" | cut -c1-64; }
 
 failed=0
+unreachable=0
 for entry in "${files[@]}"; do
   path="${entry% *}"; want="${entry##* }"
   out="$DEST/$path"
@@ -42,7 +45,7 @@ for entry in "${files[@]}"; do
   mkdir -p "$(dirname "$out")"
   tmp="$(mktemp)"
   if ! curl -fsSL --retry 2 --max-time 60 "$BASE/$repo/$commit/$path" -o "$tmp"; then
-    echo "[fetch-mps-context] could not download $repo@${commit:0:12}:$path" >&2; rm -f "$tmp"; failed=1; continue
+    echo "[fetch-mps-context] could not download $repo@${commit:0:12}:$path from $BASE" >&2; rm -f "$tmp"; unreachable=1; continue
   fi
   for r in "${renames[@]}"; do
     sed -i "s/${r%%:*}/${r#*:}/g" "$tmp"
@@ -55,4 +58,6 @@ for entry in "${files[@]}"; do
   chmod 644 "$tmp"
   mv "$tmp" "$out"
 done
-exit "$failed"
+if [ "$failed" = 1 ]; then exit 1; fi
+if [ "$unreachable" = 1 ]; then exit 3; fi
+exit 0
