@@ -167,3 +167,28 @@ fn the_defaults_leave_batching_off_when_it_is_unknown_or_unsafe() {
         assert!(e.config().calibration.is_empty(), "nothing calibrated when batching is given");
     });
 }
+
+#[test]
+fn a_batch_that_would_be_mostly_padding_is_trimmed_to_a_full_bucket() {
+    watchdog(60, || {
+        let engine = Engine::builder(Model::closure(rowwise))
+            .devices(vec![Device::Cpu])
+            .workers(1)
+            .inputs(vec![InputSpec::new([4], Kind::Float)])
+            // Three 4-row requests (12 samples) would be padded to 16: trimmed to 8 instead.
+            .batching(Batching::Dynamic { max_batch: 12, max_wait: Duration::from_millis(300) })
+            .buckets(vec![8, 16])
+            .build()
+            .unwrap();
+        let xs: Vec<Tensor> = (0..6).map(|i| Tensor::cat(&[row(i), row(i + 10), row(i + 20), row(i + 30)], 0)).collect();
+        let tickets: Vec<_> = xs.iter().map(|x| engine.submit(x.shallow_clone())).collect();
+        for (x, t) in xs.iter().zip(tickets) {
+            let y = t.wait().unwrap();
+            assert!(y.equal(&rowwise(x).unwrap()), "trimming must not change answers");
+        }
+        let st = engine.stats();
+        assert_eq!(st.batch_sizes, [(2usize, 3u64)].into_iter().collect(), "every batch is two 4-row requests: {:?}", st.batch_sizes);
+        assert_eq!(st.stages.padded_samples, 0, "full buckets need no padding");
+        accounted(&st);
+    });
+}

@@ -1,24 +1,32 @@
 //! Forming batches from the queue: take one request, then gather compatible ones until the batch
 //! is full or the wait is over. Incompatible requests are kept aside for a later batch of their
 //! own — never refused.
+//!
+//! With shape buckets, a batch that would be padded by more than an eighth of its bucket is
+//! trimmed instead to the largest bucket it fills: its newest requests wait for the next batch
+//! (first in line), so that uniform requests of several samples (64-row requests, say) run as
+//! full buckets rather than, for example, 576 samples padded to 1024.
 
+use super::buckets::Buckets;
 use super::config::Batching;
 use super::lanes::LaneRx;
 use super::request::Request;
 use crossbeam_channel::RecvTimeoutError;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A worker's batching state: its queue and the requests it set aside.
 pub(crate) struct Batcher {
     rx: LaneRx,
     policy: Batching,
+    buckets: Arc<Buckets>,
     aside: VecDeque<Request>,
 }
 
 impl Batcher {
-    pub(crate) fn new(rx: LaneRx, policy: Batching) -> Self {
-        Batcher { rx, policy, aside: VecDeque::new() }
+    pub(crate) fn new(rx: LaneRx, policy: Batching, buckets: Arc<Buckets>) -> Self {
+        Batcher { rx, policy, buckets, aside: VecDeque::new() }
     }
 
     /// The next batch (all requests in it share a batch key), or `None` once the queue is closed
@@ -72,7 +80,23 @@ impl Batcher {
                 }
             }
         }
+        self.trim(&mut batch, rows);
         Some(batch)
+    }
+
+    /// Trims a batch that would carry more than an eighth of padding down to the largest bucket
+    /// it fills (see the module docs); the trimmed requests go first in line for the next batch.
+    fn trim(&mut self, batch: &mut Vec<Request>, mut rows: i64) {
+        let fit = self.buckets.fit(rows);
+        if batch.len() < 2 || (fit - rows) * 8 <= fit {
+            return;
+        }
+        let Some(target) = self.buckets.largest_at_most(rows) else { return };
+        while rows > target && batch.len() > 1 {
+            let r = batch.pop().expect("more than one request");
+            rows -= r.rows;
+            self.aside.push_front(r);
+        }
     }
 
     /// Requests still set aside (answered by the worker before it exits).

@@ -40,6 +40,13 @@ impl Buckets {
     }
 }
 
+impl Buckets {
+    /// The largest bucket of at most `rows` samples, if any.
+    pub(crate) fn largest_at_most(&self, rows: i64) -> Option<i64> {
+        self.0.iter().rev().map(|&b| b as i64).find(|&b| b <= rows)
+    }
+}
+
 /// Joins the requests' parts of one input along dim 0 and appends `pad` copies of the first
 /// sample. One request without padding is passed through without a copy.
 pub(crate) fn join_padded(parts: &[&Tensor], pad: i64) -> Result<Tensor, TchError> {
@@ -74,6 +81,7 @@ mod tests {
         assert_eq!(b.sizes(), &[1, 8, 16, 64]);
         assert_eq!([1, 2, 8, 9, 16, 17, 64, 65].map(|r| b.fit(r)), [1, 8, 8, 16, 16, 64, 64, 65]);
         assert_eq!(Buckets::default().fit(7), 7);
+        assert_eq!([0, 1, 7, 8, 63, 64, 1000].map(|r| b.largest_at_most(r)), [None, Some(1), Some(1), Some(8), Some(16), Some(64), Some(64)]);
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub const MAX_WORKERS: usize = 1024;
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 24;
 /// Largest `max_batch` of dynamic batching, in samples.
 pub const MAX_BATCH: usize = 1 << 20;
+/// Streams in the patched MPS pool (ids 1-32, as upstream's).
+const MPS_POOL_STREAMS: usize = 32;
 /// Most bucket sizes one engine accepts.
 pub const MAX_BUCKETS: usize = 64;
 /// Whether this build has the CUDA graph code (compiled in when the build found the CUDA
@@ -140,6 +142,13 @@ impl Engine {
             if has_pool[&d] || !assigned.contains(&d) {
                 assigned.push(d);
             }
+        }
+        let mps_workers = assigned.iter().filter(|d| **d == Device::Mps).count();
+        if mps_workers > MPS_POOL_STREAMS {
+            tracing::warn!(
+                "{mps_workers} workers on MPS, but its stream pool has {MPS_POOL_STREAMS} streams: workers beyond that share streams \
+                 (and their queues); use at most {MPS_POOL_STREAMS}"
+            );
         }
         let mut shared: HashMap<Device, Arc<dyn Forward>> = HashMap::new();
         let mut models = Vec::with_capacity(assigned.len());

@@ -91,7 +91,7 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
     if let Some(tx) = ready {
         let _ = tx.send((spec.index, Ok(stream)));
     }
-    let mut batcher = Batcher::new(spec.rx.clone(), spec.batching);
+    let mut batcher = Batcher::new(spec.rx.clone(), spec.batching, Arc::clone(&spec.buckets));
     // Answers batches while this thread launches the next; dropped (drained and joined) when
     // the worker returns.
     let completer = if spec.output == Output::OnDevice && matches!(spec.device, Device::Cuda(_)) {
