@@ -51,9 +51,11 @@ impl Builtin {
         }
     }
 
-    /// Builds an instance on `device`.
+    /// Builds an instance on `device`. The weights are made on the host and copied over: no
+    /// random numbers are drawn on the device (its generator may be in use by a CUDA graph
+    /// capture on another thread, which would make a draw fail).
     pub fn build(self, device: Device) -> Arc<dyn Forward> {
-        let vs = nn::VarStore::new(device);
+        let mut vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
         let model: Arc<dyn Forward> = match self {
             Builtin::SmallMlp => Arc::new(Mlp::new(&root, &[512, 1024, 1024, 512])),
@@ -61,6 +63,9 @@ impl Builtin {
             Builtin::Transformer => Arc::new(TransformerLayer::new(&root, 256, 4, 1024)),
         };
         deterministic_init(&vs);
+        if device != Device::Cpu {
+            vs.set_device(device); // moves every variable; the modules share them
+        }
         model
     }
 }
