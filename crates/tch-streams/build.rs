@@ -135,7 +135,7 @@ fn compile_shim(includes: &[PathBuf]) {
 /// `TCH_STREAMS_CUDA_GRAPHS=0` opts out. The `cuda-graphs` feature makes them mandatory: the
 /// build fails, saying what is missing, instead of leaving them out.
 fn cuda_graphs(includes: &[PathBuf], lib_dir: &Path) {
-    println!("cargo::rustc-check-cfg=cfg(tss_cuda_graphs)");
+    println!("cargo:rustc-check-cfg=cfg(tss_cuda_graphs)");
     println!("cargo:rerun-if-env-changed=TCH_STREAMS_CUDA_GRAPHS");
     println!("cargo:rerun-if-env-changed=CUDA_INCLUDE_DIR");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
