@@ -23,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=scripts/serve-perf
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "serve-perf: $*" >&2; exit 1; }
 
 # Wheels PyTriton needs beyond the GPU machine's python (torch, numpy), as pip names the files
