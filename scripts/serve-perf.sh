@@ -8,7 +8,7 @@
 #   scripts/serve-perf.sh pack [WHEELS_DIR] [OUT_DIR] [PY_VERSION]
 #       where the network is: turn the downloaded wheels into the bundles a GPU machine without
 #       network needs: OUT_DIR/pa.tgz (the perf_analyzer binary) and OUT_DIR/pytriton.tar.xz
-#       (PyTriton without its unused stubs and libpython3.13, with its dependencies except numpy).
+#       (PyTriton without its unused stubs and libpython3.13, with its dependencies).
 #       Defaults: ~/.cache/tch-streams/wheels/serve-gpu, .gpu/serve-perf, 3.12.
 #   scripts/serve-perf.sh run --bin PATH [--bundles DIR] [--part ours|pytriton|all]
 #       [--models small-mlp,transformer] [--concurrency 1,4,16,64] [--device cuda:0]
@@ -26,11 +26,12 @@ HERE=scripts/serve-perf
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "serve-perf: $*" >&2; exit 1; }
 
-# Wheels PyTriton needs beyond the GPU machine's python (torch, numpy), as pip names the files
-# (NAME or NAME-VERSION). tritonclient 2.60 (with grpcio < 1.68, protobuf 5) rather than the newest:
-# later ones import ml_dtypes (25 MB) at start-up. PyTriton's own command-line tool (typer, rich,
-# pydantic) is not needed to serve.
-PYTRITON_WHEELS="nvidia_pytriton pyzmq sh tritonclient-2.60.0 grpcio-1.67.1 protobuf-5.29.5 typing_inspect mypy_extensions \
+# Wheels PyTriton needs beyond the GPU machine's python (torch), as pip names the files (NAME or
+# NAME-VERSION). numpy 1.26: PyTriton 0.7 requires numpy < 2, and with numpy 2 its answers come
+# back empty (0 bytes per output; found on CPU). tritonclient 2.60 (with grpcio < 1.68, protobuf
+# 5) rather than the newest: later ones import ml_dtypes (25 MB) at start-up. PyTriton's own
+# command-line tool (typer, rich, pydantic) is not needed to serve.
+PYTRITON_WHEELS="nvidia_pytriton numpy-1.26.4 pyzmq sh tritonclient-2.60.0 grpcio-1.67.1 protobuf-5.29.5 typing_inspect mypy_extensions \
   wrapt typing_extensions importlib_metadata zipp geventhttpclient gevent greenlet zope_event zope_interface brotli \
   certifi urllib3 python_rapidjson aiohttp aiohappyeyeballs aiosignal attrs frozenlist multidict propcache yarl idna packaging"
 
@@ -80,7 +81,7 @@ PY
 # ---- run ----
 BIN="" BUNDLES=.gpu/serve-perf PART=all MODELS=small-mlp,transformer CONCURRENCY=1,4,16,64 DEVICE=cuda:0
 OUT="" SECONDS_PER=3 ENGINE_ARGS="--batch-max 64 --batch-wait-us 200" INSTANCES=4 PYTHON=python3
-WORK=""
+WORK="" SITE=""
 
 shape_of() { case "$1" in small-mlp) echo 512 ;; transformer) echo 64,256 ;; *) die "unknown model $1" ;; esac; }
 
@@ -89,7 +90,8 @@ record() { echo "$1" >>"$OUT/records.jsonl"; echo "  $1"; }
 # perf_analyzer at one concurrency; its CSV becomes one record.
 measure() {
   local model="$1" target="$2" proto="$3" addr="$4" c="$5"
-  local csv="$OUT/logs/$model-$target-c$c.csv" log="$OUT/logs/$model-$target-c$c.log"
+  local csv="$OUT/logs/$model-$target-c$c.csv"
+  local log="$OUT/logs/$model-$target-c$c.log"
   local rc=0
   timeout 300 "$WORK/pa/perf_analyzer" -m "$model" -u "$addr" -i "$proto" -b 1 --concurrency-range "$c:$c" \
     --measurement-interval $((SECONDS_PER * 1000)) --max-trials 6 --stability-percentage 25 -f "$csv" >"$log" 2>&1 || rc=$?
@@ -122,7 +124,9 @@ wait_for() {  # FILE PATTERN PID SECONDS
 }
 
 part_ours() {
-  local model="$1" pt="$WORK/models/$model.pt" shape; shape=$(shape_of "$model")
+  local model="$1"
+  local pt="$WORK/models/$model.pt" shape
+  shape=$(shape_of "$model")
   local input="1x${shape//,/x}:float32"
   IFS=, read -ra concs <<<"$CONCURRENCY"
   echo "== $model: in-process engine (tch-streams run, host inputs and outputs)"
@@ -141,6 +145,18 @@ part_ours() {
     --metrics-port 8002 $ENGINE_ARGS >"$OUT/logs/$model-serve.out" 2>"$OUT/logs/$model-serve.err" &
   local pid=$!
   wait_for "$OUT/logs/$model-serve.out" '^listening ' "$pid" 180 || { cat "$OUT/logs/$model-serve.err" >&2; die "tch-streams serve did not start"; }
+  # One JSON request first (standard library only): a wrong answer fails here, not later.
+  "$PYTHON" - "$model" "$shape" <<'PY' || die "tch-streams serve answered the smoke request wrongly"
+import json, sys, urllib.request
+model, shape = sys.argv[1], [1] + [int(d) for d in sys.argv[2].split(",")]
+n = 1
+for d in shape:
+    n *= d
+body = json.dumps({"inputs": [{"name": "input0", "datatype": "FP32", "shape": shape, "data": [1.0] * n}]}).encode()
+r = json.load(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:8000/v2/models/{model}/infer", body), timeout=60))
+assert r["outputs"][0]["shape"] == shape, r["outputs"][0]["shape"]
+print(f"  smoke request: output0 {shape}")
+PY
   for c in "${concs[@]}"; do measure "$model" ours-grpc grpc 127.0.0.1:8001 "$c"; done
   for c in "${concs[@]}"; do measure "$model" ours-http http 127.0.0.1:8000 "$c"; done
   curl -s 127.0.0.1:8002/metrics >"$OUT/logs/$model-serve.metrics" 2>/dev/null || true
@@ -150,23 +166,41 @@ part_ours() {
 }
 
 part_pytriton() {
-  local model="$1" pt="$WORK/models/$model.pt" shape; shape=$(shape_of "$model")
+  local model="$1"
+  local pt="$WORK/models/$model.pt" shape
+  shape=$(shape_of "$model")
   IFS=, read -ra concs <<<"$CONCURRENCY"
   local max_batch=64 delay=200
   # The same batching as ours when --engine-args says --batch-max/--batch-wait-us.
   [[ "$ENGINE_ARGS" =~ --batch-max[[:space:]]+([0-9]+) ]] && max_batch="${BASH_REMATCH[1]}"
   [[ "$ENGINE_ARGS" =~ --batch-wait-us[[:space:]]+([0-9]+) ]] && delay="${BASH_REMATCH[1]}"
   echo "== $model: PyTriton (max_batch_size $max_batch, queue delay $delay us, $INSTANCES instance(s))"
-  "$WORK/venv/bin/python" "$HERE/pytriton_server.py" --model "$pt" --name "$model" --sample-shape "$shape" \
+  # PyTriton copies tritonserver into a workspace, away from the libraries its rpath names.
+  LD_LIBRARY_PATH="$SITE/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    "$WORK/venv/bin/python" "$HERE/pytriton_server.py" --model "$pt" --name "$model" --sample-shape "$shape" \
     --device "$DEVICE" --max-batch "$max_batch" --delay-us "$delay" --instances "$INSTANCES" \
     --http-port 8100 --grpc-port 8101 --metrics-port 8102 >"$OUT/logs/$model-pytriton.log" 2>&1 &
   local pid=$!
   wait_for "$OUT/logs/$model-pytriton.log" 'pytriton ready' "$pid" 300 || die "PyTriton did not start (log: $OUT/logs/$model-pytriton.log)"
+  # One request through tritonclient first: a server that answers wrongly fails here, not later.
+  "$WORK/venv/bin/python" - "$model" "$shape" <<'PY' || die "PyTriton answered the smoke request wrongly (log: $OUT/logs/$model-pytriton.log)"
+import sys
+import numpy as np
+import tritonclient.grpc as g
+model, shape = sys.argv[1], [1] + [int(d) for d in sys.argv[2].split(",")]
+x = g.InferInput("input0", shape, "FP32")
+x.set_data_from_numpy(np.ones(shape, np.float32))
+y = g.InferenceServerClient("127.0.0.1:8101").infer(model, [x]).as_numpy("output0")
+assert list(y.shape) == shape, y.shape
+print(f"  smoke request: output0 {list(y.shape)} {y.dtype}")
+PY
   for c in "${concs[@]}"; do measure "$model" pytriton-grpc grpc 127.0.0.1:8101 "$c"; done
   for c in "${concs[@]}"; do measure "$model" pytriton-http http 127.0.0.1:8100 "$c"; done
+  local t0=$SECONDS
   kill -INT "$pid" 2>/dev/null || true
-  for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null && echo "  (PyTriton killed after $((SECONDS - t0)) s)"
+  wait "$pid" 2>/dev/null || true
 }
 
 run() {
@@ -204,11 +238,20 @@ run() {
   if [ "$PART" != ours ]; then
     # A venv of our own over the machine's python: PyTriton's Python-backend stub finds its
     # packages through the `python3` first on PATH (PyTriton puts this venv's bin there), so they
-    # must live in the venv, not on PYTHONPATH. A .pth adds the machine's torch and numpy.
-    "$PYTHON" -m venv --without-pip "$WORK/venv"
-    local site; site=$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    "$PYTHON" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLES/pytriton.tar.xz" "$site"
-    "$PYTHON" -c 'import site, sys; print("\n".join(p for p in site.getsitepackages() + [site.getusersitepackages()] if p))' >"$site/host-python.pth"
+    # must live in the venv, not on PYTHONPATH. A .pth adds the machine's torch (numpy 1.26 from
+    # the bundle comes first: PyTriton needs numpy < 2).
+    # The stub loads the system's libpython3.X: base the venv on the system interpreter of that
+    # version when there is one, so the standard library matches the library that runs it.
+    local ver base
+    ver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    base="$PYTHON"
+    for cand in "/usr/bin/python$ver" "/usr/local/bin/python$ver"; do
+      [ -x "$cand" ] && { base="$cand"; break; }
+    done
+    "$base" -m venv --without-pip "$WORK/venv"
+    SITE=$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$PYTHON" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLES/pytriton.tar.xz" "$SITE"
+    "$PYTHON" -c 'import site, sys; print("\n".join(p for p in site.getsitepackages() + [site.getusersitepackages()] if p))' >"$SITE/host-python.pth"
     "$WORK/venv/bin/python" -c 'import pytriton, zmq, tritonclient.grpc, torch, numpy; print("pytriton ready to import; numpy", numpy.__version__)'
   fi
   IFS=, read -ra models <<<"$MODELS"

@@ -284,3 +284,38 @@ pub fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<i32> {
 pub fn listening_line(http: SocketAddr, grpc: SocketAddr, metrics: SocketAddr) -> String {
     format!("listening http={http} grpc={grpc} metrics={metrics}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args as _, FromArgMatches};
+
+    fn parse(argv: &[&str]) -> anyhow::Result<Vec<ModelEntry>> {
+        let cmd = Args::augment_args(clap::Command::new("serve").no_binary_name(true));
+        let m = cmd.try_get_matches_from(argv)?;
+        let args = Args::from_arg_matches(&m)?;
+        entries(&args, &m)
+    }
+
+    #[test]
+    fn inputs_and_names_belong_to_the_model_before_them() {
+        let e = parse(&["--model", "a.pt", "--input", "1x4", "--name", "x", "--builtin", "small-mlp", "--model", "dir/b.pt", "--input", "1x2:int64", "--input", "1x3"]).unwrap();
+        assert_eq!(e.len(), 3);
+        assert_eq!((e[0].served_name(), e[0].inputs.len()), ("x".to_string(), 1));
+        assert_eq!(e[1].source, Source::Builtin(Builtin::SmallMlp));
+        assert_eq!((e[1].served_name(), e[1].inputs.len()), ("small-mlp".to_string(), 0));
+        assert_eq!(e[2].served_name(), "b");
+        assert_eq!(e[2].inputs.iter().map(|a| (a.shape.clone(), a.kind)).collect::<Vec<_>>(), vec![(vec![1, 2], tch::Kind::Int64), (vec![1, 3], tch::Kind::Float)]);
+    }
+
+    #[test]
+    fn misplaced_or_duplicate_entries_are_refused() {
+        let msg = |argv: &[&str]| parse(argv).unwrap_err().to_string();
+        assert!(msg(&["--name", "x", "--builtin", "small-mlp"]).contains("--name x comes before any --model/--builtin"));
+        assert!(msg(&["--builtin", "small-mlp", "--name", "a", "--name", "b"]).contains("--name b follows --name a"));
+        assert!(msg(&["--model", "m.pt", "--input", "1x2", "--model", "other/m.pt", "--input", "1x2"]).contains("two models are called \"m\""));
+        assert!(msg(&[]).contains("nothing to serve"));
+        // --batch-wait-us needs --batch-max (clap says so).
+        assert!(parse(&["--builtin", "small-mlp", "--batch-wait-us", "10"]).is_err());
+    }
+}
