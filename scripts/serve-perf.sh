@@ -176,8 +176,9 @@ part_pytriton() {
   [[ "$ENGINE_ARGS" =~ --batch-wait-us[[:space:]]+([0-9]+) ]] && delay="${BASH_REMATCH[1]}"
   echo "== $model: PyTriton (max_batch_size $max_batch, queue delay $delay us, $INSTANCES instance(s))"
   # PyTriton copies tritonserver into a workspace, away from the libraries its rpath names.
+  # Its own session (setsid): stopping it stops tritonserver and the stubs with it.
   LD_LIBRARY_PATH="$SITE/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-    "$WORK/venv/bin/python" "$HERE/pytriton_server.py" --model "$pt" --name "$model" --sample-shape "$shape" \
+    setsid "$WORK/venv/bin/python" "$HERE/pytriton_server.py" --model "$pt" --name "$model" --sample-shape "$shape" \
     --device "$DEVICE" --max-batch "$max_batch" --delay-us "$delay" --instances "$INSTANCES" \
     --http-port 8100 --grpc-port 8101 --metrics-port 8102 >"$OUT/logs/$model-pytriton.log" 2>&1 &
   local pid=$!
@@ -196,10 +197,11 @@ print(f"  smoke request: output0 {list(y.shape)} {y.dtype}")
 PY
   for c in "${concs[@]}"; do measure "$model" pytriton-grpc grpc 127.0.0.1:8101 "$c"; done
   for c in "${concs[@]}"; do measure "$model" pytriton-http http 127.0.0.1:8100 "$c"; done
+  # The whole session: PyTriton, tritonserver, the stubs (nothing may keep the ports).
   local t0=$SECONDS
-  kill -INT "$pid" 2>/dev/null || true
-  for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null && echo "  (PyTriton killed after $((SECONDS - t0)) s)"
+  kill -INT -- -"$pid" 2>/dev/null || true
+  for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- -"$pid" 2>/dev/null && echo "  (PyTriton's session killed after $((SECONDS - t0)) s)"
   wait "$pid" 2>/dev/null || true
 }
 

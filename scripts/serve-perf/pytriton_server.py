@@ -44,18 +44,26 @@ def main():
         return infer
 
     config = TritonConfig(http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port)
-    with Triton(config=config) as triton:
-        triton.bind(
-            model_name=a.name,
-            infer_func=[make_infer() for _ in range(a.instances)],
-            inputs=[Tensor(name="input0", dtype=np.float32, shape=shape)],
-            outputs=[Tensor(name="output0", dtype=np.float32, shape=shape)],
-            config=ModelConfig(max_batch_size=a.max_batch, batcher=DynamicBatcher(max_queue_delay_microseconds=a.delay_us)),
-            strict=False,
-        )
-        print("pytriton ready", flush=True)
-        triton.serve()
-
+    # Model instances start side by side and meet at a handshake socket; on a busy machine one can
+    # knock before the first listens and the load fails. A fresh start then succeeds.
+    for attempt in range(1, 4):
+        try:
+            with Triton(config=config) as triton:
+                triton.bind(
+                    model_name=a.name,
+                    infer_func=[make_infer() for _ in range(a.instances)],
+                    inputs=[Tensor(name="input0", dtype=np.float32, shape=shape)],
+                    outputs=[Tensor(name="output0", dtype=np.float32, shape=shape)],
+                    config=ModelConfig(max_batch_size=a.max_batch, batcher=DynamicBatcher(max_queue_delay_microseconds=a.delay_us)),
+                    strict=False,
+                )
+                print("pytriton ready", flush=True)
+                triton.serve()
+            return
+        except Exception as e:  # noqa: BLE001 - any start-up failure is retried, then raised
+            if attempt == 3:
+                raise
+            print(f"pytriton start attempt {attempt} failed ({type(e).__name__}); retrying", flush=True)
 
 if __name__ == "__main__":
     main()
