@@ -210,8 +210,10 @@ async fn read_body(s: &Server, headers: &HeaderMap, body: Body) -> Result<Bytes,
 }
 
 async fn infer_inner(s: &Server, p: &ModelPath, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let model = Arc::clone(s.model(&p.name, p.version.as_deref())?);
+    // The body first, even for an unknown model: a connection whose request body was left
+    // unread cannot be reused, and the client's next request on it would fail.
     let body = read_body(s, headers, body).await?;
+    let model = Arc::clone(s.model(&p.name, p.version.as_deref())?);
     // The JSON part, then binary tensors when the header says where the JSON ends.
     let json_len = match headers.get(HEADER_LENGTH) {
         None => body.len(),
