@@ -4,6 +4,7 @@
 #     venv-<version>, holding PyPI torch==<version>, whose headers and libraries torch-sys builds
 #     and links against;
 #   - Debian packages the build needs when missing (libclang-dev, for bindgen);
+#   - tritonclient[http,grpc] and numpy in that venv, for the `serve` tests;
 #   - a cargo target dir per version in the same cache, so a fresh clone reuses an earlier build.
 #
 # The version: TCH_STREAMS_TORCH=2.11.0|2.12.0|2.13.0 (default 2.13.0, the newest tch supports:
@@ -30,7 +31,7 @@ PRINT_ONLY=0
 case "${1:-}" in
   --print-env) PRINT_ONLY=1 ;;
   --cuda-graphs) ;;
-  -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac
@@ -134,6 +135,16 @@ else
   log "installing nvidia-cuda-crt==$RT.* (CUDA headers, so that CUDA graphs are built)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "nvidia-cuda-crt==$RT.*" >&2 \
     || { echo "[setup] error: could not install nvidia-cuda-crt==$RT.*; install the CUDA $RT toolkit headers and set CUDA_INCLUDE_DIR, or set TCH_STREAMS_CUDA_GRAPHS=0 to build without CUDA graphs" >&2; exit 1; }
+fi
+
+# 4. NVIDIA's tritonclient (HTTP and gRPC) and numpy: the `serve` tests drive the server with
+#    them, as a user of the Open Inference Protocol would. Skipped when already importable.
+if "$VENV/bin/python" -c 'import numpy, tritonclient.http, tritonclient.grpc' >/dev/null 2>&1; then
+  log "tritonclient already in $VENV"
+else
+  log "installing tritonclient[http,grpc] and numpy into $VENV (for the serve tests)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "tritonclient[http,grpc]" numpy >&2 \
+    || { echo "[setup] error: could not install tritonclient[http,grpc] into $VENV; the serve tests need it (pip install 'tritonclient[http,grpc]' numpy)" >&2; exit 1; }
 fi
 
 log "ready; environment:"

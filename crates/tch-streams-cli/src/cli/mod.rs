@@ -35,6 +35,11 @@ enum Command {
     /// engine-graphs, limit; workloads: small-mlp, large-mlp, transformer or a TorchScript file.
     /// --quick runs a short sweep sized for a CPU.
     Bench(bench::Args),
+    /// Serve models over the Open Inference Protocol (KServe v2): HTTP/REST and gRPC, with
+    /// Prometheus metrics; SIGTERM or Ctrl-C drains, then exits 0.
+    ///
+    /// Verifies the loaded libtorch first. Engine options left out take the engine's defaults.
+    Serve(tch_streams_cli::serve::Args),
 }
 
 /// Runs the chosen subcommand; returns the process exit code.
@@ -43,5 +48,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Preflight(args) => preflight::run(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => {
+            // The positions of --model/--input/--name say which input belongs to which model.
+            let matches = <Cli as clap::CommandFactory>::command().get_matches();
+            let serve = matches.subcommand_matches("serve").ok_or_else(|| anyhow::anyhow!("serve: no arguments"))?;
+            tch_streams_cli::serve::run(args, serve)
+        }
     }
 }

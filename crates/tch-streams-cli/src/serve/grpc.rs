@@ -1,0 +1,183 @@
+//! The gRPC `inference.GRPCInferenceService` of the Open Inference Protocol, with tonic.
+//!
+//! Same models, admission and engine path as HTTP ([`Server::infer`]). Inputs come as
+//! `raw_input_contents` (one entry per input, in order) or as typed `contents`; outputs always
+//! go back as `raw_output_contents`. Errors map to status codes: INVALID_ARGUMENT (malformed or
+//! mismatched request), NOT_FOUND (unknown model), OUT_OF_RANGE (message over
+//! `--max-request-bytes`, from tonic's decoder), UNAVAILABLE (in-flight cap), DEADLINE_EXCEEDED
+//! (`--request-timeout-ms`), INTERNAL (model failure). Methods run on the async runtime's
+//! threads and only wait on the engine's ticket.
+
+use super::model::{Payload, WireInput};
+use super::protocol::{elements, kind_of, tensor_to_bytes, ApiError};
+use super::state::{Protocol, Server};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+use tonic::{Request, Response, Status};
+
+/// Code generated from `proto/inference.proto` at build time.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use pb::model_infer_response::InferOutputTensor;
+
+/// The service over a shared [`Server`].
+pub struct Grpc(pub Arc<Server>);
+
+/// The tonic service, with the message size limit of `--max-request-bytes`.
+pub fn service(server: Arc<Server>) -> GrpcInferenceServiceServer<Grpc> {
+    let limit = server.limits.max_request_bytes;
+    GrpcInferenceServiceServer::new(Grpc(server)).max_decoding_message_size(limit)
+}
+
+fn status(e: ApiError) -> Status {
+    Status::new(e.kind.grpc_code(), e.message)
+}
+
+/// A tensor from typed `contents`: the field that matches the datatype, with exactly the
+/// shape's element count. 16-bit floats have no typed field: they come as raw bytes only.
+fn from_contents(name: &str, datatype: &str, shape: &[i64], c: &pb::InferTensorContents) -> Result<Tensor, ApiError> {
+    let kind = kind_of(datatype).ok_or_else(|| ApiError::bad(format!("input {name:?}: unknown datatype {datatype:?}")))?;
+    let n = elements(shape)?;
+    let count = |len: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(ApiError::bad(format!("input {name:?}: {len} value(s) in contents, but shape {shape:?} holds {n}")))
+        }
+    };
+    let t = match kind {
+        Kind::Float => count(c.fp32_contents.len()).map(|_| Tensor::from_slice(&c.fp32_contents))?,
+        Kind::Double => count(c.fp64_contents.len()).map(|_| Tensor::from_slice(&c.fp64_contents))?,
+        Kind::Int64 => count(c.int64_contents.len()).map(|_| Tensor::from_slice(&c.int64_contents))?,
+        Kind::Bool => count(c.bool_contents.len()).map(|_| Tensor::from_slice(&c.bool_contents))?,
+        Kind::Int | Kind::Int16 | Kind::Int8 => {
+            count(c.int_contents.len())?;
+            Tensor::from_slice(&c.int_contents).f_to_kind(kind).map_err(|e| ApiError::bad(format!("input {name:?}: {e}")))?
+        }
+        Kind::Uint8 => {
+            count(c.uint_contents.len())?;
+            if c.uint_contents.iter().any(|&x| x > 255) {
+                return Err(ApiError::bad(format!("input {name:?}: a value is out of range for UINT8")));
+            }
+            Tensor::from_slice(&c.uint_contents.iter().map(|&x| x as i64).collect::<Vec<_>>()).f_to_kind(kind).map_err(|e| ApiError::bad(format!("input {name:?}: {e}")))?
+        }
+        _ => return Err(ApiError::bad(format!("input {name:?}: {datatype} has no typed contents field; send it in raw_input_contents"))),
+    };
+    Ok(t)
+}
+
+impl Grpc {
+    async fn infer(&self, r: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, ApiError> {
+        let s = &self.0;
+        let model = Arc::clone(s.model(&r.model_name, Some(&r.model_version))?);
+        if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
+            return Err(ApiError::bad(format!("{} raw_input_contents for {} inputs: give one per input, in order", r.raw_input_contents.len(), r.inputs.len())));
+        }
+        let mut wire = Vec::with_capacity(r.inputs.len());
+        for (i, input) in r.inputs.iter().enumerate() {
+            if input.parameters.keys().any(|k| k.starts_with("shared_memory")) {
+                return Err(ApiError::bad(format!("input {:?}: shared memory is not supported by this server", input.name)));
+            }
+            let data = if let Some(raw) = r.raw_input_contents.get(i) {
+                if input.contents.is_some() {
+                    return Err(ApiError::bad(format!("input {:?}: both raw_input_contents and contents", input.name)));
+                }
+                Payload::Bytes(raw)
+            } else if let Some(c) = &input.contents {
+                Payload::Tensor(from_contents(&input.name, &input.datatype, &input.shape, c)?)
+            } else {
+                Payload::Missing
+            };
+            wire.push(WireInput { name: input.name.clone(), datatype: input.datatype.clone(), shape: input.shape.clone(), data });
+        }
+        let tensors = model.admit(wire)?;
+        let wanted: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
+        let outputs = s.infer(&model, tensors, &wanted).await?;
+        let mut described = Vec::with_capacity(outputs.len());
+        let mut raw = Vec::with_capacity(outputs.len());
+        for (name, t) in &outputs {
+            let datatype = model.outputs.iter().find(|o| &o.name == name).map_or("INVALID", |o| o.datatype());
+            described.push(InferOutputTensor { name: name.clone(), datatype: datatype.into(), shape: t.size(), ..Default::default() });
+            raw.push(tensor_to_bytes(t)?.into());
+        }
+        Ok(pb::ModelInferResponse {
+            model_name: model.name.clone(),
+            model_version: "1".into(),
+            id: r.id,
+            outputs: described,
+            raw_output_contents: raw,
+            ..Default::default()
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Grpc {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.0.ready() }))
+    }
+
+    async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        self.0.model(&r.name, Some(&r.version)).map_err(status)?;
+        Ok(Response::new(pb::ModelReadyResponse { ready: self.0.ready() }))
+    }
+
+    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "tch-streams".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: super::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, r: Request<pb::ModelMetadataRequest>) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        let m = self.0.model(&r.name, Some(&r.version)).map_err(status)?;
+        let tensors = |ts: &[super::model::TensorInfo]| {
+            ts.iter()
+                .map(|t| pb::model_metadata_response::TensorMetadata { name: t.name.clone(), datatype: t.datatype().into(), shape: t.shape() })
+                .collect()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: m.name.clone(),
+            versions: vec!["1".into()],
+            platform: m.platform.into(),
+            inputs: tensors(&m.inputs),
+            outputs: tensors(&m.outputs),
+        }))
+    }
+
+    async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let started = Instant::now();
+        let r = r.into_inner();
+        let name = r.model_name.clone();
+        let result = self.infer(r).await;
+        self.0.record(&name, Protocol::Grpc, started, result.as_ref().map(|_| ()).map_err(|e| e.kind));
+        result.map(Response::new).map_err(status)
+    }
+
+    async fn model_config(&self, r: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = r.into_inner();
+        let m = self.0.model(&r.name, Some(&r.version)).map_err(status)?;
+        let config = pb::ModelConfig {
+            name: m.name.clone(),
+            platform: m.platform.into(),
+            max_batch_size: i32::try_from(m.max_batch_size).unwrap_or(i32::MAX),
+            input: m.inputs.iter().map(|t| pb::ModelInput { name: t.name.clone(), data_type: super::protocol::config_type(t.kind), dims: t.dims.clone() }).collect(),
+            output: m.outputs.iter().map(|t| pb::ModelOutput { name: t.name.clone(), data_type: super::protocol::config_type(t.kind), dims: t.dims.clone() }).collect(),
+            dynamic_batching: m.dynamic_batching.then_some(pb::ModelDynamicBatching {}),
+        };
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(config) }))
+    }
+}
+

@@ -1,0 +1,171 @@
+//! Prometheus metrics of `serve`, in the text exposition format.
+//!
+//! Request-side series are updated by the request handlers (any runtime thread; the
+//! `prometheus` types are atomics). Engine-side series (engine counters, batch sizes, workers)
+//! are read from [`Engine::stats`](tch_streams::engine::Engine::stats) when `/metrics` is
+//! scraped, minus the start-up probe, so they count client requests only.
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `tch_streams_requests_total` | counter | model, protocol (http, grpc), outcome (success, bad_request, not_found, too_large, unavailable, timeout, error) |
+//! | `tch_streams_request_duration_seconds` | histogram | model, protocol: body received to answer encoded |
+//! | `tch_streams_engine_duration_seconds` | histogram | model: submitted to the engine until answered (queue + compute) |
+//! | `tch_streams_inflight_requests` | gauge | model |
+//! | `tch_streams_engine_requests_total` | counter | model, result (submitted, completed, failed) |
+//! | `tch_streams_engine_latency_microseconds` | gauge | model, quantile (0.5, 0.95, 0.99): the engine's own queue + compute latency |
+//! | `tch_streams_batch_size` | histogram | model: requests per batch the engine ran |
+//! | `tch_streams_workers` | gauge | model, device |
+
+use super::model::ServedModel;
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::collections::BTreeMap;
+
+/// The request-side series, registered once at start-up.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by model, protocol and outcome.
+    pub requests: IntCounterVec,
+    /// Seconds from a request's body to its encoded answer.
+    pub request_seconds: HistogramVec,
+    /// Seconds from submission to the engine until its answer.
+    pub engine_seconds: HistogramVec,
+    /// Requests being served now.
+    pub inflight: IntGaugeVec,
+}
+
+/// Latency buckets from 50 µs to about 6.5 s.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(50e-6, 2.0, 18).unwrap_or_else(|_| prometheus::DEFAULT_BUCKETS.to_vec())
+}
+
+impl Metrics {
+    /// Registers the series. Errors only on a programming mistake (a duplicate name).
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("tch_streams_requests_total", "Inference requests answered, by model, protocol and outcome"),
+            &["model", "protocol", "outcome"],
+        )?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("tch_streams_request_duration_seconds", "Request body received to answer encoded").buckets(latency_buckets()),
+            &["model", "protocol"],
+        )?;
+        let engine_seconds = HistogramVec::new(
+            HistogramOpts::new("tch_streams_engine_duration_seconds", "Submitted to the engine until answered: queue plus compute").buckets(latency_buckets()),
+            &["model"],
+        )?;
+        let inflight = IntGaugeVec::new(Opts::new("tch_streams_inflight_requests", "Inference requests being served"), &["model"])?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_seconds.clone()))?;
+        registry.register(Box::new(engine_seconds.clone()))?;
+        registry.register(Box::new(inflight.clone()))?;
+        Ok(Metrics { registry, requests, request_seconds, engine_seconds, inflight })
+    }
+
+    /// The text exposition of every series, the engine-side ones read now.
+    pub fn render(&self, models: &[&ServedModel]) -> String {
+        let mut families = self.registry.gather();
+        // The encoder refuses a family without samples (e.g. no latency yet).
+        families.extend(engine_families(models).into_iter().filter(|f| !f.get_metric().is_empty()));
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!("metrics encoding failed: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.into());
+    l.set_value(value.into());
+    l
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn counter(labels: Vec<LabelPair>, v: f64) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(v);
+    let mut m = Metric::from_label(labels);
+    m.set_counter(c);
+    m
+}
+
+fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(v);
+    let mut m = Metric::from_label(labels);
+    m.set_gauge(g);
+    m
+}
+
+/// Engine counters, latency quantiles, the batch-size histogram and worker counts, since the
+/// probe.
+fn engine_families(models: &[&ServedModel]) -> Vec<MetricFamily> {
+    let (mut counts, mut quantiles, mut batches, mut workers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for m in models {
+        let s = m.engine.stats();
+        let b = &m.baseline;
+        for (result, now, then) in [("submitted", s.submitted, b.submitted), ("completed", s.completed, b.completed), ("failed", s.failed, b.failed)] {
+            counts.push(counter(vec![label("model", &m.name), label("result", result)], now.saturating_sub(then) as f64));
+        }
+        for (q, v) in [("0.5", s.latency_us_p50), ("0.95", s.latency_us_p95), ("0.99", s.latency_us_p99)] {
+            if let Some(v) = v {
+                quantiles.push(gauge(vec![label("model", &m.name), label("quantile", q)], v as f64));
+            }
+        }
+        // Batch sizes since the probe, as a cumulative histogram over powers of two.
+        let mut sizes: BTreeMap<usize, u64> = s.batch_sizes.clone();
+        for (k, v) in &b.batch_sizes {
+            if let Some(x) = sizes.get_mut(k) {
+                *x = x.saturating_sub(*v);
+            }
+        }
+        let largest = sizes.keys().last().copied().unwrap_or(1).max(1);
+        let mut bounds = vec![1usize];
+        while *bounds.last().unwrap_or(&1) < largest {
+            let next = bounds.last().unwrap_or(&1) * 2;
+            bounds.push(next);
+        }
+        let mut h = Histogram::default();
+        h.set_sample_count(sizes.values().sum());
+        h.set_sample_sum(sizes.iter().map(|(k, v)| (*k as u64 * v) as f64).sum());
+        h.set_bucket(
+            bounds
+                .iter()
+                .map(|&ub| {
+                    let mut bk = Bucket::default();
+                    bk.set_upper_bound(ub as f64);
+                    bk.set_cumulative_count(sizes.range(..=ub).map(|(_, v)| v).sum());
+                    bk
+                })
+                .collect(),
+        );
+        let mut metric = Metric::from_label(vec![label("model", &m.name)]);
+        metric.set_histogram(h);
+        batches.push(metric);
+        let mut per_device: BTreeMap<String, u64> = BTreeMap::new();
+        for w in m.engine.workers() {
+            *per_device.entry(format!("{:?}", w.device).to_lowercase()).or_default() += 1;
+        }
+        for (device, n) in per_device {
+            workers.push(gauge(vec![label("model", &m.name), label("device", &device)], n as f64));
+        }
+    }
+    vec![
+        family("tch_streams_engine_requests_total", "Engine requests by result, client requests only", MetricType::COUNTER, counts),
+        family("tch_streams_engine_latency_microseconds", "Engine latency (queue plus compute) quantiles since start", MetricType::GAUGE, quantiles),
+        family("tch_streams_batch_size", "Requests per batch the engine ran", MetricType::HISTOGRAM, batches),
+        family("tch_streams_workers", "Engine worker threads per device", MetricType::GAUGE, workers),
+    ]
+}

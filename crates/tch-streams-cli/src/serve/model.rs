@@ -1,0 +1,293 @@
+//! One served model: its engine, its named inputs and outputs, and the admission of a request's
+//! decoded tensors (names, datatypes, shapes, batch) before anything reaches the engine.
+//!
+//! A [`ServedModel`] is built on the main thread before the servers start, then shared
+//! read-only (`Arc`) by every request handler; only its [`Engine`] has interior state, and the
+//! engine is `Send + Sync`.
+
+use super::protocol::{datatype, tensor_from_bytes, tensor_from_json, ApiError};
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use tch::{Device, Kind, Tensor};
+use tch_streams::engine::{Batching, Engine, EngineStats, InputSpec, Output};
+use tch_streams::models::{Builtin, Model, Outputs};
+use crate::inputs::InputArg;
+
+/// What a model is made from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A TorchScript file; its inputs come from `--input`.
+    TorchScript(PathBuf),
+    /// A built-in model (fixed inputs).
+    Builtin(Builtin),
+}
+
+/// One `--model`/`--builtin` entry of the command line, with the `--input`s and `--name` that
+/// followed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEntry {
+    /// The model.
+    pub source: Source,
+    /// `--name`, else the file stem or the built-in's name.
+    pub name: Option<String>,
+    /// `--input SHAPE:DTYPE` specs (batch first), in forward's order.
+    pub inputs: Vec<InputArg>,
+}
+
+impl ModelEntry {
+    /// The name clients use: `--name`, else the file stem, else the built-in's name.
+    pub fn served_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        match &self.source {
+            Source::TorchScript(p) => p.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
+            Source::Builtin(b) => b.name().to_string(),
+        }
+    }
+}
+
+/// The engine options `serve` passes through. `None`/`false` means "the engine's default": the
+/// builder is not called at all, so the engine's own choice (and any future automatic
+/// configuration) applies.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Devices to serve on.
+    pub devices: Vec<Device>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+    /// `--batch-max`: dynamic batching up to this many samples.
+    pub batch_max: Option<usize>,
+    /// `--batch-wait-us` (only with `--batch-max`).
+    pub batch_wait_us: Option<u64>,
+    /// `--cuda-graphs`.
+    pub cuda_graphs: bool,
+    /// Requests that may wait per device queue: the server's in-flight cap, so a request the
+    /// server admitted always finds room.
+    pub queue_capacity: usize,
+}
+
+/// Dynamic batching's wait when only `--batch-max` is given (the `run` subcommand's default).
+pub const DEFAULT_BATCH_WAIT_US: u64 = 200;
+
+/// A named tensor of a model: per-sample dims (the batch dimension comes first on the wire).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    /// `input0`, `input1`, …; `output0`, … or the keys of a dict output.
+    pub name: String,
+    /// Element type.
+    pub kind: Kind,
+    /// Dims of one sample.
+    pub dims: Vec<i64>,
+}
+
+impl TensorInfo {
+    /// The protocol's datatype name (`FP32`).
+    pub fn datatype(&self) -> &'static str {
+        datatype(self.kind).unwrap_or("INVALID")
+    }
+
+    /// The shape metadata shows: `-1` for the batch, then the sample's dims.
+    pub fn shape(&self) -> Vec<i64> {
+        std::iter::once(-1).chain(self.dims.iter().copied()).collect()
+    }
+}
+
+/// One input of a request as a protocol decoded it, before admission.
+pub struct WireInput<'a> {
+    /// The tensor's name.
+    pub name: String,
+    /// The protocol datatype name the client declared.
+    pub datatype: String,
+    /// The full shape the client declared, batch first.
+    pub shape: Vec<i64>,
+    /// The elements.
+    pub data: Payload<'a>,
+}
+
+/// Where an input's elements are.
+pub enum Payload<'a> {
+    /// Raw little-endian bytes (binary extension, gRPC raw contents).
+    Bytes(&'a [u8]),
+    /// A JSON `data` array.
+    Json(&'a Value),
+    /// Already a tensor (gRPC typed contents); its element count was checked against the shape.
+    Tensor(Tensor),
+    /// No data was sent.
+    Missing,
+}
+
+/// A model being served.
+pub struct ServedModel {
+    /// The name in URLs and requests.
+    pub name: String,
+    /// `pytorch_libtorch` for TorchScript files, `tch_streams_builtin` for built-ins.
+    pub platform: &'static str,
+    /// The engine that runs it (results delivered on the host).
+    pub engine: Engine,
+    /// Inputs in forward's order.
+    pub inputs: Vec<TensorInfo>,
+    /// Outputs, in the model's order (learned from a probe request at start-up).
+    pub outputs: Vec<TensorInfo>,
+    /// Most samples one request may carry (`max_batch_size` of the model configuration).
+    pub max_batch_size: usize,
+    /// Whether the engine merges requests (`--batch-max` given).
+    pub dynamic_batching: bool,
+    /// The engine's counters after the start-up probe: metrics report what came after.
+    pub baseline: EngineStats,
+}
+
+/// Names of the outputs of a model's answer, in order: `output0`, `output1`, … or a dict's keys.
+pub fn output_names(out: &Outputs) -> Vec<String> {
+    match out {
+        Outputs::Dict(v) => v.iter().map(|(k, _)| k.clone()).collect(),
+        other => (0..other.len()).map(|i| format!("output{i}")).collect(),
+    }
+}
+
+/// The tensors of an answer with their names, in order.
+pub fn named_outputs(out: Outputs) -> Vec<(String, Tensor)> {
+    match out {
+        Outputs::Tensor(t) => vec![("output0".into(), t)],
+        Outputs::Tuple(v) | Outputs::List(v) => v.into_iter().enumerate().map(|(i, t)| (format!("output{i}"), t)).collect(),
+        Outputs::Dict(v) => v,
+    }
+}
+
+/// Whether a name can appear in a URL path segment as it is.
+fn url_safe(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+impl ServedModel {
+    /// Builds the engine for `entry`, then sends it one probe request (zeros, batch 1) to learn
+    /// the outputs' names, datatypes and sample shapes. Blocks (model loading, warm-up).
+    pub fn load(entry: &ModelEntry, opts: &EngineOptions, max_batch_size: usize) -> anyhow::Result<ServedModel> {
+        let name = entry.served_name();
+        if !url_safe(&name) {
+            bail!("model name {name:?} is not usable in URLs: use 1 to 128 of A-Z a-z 0-9 _ . - (set it with --name)");
+        }
+        let (model, inputs, platform) = match &entry.source {
+            Source::TorchScript(path) => {
+                if entry.inputs.is_empty() {
+                    bail!("--model {} needs its inputs: --input SHAPE:DTYPE after it, one per argument of forward, batch first (e.g. --input 1x16:int64)", path.display());
+                }
+                let inputs = entry
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        if datatype(a.kind).is_none() {
+                            bail!("input {i} of {}: dtype {:?} is not served", path.display(), a.kind);
+                        }
+                        Ok(TensorInfo { name: format!("input{i}"), kind: a.kind, dims: a.shape[1..].to_vec() })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                (Model::TorchScript(path.clone()), inputs, "pytorch_libtorch")
+            }
+            Source::Builtin(b) => {
+                if !entry.inputs.is_empty() {
+                    bail!("--builtin {b} has fixed inputs ([batch, {}] float32): drop the --input after it", b.sample_shape().iter().map(i64::to_string).collect::<Vec<_>>().join(", "));
+                }
+                (Model::Builtin(*b), vec![TensorInfo { name: "input0".into(), kind: Kind::Float, dims: b.sample_shape() }], "tch_streams_builtin")
+            }
+        };
+        let mut builder = Engine::builder(model)
+            .devices(opts.devices.clone())
+            .output(Output::Cpu)
+            .queue_capacity(opts.queue_capacity)
+            .inputs(inputs.iter().map(|t| InputSpec::new(t.dims.clone(), t.kind)).collect());
+        if let Some(w) = opts.workers {
+            builder = builder.workers(w);
+        }
+        if let Some(max_batch) = opts.batch_max {
+            let wait = Duration::from_micros(opts.batch_wait_us.unwrap_or(DEFAULT_BATCH_WAIT_US));
+            builder = builder.batching(Batching::Dynamic { max_batch, max_wait: wait });
+        }
+        if opts.cuda_graphs {
+            builder = builder.cuda_graphs(true);
+        }
+        let engine = builder.build().with_context(|| format!("model {name}"))?;
+        // The probe: one sample of zeros per input.
+        let probe: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| {
+                let mut shape = vec![1];
+                shape.extend(&t.dims);
+                Tensor::zeros(shape.as_slice(), (t.kind, Device::Cpu))
+            })
+            .collect();
+        let answer = engine.infer_outputs(probe).with_context(|| format!("model {name}: the start-up probe (zeros, batch 1) failed"))?;
+        let outputs = named_outputs(answer)
+            .into_iter()
+            .map(|(n, t)| {
+                let size = t.size();
+                if size.first() != Some(&1) || datatype(t.kind()).is_none() {
+                    bail!("model {name}: output {n:?} is {:?} of {:?}; outputs must have the batch first and a served dtype", size, t.kind());
+                }
+                Ok(TensorInfo { name: n, kind: t.kind(), dims: size[1..].to_vec() })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let baseline = engine.stats();
+        Ok(ServedModel { name, platform, engine, inputs, outputs, max_batch_size, dynamic_batching: opts.batch_max.is_some(), baseline })
+    }
+
+    /// Checks a request's inputs against the model (every input exactly once, by name, with its
+    /// datatype, `[batch, dims...]` shape, one batch in 1..=max_batch_size for all, and the
+    /// byte or value count) and returns the tensors in forward's order.
+    pub fn admit(&self, wire: Vec<WireInput<'_>>) -> Result<Vec<Tensor>, ApiError> {
+        let mut slots: Vec<Option<Tensor>> = (0..self.inputs.len()).map(|_| None).collect();
+        let mut batch: Option<i64> = None;
+        for w in wire {
+            let Some(i) = self.inputs.iter().position(|t| t.name == w.name) else {
+                let names: Vec<&str> = self.inputs.iter().map(|t| t.name.as_str()).collect();
+                return Err(ApiError::bad(format!("unknown input {:?} for model {}: its inputs are {}", w.name, self.name, names.join(", "))));
+            };
+            let spec = &self.inputs[i];
+            if slots[i].is_some() {
+                return Err(ApiError::bad(format!("input {:?} is given twice", w.name)));
+            }
+            if w.datatype != spec.datatype() {
+                return Err(ApiError::bad(format!("input {:?}: datatype {} but the model takes {}", w.name, w.datatype, spec.datatype())));
+            }
+            let fits = w.shape.len() == spec.dims.len() + 1 && w.shape[1..] == spec.dims[..];
+            if !fits {
+                return Err(ApiError::bad(format!("input {:?}: shape {:?} but the model takes {:?} (-1: any batch)", w.name, w.shape, spec.shape())));
+            }
+            let b = w.shape[0];
+            if b < 1 || b as u64 > self.max_batch_size as u64 {
+                return Err(ApiError::bad(format!("input {:?}: batch {b} is out of range: expected 1..={} (max_batch_size)", w.name, self.max_batch_size)));
+            }
+            if batch.is_some_and(|x| x != b) {
+                return Err(ApiError::bad(format!("input {:?}: batch {b} differs from the other inputs' {}", w.name, batch.unwrap_or(0))));
+            }
+            batch = Some(b);
+            let what = format!("input {:?}", w.name);
+            let t = match w.data {
+                Payload::Bytes(bytes) => tensor_from_bytes(&what, bytes, &w.shape, spec.kind)?,
+                Payload::Json(v) => tensor_from_json(&what, v, &w.shape, spec.kind)?,
+                Payload::Tensor(t) => t.f_reshape(w.shape.as_slice()).map_err(|e| ApiError::bad(format!("{what}: {e}")))?,
+                Payload::Missing => return Err(ApiError::bad(format!("{what} carries no data"))),
+            };
+            slots[i] = Some(t);
+        }
+        slots
+            .into_iter()
+            .zip(&self.inputs)
+            .map(|(t, spec)| t.ok_or_else(|| ApiError::bad(format!("input {:?} is missing (model {} takes {})", spec.name, self.name, self.inputs.len()))))
+            .collect()
+    }
+
+    /// Checks the names of requested outputs; `None` (nothing asked) means all of them.
+    pub fn check_outputs(&self, wanted: &[String]) -> Result<(), ApiError> {
+        for w in wanted {
+            if !self.outputs.iter().any(|o| &o.name == w) {
+                let names: Vec<&str> = self.outputs.iter().map(|t| t.name.as_str()).collect();
+                return Err(ApiError::bad(format!("unknown output {w:?} for model {}: its outputs are {}", self.name, names.join(", "))));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! Tensors on the wire: the protocol's datatype names, raw little-endian bytes (the binary
+//! extension and gRPC's `raw_*_contents`), JSON `data` arrays, and the one error type every
+//! endpoint answers with. Pure functions, called on the async runtime's threads; nothing here
+//! blocks or touches a device (tensors are host tensors).
+
+use serde_json::Value;
+use tch::{Kind, Tensor};
+
+/// Why a request failed, and how each protocol says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The class of failure: it picks the HTTP status, the gRPC code and the metrics label.
+    pub kind: ErrorKind,
+    /// Said to the client as it is (the protocol's `{"error": ...}` or the gRPC message).
+    pub message: String,
+}
+
+/// Classes of failure, each with one HTTP status and one gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Malformed body, wrong datatype/shape/byte size, unknown input or output: 400, INVALID_ARGUMENT.
+    BadRequest,
+    /// No such model (or version): 404, NOT_FOUND.
+    NotFound,
+    /// The body exceeds `--max-request-bytes`: 413; over gRPC OUT_OF_RANGE, the code tonic's
+    /// decoder gives an oversized message.
+    TooLarge,
+    /// Draining after SIGTERM, or the in-flight cap is reached: 503, UNAVAILABLE.
+    Unavailable,
+    /// No answer within `--request-timeout-ms`: 504, DEADLINE_EXCEEDED.
+    Timeout,
+    /// The model failed on a well-formed request: 500, INTERNAL.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The HTTP status code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::NotFound => 404,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Timeout => 504,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// The gRPC status code.
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorKind::BadRequest => tonic::Code::InvalidArgument,
+            ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::TooLarge => tonic::Code::OutOfRange,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Timeout => tonic::Code::DeadlineExceeded,
+            ErrorKind::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// The `outcome` label of `tch_streams_requests_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Internal => "error",
+        }
+    }
+}
+
+impl ApiError {
+    /// A 400 / INVALID_ARGUMENT with `message`.
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError { kind: ErrorKind::BadRequest, message: message.into() }
+    }
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError { kind, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The element types served, with the protocol's datatype name and the model-configuration
+/// extension's enum value (`TYPE_*`).
+const TYPES: [(Kind, &str, i32); 10] = [
+    (Kind::Bool, "BOOL", 1),
+    (Kind::Uint8, "UINT8", 2),
+    (Kind::Int8, "INT8", 6),
+    (Kind::Int16, "INT16", 7),
+    (Kind::Int, "INT32", 8),
+    (Kind::Int64, "INT64", 9),
+    (Kind::Half, "FP16", 10),
+    (Kind::Float, "FP32", 11),
+    (Kind::Double, "FP64", 12),
+    (Kind::BFloat16, "BF16", 14),
+];
+
+/// The protocol's datatype name of `kind` (`Float` → `FP32`), if it is served.
+///
+/// ```
+/// use tch_streams_cli::serve::protocol::{datatype, kind_of};
+/// assert_eq!(datatype(tch::Kind::BFloat16), Some("BF16"));
+/// assert_eq!(kind_of("INT64"), Some(tch::Kind::Int64));
+/// assert_eq!(kind_of("BYTES"), None);
+/// ```
+pub fn datatype(kind: Kind) -> Option<&'static str> {
+    TYPES.iter().find(|t| t.0 == kind).map(|t| t.1)
+}
+
+/// The tch kind of a protocol datatype name.
+pub fn kind_of(datatype: &str) -> Option<Kind> {
+    TYPES.iter().find(|t| t.1 == datatype).map(|t| t.0)
+}
+
+/// The model-configuration enum value of `kind` (`Float` → 11, `TYPE_FP32`).
+pub fn config_type(kind: Kind) -> i32 {
+    TYPES.iter().find(|t| t.0 == kind).map_or(0, |t| t.2)
+}
+
+/// The model-configuration name of `kind` (`TYPE_FP32`), as the HTTP config shows it.
+pub fn config_type_name(kind: Kind) -> String {
+    datatype(kind).map_or_else(|| "TYPE_INVALID".into(), |d| format!("TYPE_{d}"))
+}
+
+/// Elements of `shape`, or an error if a dim is negative or the product overflows.
+pub fn elements(shape: &[i64]) -> Result<usize, ApiError> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
+        .ok_or_else(|| ApiError::bad(format!("shape {shape:?} is invalid: dims must be >= 0 and their product fit in memory")))
+}
+
+/// A host tensor of `shape` and `kind` from row-major little-endian bytes; the byte count must
+/// be exactly elements × element size. `what` names the input in messages.
+pub fn tensor_from_bytes(what: &str, bytes: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor, ApiError> {
+    let n = elements(shape)?;
+    let expected = n.checked_mul(kind.elt_size_in_bytes()).ok_or_else(|| ApiError::bad(format!("{what}: shape {shape:?} is too large")))?;
+    if bytes.len() != expected {
+        return Err(ApiError::bad(format!(
+            "{what}: {} byte(s) of data, but shape {shape:?} of {} needs {expected}",
+            bytes.len(),
+            datatype(kind).unwrap_or("?")
+        )));
+    }
+    if kind == Kind::Bool && bytes.iter().any(|&b| b > 1) {
+        return Err(ApiError::bad(format!("{what}: BOOL data must be bytes 0 or 1")));
+    }
+    Tensor::f_from_data_size(bytes, shape, kind).map_err(|e| ApiError::bad(format!("{what}: {e}")))
+}
+
+/// The row-major little-endian bytes of a host tensor.
+pub fn tensor_to_bytes(t: &Tensor) -> Result<Vec<u8>, ApiError> {
+    let internal = |e: tch::TchError| ApiError::new(ErrorKind::Internal, format!("cannot read an output tensor: {e}"));
+    let t = t.f_contiguous().map_err(internal)?;
+    let n = t.numel();
+    let mut out = vec![0u8; n * t.kind().elt_size_in_bytes()];
+    if n > 0 {
+        t.f_copy_data_u8(&mut out, n).map_err(internal)?;
+    }
+    Ok(out)
+}
+
+/// Appends the numbers of a (possibly nested) JSON array to `out`, row-major.
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|x| flatten(x, out)),
+        other => out.push(other),
+    }
+}
+
+/// A host tensor from a JSON `data` array (flat or nested, row-major); every element must be
+/// of the datatype's JSON kind (numbers, or true/false for BOOL; integers for integer types)
+/// and their count equal the shape's.
+///
+/// ```
+/// use tch_streams_cli::serve::protocol::tensor_from_json;
+/// let t = tensor_from_json("x", &serde_json::json!([[1, 2], [3, 4]]), &[2, 2], tch::Kind::Int64).unwrap();
+/// assert_eq!(t.int64_value(&[1, 0]), 3);
+/// assert!(tensor_from_json("x", &serde_json::json!([1.5]), &[1], tch::Kind::Int64).unwrap_err().message.contains("integer"));
+/// ```
+pub fn tensor_from_json(what: &str, data: &Value, shape: &[i64], kind: Kind) -> Result<Tensor, ApiError> {
+    let n = elements(shape)?;
+    let mut values = Vec::new();
+    flatten(data, &mut values);
+    if values.len() != n {
+        return Err(ApiError::bad(format!("{what}: {} value(s) in data, but shape {shape:?} holds {n}", values.len())));
+    }
+    let bad_value = |v: &Value, want: &str| ApiError::bad(format!("{what}: data holds {v}, expected {want} for {}", datatype(kind).unwrap_or("?")));
+    let t = match kind {
+        Kind::Bool => {
+            let v: Vec<bool> = values.iter().map(|v| v.as_bool().ok_or_else(|| bad_value(v, "true or false"))).collect::<Result<_, _>>()?;
+            Tensor::f_from_slice(&v)
+        }
+        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double => {
+            let v: Vec<f64> = values.iter().map(|v| v.as_f64().ok_or_else(|| bad_value(v, "a number"))).collect::<Result<_, _>>()?;
+            Tensor::f_from_slice(&v).and_then(|t| t.f_to_kind(kind))
+        }
+        _ => {
+            let v: Vec<i64> = values.iter().map(|v| v.as_i64().ok_or_else(|| bad_value(v, "an integer"))).collect::<Result<_, _>>()?;
+            // Range of the narrower types: refuse instead of wrapping silently.
+            let (lo, hi) = match kind {
+                Kind::Int => (i32::MIN as i64, i32::MAX as i64),
+                Kind::Int16 => (i16::MIN as i64, i16::MAX as i64),
+                Kind::Int8 => (i8::MIN as i64, i8::MAX as i64),
+                Kind::Uint8 => (0, 255),
+                _ => (i64::MIN, i64::MAX),
+            };
+            if let Some(x) = v.iter().find(|x| !(lo..=hi).contains(*x)) {
+                return Err(ApiError::bad(format!("{what}: {x} is out of range for {}", datatype(kind).unwrap_or("?"))));
+            }
+            Tensor::f_from_slice(&v).and_then(|t| t.f_to_kind(kind))
+        }
+    };
+    t.and_then(|t| t.f_reshape(shape)).map_err(|e| ApiError::bad(format!("{what}: {e}")))
+}
+
+/// The flat row-major JSON `data` array of a host tensor (16-bit floats widened to numbers).
+pub fn tensor_to_json(t: &Tensor) -> Result<Value, ApiError> {
+    let internal = |e: tch::TchError| ApiError::new(ErrorKind::Internal, format!("cannot read an output tensor: {e}"));
+    let flat = t.f_reshape([-1]).map_err(internal)?;
+    Ok(match t.kind() {
+        Kind::Bool => Value::from(Vec::<bool>::try_from(&flat).map_err(internal)?),
+        Kind::Float | Kind::Half | Kind::BFloat16 => {
+            let v = Vec::<f32>::try_from(&flat.f_to_kind(Kind::Float).map_err(internal)?).map_err(internal)?;
+            Value::from(v.into_iter().map(|x| Value::from(x as f64)).collect::<Vec<_>>())
+        }
+        Kind::Double => Value::from(Vec::<f64>::try_from(&flat).map_err(internal)?),
+        _ => Value::from(Vec::<i64>::try_from(&flat.f_to_kind(Kind::Int64).map_err(internal)?).map_err(internal)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_every_served_type() {
+        for (kind, _, _) in TYPES {
+            let t = Tensor::arange(6, (Kind::Float, tch::Device::Cpu)).f_to_kind(kind).unwrap().reshape([2, 3]);
+            let b = tensor_to_bytes(&t).unwrap();
+            assert_eq!(b.len(), 6 * kind.elt_size_in_bytes());
+            let back = tensor_from_bytes("x", &b, &[2, 3], kind).unwrap();
+            assert!(back.equal(&t), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_byte_counts_and_shapes_are_refused_with_the_numbers() {
+        let e = tensor_from_bytes("input0", &[0; 7], &[2, 1], Kind::Float).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert_eq!(e.message, "input0: 7 byte(s) of data, but shape [2, 1] of FP32 needs 8");
+        assert!(elements(&[-1, 3]).is_err());
+        assert!(elements(&[i64::MAX, i64::MAX]).is_err());
+        let e = tensor_from_json("x", &serde_json::json!([1, 2, 3]), &[2, 2], Kind::Float).unwrap_err();
+        assert_eq!(e.message, "x: 3 value(s) in data, but shape [2, 2] holds 4");
+        assert!(tensor_from_json("x", &serde_json::json!([300]), &[1], Kind::Uint8).unwrap_err().message.contains("out of range"));
+        assert!(tensor_from_json("x", &serde_json::json!([1]), &[1], Kind::Bool).is_err());
+    }
+
+    #[test]
+    fn json_round_trip_keeps_values() {
+        let t = tensor_from_json("x", &serde_json::json!([[0.5, -1.0], [2.0, 3.25]]), &[2, 2], Kind::Half).unwrap();
+        assert_eq!(t.kind(), Kind::Half);
+        assert_eq!(tensor_to_json(&t).unwrap(), serde_json::json!([0.5, -1.0, 2.0, 3.25]));
+        let b = tensor_from_json("x", &serde_json::json!([true, false]), &[2], Kind::Bool).unwrap();
+        assert_eq!(tensor_to_json(&b).unwrap(), serde_json::json!([true, false]));
+    }
+}

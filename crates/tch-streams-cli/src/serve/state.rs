@@ -1,0 +1,176 @@
+//! [`Server`]: what every endpoint shares — the models, the in-flight cap, the request timeout,
+//! the drain flag and the metrics — and [`Server::infer`], the one path from admitted tensors to
+//! named output tensors that both protocols use.
+//!
+//! `Server` is built on the main thread, then shared as `Arc<Server>` by the HTTP, gRPC and
+//! metrics tasks on the async runtime. Its mutable parts are atomics, a semaphore and the
+//! engines (all `Sync`); no lock is held across an `.await`.
+
+use super::metrics::Metrics;
+use super::model::{named_outputs, ServedModel};
+use super::protocol::{ApiError, ErrorKind};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tch::Tensor;
+use tch_streams::engine::EngineError;
+use tokio::sync::Semaphore;
+
+/// Which protocol a request came by (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/REST.
+    Http,
+    /// gRPC.
+    Grpc,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// Limits of the server, from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest a request waits for its answer from the engine.
+    pub request_timeout: Duration,
+    /// Most inference requests served at once; more are refused with 503 / UNAVAILABLE.
+    pub max_inflight: usize,
+    /// Largest request body (HTTP) or message (gRPC), bytes.
+    pub max_request_bytes: usize,
+}
+
+/// The state every endpoint shares.
+pub struct Server {
+    models: BTreeMap<String, Arc<ServedModel>>,
+    /// Limits from the command line.
+    pub limits: Limits,
+    permits: Semaphore,
+    draining: AtomicBool,
+    /// The Prometheus series.
+    pub metrics: Metrics,
+    answered_ok: AtomicU64,
+    answered_err: AtomicU64,
+}
+
+/// Counts the request as in flight until dropped (whichever way the handler ends).
+struct InFlight<'a> {
+    gauge: prometheus::IntGauge,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl Server {
+    /// A server over `models` (names are unique: the caller checked).
+    pub fn new(models: Vec<ServedModel>, limits: Limits, metrics: Metrics) -> Server {
+        Server {
+            models: models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect(),
+            permits: Semaphore::new(limits.max_inflight),
+            limits,
+            draining: AtomicBool::new(false),
+            metrics,
+            answered_ok: AtomicU64::new(0),
+            answered_err: AtomicU64::new(0),
+        }
+    }
+
+    /// Every model, by name.
+    pub fn models(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
+        self.models.values()
+    }
+
+    /// The model called `name`; `version` must be empty or `1` (each model has one version).
+    pub fn model(&self, name: &str, version: Option<&str>) -> Result<&Arc<ServedModel>, ApiError> {
+        let m = self.models.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.models.keys().map(String::as_str).collect();
+            ApiError::new(ErrorKind::NotFound, format!("unknown model {name:?}; this server serves {}", names.join(", ")))
+        })?;
+        match version {
+            None | Some("") | Some("1") => Ok(m),
+            Some(v) => Err(ApiError::new(ErrorKind::NotFound, format!("model {name:?} has no version {v:?}; it has version 1 only"))),
+        }
+    }
+
+    /// Ready: every model loaded (true once the server runs) and not draining.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the server as draining: readiness turns false; requests still arriving on open
+    /// connections are served.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Inference requests answered so far: (with a result, with an error).
+    pub fn answered(&self) -> (u64, u64) {
+        (self.answered_ok.load(Ordering::Relaxed), self.answered_err.load(Ordering::Relaxed))
+    }
+
+    /// Counts one answered inference request for the metrics and the exit summary.
+    pub fn record(&self, model: &str, protocol: Protocol, started: Instant, outcome: Result<(), ErrorKind>) {
+        let label = match outcome {
+            Ok(()) => {
+                self.answered_ok.fetch_add(1, Ordering::Relaxed);
+                "success"
+            }
+            Err(kind) => {
+                self.answered_err.fetch_add(1, Ordering::Relaxed);
+                kind.label()
+            }
+        };
+        // Unknown model names are not labels (a client could create series at will).
+        let model = if self.models.contains_key(model) { model } else { "" };
+        self.metrics.requests.with_label_values(&[model, protocol.label(), label]).inc();
+        self.metrics.request_seconds.with_label_values(&[model, protocol.label()]).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Runs admitted `inputs` on `model` and returns the outputs asked for (all when `wanted` is
+    /// empty), named, in the model's order, as host tensors. Refuses at once when the in-flight
+    /// cap is reached; waits at most the request timeout for the engine (the engine skips a
+    /// request whose caller has gone if it has not started it yet).
+    pub async fn infer(&self, model: &ServedModel, inputs: Vec<Tensor>, wanted: &[String]) -> Result<Vec<(String, Tensor)>, ApiError> {
+        model.check_outputs(wanted)?;
+        let permit = self.permits.try_acquire().map_err(|_| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                format!("{} requests are in flight (--max-inflight): retry later", self.limits.max_inflight),
+            )
+        })?;
+        let gauge = self.metrics.inflight.with_label_values(&[&model.name]);
+        gauge.inc();
+        let _inflight = InFlight { gauge, _permit: permit };
+        let ticket = model.engine.try_submit(inputs).map_err(engine_error)?;
+        let submitted = Instant::now();
+        let answer = tokio::time::timeout(self.limits.request_timeout, ticket.outputs()).await.map_err(|_| {
+            ApiError::new(
+                ErrorKind::Timeout,
+                format!("no answer within {} ms (--request-timeout-ms)", self.limits.request_timeout.as_millis()),
+            )
+        })?;
+        self.metrics.engine_seconds.with_label_values(&[&model.name]).observe(submitted.elapsed().as_secs_f64());
+        let outputs = named_outputs(answer.map_err(engine_error)?);
+        Ok(if wanted.is_empty() { outputs } else { outputs.into_iter().filter(|(n, _)| wanted.contains(n)).collect() })
+    }
+}
+
+/// How an engine error reaches the client.
+fn engine_error(e: EngineError) -> ApiError {
+    let kind = match &e {
+        EngineError::InvalidInput(_) => ErrorKind::BadRequest,
+        EngineError::Busy | EngineError::ShutDown | EngineError::NoWorkers(_) | EngineError::ShutdownTimeout => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    };
+    ApiError::new(kind, e.to_string())
+}
