@@ -96,17 +96,39 @@ measure() {
   timeout 300 "$WORK/pa/perf_analyzer" -m "$model" -u "$addr" -i "$proto" -b 1 --concurrency-range "$c:$c" \
     --measurement-interval $((SECONDS_PER * 1000)) --max-trials 6 --stability-percentage 25 -f "$csv" >"$log" 2>&1 || rc=$?
   "$PYTHON" - "$csv" "$model" "$target" "$c" "$rc" "$log" <<'PY' >>"$OUT/records.jsonl"
-import csv, json, os, sys
+import csv, json, os, re, sys
 path, model, target, c, rc, log = sys.argv[1:7]
 rec = {"model": model, "target": target, "concurrency": int(c), "tool": "perf_analyzer"}
+text = open(log, errors="replace").read() if os.path.exists(log) else ""
+def from_text(t):
+    """perf_analyzer's own summary lines: 'Concurrency: C, throughput: X infer/sec', 'pNN latency: N usec'."""
+    out = {}
+    m = re.findall(r"throughput: ([0-9.]+) infer/sec", t)
+    if m:
+        out["infer_per_s"] = float(m[-1])
+    for q in ("50", "90", "95", "99"):
+        m = re.findall(rf"p{q} latency: ([0-9]+) usec", t)
+        if m:
+            out[f"p{q}_us"] = float(m[-1])
+    m = re.findall(r"Avg latency: ([0-9]+) usec", t)
+    if m:
+        out["avg_us"] = float(m[-1])
+    return out if "infer_per_s" in out and "p50_us" in out and "p99_us" in out else None
 try:
     row = next(csv.DictReader(open(path)))
     rec.update(infer_per_s=float(row["Inferences/Second"]), p50_us=float(row["p50 latency"]), p90_us=float(row["p90 latency"]),
-               p95_us=float(row["p95 latency"]), p99_us=float(row["p99 latency"]), avg_us=float(row["Avg latency"]))
-    if rc != "0":
-        rec["warning"] = f"perf_analyzer exit {rc} (see {os.path.basename(log)})"
+               p95_us=float(row["p95 latency"]), p99_us=float(row["p99 latency"]))
+    if row.get("Avg latency"):  # not every perf_analyzer version writes it
+        rec["avg_us"] = float(row["Avg latency"])
 except Exception as e:
-    rec["error"] = f"perf_analyzer exit {rc}: {e}; " + open(log, errors="replace").read()[-400:]
+    parsed = from_text(text)
+    if parsed:
+        rec.update(parsed)
+        rec["note"] = f"read from perf_analyzer's summary lines (its CSV: {e})"
+    else:
+        rec["error"] = f"perf_analyzer exit {rc}: {e}; " + text[-400:]
+if rc != "0" and "error" not in rec:
+    rec["warning"] = f"perf_analyzer exit {rc} (see {os.path.basename(log)})"
 print(json.dumps(rec))
 PY
   tail -1 "$OUT/records.jsonl" | sed 's/^/  /'
