@@ -87,16 +87,16 @@ pub struct Args {
     /// Engine worker threads per model, each with its own stream [default: the engine's].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Dynamic batching: most samples the engine merges into one batch [default: the
-    /// engine's].
+    /// Dynamic batching: most samples the engine merges into one batch; 0 turns batching off
+    /// [default: the engine's, calibrated at start-up].
     #[arg(long)]
     pub batch_max: Option<usize>,
     /// Dynamic batching: longest a request waits for company, microseconds (needs
     /// --batch-max) [default: 200].
     #[arg(long, requires = "batch_max")]
     pub batch_wait_us: Option<u64>,
-    /// Capture and replay CUDA graphs (needs a build with --features cuda-graphs) [default: the
-    /// engine's].
+    /// Capture and replay CUDA graphs (needs a build with the CUDA graph code) [default: the
+    /// engine's: on for CUDA when the build has them].
     #[arg(long)]
     pub cuda_graphs: bool,
     /// Most samples one request may carry (the model configuration's max_batch_size; larger
@@ -170,7 +170,7 @@ impl Args {
             within("workers", w as u64, 1, MAX_WORKERS as u64)?;
         }
         if let Some(b) = self.batch_max {
-            within("batch-max", b as u64, 1, MAX_BATCH as u64)?;
+            within("batch-max", b as u64, 0, MAX_BATCH as u64)?;
         }
         if let Some(w) = self.batch_wait_us {
             within("batch-wait-us", w, 0, MAX_WAIT_US)?;

@@ -133,7 +133,7 @@ pub struct ServedModel {
     pub outputs: Vec<TensorInfo>,
     /// Most samples one request may carry (`max_batch_size` of the model configuration).
     pub max_batch_size: usize,
-    /// Whether the engine merges requests (`--batch-max` given).
+    /// Whether the engine merges requests, as it resolved its configuration.
     pub dynamic_batching: bool,
     /// The engine's counters after the start-up probe: metrics report what came after.
     pub baseline: EngineStats,
@@ -202,9 +202,13 @@ impl ServedModel {
         if let Some(w) = opts.workers {
             builder = builder.workers(w);
         }
-        if let Some(max_batch) = opts.batch_max {
-            let wait = Duration::from_micros(opts.batch_wait_us.unwrap_or(DEFAULT_BATCH_WAIT_US));
-            builder = builder.batching(Batching::Dynamic { max_batch, max_wait: wait });
+        match opts.batch_max {
+            Some(0) => builder = builder.batching(Batching::Off),
+            Some(max_batch) => {
+                let wait = Duration::from_micros(opts.batch_wait_us.unwrap_or(DEFAULT_BATCH_WAIT_US));
+                builder = builder.batching(Batching::Dynamic { max_batch, max_wait: wait });
+            }
+            None => {} // the engine's defaults
         }
         if opts.cuda_graphs {
             builder = builder.cuda_graphs(true);
@@ -231,7 +235,8 @@ impl ServedModel {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let baseline = engine.stats();
-        Ok(ServedModel { name, platform, engine, inputs, outputs, max_batch_size, dynamic_batching: opts.batch_max.is_some(), baseline })
+        let dynamic_batching = matches!(engine.config().batching, Batching::Dynamic { .. });
+        Ok(ServedModel { name, platform, engine, inputs, outputs, max_batch_size, dynamic_batching, baseline })
     }
 
     /// Checks a request's inputs against the model (every input exactly once, by name, with its
