@@ -209,16 +209,21 @@ check_version() {
   fi
 
   # series == cumulative
-  local A="$W/cumulative" B="$W/series" p series_ok=1 d
+  # applied: the cumulative patch applied to the base in $A (what header-syntax and the TSan
+  # checks compile); it can be even when the series cannot be checked.
+  local A="$W/cumulative" B="$W/series" p series_ok=1 applied=0 d
   cp -r "$BASE" "$A"; cp -r "$BASE" "$B"
   if [ "${#CTX_FILES[@]}" -gt 0 ] && [ "$CTX_OK" = 0 ]; then
     # the series' intermediate steps touch upstream lines that only the real files have
     ctx_missing series "needs the context .mm files"
     series_ok=0
+    # The .mm pre-images were rebuilt from the patch itself: the cumulative patch applies to them.
+    (cd "$A" && git apply "$PATCH" >/dev/null 2>&1) && applied=1
   elif ! out="$(cd "$A" && git apply "$PATCH" 2>&1)"; then
     fail series "the cumulative patch does not apply to its own base: $(head -n 3 <<<"$out" | oneline)"
     series_ok=0
   else
+    applied=1
     for p in "${SERIES[@]}"; do
       if ! out="$(cd "$B" && git apply "$p" 2>&1)"; then
         fail series "$(basename "$p") does not apply after the ones before it: $(head -n 3 <<<"$out" | oneline)"
@@ -291,7 +296,9 @@ PY2
     fail header-syntax "g++ is not installed (apt-get install g++)"
   elif [ -z "$TORCH_INC" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
     skip header-syntax "no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
-  elif [ "$series_ok" = 1 ]; then
+  elif [ "$applied" = 0 ]; then
+    skip header-syntax "the cumulative patch could not be applied to its base (see series)"
+  else
     local defs=()
     # from 2.13 on IMPSAllocator derives from c10::DeviceAllocator (non-const recordStream)
     [ "$V" = 2.11.0 ] || defs=(-DTCH_STREAMS_DEVICE_ALLOCATOR)
@@ -308,7 +315,11 @@ PY2
     skip pool-tsan "--no-tsan given"; skip reuse-tsan "--no-tsan given"; skip queue-model "--no-tsan given"
   elif ! command -v g++ >/dev/null; then
     fail pool-tsan "g++ is not installed"; fail reuse-tsan "g++ is not installed"; fail queue-model "g++ is not installed"
-  elif [ "$series_ok" = 1 ]; then
+  elif [ "$applied" = 0 ]; then
+    skip pool-tsan "the cumulative patch could not be applied (see series)"
+    skip reuse-tsan "the cumulative patch could not be applied (see series)"
+    skip queue-model "the cumulative patch could not be applied (see series)"
+  else
     local INC="$W/inc"; mkdir -p "$INC/ATen/mps"
     cp "$A"/aten/src/ATen/mps/MPS{StreamPoolCore,BufferStreamUse,EventCore}.h "$INC/ATen/mps/" 2>/dev/null || true
     # The TSan checks run only the portable headers (and our test sources): when a version's
