@@ -140,6 +140,9 @@ fn the_defaults_calibrate_batching_for_a_model_with_known_inputs_and_report_it()
             let y = y.unwrap();
             assert!(y.allclose(&want, 1e-4, 1e-5, false), "max diff {}", (&y - &want).abs().max().double_value(&[]));
         }
+        let st = engine.stats();
+        assert_eq!(st.completed, 16);
+        accounted(&st);
     });
 }
 

@@ -74,13 +74,21 @@ impl GraphCache {
         if self.graphs.contains_key(&key) || self.refused.contains(&key) || self.graphs.len() >= MAX_GRAPHS {
             return;
         }
+        self.try_capture(model, xs, key);
+    }
+
+    /// Captures `xs`'s shapes under `key`; a failure is logged and the key refused for good.
+    /// Returns whether a graph now exists for it.
+    fn try_capture(&mut self, model: &dyn Forward, xs: &[Tensor], key: Key) -> bool {
         match capture(model, xs) {
             Ok(c) => {
                 self.graphs.insert(key, c);
+                true
             }
             Err(e) => {
                 tracing::warn!("CUDA graph capture failed for input shapes {:?}; running them eagerly: {e}", key);
                 self.refused.insert(key);
+                false
             }
         }
     }
@@ -108,12 +116,7 @@ impl GraphCache {
                 let _written = Tensor::f_cat_out(&target, p, 0)?; // returns `target` itself
             }
         }
-        {
-            let _shared = LIFECYCLE.read();
-            c.graph.replay().map_err(ForwardError::Other)?;
-        }
-        let copies = c.outputs.tensors().into_iter().map(|t| t.f_narrow(0, 0, rows)?.f_detach_copy()).collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(c.outputs.rebuild_like(copies)))
+        c.replay(Some(rows)).map(Some)
     }
 
     pub(crate) fn forward(&mut self, model: &dyn Forward, xs: &[Tensor]) -> Result<Outputs, ForwardError> {
@@ -124,28 +127,36 @@ impl GraphCache {
             if *n < 2 || self.graphs.len() >= MAX_GRAPHS || self.refused.contains(&key) {
                 return model.run(xs);
             }
-            match capture(model, xs) {
-                Ok(c) => {
-                    self.graphs.insert(key.clone(), c);
-                }
-                Err(e) => {
-                    tracing::warn!("CUDA graph capture failed for input shapes {:?}; running them eagerly: {e}", key);
-                    self.refused.insert(key);
-                    return model.run(xs);
-                }
+            if !self.try_capture(model, xs, key.clone()) {
+                return model.run(xs);
             }
         }
         let c = &self.graphs[&key];
         for (stat, x) in c.inputs.iter().zip(xs) {
             stat.shallow_clone().f_copy_(x)?;
         }
+        c.replay(None)
+    }
+}
+
+impl Captured {
+    /// Replays (static inputs already written) and copies out the first `rows` rows of every
+    /// output, or all of them: the static outputs are overwritten by the next replay.
+    fn replay(&self, rows: Option<i64>) -> Result<Outputs, ForwardError> {
         {
             let _shared = LIFECYCLE.read();
-            c.graph.replay().map_err(ForwardError::Other)?;
+            self.graph.replay().map_err(ForwardError::Other)?;
         }
-        // The static outputs are overwritten by the next replay: hand out copies.
-        let copies = c.outputs.tensors().into_iter().map(|t| t.f_detach_copy()).collect::<Result<Vec<_>, _>>()?;
-        Ok(c.outputs.rebuild_like(copies))
+        let copies = self
+            .outputs
+            .tensors()
+            .into_iter()
+            .map(|t| match rows {
+                Some(n) => t.f_narrow(0, 0, n)?.f_detach_copy(),
+                None => t.f_detach_copy(),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.outputs.rebuild_like(copies))
     }
 }
 
