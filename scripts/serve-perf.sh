@@ -12,18 +12,21 @@
 #       Defaults: ~/.cache/tch-streams/wheels/serve-gpu, .gpu/serve-perf, 3.12.
 #   scripts/serve-perf.sh run --bin PATH [--bundles DIR] [--part ours|pytriton|all]
 #       [--models small-mlp,transformer] [--concurrency 1,4,16,64] [--device cuda:0]
-#       [--out RUN_DIR] [--seconds 3] [--engine-args "--batch-max 64 --batch-wait-us 200"]
+#       [--out RUN_DIR] [--seconds 3] [--engine-args "--workers 2 ..."] [--pytriton-delay-us 0]
 #       [--pytriton-instances 4] [--python python3]
 #       on the GPU machine: measure; appends to RUN_DIR/records.jsonl (run the parts in separate
 #       calls with the same --out, then `report`).
 #   scripts/serve-perf.sh report RUN_DIR      summary files and the markdown table
 #
-# Batching is the same on both sides by default: our engine merges up to 64 samples waiting at
-# most 200 us; PyTriton's dynamic batcher has max_batch_size 64 and a 200 us queue delay.
+# Both sides run as a user would start them. Ours: the engine's defaults (batching calibrated at
+# start-up, no wait beyond what is already queued) unless --engine-args says otherwise. PyTriton:
+# dynamic batching up to 64 samples (no request here carries more than the concurrency, 64) with
+# Triton's default queue delay of 0, the same policy as ours; --engine-args with --batch-max /
+# --batch-wait-us, or --pytriton-delay-us, sets its batching too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=scripts/serve-perf
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "serve-perf: $*" >&2; exit 1; }
 
 # Wheels PyTriton needs beyond the GPU machine's python (torch), as pip names the files (NAME or
@@ -80,10 +83,10 @@ PY
 
 # ---- run ----
 BIN="" BUNDLES=.gpu/serve-perf PART=all MODELS=small-mlp,transformer CONCURRENCY=1,4,16,64 DEVICE=cuda:0
-OUT="" SECONDS_PER=3 ENGINE_ARGS="--batch-max 64 --batch-wait-us 200" INSTANCES=4 PYTHON=python3
+OUT="" SECONDS_PER=3 ENGINE_ARGS="" INSTANCES=4 PT_DELAY=0 PYTHON=python3
 WORK="" SITE=""
 
-shape_of() { case "$1" in small-mlp) echo 512 ;; transformer) echo 64,256 ;; *) die "unknown model $1" ;; esac; }
+shape_of() { case "$1" in small-mlp|identity) echo 512 ;; transformer) echo 64,256 ;; *) die "unknown model $1" ;; esac; }
 
 record() { echo "$1" >>"$OUT/records.jsonl"; echo "  $1"; }
 
@@ -92,13 +95,24 @@ measure() {
   local model="$1" target="$2" proto="$3" addr="$4" c="$5"
   local csv="$OUT/logs/$model-$target-c$c.csv"
   local log="$OUT/logs/$model-$target-c$c.log"
-  local rc=0
-  timeout 300 "$WORK/pa/perf_analyzer" -m "$model" -u "$addr" -i "$proto" -b 1 --concurrency-range "$c:$c" \
-    --measurement-interval $((SECONDS_PER * 1000)) --max-trials 6 --stability-percentage 25 -f "$csv" >"$log" 2>&1 || rc=$?
-  "$PYTHON" - "$csv" "$model" "$target" "$c" "$rc" "$log" <<'PY' >>"$OUT/records.jsonl"
+  local rc=0 pa_pid peak=0 kb
+  # perf_analyzer 2.60's memory grows with every answer it receives (found with 64 KB answers at
+  # concurrency 64: it was killed for memory after minutes). A cap on its address space makes it
+  # fail fast instead of taking the machine with it, and its peak resident size is recorded.
+  ( ulimit -v $((48 << 20)); exec timeout 180 "$WORK/pa/perf_analyzer" -m "$model" -u "$addr" -i "$proto" -b 1 --concurrency-range "$c:$c" \
+    --measurement-interval $((SECONDS_PER * 1000)) --max-trials 6 --stability-percentage 25 -f "$csv" ) >"$log" 2>&1 &
+  pa_pid=$!
+  while kill -0 "$pa_pid" 2>/dev/null; do
+    kb=$(ps -o rss= --ppid "$pa_pid" 2>/dev/null | sort -n | tail -1 | tr -d ' ')
+    [ -n "$kb" ] && [ "$kb" -gt "$peak" ] && peak=$kb
+    sleep 0.5
+  done
+  wait "$pa_pid" || rc=$?
+  echo "perf_analyzer peak RSS: $((peak / 1024)) MiB" >>"$log"
+  "$PYTHON" - "$csv" "$model" "$target" "$c" "$rc" "$log" "$peak" <<'PY' >>"$OUT/records.jsonl"
 import csv, json, os, re, sys
-path, model, target, c, rc, log = sys.argv[1:7]
-rec = {"model": model, "target": target, "concurrency": int(c), "tool": "perf_analyzer"}
+path, model, target, c, rc, log, peak_kb = sys.argv[1:8]
+rec = {"model": model, "target": target, "concurrency": int(c), "tool": "perf_analyzer", "client_peak_rss_mib": int(peak_kb) // 1024}
 text = open(log, errors="replace").read() if os.path.exists(log) else ""
 def from_text(t):
     """perf_analyzer's own summary lines: 'Concurrency: C, throughput: X infer/sec', 'pNN latency: N usec'."""
@@ -192,7 +206,7 @@ part_pytriton() {
   local pt="$WORK/models/$model.pt" shape
   shape=$(shape_of "$model")
   IFS=, read -ra concs <<<"$CONCURRENCY"
-  local max_batch=64 delay=200
+  local max_batch=64 delay="$PT_DELAY"
   # The same batching as ours when --engine-args says --batch-max/--batch-wait-us.
   [[ "$ENGINE_ARGS" =~ --batch-max[[:space:]]+([0-9]+) ]] && max_batch="${BASH_REMATCH[1]}"
   [[ "$ENGINE_ARGS" =~ --batch-wait-us[[:space:]]+([0-9]+) ]] && delay="${BASH_REMATCH[1]}"
@@ -240,6 +254,7 @@ run() {
       --seconds) SECONDS_PER="$2"; shift 2 ;;
       --engine-args) ENGINE_ARGS="$2"; shift 2 ;;
       --pytriton-instances) INSTANCES="$2"; shift 2 ;;
+      --pytriton-delay-us) PT_DELAY="$2"; shift 2 ;;
       --python) PYTHON="$2"; shift 2 ;;
       *) die "unknown argument $1 (try --help)" ;;
     esac
@@ -256,7 +271,7 @@ run() {
   {
     echo "date $(date -u +%FT%TZ)"; echo "device $DEVICE"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || true
     "$PYTHON" -c 'import torch; print("torch", torch.__version__)'
-    echo "engine args: $ENGINE_ARGS; pytriton instances: $INSTANCES; seconds per window: $SECONDS_PER"
+    echo "engine args: ${ENGINE_ARGS:-(the defaults)}; pytriton instances: $INSTANCES, queue delay $PT_DELAY us; seconds per window: $SECONDS_PER"
     [ -n "$BIN" ] && "$BIN" --version
   } >>"$OUT/env.txt" 2>&1
   if [ "$PART" != ours ]; then

@@ -8,6 +8,8 @@ usage: models.py OUT_DIR [DEVICE]
   small-mlp.pt    float32 [N, 512] -> [N, 512]: Linear 512-1024-1024-512, ReLU between
   transformer.pt  float32 [N, 64, 256] -> same: a post-norm encoder layer, d_model 256, 4 heads,
                   feed-forward 1024, ReLU, no dropout (scaled dot-product attention)
+  identity.pt     float32 [N, 512] -> a copy: the small MLP's tensors with no model work, so a
+                  server's figures on it are what the protocol, the server and the client cost
 """
 import os
 import sys
@@ -28,6 +30,11 @@ class SmallMlp(torch.nn.Module):
             if i < last:
                 x = torch.relu(x)
         return x
+
+
+class Identity(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
 
 
 class EncoderLayer(torch.nn.Module):
@@ -61,6 +68,7 @@ def main():
     for name, module, example in [
         ("small-mlp", SmallMlp(), torch.zeros(2, 512)),
         ("transformer", EncoderLayer(), torch.zeros(2, 64, 256)),
+        ("identity", Identity(), torch.zeros(2, 512)),
     ]:
         scripted = torch.jit.script(module.eval().to(device))
         with torch.no_grad():

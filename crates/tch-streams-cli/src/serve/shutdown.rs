@@ -13,6 +13,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -74,7 +75,8 @@ pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grp
     }
     let (tx, rx) = watch::channel(false);
     let http_task = tokio::spawn(
-        axum::serve(http_l, http::router(Arc::clone(&server)))
+        // Answers go out at once: no Nagle delay between a response's head and its body.
+        axum::serve(http_l.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), http::router(Arc::clone(&server)))
             .with_graceful_shutdown(stopped(rx.clone()))
             .into_future(),
     );
