@@ -95,20 +95,29 @@ measure() {
   local model="$1" target="$2" proto="$3" addr="$4" c="$5"
   local csv="$OUT/logs/$model-$target-c$c.csv"
   local log="$OUT/logs/$model-$target-c$c.log"
-  local rc=0 pa_pid peak=0 kb
-  # perf_analyzer 2.60's memory grows with every answer it receives (found with 64 KB answers at
-  # concurrency 64: it was killed for memory after minutes). A cap on its address space makes it
-  # fail fast instead of taking the machine with it, and its peak resident size is recorded.
-  ( ulimit -v $((48 << 20)); exec timeout 180 "$WORK/pa/perf_analyzer" -m "$model" -u "$addr" -i "$proto" -b 1 --concurrency-range "$c:$c" \
-    --measurement-interval $((SECONDS_PER * 1000)) --max-trials 6 --stability-percentage 25 -f "$csv" ) >"$log" 2>&1 &
-  pa_pid=$!
-  while kill -0 "$pa_pid" 2>/dev/null; do
-    kb=$(ps -o rss= --ppid "$pa_pid" 2>/dev/null | sort -n | tail -1 | tr -d ' ')
-    [ -n "$kb" ] && [ "$kb" -gt "$peak" ] && peak=$kb
-    sleep 0.5
+  local rc=0 pa_pid peak=0 kb interval=$((SECONDS_PER * 1000)) attempt
+  # One client thread per request in flight (--max-threads, default 16). With more requests in
+  # flight than threads, perf_analyzer 2.60 kept every answer it received: at concurrency 64 its
+  # memory grew by about the answer's size per request (40 GiB in a minute with 64 KB answers)
+  # until it was killed. The cap on its address space makes any such growth fail fast, and its
+  # peak resident size is recorded. A window too noisy to be stable is measured once more with
+  # windows twice as long, as perf_analyzer itself advises.
+  for attempt in 1 2; do
+    rc=0
+    ( ulimit -v $((48 << 20)); exec timeout 150 "$WORK/pa/perf_analyzer" -m "$model" -u "$addr" -i "$proto" -b 1 --concurrency-range "$c:$c" \
+      --max-threads $((c > 16 ? c : 16)) --measurement-interval "$interval" --max-trials 6 --stability-percentage 25 -f "$csv" ) >"$log" 2>&1 &
+    pa_pid=$!
+    while kill -0 "$pa_pid" 2>/dev/null; do
+      kb=$(ps -o rss= --ppid "$pa_pid" 2>/dev/null | sort -n | tail -1 | tr -d ' ')
+      [ -n "$kb" ] && [ "$kb" -gt "$peak" ] && peak=$kb
+      sleep 0.5
+    done
+    wait "$pa_pid" || rc=$?
+    grep -q "Failed to obtain stable measurement" "$log" || break
+    interval=$((interval * 2))
+    echo "  ($model $target c$c: not stable; once more with ${interval} ms windows)"
   done
-  wait "$pa_pid" || rc=$?
-  echo "perf_analyzer peak RSS: $((peak / 1024)) MiB" >>"$log"
+  echo "perf_analyzer peak RSS: $((peak / 1024)) MiB; window ${interval} ms" >>"$log"
   "$PYTHON" - "$csv" "$model" "$target" "$c" "$rc" "$log" "$peak" <<'PY' >>"$OUT/records.jsonl"
 import csv, json, os, re, sys
 path, model, target, c, rc, log, peak_kb = sys.argv[1:8]

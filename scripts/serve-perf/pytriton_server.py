@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 
 def main():
@@ -48,7 +48,9 @@ def main():
     # knock before the first listens and the load fails. A fresh start then succeeds.
     for attempt in range(1, 4):
         try:
-            with Triton(config=config) as triton:
+            # PyTriton guards Triton's statistics and repository endpoints with a token by
+            # default; perf_analyzer reads the statistics, so the guard is lifted (loopback only).
+            with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
                 triton.bind(
                     model_name=a.name,
                     infer_func=[make_infer() for _ in range(a.instances)],
