@@ -12,8 +12,8 @@
 #       Defaults: ~/.cache/tch-streams/wheels/serve-gpu, .gpu/serve-perf, 3.12.
 #   scripts/serve-perf.sh run --bin PATH [--bundles DIR] [--part ours|pytriton|all]
 #       [--models small-mlp,transformer] [--concurrency 1,4,16,64] [--device cuda:0]
-#       [--out RUN_DIR] [--seconds 3] [--engine-args "--workers 2 ..."] [--pytriton-delay-us 0]
-#       [--pytriton-instances 4] [--python python3]
+#       [--out RUN_DIR] [--seconds 3: the in-process runs, and perf_analyzer's window unless --window-ms] [--engine-args "--workers 2 ..."] [--pytriton-delay-us 0]
+#       [--window-ms MS] [--pytriton-instances 4] [--python python3]
 #       on the GPU machine: measure; appends to RUN_DIR/records.jsonl (run the parts in separate
 #       calls with the same --out, then `report`).
 #   scripts/serve-perf.sh report RUN_DIR      summary files and the markdown table
@@ -83,7 +83,7 @@ PY
 
 # ---- run ----
 BIN="" BUNDLES=.gpu/serve-perf PART=all MODELS=small-mlp,transformer CONCURRENCY=1,4,16,64 DEVICE=cuda:0
-OUT="" SECONDS_PER=3 ENGINE_ARGS="" INSTANCES=4 PT_DELAY=0 PYTHON=python3
+OUT="" SECONDS_PER=3 WINDOW_MS="" ENGINE_ARGS="" INSTANCES=4 PT_DELAY=0 PYTHON=python3
 WORK="" SITE=""
 
 shape_of() { case "$1" in small-mlp|identity) echo 512 ;; transformer) echo 64,256 ;; *) die "unknown model $1" ;; esac; }
@@ -95,7 +95,7 @@ measure() {
   local model="$1" target="$2" proto="$3" addr="$4" c="$5"
   local csv="$OUT/logs/$model-$target-c$c.csv"
   local log="$OUT/logs/$model-$target-c$c.log"
-  local rc=0 pa_pid peak=0 kb interval=$((SECONDS_PER * 1000)) attempt
+  local rc=0 pa_pid peak=0 kb interval=${WINDOW_MS:-$((SECONDS_PER * 1000))} attempt
   # One client thread per request in flight (--max-threads, default 16). With more requests in
   # flight than threads, perf_analyzer 2.60 kept every answer it received: at concurrency 64 its
   # memory grew by about the answer's size per request (40 GiB in a minute with 64 KB answers)
@@ -261,6 +261,7 @@ run() {
       --device) DEVICE="$2"; shift 2 ;;
       --out) OUT="$2"; shift 2 ;;
       --seconds) SECONDS_PER="$2"; shift 2 ;;
+      --window-ms) WINDOW_MS="$2"; shift 2 ;;
       --engine-args) ENGINE_ARGS="$2"; shift 2 ;;
       --pytriton-instances) INSTANCES="$2"; shift 2 ;;
       --pytriton-delay-us) PT_DELAY="$2"; shift 2 ;;
@@ -280,7 +281,7 @@ run() {
   {
     echo "date $(date -u +%FT%TZ)"; echo "device $DEVICE"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || true
     "$PYTHON" -c 'import torch; print("torch", torch.__version__)'
-    echo "engine args: ${ENGINE_ARGS:-(the defaults)}; pytriton instances: $INSTANCES, queue delay $PT_DELAY us; seconds per window: $SECONDS_PER"
+    echo "engine args: ${ENGINE_ARGS:-(the defaults)}; pytriton instances: $INSTANCES, queue delay $PT_DELAY us; in-process run: $SECONDS_PER s; perf_analyzer window: ${WINDOW_MS:-$((SECONDS_PER * 1000))} ms"
     [ -n "$BIN" ] && "$BIN" --version
   } >>"$OUT/env.txt" 2>&1
   if [ "$PART" != ours ]; then
