@@ -108,7 +108,8 @@ measure() {
       --max-threads $((c > 16 ? c : 16)) --measurement-interval "$interval" --max-trials 6 --stability-percentage 25 -f "$csv" ) >"$log" 2>&1 &
     pa_pid=$!
     while kill -0 "$pa_pid" 2>/dev/null; do
-      kb=$(ps -o rss= --ppid "$pa_pid" 2>/dev/null | sort -n | tail -1 | tr -d ' ')
+      # (ps fails when the client has just exited: not an error here)
+      kb=$(ps -o rss= --ppid "$pa_pid" 2>/dev/null | sort -n | tail -1 | tr -d ' ') || kb=""
       [ -n "$kb" ] && [ "$kb" -gt "$peak" ] && peak=$kb
       sleep 0.5
     done
