@@ -564,12 +564,15 @@ void runConfiguration(bool commit_and_continue, int threads, int iterations) {
   g_pool->forEachCreated([](Stream* st) { st->synchronize(SyncType::COMMIT_AND_WAIT); });
   // drain: a second pass, as handlers may have been queued by the first
   g_pool->forEachCreated([](Stream* st) { st->synchronize(SyncType::COMMIT_AND_WAIT); });
+  // A GPU engine drops its reference to a buffer just after signalling its completion, so a
+  // waiter can return before that release: count only once the engines have stopped (as Metal
+  // drops a committed buffer's reference some time after its completion, not before it).
+  delete g_pool;  // joins the GPU threads
+  g_pool = nullptr;
   const long alive = g_buffers_alive.load();
   std::printf("queue-model: config commit_and_continue=%s threads=%d iterations=%d command_buffers=%ld alive_after=%ld\n",
               commit_and_continue ? "on" : "off", threads, iterations, g_buffers_created.load() - created_before, alive);
   if (alive != 0) violation("command buffers leaked", alive);
-  delete g_pool;  // joins the GPU threads
-  g_pool = nullptr;
   {
     std::lock_guard<std::recursive_mutex> lock(g_alloc->m_mutex);
     if (g_alloc->freed_by_handler != static_cast<long>(g_alloc->blocks.size())) {
