@@ -27,7 +27,7 @@
 #   objc-syntax   checks/mps/objc-syntax.sh: clang -fsyntax-only -x objective-c++ of the context .mm
 #                 files before and after the patch, against the wheel's ATen/mps headers, the Linux
 #                 torch's c10/ATen headers and our Apple stub headers (checks/mps/apple-stubs/):
-#                 0 errors, no warning the patch adds.
+#                 0 errors, no warning the patch adds. Files the lock marks nocompile= are left out.
 #
 # Needs g++, curl, python3; installs Debian's clang and llvm (apt-get) when missing.
 # Usage: scripts/check-patch.sh [--version 2.11.0|2.13.0] [--no-tsan] [--help]
@@ -166,8 +166,14 @@ check_version() {
       fail "$1" "$2: $(oneline < "$W/fetch.log")"
     fi
   }
-  local CTX_FILES=()
+  local CTX_FILES=() NOCOMPILE=() COMPILE_FILES=() f
   mapfile -t CTX_FILES < <(sed -n 's/^file=\([^ ]*\) .*/\1/p' "$ROOT/vendor/v$V/mps-context.lock")
+  # nocompile=PATH REASON: a context file that `context` uses but `objc-syntax` does not compile
+  # (the stored copy carries lines the release's headers cannot parse).
+  mapfile -t NOCOMPILE < <(sed -n 's/^nocompile=\([^ ]*\).*/\1/p' "$ROOT/vendor/v$V/mps-context.lock")
+  for f in "${CTX_FILES[@]}"; do
+    [[ " ${NOCOMPILE[*]} " == *" $f "* ]] || COMPILE_FILES+=("$f")
+  done
 
   # --- base tree: wheel headers (wrapper stripped) + context .mm + rebuilt pre-images ------------
   local BASE="$W/base"; mkdir -p "$BASE"
@@ -340,13 +346,15 @@ PY2
   # objc-syntax
   if [ "${#CTX_FILES[@]}" = 0 ]; then
     skip objc-syntax "no upstream .mm source of the v$V window to compile (vendor/v$V/mps-context.lock)"
+  elif [ "${#COMPILE_FILES[@]}" = 0 ]; then
+    skip objc-syntax "no context file of the v$V window can be compiled: $(sed -n 's/^nocompile=//p' "$ROOT/vendor/v$V/mps-context.lock" | oneline)"
   elif [ "$CTX_OK" = 0 ]; then
     ctx_missing objc-syntax "needs the context .mm files"
   elif [ -z "${TORCH_INC:-}" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
     skip objc-syntax "no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
   elif [ "$series_ok" = 1 ]; then
     local TORCH_INC_L="${TORCH_INC:-}"
-    if out="$("$ROOT/checks/mps/objc-syntax.sh" "$V" "$BASE" "$A" "$W/wheel/torch/include" "$TORCH_INC_L" "${CTX_FILES[@]}" 2>&1)"; then
+    if out="$("$ROOT/checks/mps/objc-syntax.sh" "$V" "$BASE" "$A" "$W/wheel/torch/include" "$TORCH_INC_L" "${COMPILE_FILES[@]}" 2>&1)"; then
       pass objc-syntax "$(tail -n 1 <<<"$out")"
     else
       fail objc-syntax "$(tail -n 4 <<<"$out" | oneline)"
