@@ -37,8 +37,11 @@ def table(rows):
         concs = sorted({r["concurrency"] for r in rows if r["model"] == m})
         get = {(r["target"], r["concurrency"]): r for r in rows if r["model"] == m}
         out.append(f"\n**{m}** (inferences/s, p50 / p99 ms)\n")
-        out.append("| concurrency | " + " | ".join(TARGETS) + " | ours-grpc / pytriton-grpc | ours-grpc / engine |")
-        out.append("|---" * (len(TARGETS) + 3) + "|")
+        # The identity model does no work: its figures are what the protocol, the server and the
+        # client cost on this host, the most any model can reach through that client.
+        ceiling = {(r["target"], r["concurrency"]): r for r in rows if r["model"] == "identity"}
+        out.append("| concurrency | " + " | ".join(TARGETS) + " | ours-grpc / pytriton-grpc | ours-grpc / engine | ours-grpc / identity-grpc |")
+        out.append("|---" * (len(TARGETS) + 4) + "|")
         for c in concs:
             cells = []
             for t in TARGETS:
@@ -48,13 +51,14 @@ def table(rows):
                 else:
                     cells.append(f"{r['infer_per_s']:,.0f} ({r['p50_us'] / 1000:.2f} / {r['p99_us'] / 1000:.2f})")
 
-            def ratio(a, b):
-                ra, rb = get.get((a, c)), get.get((b, c))
+            def ratio(a, b, of=None):
+                ra, rb = get.get((a, c)), (of or get).get((b, c))
                 if not ra or not rb or ra.get("error") or rb.get("error") or not rb["infer_per_s"]:
                     return "-"
                 return f"{ra['infer_per_s'] / rb['infer_per_s']:.2f}x"
 
-            out.append(f"| {c} | " + " | ".join(cells) + f" | {ratio('ours-grpc', 'pytriton-grpc')} | {ratio('ours-grpc', 'engine')} |")
+            out.append(f"| {c} | " + " | ".join(cells) + f" | {ratio('ours-grpc', 'pytriton-grpc')} | {ratio('ours-grpc', 'engine')}"
+                       f" | {ratio('ours-grpc', 'ours-grpc', ceiling) if m != 'identity' else '-'} |")
     return "\n".join(out) + "\n"
 
 

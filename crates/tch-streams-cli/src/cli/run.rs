@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
-use tch_streams::engine::{Batching, Engine, InputSpec, Output, Replicas, Ticket};
+use tch_streams::engine::{Batching, Engine, InputSpec, Output, Replicas, Ticket, DEFAULT_MAX_WAIT};
 use tch_streams::models::{Builtin, Model};
 use tch_streams_cli::inputs::{self, format_input, parse_input, parse_int_range, InputArg, IntRange};
 use tch_streams_cli::parse::{parse_devices, parse_shape};
@@ -207,7 +207,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     let batching = match (a.batch_max, a.batch_wait_us) {
         (Some(0), _) => Batching::Off,
-        (Some(max_batch), wait) => Batching::Dynamic { max_batch, max_wait: Duration::from_micros(wait.unwrap_or(200)) },
+        (Some(max_batch), wait) => Batching::Dynamic { max_batch, max_wait: wait.map_or(DEFAULT_MAX_WAIT, Duration::from_micros) },
         (None, _) => Batching::Auto,
     };
     let mut builder = Engine::builder(model)

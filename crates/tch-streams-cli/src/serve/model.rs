@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
-use tch_streams::engine::{Batching, Engine, EngineStats, InputSpec, Output};
+use tch_streams::engine::{Batching, Engine, EngineStats, InputSpec, Output, DEFAULT_MAX_WAIT};
 use tch_streams::models::{Builtin, Model, Outputs};
 use crate::inputs::InputArg;
 
@@ -68,9 +68,6 @@ pub struct EngineOptions {
     /// server admitted always finds room.
     pub queue_capacity: usize,
 }
-
-/// Dynamic batching's wait when only `--batch-max` is given (the `run` subcommand's default).
-pub const DEFAULT_BATCH_WAIT_US: u64 = 200;
 
 /// A named tensor of a model: per-sample dims (the batch dimension comes first on the wire).
 #[derive(Debug, Clone, PartialEq)]
@@ -205,7 +202,7 @@ impl ServedModel {
         match opts.batch_max {
             Some(0) => builder = builder.batching(Batching::Off),
             Some(max_batch) => {
-                let wait = Duration::from_micros(opts.batch_wait_us.unwrap_or(DEFAULT_BATCH_WAIT_US));
+                let wait = opts.batch_wait_us.map_or(DEFAULT_MAX_WAIT, Duration::from_micros);
                 builder = builder.batching(Batching::Dynamic { max_batch, max_wait: wait });
             }
             None => {} // the engine's defaults

@@ -17,6 +17,11 @@ pub enum Replicas {
     PerWorker,
 }
 
+/// The wait front ends (`tch-streams run`, `tch-streams serve`) give [`Batching::Dynamic`] when a
+/// user sets the largest batch but not the wait: long enough for a few requests to arrive
+/// together, short against a GPU forward pass. [`Batching::Auto`] adds no wait at all.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_micros(200);
+
 /// Whether and how requests are merged into batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Batching {

@@ -50,13 +50,6 @@ impl LatencyHistogram {
         self.total += 1;
     }
 
-    pub(crate) fn merge(&mut self, other: &LatencyHistogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.total += other.total;
-    }
-
     /// The latency (µs, bucket upper bound) below which fraction `q` of requests fall.
     pub(crate) fn quantile(&self, q: f64) -> Option<u64> {
         if self.total == 0 {
@@ -203,13 +196,16 @@ impl Metrics {
         }
     }
 
-    /// Records one served batch: its size, its outcomes, and each request's latency.
-    pub(crate) fn batch(&self, requests: usize, ok: u64, failed: u64, samples: u64, latencies: &LatencyHistogram) {
+    /// Records one served batch: its size, its outcomes, and each request's latency (straight into
+    /// the shared histogram under its lock: no histogram is built per batch).
+    pub(crate) fn batch(&self, requests: usize, ok: u64, failed: u64, samples: u64, latencies: &[Duration]) {
         self.completed.fetch_add(ok, Ordering::Relaxed);
         self.failed.fetch_add(failed, Ordering::Relaxed);
         self.samples.fetch_add(samples, Ordering::Relaxed);
         let mut g = self.per_batch.lock();
-        g.0.merge(latencies);
+        for &l in latencies {
+            g.0.record(l);
+        }
         *g.1.entry(requests).or_insert(0) += 1;
     }
 

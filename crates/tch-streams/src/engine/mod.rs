@@ -57,7 +57,7 @@ mod ticket;
 mod worker;
 
 pub use auto::{EngineConfig, AUTO_MAX_BATCH};
-pub use config::{Batching, EngineBuilder, InputSpec, Output, Replicas};
+pub use config::{Batching, EngineBuilder, InputSpec, Output, Replicas, DEFAULT_MAX_WAIT};
 pub use core::{Engine, WorkerInfo, CUDA_GRAPHS_BUILT, MAX_BUCKETS};
 pub use error::EngineError;
 pub use graphs::MAX_GRAPHS;
