@@ -54,6 +54,12 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// HTTP/2 flow-control window of each gRPC request: a request up to this size is sent without
+/// waiting for the server.
+const GRPC_STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 flow-control window of each gRPC connection (its requests in flight together).
+const GRPC_CONNECTION_WINDOW: u32 = 64 << 20;
+
 async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind((host, port))
         .await
@@ -84,6 +90,10 @@ pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grp
     let incoming = tonic::transport::server::TcpIncoming::from(grpc_l).with_nodelay(Some(true));
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
+            // HTTP/2's default flow-control window is 64 KiB: a larger request would wait a round
+            // trip for the server's window update before its last bytes may be sent.
+            .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
+            .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
             .add_service(grpc::service(Arc::clone(&server)))
             .serve_with_incoming_shutdown(incoming, stopped(rx.clone())),
     );
