@@ -11,9 +11,12 @@
 #       (PyTriton without its unused stubs and libpython3.13, with its dependencies).
 #       Defaults: ~/.cache/tch-streams/wheels/serve-gpu, .gpu/serve-perf, 3.12.
 #   scripts/serve-perf.sh run --bin PATH [--bundles DIR] [--part ours|pytriton|all]
-#       [--models small-mlp,transformer] [--concurrency 1,4,16,64] [--device cuda:0]
-#       [--out RUN_DIR] [--seconds 3: the in-process runs, and perf_analyzer's window unless --window-ms] [--engine-args "--workers 2 ..."] [--pytriton-delay-us 0]
-#       [--window-ms MS] [--pytriton-instances 4] [--python python3]
+#       [--models small-mlp,transformer] (also: identity, no work: the protocol-and-client ceiling)
+#       [--concurrency 1,4,16,64] [--device cuda:0] [--out RUN_DIR]
+#       [--seconds 3] (the in-process runs, and perf_analyzer's window unless --window-ms)
+#       [--window-ms MS] [--pa-args "more perf_analyzer flags, e.g. --async"]
+#       [--engine-args "--workers 2 ..."] [--pytriton-delay-us 0] [--pytriton-instances 4]
+#       [--python python3]
 #       on the GPU machine: measure; appends to RUN_DIR/records.jsonl (run the parts in separate
 #       calls with the same --out, then `report`).
 #   scripts/serve-perf.sh report RUN_DIR      summary files and the markdown table
@@ -26,7 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=scripts/serve-perf
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "serve-perf: $*" >&2; exit 1; }
 
 # Wheels PyTriton needs beyond the GPU machine's python (torch), as pip names the files (NAME or
@@ -83,7 +86,7 @@ PY
 
 # ---- run ----
 BIN="" BUNDLES=.gpu/serve-perf PART=all MODELS=small-mlp,transformer CONCURRENCY=1,4,16,64 DEVICE=cuda:0
-OUT="" SECONDS_PER=3 WINDOW_MS="" ENGINE_ARGS="" INSTANCES=4 PT_DELAY=0 PYTHON=python3
+OUT="" SECONDS_PER=3 WINDOW_MS="" PA_ARGS="" ENGINE_ARGS="" INSTANCES=4 PT_DELAY=0 PYTHON=python3
 WORK="" SITE=""
 
 shape_of() { case "$1" in small-mlp|identity) echo 512 ;; transformer) echo 64,256 ;; *) die "unknown model $1" ;; esac; }
@@ -105,7 +108,7 @@ measure() {
   for attempt in 1 2; do
     rc=0
     ( ulimit -v $((48 << 20)); exec timeout 150 "$WORK/pa/perf_analyzer" -m "$model" -u "$addr" -i "$proto" -b 1 --concurrency-range "$c:$c" \
-      --max-threads $((c > 16 ? c : 16)) --measurement-interval "$interval" --max-trials 6 --stability-percentage 25 -f "$csv" ) >"$log" 2>&1 &
+      --max-threads $((c > 16 ? c : 16)) --measurement-interval "$interval" --max-trials 6 --stability-percentage 25 -f "$csv" $PA_ARGS ) >"$log" 2>&1 &
     pa_pid=$!
     while kill -0 "$pa_pid" 2>/dev/null; do
       # (ps fails when the client has just exited: not an error here)
@@ -263,6 +266,7 @@ run() {
       --out) OUT="$2"; shift 2 ;;
       --seconds) SECONDS_PER="$2"; shift 2 ;;
       --window-ms) WINDOW_MS="$2"; shift 2 ;;
+      --pa-args) PA_ARGS="$2"; shift 2 ;;
       --engine-args) ENGINE_ARGS="$2"; shift 2 ;;
       --pytriton-instances) INSTANCES="$2"; shift 2 ;;
       --pytriton-delay-us) PT_DELAY="$2"; shift 2 ;;
@@ -282,7 +286,7 @@ run() {
   {
     echo "date $(date -u +%FT%TZ)"; echo "device $DEVICE"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || true
     "$PYTHON" -c 'import torch; print("torch", torch.__version__)'
-    echo "engine args: ${ENGINE_ARGS:-(the defaults)}; pytriton instances: $INSTANCES, queue delay $PT_DELAY us; in-process run: $SECONDS_PER s; perf_analyzer window: ${WINDOW_MS:-$((SECONDS_PER * 1000))} ms"
+    echo "engine args: ${ENGINE_ARGS:-(the defaults)}; pytriton instances: $INSTANCES, queue delay $PT_DELAY us; in-process run: $SECONDS_PER s; perf_analyzer window: ${WINDOW_MS:-$((SECONDS_PER * 1000))} ms${PA_ARGS:+; perf_analyzer flags: $PA_ARGS}"
     [ -n "$BIN" ] && "$BIN" --version
   } >>"$OUT/env.txt" 2>&1
   if [ "$PART" != ours ]; then
