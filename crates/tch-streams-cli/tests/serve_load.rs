@@ -87,6 +87,13 @@ fn thirty_two_clients_times_200_requests_are_all_answered_and_counted() {
     assert_eq!(sample(&text, "tch_streams_inflight_requests", &[("model", "small-mlp")]), Some(0.0));
     assert_eq!(sample(&text, "tch_streams_workers", &[("model", "small-mlp"), ("device", "cpu")]).map(|w| w >= 1.0), Some(true), "{text}");
     assert!(sample(&text, "tch_streams_engine_latency_microseconds", &[("model", "small-mlp"), ("quantile", "0.99")]).is_some(), "{text}");
+    // Queue and compute split the engine's latency: each is at most the whole (the three come from
+    // one histogram type whose bucket bounds are shared, so the bound holds bucket for bucket).
+    let total = sample(&text, "tch_streams_engine_latency_microseconds", &[("model", "small-mlp"), ("quantile", "0.5")]).expect("p50 latency");
+    let queue = sample(&text, "tch_streams_queue_microseconds", &[("model", "small-mlp"), ("quantile", "0.5")]).expect("p50 queue time");
+    let compute = sample(&text, "tch_streams_compute_microseconds", &[("model", "small-mlp"), ("quantile", "0.5")]).expect("p50 compute time");
+    assert!(compute > 0.0, "compute p50 {compute}: a forward pass takes time\n{text}");
+    assert!(queue <= total && compute <= total, "queue {queue} and compute {compute} must each be at most the latency {total}\n{text}");
 }
 
 #[test]

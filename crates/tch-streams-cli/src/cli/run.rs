@@ -338,6 +338,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         println!("throughput  {samples_per_s:.0} samples/s ({:.0} requests/s)", completed as f64 / wall);
         let us = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} us"));
         println!("latency     p50 {}  p95 {}  p99 {}", us(stats.latency_us_p50), us(stats.latency_us_p95), us(stats.latency_us_p99));
+        println!("  queue     p50 {}  p99 {}   (submitted until a worker began the batch)", us(stats.queue_us_p50), us(stats.queue_us_p99));
+        println!("  compute   p50 {}  p99 {}   (the batch's begin until the answer)", us(stats.compute_us_p50), us(stats.compute_us_p99));
         let batches: u64 = stats.batch_sizes.values().sum();
         let mean = stats.batch_sizes.iter().map(|(k, v)| *k as u64 * v).sum::<u64>() as f64 / batches.max(1) as f64;
         println!("batches     {batches} (mean {mean:.1} requests, largest {})", stats.batch_sizes.keys().last().unwrap_or(&0));

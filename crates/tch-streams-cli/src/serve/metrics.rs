@@ -13,6 +13,8 @@
 //! | `tch_streams_inflight_requests` | gauge | model |
 //! | `tch_streams_engine_requests_total` | counter | model, result (submitted, completed, failed) |
 //! | `tch_streams_engine_latency_microseconds` | gauge | model, quantile (0.5, 0.95, 0.99): the engine's own queue + compute latency |
+//! | `tch_streams_queue_microseconds` | gauge | model, quantile (0.5, 0.99): submitted until a worker began the request's batch (batching wait included) |
+//! | `tch_streams_compute_microseconds` | gauge | model, quantile (0.5, 0.99): the batch's begin until the answer (ordering, assembly, forward, completion) |
 //! | `tch_streams_batch_size` | histogram | model: requests per batch the engine ran |
 //! | `tch_streams_workers` | gauge | model, device |
 
@@ -113,6 +115,7 @@ fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
 /// probe.
 fn engine_families(models: &[&ServedModel]) -> Vec<MetricFamily> {
     let (mut counts, mut quantiles, mut batches, mut workers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut queue, mut compute) = (Vec::new(), Vec::new());
     for m in models {
         let s = m.engine.stats();
         let b = &m.baseline;
@@ -122,6 +125,14 @@ fn engine_families(models: &[&ServedModel]) -> Vec<MetricFamily> {
         for (q, v) in [("0.5", s.latency_us_p50), ("0.95", s.latency_us_p95), ("0.99", s.latency_us_p99)] {
             if let Some(v) = v {
                 quantiles.push(gauge(vec![label("model", &m.name), label("quantile", q)], v as f64));
+            }
+        }
+        for (q, qv, cv) in [("0.5", s.queue_us_p50, s.compute_us_p50), ("0.99", s.queue_us_p99, s.compute_us_p99)] {
+            if let Some(v) = qv {
+                queue.push(gauge(vec![label("model", &m.name), label("quantile", q)], v as f64));
+            }
+            if let Some(v) = cv {
+                compute.push(gauge(vec![label("model", &m.name), label("quantile", q)], v as f64));
             }
         }
         // Batch sizes since the probe, as a cumulative histogram over powers of two.
@@ -165,6 +176,8 @@ fn engine_families(models: &[&ServedModel]) -> Vec<MetricFamily> {
     vec![
         family("tch_streams_engine_requests_total", "Engine requests by result, client requests only", MetricType::COUNTER, counts),
         family("tch_streams_engine_latency_microseconds", "Engine latency (queue plus compute) quantiles since start", MetricType::GAUGE, quantiles),
+        family("tch_streams_queue_microseconds", "Engine queue time quantiles since start: submitted until a worker began the request's batch", MetricType::GAUGE, queue),
+        family("tch_streams_compute_microseconds", "Engine compute time quantiles since start: the batch's begin until the answer", MetricType::GAUGE, compute),
         family("tch_streams_batch_size", "Requests per batch the engine ran", MetricType::HISTOGRAM, batches),
         family("tch_streams_workers", "Engine worker threads per device", MetricType::GAUGE, workers),
     ]

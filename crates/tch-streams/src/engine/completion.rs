@@ -33,6 +33,8 @@ pub(crate) const DEPTH: usize = 2;
 /// event after its last kernel.
 pub(crate) struct Launched {
     pub(crate) event: Event,
+    /// When the worker began the batch (the end of its requests' time in the queue).
+    pub(crate) began: Instant,
     pub(crate) requests: Vec<Request>,
     pub(crate) outcomes: Vec<Outcome>,
 }
@@ -105,25 +107,26 @@ fn complete_all(rx: Receiver<Launched>, spare: Sender<Event>, metrics: Arc<Metri
 /// Counts and answers a finished batch; a device error fails every request of it. Returns the
 /// event for reuse.
 fn finish(batch: Launched, device_error: Option<String>, metrics: &Metrics) -> Option<Event> {
-    let Launched { event, requests, outcomes } = batch;
+    let Launched { event, began, requests, outcomes } = batch;
     let outcomes: Vec<Outcome> = match &device_error {
         None => outcomes,
         Some(e) => outcomes.into_iter().map(|_| Err(EngineError::Model(format!("the device failed while running the batch: {e}")))).collect(),
     };
-    answer(requests, outcomes, metrics);
+    answer(requests, outcomes, began, metrics);
     device_error.is_none().then_some(event)
 }
 
-/// Counts a batch's outcomes (before answering, so that a caller who sees its answer also sees
-/// it counted), then answers each request.
-pub(crate) fn answer(requests: Vec<Request>, outcomes: Vec<Outcome>, metrics: &Metrics) {
+/// Counts a batch's outcomes and times (before answering, so that a caller who sees its answer
+/// also sees it counted), then answers each request. `began`: when the worker began the batch.
+pub(crate) fn answer(requests: Vec<Request>, outcomes: Vec<Outcome>, began: Instant, metrics: &Metrics) {
     let now = Instant::now();
-    let mut latencies = Vec::with_capacity(requests.len());
+    let compute = now.saturating_duration_since(began);
+    let mut times = Vec::with_capacity(requests.len());
     let (mut ok, mut failed, mut samples) = (0u64, 0u64, 0u64);
     let n = requests.len();
     let mut answers = Vec::with_capacity(n);
     for (req, outcome) in requests.into_iter().zip(outcomes) {
-        latencies.push(now.duration_since(req.submitted));
+        times.push((now.saturating_duration_since(req.submitted), began.saturating_duration_since(req.submitted), compute));
         match &outcome {
             Ok(_) => {
                 ok += 1;
@@ -133,7 +136,7 @@ pub(crate) fn answer(requests: Vec<Request>, outcomes: Vec<Outcome>, metrics: &M
         }
         answers.push((req.promise, outcome));
     }
-    metrics.batch(n, ok, failed, samples, &latencies);
+    metrics.batch(n, ok, failed, samples, &times);
     metrics.stages.batches.fetch_add(1, Ordering::Relaxed);
     for (promise, outcome) in answers {
         promise.fulfil(outcome);

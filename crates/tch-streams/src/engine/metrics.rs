@@ -86,6 +86,16 @@ pub struct EngineStats {
     pub latency_us_p95: Option<u64>,
     /// 99th percentile latency, µs.
     pub latency_us_p99: Option<u64>,
+    /// Time in the queue, µs (submission until a worker began the request's batch): 50th
+    /// percentile.
+    pub queue_us_p50: Option<u64>,
+    /// 99th percentile time in the queue, µs.
+    pub queue_us_p99: Option<u64>,
+    /// Compute time, µs (the batch's begin until the answer: ordering, assembly, forward and
+    /// completion, as every request of the batch sees it): 50th percentile.
+    pub compute_us_p50: Option<u64>,
+    /// 99th percentile compute time, µs.
+    pub compute_us_p99: Option<u64>,
     /// How many batches had each size (requests per batch).
     pub batch_sizes: BTreeMap<usize, u64>,
     /// Workers replaced after a panic.
@@ -177,8 +187,24 @@ pub(crate) struct Metrics {
     pub(crate) detached: AtomicU64,
     pub(crate) stages: Stages,
     pub(crate) config: EngineConfig,
-    per_batch: Mutex<(LatencyHistogram, BTreeMap<usize, u64>)>,
+    per_batch: Mutex<PerBatch>,
 }
+
+/// What every answered batch adds to, under one lock.
+struct PerBatch {
+    /// Submitted to answered, per request.
+    latency: LatencyHistogram,
+    /// Submitted to the moment a worker began the request's batch, per request.
+    queue: LatencyHistogram,
+    /// The batch's begin to its answer (ordering, assembly, forward, completion), per request.
+    compute: LatencyHistogram,
+    /// Requests per batch → batches.
+    sizes: BTreeMap<usize, u64>,
+}
+
+/// One answered request's times: (submitted → answered, submitted → batch began, batch began →
+/// answered).
+pub(crate) type RequestTimes = (Duration, Duration, Duration);
 
 impl Metrics {
     pub(crate) fn new(config: EngineConfig) -> Self {
@@ -192,21 +218,28 @@ impl Metrics {
             detached: AtomicU64::new(0),
             stages: Stages::default(),
             config,
-            per_batch: Mutex::new((LatencyHistogram::new(), BTreeMap::new())),
+            per_batch: Mutex::new(PerBatch {
+                latency: LatencyHistogram::new(),
+                queue: LatencyHistogram::new(),
+                compute: LatencyHistogram::new(),
+                sizes: BTreeMap::new(),
+            }),
         }
     }
 
-    /// Records one served batch: its size, its outcomes, and each request's latency (straight into
-    /// the shared histogram under its lock: no histogram is built per batch).
-    pub(crate) fn batch(&self, requests: usize, ok: u64, failed: u64, samples: u64, latencies: &[Duration]) {
+    /// Records one served batch: its size, its outcomes, and each request's times (straight into
+    /// the shared histograms under their lock: no histogram is built per batch).
+    pub(crate) fn batch(&self, requests: usize, ok: u64, failed: u64, samples: u64, times: &[RequestTimes]) {
         self.completed.fetch_add(ok, Ordering::Relaxed);
         self.failed.fetch_add(failed, Ordering::Relaxed);
         self.samples.fetch_add(samples, Ordering::Relaxed);
         let mut g = self.per_batch.lock();
-        for &l in latencies {
-            g.0.record(l);
+        for &(latency, queue, compute) in times {
+            g.latency.record(latency);
+            g.queue.record(queue);
+            g.compute.record(compute);
         }
-        *g.1.entry(requests).or_insert(0) += 1;
+        *g.sizes.entry(requests).or_insert(0) += 1;
     }
 
     pub(crate) fn snapshot(&self) -> EngineStats {
@@ -219,10 +252,14 @@ impl Metrics {
             failed: self.failed.load(Ordering::Relaxed),
             samples_per_s: self.samples.load(Ordering::Relaxed) as f64 / elapsed,
             requests_per_s: completed as f64 / elapsed,
-            latency_us_p50: g.0.quantile(0.50),
-            latency_us_p95: g.0.quantile(0.95),
-            latency_us_p99: g.0.quantile(0.99),
-            batch_sizes: g.1.clone(),
+            latency_us_p50: g.latency.quantile(0.50),
+            latency_us_p95: g.latency.quantile(0.95),
+            latency_us_p99: g.latency.quantile(0.99),
+            queue_us_p50: g.queue.quantile(0.50),
+            queue_us_p99: g.queue.quantile(0.99),
+            compute_us_p50: g.compute.quantile(0.50),
+            compute_us_p99: g.compute.quantile(0.99),
+            batch_sizes: g.sizes.clone(),
             workers_replaced: self.replaced.load(Ordering::Relaxed),
             workers_detached: self.detached.load(Ordering::Relaxed),
             elapsed_s: elapsed,

@@ -228,7 +228,7 @@ fn serve(
         let recorded = c.event(spec.device).and_then(|mut e| e.record(stream).map(|()| e));
         match recorded {
             Ok(event) => {
-                c.hand_over(Launched { event, requests: batch, outcomes });
+                c.hand_over(Launched { event, began: t0, requests: batch, outcomes });
                 return panicked;
             }
             Err(e) => tracing::warn!("worker {}: no completion event ({e}); waiting for the batch here", spec.index),
@@ -240,7 +240,7 @@ fn serve(
         Err(e) => outcomes.into_iter().map(|_| Err(EngineError::Model(format!("the device failed while running the batch: {e}")))).collect(),
     };
     let t2 = Stages::lap(&spec.metrics.stages.complete, t1);
-    answer(batch, outcomes, &spec.metrics);
+    answer(batch, outcomes, t0, &spec.metrics);
     Stages::lap(&spec.metrics.stages.deliver, t2);
     panicked
 }
