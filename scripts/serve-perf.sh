@@ -99,11 +99,11 @@ measure() {
   local csv="$OUT/logs/$model-$target-c$c.csv"
   local log="$OUT/logs/$model-$target-c$c.log"
   local rc=0 pa_pid peak=0 kb interval=${WINDOW_MS:-$((SECONDS_PER * 1000))} attempt
-  # One client thread per request in flight (--max-threads, default 16). With more requests in
-  # flight than threads, perf_analyzer 2.60 kept every answer it received: at concurrency 64 its
-  # memory grew by about the answer's size per request (40 GiB in a minute with 64 KB answers)
-  # until it was killed. The cap on its address space makes any such growth fail fast, and its
-  # peak resident size is recorded. A window too noisy to be stable is measured once more with
+  # One client thread per request in flight (--max-threads, default 16). perf_analyzer 2.60 keeps
+  # every request and answer of a measurement: its memory grows by about their size per request
+  # (with 64 KB tensors and a fast server, tens of GiB within a minute, with either server). A cap
+  # on its address space makes it fail fast instead of taking the machine with it, and its peak
+  # resident size is recorded. A window too noisy to be stable is measured once more with
   # windows twice as long, as perf_analyzer itself advises.
   for attempt in 1 2; do
     rc=0
