@@ -27,7 +27,10 @@
 #   objc-syntax   checks/mps/objc-syntax.sh: clang -fsyntax-only -x objective-c++ of the context .mm
 #                 files before and after the patch, against the wheel's ATen/mps headers, the Linux
 #                 torch's c10/ATen headers and our Apple stub headers (checks/mps/apple-stubs/):
-#                 0 errors, no warning the patch adds. Files the lock marks nocompile= are left out.
+#                 0 errors, no warning the patch adds. Files the lock marks nocompile= are left out;
+#                 lines it lists as compile-drop= (a change of the copy the release lacks) are
+#                 left out of the compiled text, before the patch is applied; files it lists as
+#                 standin= are an earlier window's text, compiled patched against these headers.
 #
 # Needs g++, curl, python3; installs Debian's clang and llvm (apt-get) when missing.
 # Usage: scripts/check-patch.sh [--version 2.11.0|2.13.0] [--no-tsan] [--help]
@@ -166,8 +169,18 @@ check_version() {
       fail "$1" "$2: $(oneline < "$W/fetch.log")"
     fi
   }
-  local CTX_FILES=() NOCOMPILE=() COMPILE_FILES=() f
+  local CTX_FILES=() NOCOMPILE=() COMPILE_FILES=() DROPS=() f
   mapfile -t CTX_FILES < <(sed -n 's/^file=\([^ ]*\) .*/\1/p' "$ROOT/vendor/v$V/mps-context.lock")
+  # compile-drop=PATH LINES REASON: lines (e.g. 6,68-73,75, numbered in the fetched, sha256-checked
+  # file) that objc-syntax leaves out of a context file before patching and compiling it: a
+  # change the copy carries that the release lacks. `context` still checks the whole file.
+  mapfile -t DROPS < <(sed -n 's/^compile-drop=\([^ ]*\) \([0-9,-]*\) .*/\1 \2/p' "$ROOT/vendor/v$V/mps-context.lock")
+  # standin=VERSION PATH REASON: objc-syntax also compiles PATH as that earlier version's window
+  # text (its own lock, fetched and sha256-checked), patched by this version's patch, against this
+  # version's headers: a stand-in where this version's window text was not found. `context`
+  # ignores stand-ins (they are not this version's text).
+  local STANDINS=() STANDIN_OK=1
+  mapfile -t STANDINS < <(sed -n 's/^standin=\([0-9.]*\) \([^ ]*\).*/\1 \2/p' "$ROOT/vendor/v$V/mps-context.lock")
   # nocompile=PATH REASON: a context file that `context` uses but `objc-syntax` does not compile
   # (the stored copy carries lines the release's headers cannot parse).
   mapfile -t NOCOMPILE < <(sed -n 's/^nocompile=\([^ ]*\).*/\1/p' "$ROOT/vendor/v$V/mps-context.lock")
@@ -353,9 +366,38 @@ PY2
   elif [ -z "${TORCH_INC:-}" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
     skip objc-syntax "no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
   elif [ "$series_ok" = 1 ]; then
-    local TORCH_INC_L="${TORCH_INC:-}"
-    if out="$("$ROOT/checks/mps/objc-syntax.sh" "$V" "$BASE" "$A" "$W/wheel/torch/include" "$TORCH_INC_L" "${COMPILE_FILES[@]}" 2>&1)"; then
-      pass objc-syntax "$(tail -n 1 <<<"$out")"
+    local TORCH_INC_L="${TORCH_INC:-}" OB="$BASE" OA="$A" dropped="" d_path d_lines s_ver s_path s_dir stood=()
+    local OBJC_FILES=("${COMPILE_FILES[@]}")
+    if [ "${#DROPS[@]}" -gt 0 ] || [ "${#STANDINS[@]}" -gt 0 ]; then
+      # The trees objc-syntax compiles: the base with the listed lines left out and the stand-ins
+      # put in, then the patch.
+      OB="$W/objc-base" OA="$W/objc-patched"
+      rm -rf "$OB" "$OA"; cp -r "$BASE" "$OB"
+      for d in "${STANDINS[@]}"; do
+        read -r s_ver s_path <<<"$d"
+        s_dir="$("$ROOT/scripts/fetch-mps-context.sh" --print-dir "$s_ver")"
+        if "$ROOT/scripts/fetch-mps-context.sh" "$s_ver" >>"$W/fetch.log" 2>&1 && [ -f "$s_dir/$s_path" ]; then
+          cp "$s_dir/$s_path" "$OB/$s_path"; OBJC_FILES+=("$s_path"); stood+=("$(basename "$s_path")")
+        else
+          STANDIN_OK=0
+        fi
+      done
+      for d in "${DROPS[@]}"; do
+        read -r d_path d_lines <<<"$d"
+        awk -v spec="$d_lines" 'BEGIN { n = split(spec, parts, ","); for (i = 1; i <= n; i++) { m = split(parts[i], r, "-"); for (k = r[1]; k <= (m > 1 ? r[2] : r[1]); k++) drop[k] = 1 } }
+          !(FNR in drop)' "$BASE/$d_path" > "$OB/$d_path"
+        dropped+="; $(basename "$d_path"): upstream-copy lines $d_lines left out (vendor/v$V/mps-context.lock)"
+      done
+      cp -r "$OB" "$OA"
+      if ! out="$(cd "$OA" && git apply "$PATCH" 2>&1)"; then
+        fail objc-syntax "the patch does not apply once the compile-drop lines are left out: $(head -n 3 <<<"$out" | oneline)"
+        return
+      fi
+    fi
+    [ "${#stood[@]}" -gt 0 ] && dropped+="; ${stood[*]}: the v${STANDINS[0]%% *} window's text as a stand-in, patched by v$V's patch"
+    [ "$STANDIN_OK" = 1 ] || dropped+="; stand-ins not available here (their window text could not be fetched): left out"
+    if out="$("$ROOT/checks/mps/objc-syntax.sh" "$V" "$OB" "$OA" "$W/wheel/torch/include" "$TORCH_INC_L" "${OBJC_FILES[@]}" 2>&1)"; then
+      pass objc-syntax "$(tail -n 1 <<<"$out")$dropped"
     else
       fail objc-syntax "$(tail -n 4 <<<"$out" | oneline)"
     fi
