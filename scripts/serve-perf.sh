@@ -18,7 +18,7 @@
 #       [--engine-args "--workers 2 ..."] [--pytriton-delay-us 0] [--pytriton-instances 4]
 #       [--python python3]
 #       on the GPU machine: measure; appends to RUN_DIR/records.jsonl (run the parts in separate
-#       calls with the same --out, then `report`).
+#       invocations with the same --out when needed, then `report`).
 #   scripts/serve-perf.sh report RUN_DIR      summary files and the markdown table
 #
 # Both sides run as a user would start them. Ours: the engine's defaults (batching calibrated at
