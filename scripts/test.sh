@@ -7,7 +7,8 @@
 #   4. the example apps run as a user runs them (no LD_LIBRARY_PATH), output shown;
 #   5. libtorch 2.11.0 / tch 0.24: the library's tests and the examples again (scripts/compat.sh);
 #      TCH_STREAMS_COMPAT=0 skips this step; the shim is also compiled against 2.12.0's headers;
-#   6. static checks of the MPS patch (scripts/check-patch.sh).
+#   6. the serving comparison's report on a made-up run (scripts/serve-perf/test_report.py);
+#   7. static checks of the MPS patch (scripts/check-patch.sh).
 # GPU tests are #[ignore]d here; run them on a GPU machine with `cargo test --release -- --include-ignored`.
 # Extra arguments go to cargo test, e.g. `scripts/test.sh stream_` to filter.
 set -euo pipefail
@@ -39,6 +40,9 @@ if [ "${TCH_STREAMS_COMPAT:-1}" != 0 ]; then
   step "libtorch 2.11.0 / tch 0.24: library tests and examples"
   scripts/compat.sh 2.11.0 "$@"
 fi
+
+step "serving comparison report (scripts/serve-perf/report.py on a made-up run)"
+python3 scripts/serve-perf/test_report.py
 
 if [ -x scripts/check-patch.sh ]; then
   # Last: the header check compiles against Linux torch 2.11.0 (the venv compat.sh set up).
