@@ -6,14 +6,22 @@
 mod common;
 
 use common::{accounted, watchdog};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use tch_streams::engine::{Batching, Engine};
 use tch_streams::models::Model;
 
-const FORWARD: Duration = Duration::from_millis(20);
+const FORWARD: Duration = Duration::from_millis(50);
+
+/// Closed, a forward pass waits until it opens: requests submitted while it is closed are all
+/// queued before the first forward pass's sleep begins, however the threads are scheduled.
+static GATE: AtomicBool = AtomicBool::new(true);
 
 fn slow_double(x: &Tensor) -> Result<Tensor, tch::TchError> {
+    while !GATE.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_micros(100));
+    }
     std::thread::sleep(FORWARD);
     x.f_mul_scalar(2.0)
 }
@@ -36,9 +44,12 @@ fn queue_and_compute_times_follow_the_order_requests_run_in() {
 
         let engine = one_worker();
         // Three requests at once on one worker: they run one after another, so the k-th waits for
-        // k forward passes before its own begins.
+        // k forward passes before its own begins (all three are queued before the gate opens, and
+        // the first forward pass sleeps only after it has opened).
+        GATE.store(false, Ordering::Release);
         let xs: Vec<Tensor> = (0..3).map(|i| Tensor::full([1, 4], i as f64, (Kind::Float, Device::Cpu))).collect();
         let tickets: Vec<_> = xs.iter().map(|x| engine.submit(x.shallow_clone())).collect();
+        GATE.store(true, Ordering::Release);
         for (i, t) in tickets.into_iter().enumerate() {
             let y = t.wait().unwrap();
             assert_eq!(y.double_value(&[0, 0]), 2.0 * i as f64, "request {i}");
