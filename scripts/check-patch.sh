@@ -390,7 +390,7 @@ PY2
       done
       cp -r "$OB" "$OA"
       if ! out="$(cd "$OA" && git apply "$PATCH" 2>&1)"; then
-        fail objc-syntax "the patch does not apply once the compile-drop lines are left out: $(head -n 3 <<<"$out" | oneline)"
+        fail objc-syntax "the patch does not apply once the compile-drop lines are left out and the stand-ins put in: $(head -n 3 <<<"$out" | oneline)"
         return
       fi
     fi
