@@ -27,10 +27,10 @@
 #   objc-syntax   checks/mps/objc-syntax.sh: clang -fsyntax-only -x objective-c++ of the context .mm
 #                 files before and after the patch, against the wheel's ATen/mps headers, the Linux
 #                 torch's c10/ATen headers and our Apple stub headers (checks/mps/apple-stubs/):
-#                 0 errors, no warning the patch adds. Files the lock marks nocompile= are left out;
-#                 lines it lists as compile-drop= (a change of the copy the release lacks) are
-#                 left out of the compiled text, before the patch is applied; files it lists as
-#                 standin= are an earlier window's text, compiled patched against these headers.
+#                 0 errors, no warning the patch adds. Lines the lock lists as compile-drop= (a
+#                 change of the copy that the release lacks) are left out of the compiled text
+#                 before the patch is applied; files it lists as standin= are an earlier window's
+#                 text, compiled patched against these headers.
 #
 # Needs g++, curl, python3; installs Debian's clang and llvm (apt-get) when missing.
 # Usage: scripts/check-patch.sh [--version 2.11.0|2.13.0] [--no-tsan] [--help]
@@ -169,7 +169,7 @@ check_version() {
       fail "$1" "$2: $(oneline < "$W/fetch.log")"
     fi
   }
-  local CTX_FILES=() NOCOMPILE=() COMPILE_FILES=() DROPS=() f
+  local CTX_FILES=() DROPS=()
   mapfile -t CTX_FILES < <(sed -n 's/^file=\([^ ]*\) .*/\1/p' "$ROOT/vendor/v$V/mps-context.lock")
   # compile-drop=PATH LINES REASON: lines (e.g. 6,68-73,75, numbered in the fetched, sha256-checked
   # file) that objc-syntax leaves out of a context file before patching and compiling it: a
@@ -181,12 +181,6 @@ check_version() {
   # ignores stand-ins (they are not this version's text).
   local STANDINS=() STANDIN_OK=1
   mapfile -t STANDINS < <(sed -n 's/^standin=\([0-9.]*\) \([^ ]*\).*/\1 \2/p' "$ROOT/vendor/v$V/mps-context.lock")
-  # nocompile=PATH REASON: a context file that `context` uses but `objc-syntax` does not compile
-  # (the stored copy carries lines the release's headers cannot parse).
-  mapfile -t NOCOMPILE < <(sed -n 's/^nocompile=\([^ ]*\).*/\1/p' "$ROOT/vendor/v$V/mps-context.lock")
-  for f in "${CTX_FILES[@]}"; do
-    [[ " ${NOCOMPILE[*]} " == *" $f "* ]] || COMPILE_FILES+=("$f")
-  done
 
   # --- base tree: wheel headers (wrapper stripped) + context .mm + rebuilt pre-images ------------
   local BASE="$W/base"; mkdir -p "$BASE"
@@ -359,15 +353,13 @@ PY2
   # objc-syntax
   if [ "${#CTX_FILES[@]}" = 0 ]; then
     skip objc-syntax "no upstream .mm source of the v$V window to compile (vendor/v$V/mps-context.lock)"
-  elif [ "${#COMPILE_FILES[@]}" = 0 ]; then
-    skip objc-syntax "no context file of the v$V window can be compiled: $(sed -n 's/^nocompile=//p' "$ROOT/vendor/v$V/mps-context.lock" | oneline)"
   elif [ "$CTX_OK" = 0 ]; then
     ctx_missing objc-syntax "needs the context .mm files"
   elif [ -z "${TORCH_INC:-}" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
     skip objc-syntax "no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
   elif [ "$series_ok" = 1 ]; then
     local TORCH_INC_L="${TORCH_INC:-}" OB="$BASE" OA="$A" dropped="" d_path d_lines s_ver s_path s_dir stood=()
-    local OBJC_FILES=("${COMPILE_FILES[@]}")
+    local OBJC_FILES=("${CTX_FILES[@]}")
     if [ "${#DROPS[@]}" -gt 0 ] || [ "${#STANDINS[@]}" -gt 0 ]; then
       # The trees objc-syntax compiles: the base with the listed lines left out and the stand-ins
       # put in, then the patch.
