@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Static checks of the MPS stream-pool patches (patches/v<VERSION>/), runnable on Linux; idempotent.
 # Every check runs for every version (2.11.0 and 2.13.0 unless --version says otherwise) and
-# prints one line: "PASS|FAIL|SKIP <check> v<VERSION>: ...".
+# prints one line: "PASS|FAIL|SKIP <check> v<VERSION>: ...". The last line counts them:
+#   check-patch: N passed, M skipped (<check> v<VERSION>, ...)[, K failed (<check> v<VERSION>, ...): FAILED]
+# A SKIP is not a pass: the summary names every check that did not run, and why is on its line.
+# The upstream .mm files that series, context, objc-syntax and mps-emu need are vendored
+# (vendor/v<VERSION>/upstream/, see vendor/README.md), so they run without GitHub access.
 #
 #   headers       every header hunk applies to the exact headers of PyPI's macOS arm64 torch
 #                 wheel of that version (downloaded once into the cache; the installer's
@@ -10,7 +14,8 @@
 #                 wheel headers, the context .mm files where fetched, and .mm pre-images rebuilt
 #                 from the cumulative patch's own hunks elsewhere).
 #   context       every hunk of every .mm file listed in vendor/v<VERSION>/mps-context.lock applies
-#                 to that upstream file (scripts/fetch-mps-context.sh); SKIP when the lock lists none.
+#                 to that upstream file (scripts/fetch-mps-context.sh: the vendored copy, sha256-
+#                 checked against the lock); SKIP when the lock lists none.
 #   sources       the whole patch applies to vendor/pytorch-<VERSION> when scripts/vendor-pytorch.sh
 #                 has made it; SKIP otherwise.
 #   binary        the .mm hunks' context agrees with the wheel's libtorch_cpu.dylib (string literals,
@@ -30,11 +35,15 @@
 #                 0 errors, no warning the patch adds. Lines the lock lists as compile-drop= (a
 #                 change of the copy that the release lacks) are left out of the compiled text
 #                 before the patch is applied; files it lists as standin= are an earlier window's
-#                 text, compiled patched against these headers.
+#                 text, compiled patched against these headers. Every diagnostic clang prints counts
+#                 (also in headers outside the tree, and driver errors).
+#   mps-emu       checks/mps/emu/run.sh, when present, given the same base and patched trees that
+#                 objc-syntax compiles: PASS on exit 0, SKIP on exit 3, FAIL otherwise (its last
+#                 stdout line is the message); SKIP when run.sh is not present or --no-emu is given.
 #
 # Needs g++, curl, python3; installs Debian's clang and llvm (apt-get) when missing.
-# Usage: scripts/check-patch.sh [--version 2.11.0|2.13.0] [--no-tsan] [--help]
-# Exits 1 when any check fails.
+# Usage: scripts/check-patch.sh [--version 2.11.0|2.13.0] [--no-tsan] [--no-emu] [--help]
+# Exits 1 when any check fails (a SKIP alone does not fail the run, but the summary lists it).
 set -euo pipefail
 trap 'echo "[check-patch] error: command failed at line $LINENO" >&2' ERR
 
@@ -42,15 +51,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
 WHEELS="$CACHE/wheels"
 RUN_TSAN=1
+RUN_EMU=1
 VERSIONS=(2.11.0 2.13.0)
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-tsan) RUN_TSAN=0 ;;
+    --no-emu) RUN_EMU=0 ;;
     --version)
       case "${2:-}" in 2.11.0|2.13.0) VERSIONS=("$2") ;; *) echo "check-patch.sh: --version 2.11.0|2.13.0" >&2; exit 2 ;; esac
       shift ;;
-    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n "2,$(($(grep -n -m1 '^set -euo pipefail' "$0" | cut -d: -f1) - 1))p" "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "check-patch.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -71,14 +82,17 @@ ensure_debian_packages() {
 }
 ensure_debian_packages
 
-FAILED=0
-pass() { echo "PASS $1 v$V: $2"; }
-fail() { echo "FAIL $1 v$V: $2"; FAILED=1; }
-skip() { echo "SKIP $1 v$V: $2"; }
-oneline() { tr '\n' ' ' | cut -c1-400; }
-
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+
+# Every result line is printed and appended to $RESULTS, from whichever process prints it (the TSan
+# checks run in a pipeline, i.e. a subshell); the summary counts $RESULTS.
+RESULTS="$WORK/results"; : > "$RESULTS"
+emit() { echo "$1"; echo "$1" >> "$RESULTS"; }
+pass() { emit "PASS $1 v$V: $2"; }
+fail() { emit "FAIL $1 v$V: $2"; }
+skip() { emit "SKIP $1 v$V: $2"; }
+oneline() { tr '\n' ' ' | cut -c1-400; }
 
 # PyPI has no macosx_11_0_arm64 torch wheels after 2.11.
 wheel_tag() { case "$1" in 2.11.*) echo macosx_11_0_arm64 ;; *) echo macosx_14_0_arm64 ;; esac; }
@@ -160,11 +174,12 @@ check_version() {
   local CTX_OK=1 CTX_RC=0
   "$ROOT/scripts/fetch-mps-context.sh" "$V" >"$W/fetch.log" 2>&1 || CTX_RC=$?
   [ "$CTX_RC" = 0 ] || CTX_OK=0
-  # Exit 3: the upstream host cannot be reached from this machine. The checks that need the real
-  # files then skip (saying so) rather than fail; a file that arrives with the wrong sha256 fails.
+  # Exit 3: a listed file is not vendored (vendor/v<VERSION>/upstream/) and the upstream host cannot
+  # be reached from this machine. The checks that need the real files then skip (saying so) rather
+  # than fail; a vendored or downloaded file with the wrong sha256 fails.
   ctx_missing() { # CHECK WHAT
     if [ "$CTX_RC" = 3 ]; then
-      skip "$1" "$2: the upstream .mm files could not be downloaded here ($(oneline < "$W/fetch.log")); set TCH_STREAMS_GITHUB_RAW to a mirror to run it"
+      skip "$1" "$2: a listed upstream .mm file is not vendored and could not be downloaded here ($(oneline < "$W/fetch.log")); vendor it or set TCH_STREAMS_GITHUB_RAW to a mirror to run it"
     else
       fail "$1" "$2: $(oneline < "$W/fetch.log")"
     fi
@@ -340,40 +355,47 @@ PY2
     local key; key="$(cat "$INC"/ATen/mps/*.h | sha256sum | cut -c1-16)"
     if [ -f "$WORK/tsan-$key" ]; then
       while IFS= read -r line; do
-        echo "${line/ v$(cat "$WORK/tsan-$key.version"):/ v$V:} (portable headers identical to v$(cat "$WORK/tsan-$key.version")'s, sha256 $key…: result of that run)"
+        emit "${line/ v$(cat "$WORK/tsan-$key.version"):/ v$V:} (portable headers identical to v$(cat "$WORK/tsan-$key.version")'s, sha256 $key…: result of that run)"
       done < "$WORK/tsan-$key"
-      grep -q '^FAIL' "$WORK/tsan-$key" && FAILED=1
     else
+      # tsan_checks runs in a subshell: its pass/fail lines reach $RESULTS through emit.
       tsan_checks "$INC" "$W" | tee "$WORK/tsan-$key"
       echo "$V" > "$WORK/tsan-$key.version"
-      grep -q '^FAIL' "$WORK/tsan-$key" && FAILED=1
     fi
   fi
 
-  # objc-syntax
+  # The trees objc-syntax compiles and mps-emu is given, before ($OB) and after ($OA) the patch:
+  # the base (wheel headers, context .mm files) with the compile-drop lines left out and the
+  # stand-ins put in. A .mm file the patch touches that has no upstream text here (its pre-image
+  # was rebuilt from the patch's own hunks) is left out of both once the patch has applied.
+  # TREES_WHY says why there are none: "ctx" (context files missing, see ctx_missing), or a reason;
+  # TREES_FAILED=1 when that reason is a failure of these trees themselves.
+  local TORCH_INC_L="${TORCH_INC:-}" OB="$W/objc-base" OA="$W/objc-patched" dropped="" d_path d_lines s_ver s_path s_dir s_rc m stood=()
+  local OBJC_FILES=("${CTX_FILES[@]}") TREES_WHY="" TREES_FAILED=0
   if [ "${#CTX_FILES[@]}" = 0 ]; then
-    skip objc-syntax "no upstream .mm source of the v$V window to compile (vendor/v$V/mps-context.lock)"
+    TREES_WHY="no upstream .mm source of the v$V window to compile (vendor/v$V/mps-context.lock)"
   elif [ "$CTX_OK" = 0 ]; then
-    ctx_missing objc-syntax "needs the context .mm files"
-  elif [ -z "${TORCH_INC:-}" ] || [ ! -f "$TORCH_INC/c10/core/Allocator.h" ]; then
-    skip objc-syntax "no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
-  elif [ "$series_ok" = 1 ]; then
-    local TORCH_INC_L="${TORCH_INC:-}" OB="$BASE" OA="$A" dropped="" d_path d_lines s_ver s_path s_dir stood=()
-    local OBJC_FILES=("${CTX_FILES[@]}")
-    if [ "${#DROPS[@]}" -gt 0 ] || [ "${#STANDINS[@]}" -gt 0 ]; then
-      # The trees objc-syntax compiles: the base with the listed lines left out and the stand-ins
-      # put in, then the patch.
-      OB="$W/objc-base" OA="$W/objc-patched"
-      rm -rf "$OB" "$OA"; cp -r "$BASE" "$OB"
-      for d in "${STANDINS[@]}"; do
-        read -r s_ver s_path <<<"$d"
-        s_dir="$("$ROOT/scripts/fetch-mps-context.sh" --print-dir "$s_ver")"
-        if "$ROOT/scripts/fetch-mps-context.sh" "$s_ver" >>"$W/fetch.log" 2>&1 && [ -f "$s_dir/$s_path" ]; then
-          cp "$s_dir/$s_path" "$OB/$s_path"; OBJC_FILES+=("$s_path"); stood+=("$(basename "$s_path")")
-        else
-          STANDIN_OK=0
-        fi
-      done
+    TREES_WHY=ctx
+  elif [ -z "$TORCH_INC_L" ] || [ ! -f "$TORCH_INC_L/c10/core/Allocator.h" ]; then
+    TREES_WHY="no Linux torch $V include directory in $CACHE/venv-$V (TCH_STREAMS_TORCH=$V scripts/setup.sh makes it)"
+  elif [ "$series_ok" != 1 ]; then
+    TREES_WHY="no patched tree to compile: the series check did not pass (see series v$V)"
+  else
+    rm -rf "$OB" "$OA"; cp -r "$BASE" "$OB"
+    for d in "${STANDINS[@]}"; do
+      read -r s_ver s_path <<<"$d"
+      s_dir="$("$ROOT/scripts/fetch-mps-context.sh" --print-dir "$s_ver")"
+      s_rc=0; "$ROOT/scripts/fetch-mps-context.sh" "$s_ver" >>"$W/fetch.log" 2>&1 || s_rc=$?
+      if [ "$s_rc" = 0 ] && [ -f "$s_dir/$s_path" ]; then
+        cp "$s_dir/$s_path" "$OB/$s_path"; OBJC_FILES+=("$s_path"); stood+=("$(basename "$s_path")")
+      elif [ "$s_rc" = 3 ]; then
+        STANDIN_OK=0
+      else
+        TREES_WHY="stand-in $s_path (v$s_ver window): scripts/fetch-mps-context.sh $s_ver exited $s_rc: $(oneline < "$W/fetch.log")"
+        TREES_FAILED=1; break
+      fi
+    done
+    if [ "$TREES_FAILED" = 0 ]; then
       for d in "${DROPS[@]}"; do
         read -r d_path d_lines <<<"$d"
         awk -v spec="$d_lines" 'BEGIN { n = split(spec, parts, ","); for (i = 1; i <= n; i++) { m = split(parts[i], r, "-"); for (k = r[1]; k <= (m > 1 ? r[2] : r[1]); k++) drop[k] = 1 } }
@@ -382,22 +404,67 @@ PY2
       done
       cp -r "$OB" "$OA"
       if ! out="$(cd "$OA" && git apply "$PATCH" 2>&1)"; then
-        fail objc-syntax "the patch does not apply once the compile-drop lines are left out and the stand-ins put in: $(head -n 3 <<<"$out" | oneline)"
-        return
+        TREES_WHY="the patch does not apply once the compile-drop lines are left out and the stand-ins put in: $(head -n 3 <<<"$out" | oneline)"
+        TREES_FAILED=1
+      else
+        while IFS= read -r m; do
+          printf '%s\n' "${OBJC_FILES[@]}" | grep -qxF "$m" || rm -f "$OB/$m" "$OA/$m"
+        done < <(cd "$OB" && find . -name '*.mm' | sed 's#^\./##')
       fi
     fi
+  fi
+
+  # objc-syntax
+  if [ "$TREES_WHY" = ctx ]; then
+    ctx_missing objc-syntax "needs the context .mm files"
+  elif [ "$TREES_FAILED" = 1 ]; then
+    fail objc-syntax "$TREES_WHY"
+  elif [ -n "$TREES_WHY" ]; then
+    skip objc-syntax "$TREES_WHY"
+  else
     [ "${#stood[@]}" -gt 0 ] && dropped+="; ${stood[*]}: the v${STANDINS[0]%% *} window's text as a stand-in, patched by v$V's patch"
-    [ "$STANDIN_OK" = 1 ] || dropped+="; stand-ins not available here (their window text could not be fetched): left out"
+    [ "$STANDIN_OK" = 1 ] || dropped+="; stand-ins not available here (a file of their window is neither vendored nor downloadable): left out"
     if out="$("$ROOT/checks/mps/objc-syntax.sh" "$V" "$OB" "$OA" "$W/wheel/torch/include" "$TORCH_INC_L" "${OBJC_FILES[@]}" 2>&1)"; then
       pass objc-syntax "$(tail -n 1 <<<"$out")$dropped"
     else
-      fail objc-syntax "$(tail -n 4 <<<"$out" | oneline)"
+      fail objc-syntax "$(tail -n 1 <<<"$out"): $(head -n -1 <<<"$out" | tail -n 3 | oneline)"
     fi
+  fi
+
+  # mps-emu: checks/mps/emu/run.sh builds and runs the same trees against the emulated Metal device.
+  # Contract: progress on stderr (passed through), the last stdout line is the message; exit 0 =
+  # pass, 3 = skip, anything else = fail.
+  local EMU="$ROOT/checks/mps/emu/run.sh" emu_rc=0 emu_msg
+  if [ "$RUN_EMU" = 0 ]; then
+    skip mps-emu "--no-emu given"
+  elif [ ! -e "$EMU" ]; then
+    skip mps-emu "checks/mps/emu/run.sh not present"
+  elif [ ! -x "$EMU" ]; then
+    fail mps-emu "checks/mps/emu/run.sh is not executable"
+  elif [ "$TREES_WHY" = ctx ]; then
+    ctx_missing mps-emu "needs the context .mm files"
+  elif [ "$TREES_FAILED" = 1 ]; then
+    fail mps-emu "no trees to build: $TREES_WHY"
+  elif [ -n "$TREES_WHY" ]; then
+    skip mps-emu "$TREES_WHY"
+  else
+    mkdir -p "$W/emu"
+    echo "[check-patch] mps-emu v$V: checks/mps/emu/run.sh" >&2
+    { "$EMU" --version "$V" --base "$OB" --patched "$OA" --wheel-include "$W/wheel/torch/include" \
+        --torch-include "$TORCH_INC_L" --work "$W/emu" 2>&1 1>&3 3>&- | tee "$W/emu.err" >&2; } 3>"$W/emu.out" || emu_rc=$?
+    emu_msg="$(tail -n 1 "$W/emu.out")"
+    case "$emu_rc" in
+      0)
+        if [ -n "$emu_msg" ]; then pass mps-emu "$emu_msg"
+        else fail mps-emu "run.sh exited 0 without a message (its last stdout line)"; fi ;;
+      3) skip mps-emu "${emu_msg:-run.sh exited 3 without a message}" ;;
+      *) fail mps-emu "exit $emu_rc: $(tail -n 3 "$W/emu.out" | oneline)$( [ -s "$W/emu.err" ] && echo "| stderr: $(tail -n 3 "$W/emu.err" | oneline)")" ;;
+    esac
   fi
 }
 
 # tsan_checks INC WORKDIR: pool-tsan, reuse-tsan and queue-model on the portable headers in INC.
-# Runs in a pipeline (a subshell): it prints its lines, the caller reads FAIL from them.
+# Runs in a pipeline (a subshell): its lines are counted through emit's $RESULTS.
 tsan_checks() {
   local INC="$1" W="$2"
   tsan_run pool-tsan "$ROOT/crates/tch-streams/tests/mps_pool/pool_core_stress.cpp" "$W/pool" "$INC"
@@ -464,5 +531,20 @@ queue_model() {
 for v in "${VERSIONS[@]}"; do
   check_version "$v"
 done
-if [ "$FAILED" = 0 ]; then echo "check-patch: all checks passed"; else echo "check-patch: FAILED"; fi
-exit "$FAILED"
+
+# names KIND: "check vVERSION, ..." of the result lines of that kind
+names() { sed -n "s/^$1 \([^ ]*\) \(v[0-9.]*\): .*/\1 \2/p" "$RESULTS" | paste -sd, - | sed 's/,/, /g'; }
+n_pass="$(grep -c '^PASS ' "$RESULTS" || true)"
+n_skip="$(grep -c '^SKIP ' "$RESULTS" || true)"
+n_fail="$(grep -c '^FAIL ' "$RESULTS" || true)"
+summary="check-patch: $n_pass passed, $n_skip skipped"
+[ "$n_skip" = 0 ] || summary+=" ($(names SKIP))"
+if [ "$n_fail" != 0 ]; then
+  echo "$summary, $n_fail failed ($(names FAIL)): FAILED"
+  exit 1
+fi
+if [ "$n_pass" = 0 ]; then
+  echo "$summary: FAILED (no check passed)"
+  exit 1
+fi
+echo "$summary"
