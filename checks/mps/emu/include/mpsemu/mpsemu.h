@@ -51,6 +51,17 @@ uint64_t mpsemu_violations(void);
 // The text of the most recent violation ("" when none). Valid until the next violation.
 const char* mpsemu_last_violation(void);
 
+// Additions (after the first version of this interface):
+
+// Makes every violation abort (after printing it), not only the ones that would hang or crash on
+// Apple. Also set by MPSEMU_ABORT_ON_VIOLATION=1 in the environment. 0 switches it off again.
+void mpsemu_set_abort_on_violation(int on);
+
+// The device's memory: recommendedMaxWorkingSetSize (0 keeps the current value; default 8 GiB, or
+// MPSEMU_WORKING_SET_BYTES) and a hard limit on the bytes of live buffers and heaps beyond which
+// buffer and heap creation returns nil (0 = no limit, the default, or MPSEMU_MEMORY_LIMIT_BYTES).
+void mpsemu_set_memory_limits(uint64_t recommended_max_working_set_size, uint64_t max_total_allocation);
+
 #ifdef __cplusplus
 }
 #endif
