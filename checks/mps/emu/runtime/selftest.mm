@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -518,6 +519,25 @@ static void check_serial_queue_fifo() {
   dispatch_release(q);
 }
 
+static void check_exceptions() {
+  dispatch_queue_t q = dispatch_queue_create("selftest.throw", nullptr);
+  std::string caught = "(nothing)";
+  try {
+    dispatch_sync(q, ^{
+      throw std::runtime_error("thrown in a block");
+    });
+  } catch (const std::runtime_error& e) {
+    caught = e.what();
+  }
+  __block int after = 0;
+  dispatch_sync(q, ^{
+    after = 1;
+  });
+  CHECK(caught == "thrown in a block" && after == 1, "a C++ exception leaves dispatch_sync; the queue stays usable",
+        "caught \"%s\", next block ran: %d", caught.c_str(), after);
+  dispatch_release(q);
+}
+
 static void check_reenter_child() {
   ChildResult r = run_child("reenter");
   CHECK(r.aborted() && r.has("mpsemu: VIOLATION: dispatch_sync onto queue 'selftest.reenter'") && !r.has("unreachable"),
@@ -746,7 +766,8 @@ static void check_blits() {
 
 int main(int argc, char** argv) {
   if (argc == 3 && !strcmp(argv[1], "--child")) return run_child_mode(argv[2]);
-  mpsemu_configure(7, 50);
+  const char* seed = getenv("MPSEMU_SEED");
+  mpsemu_configure(seed ? strtoull(seed, nullptr, 0) : 7, 50);
   @autoreleasepool {
     g_device = MTLCreateSystemDefaultDevice();
     check_set_semantics();
@@ -763,6 +784,7 @@ int main(int argc, char** argv) {
     check_heap();
     check_command_buffer_counts();
     check_misuse_violations();
+    check_exceptions();
     check_reenter_child();
     check_cycle_child();
     check_two_threads_child();

@@ -537,9 +537,9 @@ using namespace mpsemu;
   if (now) {
     // Already complete: run it on the completion thread after what is queued there.
     work_begin();
+    Completion c{[self retain], st, std::vector<MTLCommandBufferHandler>{copy}, true};
     hb_release(&st->complete_token);
-    std::vector<MTLCommandBufferHandler> one{copy};
-    push_completion(st->core.get(), Completion{[self retain], st, std::move(one), true});
+    push_completion(st->core.get(), std::move(c));
   }
 }
 
