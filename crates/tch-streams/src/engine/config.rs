@@ -26,7 +26,8 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_micros(200);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Batching {
     /// The engine decides (default): dynamic batching when every input's shape is known and the
-    /// model passes the batch-independence check, with `max_batch` from a short calibration at
+    /// model passes the batch-independence check (see [`Batching::Dynamic`]; a model the check
+    /// refuses or cannot decide on is served unbatched, with the reason in the configuration), with `max_batch` from a short calibration at
     /// build time (forward times at 1, 2, 4, … samples up to
     /// [`AUTO_MAX_BATCH`](super::AUTO_MAX_BATCH); the smallest size within 90 % of the best
     /// throughput measured) and no wait beyond what is already queued; otherwise off. [`Engine::config`](super::Engine::config)
@@ -38,6 +39,13 @@ pub enum Batching {
     /// Requests of compatible shape are concatenated along dim 0, up to `max_batch` samples or
     /// until `max_wait` has passed since the first one was taken, padded to the next bucket size
     /// (see [`EngineBuilder::buckets`]), run once, and split back without the padding.
+    ///
+    /// When every input's shape is known ([`EngineBuilder::inputs`]), `build()` first runs the
+    /// batch-independence check: two samples alone, then together, every output compared. A
+    /// model whose answers change with company (batch statistics, a reduction over dim 0, an
+    /// output whose shape depends on the batch), or that the check cannot run (the model fails on
+    /// the check's samples), is a build error that says so. Without the shapes nothing is checked
+    /// (the engine's configuration says so in its reasons).
     Dynamic {
         /// Most samples (rows along dim 0) in one batch.
         max_batch: usize,

@@ -175,22 +175,33 @@ impl Engine {
                 .map(|i| b.inputs.get(i).and_then(|e| e.sample_shape.clone().map(|s| (s, e.kind.unwrap_or(tch::Kind::Float)))))
                 .collect()
         };
-        // The check and the calibration run the user's model on this thread: a panic in it is
-        // caught here and reported (or, for the defaults, turns batching off).
+        // The check and the calibration run the user's model on this thread. The check catches
+        // the model's panics itself; one caught here is the check's own.
         let checked = |model: &Arc<dyn Forward>, specs: &[(Vec<i64>, tch::Kind)]| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| independence::check(&**model, assigned[0], specs))).unwrap_or_else(|p| {
-                Err(EngineError::Build(format!("the model panicked during the batch-independence check: {}", worker::panic_message(&*p))))
+                Err(independence::Refusal::Undecided(format!(
+                    "the check itself failed ({}; please report it as a tch-streams bug)",
+                    worker::panic_message(&*p)
+                )))
             })
         };
         let mut calibration = Vec::new();
         let batching = match (b.batching, &known, models.first()) {
             (Batching::Dynamic { .. }, Some(specs), Some(model)) => {
-                checked(model, specs)?;
+                checked(model, specs).map_err(|refusal| EngineError::Build(refusal.to_string()))?;
+                b.batching
+            }
+            (Batching::Dynamic { .. }, None, _) => {
+                reasons.push(
+                    "batching: dynamic as given, unchecked (the inputs' shapes are unknown: give them with .inputs() so that \
+                     build() can check that the model keeps samples apart)"
+                        .into(),
+                );
                 b.batching
             }
             (Batching::Auto, Some(specs), Some(model)) if b.warmup => match checked(model, specs) {
-                Err(e) => {
-                    reasons.push(format!("batching: off ({e})"));
+                Err(refusal) => {
+                    reasons.push(format!("batching: off ({refusal})"));
                     Batching::Off
                 }
                 Ok(()) => {
