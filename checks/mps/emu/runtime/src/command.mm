@@ -217,9 +217,12 @@ void timeline_main(std::shared_ptr<QueueCore> core) {
     }
     if (!scheduled.empty()) push_completion(core.get(), Completion{[cb retain], st, std::move(scheduled), false});
 
-    for (const Op& op : st->ops) {
-      jitter.delay();
-      execute(op, who);
+    {
+      AutoreleaseScope pool;  // what kernels autorelease is released when the buffer's work is done
+      for (const Op& op : st->ops) {
+        jitter.delay();
+        execute(op, who);
+      }
     }
     jitter.delay();
     st->end_time = (double)now_ns() * 1e-9;
