@@ -11,7 +11,8 @@
 # A .mm file the patch touches that has no vendored text is left out of both trees (run.sh reports
 # what it lacks). Prints OUT/wheel/torch/include on its last line.
 #
-# Usage: prepare-trees.sh VERSION OUT
+# Usage: prepare-trees.sh VERSION OUT [PATCH]   (PATCH: another cumulative patch file for VERSION,
+#        e.g. an earlier revision: git show REV:patches/v2.11.0/tch-streams-mps-v2.11.0.patch)
 # Needs unzip, git, python3, and the wheel in ${TCH_STREAMS_HOME:-~/.cache/tch-streams}/wheels
 # (downloaded with pip when missing, as check-patch does).
 set -euo pipefail
@@ -19,7 +20,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 V="$1" OUT="$2"
 CACHE="${TCH_STREAMS_HOME:-$HOME/.cache/tch-streams}"
 WHEELS="$CACHE/wheels"
-PATCH="$ROOT/patches/v$V/tch-streams-mps-v$V.patch"
+PATCH="${3:-$ROOT/patches/v$V/tch-streams-mps-v$V.patch}"
 LOCK="$ROOT/vendor/v$V/mps-context.lock"
 [ -f "$PATCH" ] || { echo "prepare-trees: no $PATCH" >&2; exit 1; }
 
@@ -72,5 +73,6 @@ done <<<"$files"
 # new files of the patch
 while read -r path kind; do [ "$kind" = new ] && include+=(--include="$path"); done <<<"$files"
 cp -r "$OUT/base" "$OUT/patched"
-(cd "$OUT/patched" && git apply "${include[@]}" "$PATCH")
+# (GIT_CEILING_DIRECTORIES: OUT may lie inside a git work tree, whose root git apply would use)
+(cd "$OUT/patched" && GIT_CEILING_DIRECTORIES="$(cd "$OUT" && pwd)" git apply "${include[@]}" "$PATCH")
 echo "$OUT/wheel/torch/include"

@@ -1,0 +1,549 @@
+// mps-emu targeted tests: one interleaving per bug of the review (H1, H2, H3, M1, M2, M4) and per
+// earlier finding whose fix must stay (turn-2 findings 1 and 2 of issue #16), each forced with
+// gates (kernels that hold a queue's GPU timeline until the test opens them) and threads parked
+// inside a stream's serial queue. Each passes on code without the bug and fails, with a message
+// that names it, on code with it (a value check, a hang caught by a deadline, an emulator
+// violation, or a sanitizer report: the test name says which build must see it, see run.sh).
+//
+// Usage: targeted NAME    (h1 h2 h3 m1 m2 m4 turn2-event-reuse turn2-leak-prev); one test per
+// process, so that each starts from a fresh allocator, event pool and stream pool.
+#include "harness.h"
+
+#include <cinttypes>
+#include <cstring>
+#include <map>
+
+using namespace mpsemu_test;
+using namespace std::chrono_literals;
+using at::mps::MPSStream;
+using at::mps::SyncType;
+
+namespace {
+
+const char* g_test = "?";
+
+bool result(const char* detail) {
+  const bool pass = failures() == 0 && mpsemu_violations() == 0;
+  if (failures() == 0 && mpsemu_violations() != 0) {
+    fail(g_test, "%" PRIu64 " emulator violations, last: %s", mpsemu_violations(), mpsemu_last_violation());
+  }
+  std::printf("RESULT %s %s %s\n", g_test, pass ? "pass" : "fail", detail);
+  std::fflush(stdout);
+  return pass;
+}
+
+// A host-side flag a kernel sets when it runs.
+struct Flag {
+  std::atomic<int> value{0};
+};
+
+void encodeSet(MPSStream* s, Flag* f, int v) {
+  encodeKernel(s, {}, ^() {
+    f->value.store(v);
+  });
+}
+
+MPSStream* poolStream(int64_t id) {
+  return at::mps::getStreamByID(id);
+}
+
+// Sets the MPS allocator's high watermark so that at most `headroom` bytes more than the device
+// has allocated now may be allocated.
+void limitAllocations(size_t headroom) {
+  at::mps::IMPSAllocator* a = at::mps::getIMPSAllocator();
+  const double max = static_cast<double>(a->getRecommendedMaxMemory());
+  const double current = static_cast<double>(a->getDriverAllocatedMemory());
+  a->setHighWatermarkRatio((current + static_cast<double>(headroom)) / max);
+}
+
+// No high watermark (ratio 0).
+void unlimitAllocations() {
+  at::mps::getIMPSAllocator()->setHighWatermarkRatio(0.0);
+}
+
+// ------------------------------------------------------------------------------------------------
+// H1: an event recorded on a busy stream P1 and then on an idle stream P2. P2's signal (the newer
+// value) lands first; when P1 finishes, its older signal SETS the event's value back. A query must
+// then still say "complete", and waits and synchronize() must return.
+int testH1() {
+  MPSStream* p1 = poolStream(1);
+  MPSStream* p2 = poolStream(2);
+  MPSStream* p3 = poolStream(3);
+  Gate busy;
+  encodeGate(p1, &busy);
+  p1->synchronize(SyncType::COMMIT);
+
+  c10::Event ev(c10::DeviceType::MPS);
+  ev.record(p1->unwrap()); // behind the gate
+  ev.record(p2->unwrap()); // P2 is idle: lands at once, unless ordered behind P1's signal
+  std::this_thread::sleep_for(300ms);
+  busy.open();
+  guard()->synchronizeStream(p1->unwrap());
+  guard()->synchronizeStream(p2->unwrap());
+
+  if (!ev.query()) {
+    fail(g_test, "query() is false after both streams the event was recorded on have finished (the busy stream's "
+                 "older signal moved the event's value back)");
+  }
+  Flag ran;
+  const bool waited = finishesWithin(5000ms, [&] {
+    ev.block(p3->unwrap());
+    encodeSet(p3, &ran, 1);
+    guard()->synchronizeStream(p3->unwrap());
+  });
+  if (!waited || ran.value.load() != 1) {
+    fail(g_test, "a stream that waits on the event did not finish within 5 s (its GPU wait is for a value the "
+                 "event no longer reaches)");
+    result("hang=wait");
+    endNow(1);
+  }
+  const bool synced = finishesWithin(5000ms, [&] { ev.synchronize(); });
+  if (!synced) {
+    fail(g_test, "synchronize() on the event did not return within 5 s");
+    result("hang=synchronize");
+    endNow(1);
+  }
+  return result("recorded-on=busy,idle") ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// H2: emptyCache() walks the cached buffers; releasing a busy one hops onto its owner stream's
+// queue with the allocator's lock dropped. Meanwhile another thread (on the owner stream, so the
+// reuse rule allows it) takes the next cached buffer out of the list. The walk must not touch the
+// node that was removed (AddressSanitizer: heap-use-after-free).
+int testH2() {
+  MPSStream* s = poolStream(1);
+  at::mps::setCurrentMPSStream(s);
+  at::mps::IMPSAllocator* alloc = at::mps::getIMPSAllocator();
+  Gate busy, queueHeld;
+  encodeGate(s, &busy);
+  s->synchronize(SyncType::COMMIT);
+
+  // two busy cached buffers of one heap, the smaller one first in the walk; a third keeps the heap
+  c10::DataPtr keep = alloc->allocate(16 << 10);
+  c10::DataPtr b1 = alloc->allocate(64 << 10);
+  c10::DataPtr b2 = alloc->allocate(128 << 10);
+  encodeKernel(s, {bufferOf(b1), bufferOf(b2)}, ^() {
+  });
+  s->synchronize(SyncType::COMMIT);
+  b1.clear();
+  b2.clear();
+
+  // a thread parked inside the owner stream's queue
+  std::thread holder([&] {
+    at::mps::dispatch_sync_with_rethrow(s->queue(), ^() {
+      queueHeld.wait();
+    });
+  });
+  queueHeld.waitArrived();
+
+  std::atomic<bool> emptied{false};
+  std::thread walker([&] {
+    alloc->emptyCache();
+    emptied = true;
+  });
+  std::this_thread::sleep_for(300ms); // the walker is now waiting for the owner's queue, lock dropped
+
+  c10::DataPtr taken;
+  std::thread taker([&] {
+    at::mps::setCurrentMPSStream(s);
+    taken = alloc->allocate(128 << 10);
+  });
+  const bool tookInTime = finishesWithin(3000ms, [&] { taker.join(); });
+  queueHeld.open();
+  holder.join();
+  if (!tookInTime) {
+    // the walker kept the allocator's lock while it waited (no use-after-free possible); fine
+    std::printf("h2: the second allocation waited for the walk (the allocator kept its lock)\n");
+    if (!finishesWithin(10000ms, [&] { taker.join(); })) {
+      fail(g_test, "the second allocation did not return within 10 s of the queue being released");
+      busy.open();
+      result("hang=allocate");
+      endNow(1);
+    }
+  }
+  if (!finishesWithin(10000ms, [&] { walker.join(); })) {
+    fail(g_test, "emptyCache() did not return within 10 s of the queue being released");
+    busy.open();
+    result("hang=emptyCache");
+    endNow(1);
+  }
+  busy.open();
+
+  // the buffer the second thread got must work
+  Flag okFlag;
+  Flag* ok = &okFlag;
+  id<MTLBuffer> t = bufferOf(taken);
+  encodeKernel(s, {t}, ^() {
+    auto* p = static_cast<uint32_t*>([t contents]);
+    for (uint32_t k = 0; k < (128u << 10) / 4; ++k) p[k] = k ^ 0x5a5a5a5au;
+    bool good = true;
+    for (uint32_t k = 0; k < (128u << 10) / 4; ++k) good = good && p[k] == (k ^ 0x5a5a5a5au);
+    ok->value = good ? 1 : 2;
+  });
+  guard()->synchronizeStream(s->unwrap());
+  if (ok->value.load() != 1) {
+    fail(g_test, "the buffer allocated during emptyCache() did not hold what a kernel wrote (flag %d)", ok->value.load());
+  }
+  taken.clear();
+  keep.clear();
+  guard()->synchronizeDevice(0);
+  return result(emptied ? "empty-cache=returned" : "empty-cache=?") ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// H3: inside a block of its own stream's queue, with the stream's compute encoder open (an op in
+// the middle of encoding), a thread allocates under memory pressure; the allocator releases a busy
+// cached buffer of that stream. The op's encoder must still be open afterwards: encoding into it
+// again must work (the emulator reports encoding into an ended encoder).
+int testH3() {
+  MPSStream* s = poolStream(1);
+  at::mps::setCurrentMPSStream(s);
+  at::mps::IMPSAllocator* alloc = at::mps::getIMPSAllocator();
+  Gate busy;
+  encodeGate(s, &busy);
+  s->synchronize(SyncType::COMMIT);
+
+  c10::DataPtr keep = alloc->allocate(16 << 10); // keeps the heap of `cached` alive
+  c10::DataPtr cached = alloc->allocate(16 << 10);
+  encodeKernel(s, {bufferOf(cached)}, ^() {
+  });
+  s->synchronize(SyncType::COMMIT);
+  cached.clear(); // cached, busy, owned by s
+
+  limitAllocations(8 << 10); // the next 16 KiB allocation is over the limit
+  Flag firstFlag, secondFlag;
+  Flag* first = &firstFlag;
+  Flag* second = &secondFlag;
+  __block bool oom = false;
+  __block std::string what;
+  at::mps::dispatch_sync_with_rethrow(s->queue(), ^() {
+    id<MTLComputeCommandEncoder> encoder = s->commandEncoder();
+    mpsemu_encode_kernel(encoder, ^() {
+      first->value = 1;
+    });
+    try {
+      c10::DataPtr more = at::mps::getIMPSAllocator()->allocate(16 << 10);
+    } catch (const c10::Error& e) {
+      oom = true;
+      what = e.what_without_backtrace();
+    }
+    const uint64_t before = mpsemu_violations();
+    mpsemu_encode_kernel(encoder, ^() {
+      second->value = 1;
+    });
+    if (mpsemu_violations() != before) {
+      fail(g_test, "the allocator ended the compute encoder of the op that was encoding on this stream (%s)",
+           mpsemu_last_violation());
+    }
+  });
+  unlimitAllocations();
+  busy.open();
+  guard()->synchronizeStream(s->unwrap());
+  if (first->value.load() != 1 || second->value.load() != 1) {
+    fail(g_test, "kernels encoded around the allocation did not both run: first %d, second %d", first->value.load(),
+         second->value.load());
+  }
+  std::printf("h3: the allocation over the limit %s\n", oom ? ("raised: " + what.substr(0, 120)).c_str() : "succeeded");
+  keep.clear();
+  guard()->synchronizeDevice(0);
+  return result(oom ? "allocation=raised" : "allocation=succeeded") ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// M1: two threads, each inside a block of its own stream's queue (an op encoding), allocate under
+// memory pressure; each allocation releases a busy cached buffer owned by the other thread's
+// stream. Hopping from queue A onto B on one thread while the other hops from B onto A is a
+// deadlock (the emulator reports the dispatch_sync cycle); both allocations must return.
+int testM1() {
+  MPSStream* a = poolStream(1);
+  MPSStream* b = poolStream(2);
+  at::mps::IMPSAllocator* alloc = at::mps::getIMPSAllocator();
+  Gate busyA, busyB;
+  encodeGate(a, &busyA);
+  encodeGate(b, &busyB);
+  a->synchronize(SyncType::COMMIT);
+  b->synchronize(SyncType::COMMIT);
+
+  // cached busy buffers: 32 KiB owned by A, 16 KiB owned by B; thread A asks for 16 KiB (finds
+  // B's), thread B for 32 KiB (finds A's)
+  auto make = [&](MPSStream* s, size_t bytes, c10::DataPtr* keep) {
+    at::mps::setCurrentMPSStream(s);
+    *keep = alloc->allocate(16 << 10);
+    c10::DataPtr d = alloc->allocate(bytes);
+    encodeKernel(s, {bufferOf(d)}, ^() {
+    });
+    s->synchronize(SyncType::COMMIT);
+  };
+  c10::DataPtr keepA, keepB;
+  std::thread([&] { make(a, 32 << 10, &keepA); }).join();
+  std::thread([&] { make(b, 16 << 10, &keepB); }).join();
+
+  limitAllocations(8 << 10);
+  struct Rendezvous {
+    std::mutex m;
+    std::condition_variable cv;
+    int inside = 0;
+    void arrive() {
+      std::unique_lock<std::mutex> lock(m);
+      ++inside;
+      cv.notify_all();
+      cv.wait(lock, [this] { return inside == 2; });
+    }
+  } both;
+  Rendezvous* rv = &both;
+  std::atomic<int> returned{0};
+  auto op = [&](MPSStream* s, size_t bytes) {
+    at::mps::setCurrentMPSStream(s);
+    at::mps::dispatch_sync_with_rethrow(s->queue(), ^() {
+      rv->arrive(); // both threads inside their own stream's block
+      try {
+        c10::DataPtr d = at::mps::getIMPSAllocator()->allocate(bytes);
+      } catch (const c10::Error&) {
+        // over the limit: raising is fine, hanging is not
+      }
+    });
+    returned++;
+  };
+  std::thread ta([&] { op(a, 16 << 10); });
+  std::thread tb([&] { op(b, 32 << 10); });
+  const bool done = finishesWithin(10000ms, [&] {
+    ta.join();
+    tb.join();
+  });
+  if (!done) {
+    fail(g_test, "two threads allocating inside their own streams' blocks did not return within 10 s (%d returned): "
+                 "a cross-stream hop cycle", returned.load());
+    busyA.open();
+    busyB.open();
+    result("hang=allocate");
+    endNow(1);
+  }
+  unlimitAllocations();
+  busyA.open();
+  busyB.open();
+  keepA.clear();
+  keepB.clear();
+  guard()->synchronizeDevice(0);
+  return result("threads=2") ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// M2: (a) two threads synchronize one pending event at once (the event's listener is created on
+// first use); (b) a timing event's completion listener of an earlier holder must not reach the
+// next holder of the pooled event: the next holder's synchronize() must not return before its own
+// recorded work has finished. ThreadSanitizer sees unsynchronized writes of the listener and of
+// the completion state.
+int testM2() {
+  MPSStream* p1 = poolStream(1);
+  MPSStream* p2 = poolStream(2);
+  {
+    Gate busy;
+    encodeGate(p1, &busy);
+    c10::Event ev(c10::DeviceType::MPS);
+    ev.record(p1->unwrap());
+    std::thread x([&] { ev.synchronize(); });
+    std::thread y([&] { ev.synchronize(); });
+    std::this_thread::sleep_for(100ms);
+    busy.open();
+    if (!finishesWithin(5000ms, [&] {
+          x.join();
+          y.join();
+        })) {
+      fail(g_test, "two threads synchronizing one event: not both returned within 5 s of its signal");
+      result("hang=synchronize");
+      endNow(1);
+    }
+  }
+  guard()->synchronizeDevice(0);
+  for (int round = 0; round < 20; ++round) {
+    Gate busy1, busy2;
+    encodeGate(p1, &busy1);
+    {
+      c10::Event first(c10::DeviceType::MPS, c10::EventFlag::BACKEND_DEFAULT); // timing: a listener per record
+      first.record(p1->unwrap());
+    } // back to the pool, its signal (and listener) pending
+    busy1.open();
+    guard()->synchronizeStream(p1->unwrap()); // settled: the pool may hand it out again
+
+    Flag done;
+    encodeGate(p2, &busy2);
+    encodeSet(p2, &done, 1);
+    c10::Event second(c10::DeviceType::MPS, c10::EventFlag::BACKEND_DEFAULT);
+    second.record(p2->unwrap());
+    const bool early = finishesWithin(300ms, [&] { second.synchronize(); });
+    if (early) {
+      fail(g_test, "round %d: synchronize() of a newly recorded event returned while its stream was still blocked "
+                   "(the earlier holder's completion listener reached the new holder)", round);
+    }
+    busy2.open();
+    if (!finishesWithin(5000ms, [&] { guard()->synchronizeStream(p2->unwrap()); })) {
+      fail(g_test, "round %d: the stream did not finish within 5 s", round);
+      result("hang=synchronizeStream");
+      endNow(1);
+    }
+    if (failures()) {
+      break;
+    }
+  }
+  guard()->synchronizeDevice(0);
+  mpsemu_quiesce(10000);
+  return result("rounds=20") ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// M4: memory is at the allocator's limit and the cached buffers of the requested size (17 of them,
+// more than the reuse scan looks at) are busy on another stream, which will finish shortly. An
+// allocation on this stream must not fail with out-of-memory: that stream's work frees the memory.
+int testM4() {
+  MPSStream* other = poolStream(2);
+  MPSStream* mine = poolStream(1);
+  at::mps::IMPSAllocator* alloc = at::mps::getIMPSAllocator();
+  Gate busy;
+  encodeGate(other, &busy);
+  other->synchronize(SyncType::COMMIT);
+  std::thread([&] {
+    at::mps::setCurrentMPSStream(other);
+    std::vector<c10::DataPtr> held;
+    std::vector<id<MTLBuffer>> bufs;
+    for (int k = 0; k < 17; ++k) {
+      held.push_back(alloc->allocate(64 << 10));
+      bufs.push_back(bufferOf(held.back()));
+    }
+    encodeKernel(other, bufs, ^() {
+    });
+    other->synchronize(SyncType::COMMIT);
+  }).join(); // all 17 freed: cached, busy on `other`
+
+  limitAllocations(32 << 10);
+  std::thread opener([&] {
+    std::this_thread::sleep_for(300ms);
+    busy.open();
+  });
+  at::mps::setCurrentMPSStream(mine);
+  std::string error;
+  c10::DataPtr got;
+  try {
+    got = alloc->allocate(64 << 10);
+  } catch (const c10::Error& e) {
+    error = e.what_without_backtrace();
+  }
+  opener.join();
+  unlimitAllocations();
+  if (!error.empty()) {
+    fail(g_test, "out of memory while 17 cached buffers of the size were busy on another stream that was about to "
+                 "finish: %s", error.substr(0, 200).c_str());
+  }
+  got.clear();
+  guard()->synchronizeDevice(0);
+  return result(error.empty() ? "allocation=succeeded" : "allocation=raised") ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Turn 2, finding 1: a pooled event whose last signal is still pending (its earlier holder
+// recorded it on a busy stream) must not go to a new holder: the late signal would land after the
+// new holder's own and move the value back.
+int testTurn2EventReuse() {
+  MPSStream* p1 = poolStream(1);
+  MPSStream* p2 = poolStream(2);
+  MPSStream* p3 = poolStream(3);
+  Gate busy;
+  encodeGate(p1, &busy);
+  p1->synchronize(SyncType::COMMIT);
+  {
+    c10::Event first(c10::DeviceType::MPS);
+    first.record(p1->unwrap());
+  } // back to the pool with its signal pending
+  Flag before;
+  encodeSet(p2, &before, 1);
+  c10::Event second(c10::DeviceType::MPS);
+  second.record(p2->unwrap()); // P2 is idle
+  const bool prompt = finishesWithin(3000ms, [&] { second.synchronize(); });
+  if (!prompt) {
+    fail(g_test, "an event recorded only on an idle stream did not complete within 3 s while an unrelated stream was "
+                 "busy (it was handed out with an earlier holder's signal pending)");
+  } else if (before.value.load() != 1) {
+    fail(g_test, "synchronize() returned before the work recorded ahead of the event ran");
+  }
+  busy.open();
+  guard()->synchronizeStream(p1->unwrap());
+  guard()->synchronizeStream(p2->unwrap());
+  if (!second.query()) {
+    fail(g_test, "query() is false after the event's stream finished (a late signal of the earlier holder moved its "
+                 "value back)");
+  }
+  Flag ran;
+  if (!finishesWithin(5000ms, [&] {
+        second.block(p3->unwrap());
+        encodeSet(p3, &ran, 1);
+        guard()->synchronizeStream(p3->unwrap());
+      })) {
+    fail(g_test, "a stream waiting on the event did not finish within 5 s");
+    result("hang=wait");
+    endNow(1);
+  }
+  return result("pending-holder=1") ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Turn 2, finding 2: with commitAndContinue off (the MPS profiler's signposts or a capture),
+// flush() keeps the newest committed command buffer; each commit must release the one it kept
+// before. After a final wait, no command buffer may be left alive.
+int testTurn2LeakPrev() {
+  const size_t baseline = mpsemu_live_command_buffers();
+  MPSStream* s = poolStream(1);
+  Flag last;
+  for (int k = 0; k < 20; ++k) {
+    encodeSet(s, &last, k + 1);
+    s->synchronize(SyncType::COMMIT);
+  }
+  s->synchronize(SyncType::COMMIT_AND_WAIT);
+  if (last.value.load() != 20) {
+    fail(g_test, "the last kernel's value is %d, expected 20", last.value.load());
+  }
+  mpsemu_quiesce(10000);
+  const long leaked = static_cast<long>(mpsemu_live_command_buffers()) - static_cast<long>(baseline);
+  if (leaked != 0) {
+    fail(g_test, "%ld command buffers alive after COMMIT_AND_WAIT with commitAndContinue off (20 commits)", leaked);
+  }
+  char detail[64];
+  snprintf(detail, sizeof detail, "commits=20 leaked-command-buffers=%ld", leaked);
+  return result(detail) ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  const std::map<std::string, int (*)()> tests = {
+      {"h1", testH1},
+      {"h2", testH2},
+      {"h3", testH3},
+      {"m1", testM1},
+      {"m2", testM2},
+      {"m4", testM4},
+      {"turn2-event-reuse", testTurn2EventReuse},
+      {"turn2-leak-prev", testTurn2LeakPrev},
+  };
+  if (argc != 2 || tests.count(argv[1]) == 0) {
+    std::fprintf(stderr, "usage: %s NAME; names:", argv[0]);
+    for (const auto& t : tests) std::fprintf(stderr, " %s", t.first.c_str());
+    std::fprintf(stderr, "\n");
+    return 2;
+  }
+  g_test = argv[1];
+  if (std::strcmp(g_test, "turn2-leak-prev") == 0) {
+    // before the first stream exists: streams then run with commitAndContinue off
+    setenv("MPSEMU_PROFILER_CAPTURE", "1", 1);
+  }
+  Watchdog watchdog(g_test, 120);
+  int status = 1;
+  try {
+    status = tests.at(g_test)();
+  } catch (const std::exception& e) {
+    fail(g_test, "exception: %s", e.what());
+    result("exception=1");
+    status = 1;
+  }
+  // No static destructors: a test that found a hang has threads stuck in the backend.
+  endNow(status);
+}
