@@ -8,12 +8,14 @@
 #   5. libtorch 2.11.0 / tch 0.24: the library's tests and the examples again (scripts/compat.sh);
 #      TCH_STREAMS_COMPAT=0 skips this step; the shim is also compiled against 2.12.0's headers;
 #   6. the serving comparison's report on a made-up run (scripts/serve-perf/test_report.py);
-#   7. static checks of the MPS patch (scripts/check-patch.sh).
+#   7. the library as published: `cargo publish -p tch-streams --dry-run` packages it and builds
+#      the package on its own (nothing outside crates/tch-streams reaches it), timed;
+#   8. static checks of the MPS patch (scripts/check-patch.sh).
 # GPU tests are #[ignore]d here; run them on a GPU machine with `cargo test --release -- --include-ignored`.
 # Extra arguments go to cargo test, e.g. `scripts/test.sh stream_` to filter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 step() { printf '\n==> %s\n' "$*"; }
 START=$(date +%s)
 
@@ -43,6 +45,15 @@ fi
 
 step "serving comparison report (scripts/serve-perf/report.py on a made-up run)"
 python3 scripts/serve-perf/test_report.py
+
+step "the published crate: cargo publish -p tch-streams --dry-run (libtorch $TCH_STREAMS_TORCH)"
+# Packages the library and builds the package alone, in the warm target dir (dev profile).
+# --allow-dirty: CI's checkout is clean; locally this checks work in progress. The packaged crate
+# is its own workspace, so the workspace's sha2 opt-level (the build record hashes ~450 MB) is
+# passed in here.
+T0=$(date +%s)
+cargo publish -p tch-streams --dry-run --allow-dirty --config 'profile.dev.package.sha2.opt-level=3'
+echo "publish dry-run: $(( $(date +%s) - T0 )) s"
 
 if [ -x scripts/check-patch.sh ]; then
   # Last: the header check compiles against Linux torch 2.11.0 (the venv compat.sh set up).

@@ -11,6 +11,9 @@
 //! For dependents (`links = "tch_streams"`): `DEP_TCH_STREAMS_LIBTORCH_LIB`, the lib dir, which an
 //! app's build script puts on its rpath (link args never reach a dependent's binary).
 //!
+//! Everything this script reads lies inside the crate (`src/shim`, `src/runtime/library_names.rs`)
+//! or in the libtorch it links, so it works from the published crate too.
+//!
 //! libtorch_cuda is deliberately *not* force-linked here: no link flag of ours reaches an app's
 //! binary, so the library loads it at run time instead (`runtime::load_backends`), and the crate's
 //! own tests go through that same path.
