@@ -10,12 +10,14 @@
 #   6. the serving comparison's report on a made-up run (scripts/serve-perf/test_report.py);
 #   7. the library as published: `cargo publish -p tch-streams --dry-run` packages it and builds
 #      the package on its own (nothing outside crates/tch-streams reaches it), timed;
-#   8. static checks of the MPS patch (scripts/check-patch.sh).
+#   8. the library's docs as docs.rs builds them: feature doc-only, no libtorch in reach, every
+#      rustdoc warning (broken intra-doc links included) an error, timed;
+#   9. static checks of the MPS patch (scripts/check-patch.sh).
 # GPU tests are #[ignore]d here; run them on a GPU machine with `cargo test --release -- --include-ignored`.
 # Extra arguments go to cargo test, e.g. `scripts/test.sh stream_` to filter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 step() { printf '\n==> %s\n' "$*"; }
 START=$(date +%s)
 
@@ -54,6 +56,16 @@ step "the published crate: cargo publish -p tch-streams --dry-run (libtorch $TCH
 T0=$(date +%s)
 cargo publish -p tch-streams --dry-run --allow-dirty --config 'profile.dev.package.sha2.opt-level=3'
 echo "publish dry-run: $(( $(date +%s) - T0 )) s"
+
+step "docs as docs.rs builds them (doc-only, no libtorch in reach, warnings are errors)"
+# No LIBTORCH, no LIBTORCH_USE_PYTORCH, no venv on PATH: nothing could find a libtorch. Its own
+# target dir, so the main build's stays warm.
+T0=$(date +%s)
+NO_VENV_PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -v "^$TCH_STREAMS_HOME/venv-" | paste -sd: -)
+env -u LIBTORCH -u LIBTORCH_USE_PYTORCH -u LD_LIBRARY_PATH PATH="$NO_VENV_PATH" DOCS_RS=1 \
+  RUSTDOCFLAGS="-D warnings -D rustdoc::broken-intra-doc-links" CARGO_TARGET_DIR="$TCH_STREAMS_HOME/target-docs" \
+  cargo doc -p tch-streams --no-deps --features doc-only
+echo "docs (doc-only): $(( $(date +%s) - T0 )) s"
 
 if [ -x scripts/check-patch.sh ]; then
   # Last: the header check compiles against Linux torch 2.11.0 (the venv compat.sh set up).

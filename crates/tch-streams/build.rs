@@ -11,6 +11,9 @@
 //! For dependents (`links = "tch_streams"`): `DEP_TCH_STREAMS_LIBTORCH_LIB`, the lib dir, which an
 //! app's build script puts on its rpath (link args never reach a dependent's binary).
 //!
+//! With the `doc-only` feature (docs.rs: no libtorch, no network) nothing is compiled, generated
+//! or hashed: see `doc_only` below.
+//!
 //! Everything this script reads lies inside the crate (`src/shim`, `src/runtime/library_names.rs`)
 //! or in the libtorch it links, so it works from the published crate too.
 //!
@@ -27,6 +30,11 @@ use std::path::{Path, PathBuf};
 const PATCH_STAMP: &str = "tch-streams-patch-id";
 
 fn main() {
+    println!("cargo:rustc-check-cfg=cfg(tss_cuda_graphs)");
+    if std::env::var_os("CARGO_FEATURE_DOC_ONLY").is_some() {
+        doc_only();
+        return;
+    }
     let lib_dir = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
         Ok(d) => PathBuf::from(d),
         Err(_) => panic!(
@@ -73,6 +81,17 @@ fn main() {
     println!("cargo:rustc-env=TCH_STREAMS_BUILT_PATCH_ID={patch_id}");
     // Reaches build scripts of crates that depend on us (DEP_TCH_STREAMS_LIBTORCH_LIB).
     println!("cargo:libtorch_lib={}", lib_dir.display());
+}
+
+/// The `doc-only` build: tch and torch-sys (`tch/doc-only`) link no libtorch, so there is no
+/// shim to compile, no header of libtorch's to read, and no library to record. `src/ffi.rs`
+/// then declares the shim's functions itself instead of bindgen's output, and the build record
+/// is empty. Such a build only type-checks and documents: it does not link.
+fn doc_only() {
+    write_built_libs(&[]);
+    for key in ["LIB_DIR", "TORCH_VERSION", "CPU_SHA256", "CUDA_SHA256", "PATCH_ID"] {
+        println!("cargo:rustc-env=TCH_STREAMS_BUILT_{key}=");
+    }
 }
 
 // The rule the runtime verifier uses too.
@@ -138,7 +157,6 @@ fn compile_shim(includes: &[PathBuf]) {
 /// `TCH_STREAMS_CUDA_GRAPHS=0` opts out. The `cuda-graphs` feature makes them mandatory: the
 /// build fails, saying what is missing, instead of leaving them out.
 fn cuda_graphs(includes: &[PathBuf], lib_dir: &Path) {
-    println!("cargo:rustc-check-cfg=cfg(tss_cuda_graphs)");
     println!("cargo:rerun-if-env-changed=TCH_STREAMS_CUDA_GRAPHS");
     println!("cargo:rerun-if-env-changed=CUDA_INCLUDE_DIR");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");

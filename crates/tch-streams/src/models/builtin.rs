@@ -12,12 +12,12 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Builtin {
-    /// MLP 512-1024-1024-512 (ReLU); samples of shape [512]; default batch 1.
+    /// MLP 512-1024-1024-512 (ReLU); samples of shape `[512]`; default batch 1.
     SmallMlp,
-    /// MLP 2048-4096-4096-2048 (ReLU); samples of shape [2048]; default batch 64.
+    /// MLP 2048-4096-4096-2048 (ReLU); samples of shape `[2048]`; default batch 64.
     LargeMlp,
     /// Transformer encoder layer, d_model 256, 4 heads, feed-forward 1024, post-norm, ReLU;
-    /// samples of shape [64, 256] (sequence 64); default batch 1.
+    /// samples of shape `[64, 256]` (sequence 64); default batch 1.
     Transformer,
 }
 
