@@ -48,14 +48,17 @@ pub(crate) struct Completer {
 }
 
 impl Completer {
-    pub(crate) fn start(index: usize, metrics: Arc<Metrics>) -> std::io::Result<Completer> {
+    pub(crate) fn start(index: usize, engine: u64, metrics: Arc<Metrics>) -> std::io::Result<Completer> {
         let (tx, rx) = bounded::<Launched>(DEPTH);
         let (spare_tx, spare) = bounded::<Event>(DEPTH + 2);
         let handle = std::thread::Builder::new()
             .name(format!("tch-streams-complete-{index}"))
             .spawn({
                 let metrics = Arc::clone(&metrics);
-                move || complete_all(rx, spare_tx, metrics)
+                move || {
+                    super::worker::mark_thread(engine);
+                    complete_all(rx, spare_tx, metrics)
+                }
             })?;
         Ok(Completer { tx: Some(tx), spare, handle: Some(handle), metrics })
     }

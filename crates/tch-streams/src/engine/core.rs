@@ -17,7 +17,7 @@ use crate::Error;
 use super::lanes::SendError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,6 +54,8 @@ pub struct WorkerInfo {
 /// # Ok::<(), tch_streams::engine::EngineError>(())
 /// ```
 pub struct Engine {
+    /// Tells this engine's threads apart from others (see [`worker::on_engine_thread`]).
+    id: u64,
     lanes: Lanes,
     registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
     metrics: Arc<Metrics>,
@@ -63,6 +65,9 @@ pub struct Engine {
     /// Serialises shutdowns: a second concurrent call waits for the first to finish.
     shutting_down: Mutex<()>,
 }
+
+/// The next engine's id (0 is no engine).
+static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
 
 /// Most workers one engine starts.
 pub const MAX_WORKERS: usize = 1024;
@@ -278,6 +283,7 @@ impl Engine {
         // The engine exists before any worker starts: an early return below drops it, and its
         // Drop stops and joins whatever was started (no detached threads, no half-built engine).
         let mut engine = Engine {
+            id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
             lanes,
             registry,
             metrics,
@@ -289,6 +295,7 @@ impl Engine {
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         for (index, (&device, model)) in assigned.iter().zip(models).enumerate() {
             let spec = WorkerSpec {
+                engine: engine.id,
                 index,
                 device,
                 model,
@@ -442,12 +449,18 @@ impl Engine {
     /// requests no live worker can take are failed with [`EngineError::WorkerDied`].
     /// Idempotent; a second concurrent call waits for the first. Also run by `Drop`. Waits as
     /// long as the model takes: see [`shutdown_timeout`](Engine::shutdown_timeout) for a bound.
+    ///
+    /// Called on one of the engine's own threads (by a ticket's waker, or by the model), it only
+    /// stops intake and returns at once: waiting there would be the thread waiting for itself.
+    /// The workers still serve every accepted request and then exit; a call from any other
+    /// thread (or dropping the engine there) waits for them.
     pub fn shutdown(&self) {
         self.shutdown_within(None);
     }
 
     /// [`shutdown`](Engine::shutdown), waiting at most `timeout` for the workers. Returns true if
-    /// every worker finished. Otherwise the requests still queued fail with
+    /// every worker finished (false at once on one of the engine's own threads, which cannot
+    /// wait for the workers: see [`shutdown`](Engine::shutdown)). Otherwise the requests still queued fail with
     /// [`EngineError::ShutdownTimeout`], the stuck worker threads are detached (counted in
     /// [`EngineStats::workers_detached`]; a request a stuck worker holds is answered if that
     /// worker ever returns), and the call returns.
@@ -466,6 +479,16 @@ impl Engine {
     }
 
     fn shutdown_within(&self, timeout: Option<Duration>) -> bool {
+        if worker::on_engine_thread(self.id) {
+            // A waker or the model, on a worker or completion thread: joining the workers would
+            // join this thread itself (and a shutdown in progress elsewhere may be joining it).
+            self.lanes.close();
+            tracing::warn!(
+                "shutdown called on one of the engine's own threads (a ticket's waker or the model): intake is stopped and the \
+                 workers finish what is queued, but nothing waits for them here; shut down from another thread to wait"
+            );
+            return false;
+        }
         let _one_at_a_time = self.shutting_down.lock();
         self.lanes.close(); // workers see their lane close once it is empty
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));

@@ -36,6 +36,10 @@ struct Slot {
 
 /// The result of a submitted request, once a worker answers it.
 ///
+/// Awaited, a ticket's waker is called on the engine thread that answers it: it should only
+/// schedule the task (as every runtime's waker does). A waker that panics is caught and logged;
+/// one that shuts the engine down stops intake without waiting (see [`Engine::shutdown`](super::Engine::shutdown)).
+///
 /// ```
 /// use tch_streams::engine::Engine;
 /// use tch_streams::models::Model;
@@ -200,6 +204,10 @@ impl Promise {
 
 impl Slot {
     /// Updates the state under the lock, then wakes whoever waits (thread or task).
+    ///
+    /// The waker is the caller's code running on an engine thread (a worker or its completion
+    /// thread): a panic in it is caught and logged here, so that it cannot take that thread down
+    /// with the answers it still owes. The answer itself is already in the slot by then.
     fn settle(&self, update: impl FnOnce(&mut State)) {
         let mut st = self.state.lock();
         update(&mut st);
@@ -207,7 +215,9 @@ impl Slot {
         drop(st);
         self.ready.notify_all();
         if let Some(w) = waker {
-            w.wake();
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())) {
+                tracing::error!("a ticket's waker panicked (the answer is delivered; the task may not be woken): {}", super::worker::panic_message(&*p));
+            }
         }
     }
 }

@@ -32,9 +32,27 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+thread_local! {
+    /// The engine this thread works for (as a worker or a completion thread); 0 elsewhere.
+    static ENGINE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as one of engine `id`'s own threads.
+pub(crate) fn mark_thread(id: u64) {
+    ENGINE.with(|e| e.set(id));
+}
+
+/// Whether the current thread is one of engine `id`'s own threads: code the engine calls there
+/// (a ticket's waker, the model) must not wait for that engine's workers.
+pub(crate) fn on_engine_thread(id: u64) -> bool {
+    ENGINE.with(|e| e.get() == id)
+}
+
 /// Everything a worker needs; cloned for its replacement.
 #[derive(Clone)]
 pub(crate) struct WorkerSpec {
+    /// The engine's id (see [`mark_thread`]).
+    pub(crate) engine: u64,
     pub(crate) index: usize,
     pub(crate) device: Device,
     pub(crate) model: Arc<dyn Forward>,
@@ -65,6 +83,7 @@ pub(crate) fn spawn(
     let live = LiveWorker::new(spec.rx.lane());
     std::thread::Builder::new().name(format!("tch-streams-worker-{}", spec.index)).spawn(move || {
         let _live = live;
+        mark_thread(spec.engine);
         run(spec, inherited, ready)
     })
 }
@@ -95,7 +114,7 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
     // Answers batches while this thread launches the next; dropped (drained and joined) when
     // the worker returns.
     let completer = if spec.output == Output::OnDevice && matches!(spec.device, Device::Cuda(_)) {
-        Completer::start(spec.index, Arc::clone(&spec.metrics))
+        Completer::start(spec.index, spec.engine, Arc::clone(&spec.metrics))
             .map_err(|e| tracing::warn!("worker {}: no completion thread ({e}); answering batches itself", spec.index))
             .ok()
     } else {
