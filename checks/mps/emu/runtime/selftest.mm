@@ -538,6 +538,79 @@ static void check_exceptions() {
   dispatch_release(q);
 }
 
+// Client thread_local objects whose destructors run after the emulator's own per-thread state was
+// first cleaned up (they were constructed earlier in the thread) may still use the runtime.
+struct LateUser {
+  dispatch_queue_t q = nullptr;
+  std::atomic<int>* ran = nullptr;
+  ~LateUser() {
+    if (!q) return;
+    @autoreleasepool {
+      [NSString stringWithFormat:@"late %d", 1];
+      dispatch_sync(q, ^{
+        [[[NSObject alloc] init] autorelease];
+      });
+    }
+    [[[NSObject alloc] init] autorelease];  // goes to the thread's implicit pool, drained after this
+    ran->fetch_add(1);
+  }
+};
+static thread_local LateUser t_late;
+
+static void check_thread_exit() {
+  dispatch_queue_t q = dispatch_queue_create("selftest.exit", nullptr);
+  std::atomic<int> ran{0};
+  size_t before = mpsemu_live_objects("NSObject");
+  std::thread([&] {
+    t_late.q = q;  // constructed first: destroyed last
+    t_late.ran = &ran;
+    @autoreleasepool {
+      [NSString stringWithFormat:@"early"];
+    }
+    [[[NSObject alloc] init] autorelease];  // the implicit pool, drained at thread exit
+  }).join();
+  size_t after = mpsemu_live_objects("NSObject");
+  CHECK(ran.load() == 1 && after == before, "runtime usable from thread_local destructors at thread exit",
+        "late destructor ran %d time(s); live NSObject %zu before, %zu after the thread", ran.load(), before, after);
+  dispatch_release(q);
+}
+
+// The block of a notification requested on one thread and delivered by another queue's GPU signal
+// sees what the requesting thread wrote before the request (TSan would report it otherwise).
+static void check_listener_ordering() {
+  @autoreleasepool {
+    id<MTLSharedEvent> ev = [g_device newSharedEvent];
+    id<MTLCommandQueue> q = [g_device newCommandQueue];
+    MTLSharedEventListener* listener = [[MTLSharedEventListener alloc] init];
+    dispatch_semaphore_t fired = dispatch_semaphore_create(0);
+    int* written = new int(0);
+    int* seen = new int(-1);
+    std::thread([&] {
+      *written = 11;
+      [ev notifyListener:listener
+                 atValue:4
+                   block:^(id<MTLSharedEvent> e, uint64_t value) {
+                     *seen = *written;
+                     dispatch_semaphore_signal(fired);
+                   }];
+    }).join();
+    id<MTLCommandBuffer> cb = [q commandBuffer];
+    [cb encodeSignalEvent:ev value:4];
+    [cb commit];
+    long r = dispatch_semaphore_wait(fired, dispatch_time(DISPATCH_TIME_NOW, 10 * NSEC_PER_SEC));
+    CHECK(r == 0 && *seen == 11, "a notification is ordered after its request", "%s, read %d",
+          r ? "not fired" : "fired", *seen);
+    [cb waitUntilCompleted];
+    mpsemu_quiesce(10000);
+    delete written;
+    delete seen;
+    dispatch_release(fired);
+    [listener release];
+    [q release];
+    [ev release];
+  }
+}
+
 static void check_reenter_child() {
   ChildResult r = run_child("reenter");
   CHECK(r.aborted() && r.has("mpsemu: VIOLATION: dispatch_sync onto queue 'selftest.reenter'") && !r.has("unreachable"),
@@ -785,6 +858,8 @@ int main(int argc, char** argv) {
     check_command_buffer_counts();
     check_misuse_violations();
     check_exceptions();
+    check_thread_exit();
+    check_listener_ordering();
     check_reenter_child();
     check_cycle_child();
     check_two_threads_child();

@@ -83,6 +83,7 @@ struct QueueCore {
   std::mutex cm;
   std::condition_variable ccv;
   std::deque<Completion> done;
+  bool timeline_gone = false;  // the timeline has exited: the completion thread ends once drained
 };
 
 }  // namespace
@@ -256,7 +257,7 @@ void timeline_main(std::shared_ptr<QueueCore> core) {
   }
   Quiet quiet;
   std::lock_guard<std::mutex> lock(core->cm);
-  core->closing = true;
+  core->timeline_gone = true;
   core->ccv.notify_all();
 }
 
@@ -268,7 +269,7 @@ void completion_main(std::shared_ptr<QueueCore> core) {
     {
       Quiet quiet;
       std::unique_lock<std::mutex> lock(core->cm);
-      core->ccv.wait(lock, [&] { return !core->done.empty() || core->closing; });
+      core->ccv.wait(lock, [&] { return !core->done.empty() || core->timeline_gone; });
       if (core->done.empty()) break;
       c = std::move(core->done.front());
       core->done.pop_front();

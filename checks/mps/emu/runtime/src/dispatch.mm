@@ -101,7 +101,23 @@ namespace mpsemu {
 namespace {
 
 std::mutex g_graph;  // the wait-for graph: ThreadRec::waiting_for, dispatch_queue_s::graph_holder
-thread_local std::vector<dispatch_queue_s*> t_frames;  // queues whose blocks this thread runs
+// The queues whose blocks this thread is running, outermost first. A fixed array (trivially
+// destructible): blocks also run from other thread_local destructors at thread exit.
+struct Frames {
+  static constexpr size_t kMax = 128;
+  dispatch_queue_s* q[kMax];
+  size_t n;
+  bool empty() const { return n == 0; }
+  size_t size() const { return n; }
+  dispatch_queue_s* back() const { return q[n - 1]; }
+  dispatch_queue_s* operator[](size_t i) const { return q[i]; }
+  void push_back(dispatch_queue_s* queue) {
+    if (n == kMax) fatal_violation("dispatch_sync/async blocks nested more than %zu deep", kMax);
+    q[n++] = queue;
+  }
+  void pop_back() { --n; }
+};
+thread_local Frames t_frames;
 
 DHeader* header_of(void* object, const char* what) {
   auto* h = static_cast<DHeader*>(object);

@@ -23,6 +23,9 @@
 namespace mpsemu {
 namespace {
 
+// One requested notification. Its address is also the happens-before token of the request: the
+// notification block is ordered after -notifyListener:atValue:block: (and after the signal), but
+// the thread that delivers it (a GPU timeline) is not ordered after the requesting thread.
 struct Pending {
   uint64_t at;
   MTLSharedEventListener* listener;  // retained
@@ -35,7 +38,7 @@ struct EventState {
   std::condition_variable cv;
   uint64_t value = 0;
   std::shared_ptr<char> token;  // the token of the signal that set `value`
-  std::vector<Pending> pending;
+  std::vector<Pending*> pending;
   NSString* label = nil;
 };
 
@@ -44,16 +47,22 @@ struct ListenerState {
 };
 
 // Hands one notification to the listener's queue. The caller is ordered after the signal that
-// satisfied it, and dispatch_async orders the block after the caller.
-void deliver(MTLSharedEvent* event, const Pending& p, uint64_t value) {
+// satisfied it, and dispatch_async orders the block after the caller; the block acquires the
+// request's token before touching what the requesting thread made. `queue` was read from the
+// request in a Quiet scope.
+void deliver(MTLSharedEvent* event, Pending* p, dispatch_queue_t queue, uint64_t value) {
   work_begin();
-  MTLSharedEventNotificationBlock block = p.block;
-  dispatch_async(p.queue, ^{
-    block(event, value);
+  dispatch_async(queue, ^{
+    hb_acquire(p);
+    p->block(event, value);
+    Block_release(p->block);
+    [p->listener release];
+    {
+      Quiet quiet;
+      delete p;
+    }
     work_end();
   });
-  Block_release(p.block);
-  [p.listener release];
 }
 
 }  // namespace
@@ -66,15 +75,15 @@ void event_set_value(MTLSharedEvent* event, uint64_t value) {
     token = std::make_shared<char>(0);
   }
   hb_release(token.get());
-  std::vector<Pending> due;
+  std::vector<std::pair<Pending*, dispatch_queue_t>> due;
   {
     Quiet quiet;
     std::lock_guard<std::mutex> lock(st->m);
     st->value = value;
     st->token = token;
     for (size_t i = 0; i < st->pending.size();) {
-      if (st->pending[i].at <= value) {
-        due.push_back(st->pending[i]);
+      if (st->pending[i]->at <= value) {
+        due.emplace_back(st->pending[i], st->pending[i]->queue);
         st->pending.erase(st->pending.begin() + (long)i);
       } else {
         ++i;
@@ -82,7 +91,7 @@ void event_set_value(MTLSharedEvent* event, uint64_t value) {
     }
     st->cv.notify_all();
   }
-  for (const Pending& p : due) deliver(event, p, value);
+  for (auto& d : due) deliver(event, d.first, d.second, value);
   Quiet quiet;
   token.reset();
 }
@@ -123,9 +132,11 @@ using namespace mpsemu;
 
 - (void)dealloc {
   EventState* st = state_of<EventState>(self);
-  for (Pending& p : st->pending) {
-    Block_release(p.block);
-    [p.listener release];
+  for (Pending* p : st->pending) {
+    hb_acquire(p);
+    Block_release(p->block);
+    [p->listener release];
+    delete p;
   }
   [st->label release];
   {
@@ -175,7 +186,13 @@ using namespace mpsemu;
                  block:(MTLSharedEventNotificationBlock)block {
   if (!listener || !block) fatal_violation("-notifyListener:atValue:block: with a nil listener or block");
   EventState* st = state_of<EventState>(self);
-  Pending p{value, [listener retain], state_of<ListenerState>(listener)->queue, Block_copy(block)};
+  Pending* p = new Pending{value, [listener retain], state_of<ListenerState>(listener)->queue, Block_copy(block)};
+  hb_release(p);
+  dispatch_queue_t queue;
+  {
+    Quiet quiet;
+    queue = p->queue;
+  }
   bool now = false;
   uint64_t current = 0;
   std::shared_ptr<char> token;
@@ -192,7 +209,7 @@ using namespace mpsemu;
   }
   if (now) {
     if (token) hb_acquire(token.get());
-    deliver(self, p, current);
+    deliver(self, p, queue, current);
   }
   Quiet quiet;
   token.reset();

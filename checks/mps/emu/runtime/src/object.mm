@@ -27,6 +27,7 @@
 #pragma clang diagnostic ignored "-Wdeprecated-objc-isa-usage"  // the root class owns isa
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,17 +71,18 @@ inline Header* header_of(id obj) {
   return reinterpret_cast<Header*>(obj) - 1;
 }
 
-// ---- per-thread autorelease stack and quarantine.
+// ---- per-thread autorelease stack and quarantine. Reached through a trivially destructible
+// thread_local pointer and cleaned up by a pthread key destructor, which runs after every C++
+// thread_local destructor of the thread: client code in those destructors (a stream pool handing
+// its slot back, say) may still autorelease objects and run blocks. Used again after the cleanup,
+// the state is made anew and cleaned up in the key destructor's next round.
 struct ThreadObjects {
   std::vector<id> pending;   // autoreleased objects, oldest first
   std::vector<size_t> marks; // pool boundaries (index into pending)
   Header* quarantine[1024] = {nullptr};
   size_t next = 0;
-  bool is_main = false;
 
-  ThreadObjects() { is_main = (getpid() == gettid()); }
   ~ThreadObjects() {
-    if (!is_main) drain_to(0);
     for (Header*& h : quarantine) {
       free(h);
       h = nullptr;
@@ -94,7 +96,28 @@ struct ThreadObjects {
     }
   }
 };
-thread_local ThreadObjects t_objects;
+thread_local ThreadObjects* t_objects_ptr = nullptr;
+pthread_key_t g_objects_key;
+
+void destroy_thread_objects(void* p) {
+  auto* t = static_cast<ThreadObjects*>(p);
+  t->drain_to(0);  // may autorelease more (it loops until empty) or even recreate the state
+  if (t_objects_ptr == t) t_objects_ptr = nullptr;
+  delete t;
+}
+
+__attribute__((constructor)) void make_objects_key() {
+  pthread_key_create(&g_objects_key, destroy_thread_objects);
+}
+
+ThreadObjects& thread_objects() {
+  if (!t_objects_ptr) {
+    t_objects_ptr = new ThreadObjects;
+    pthread_setspecific(g_objects_key, t_objects_ptr);
+  }
+  return *t_objects_ptr;
+}
+#define t_objects thread_objects()
 
 typedef void (*BlockAssignFn)(void*, const void*, int);
 typedef void (*BlockDisposeFn)(const void*, int);
