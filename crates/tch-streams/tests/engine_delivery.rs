@@ -109,3 +109,44 @@ fn a_waker_that_shuts_the_engine_down_does_not_join_its_own_worker() {
         assert_eq!((st.submitted, st.completed, st.failed, st.workers_replaced), (3, 2, 1, 0));
     });
 }
+
+// ---- 4. shutdown_timeout leaves set-aside requests unanswered -------------------------------
+
+/// A worker stuck in the model holds requests it set aside: one of another shape (taken aside
+/// while gathering) and one trimmed from its batch. `shutdown_timeout` answers both.
+#[test]
+fn shutdown_timeout_answers_what_a_stuck_worker_set_aside() {
+    watchdog(60, || {
+        let (stuck_tx, stuck) = mpsc::channel::<()>();
+        let stuck_tx = Mutex::new(stuck_tx);
+        let model = Model::closure(move |x: &Tensor| {
+            if x.double_value(&[0, 0]) > 100.0 {
+                let _ = stuck_tx.lock().map(|tx| tx.send(()));
+                loop {
+                    std::thread::park(); // stuck for good (this thread is left behind)
+                }
+            }
+            x.f_add_scalar(1.0)
+        });
+        let engine = Engine::builder(model)
+            .devices(vec![Device::Cpu])
+            .workers(1)
+            // A batch gathers until it holds 3 samples; 3 would be padded to 4: trimmed to 2.
+            .batching(Batching::Dynamic { max_batch: 3, max_wait: Duration::MAX })
+            .buckets(vec![2, 4])
+            .build()
+            .unwrap();
+        let s1 = engine.submit(x(200.0));
+        let other_shape = engine.submit(Tensor::ones([1, 8], (Kind::Float, Device::Cpu)));
+        let s2 = engine.submit(x(300.0));
+        let trimmed = engine.submit(x(0.0));
+        stuck.recv().unwrap(); // the batch [s1, s2] is in the model for good
+        assert!(!engine.shutdown_timeout(Duration::from_millis(100)), "the worker cannot finish");
+        assert_eq!(trimmed.wait().unwrap_err(), EngineError::ShutdownTimeout);
+        assert_eq!(other_shape.wait().unwrap_err(), EngineError::ShutdownTimeout);
+        assert!(!s1.is_ready() && !s2.is_ready(), "still in the model");
+        let st = engine.stats();
+        assert_eq!((st.submitted, st.completed, st.failed, st.workers_detached), (4, 0, 2, 1), "two requests are still in the model");
+        std::mem::forget(engine); // dropping would wait for the stuck worker again
+    });
+}

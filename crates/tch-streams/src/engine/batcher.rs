@@ -9,30 +9,129 @@
 
 use super::buckets::Buckets;
 use super::config::Batching;
+use super::error::EngineError;
 use super::lanes::LaneRx;
-use super::request::Request;
+use super::metrics::Metrics;
+use super::request::{BatchKey, Request};
 use crossbeam_channel::RecvTimeoutError;
+use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// A worker's batching state: its queue and the requests it set aside.
+/// The requests a worker holds outside any batch: those it inherited from the worker it
+/// replaces, and those it set aside while gathering (another batch key, or trimmed from a
+/// batch). Shared with the engine, so that a `shutdown_timeout` that gives up on a stuck worker
+/// can answer them ([`Held::give_up`]); the worker takes each one under the same lock, so every
+/// request is answered exactly once.
+pub(crate) struct Held {
+    state: Mutex<HeldState>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct HeldState {
+    /// Served one at a time, before anything else (the replaced worker's leftovers).
+    inherited: VecDeque<Request>,
+    aside: VecDeque<Request>,
+    /// Shutdown gave up on this worker: what it would set aside from now on fails at once.
+    given_up: bool,
+}
+
+impl Held {
+    pub(crate) fn new(inherited: Vec<Request>, metrics: Arc<Metrics>) -> Held {
+        Held { state: Mutex::new(HeldState { inherited: inherited.into(), ..HeldState::default() }), metrics }
+    }
+
+    /// The next inherited request, if any is left.
+    pub(crate) fn next_inherited(&self) -> Option<Request> {
+        self.state.lock().inherited.pop_front()
+    }
+
+    fn pop_aside(&self) -> Option<Request> {
+        self.state.lock().aside.pop_front()
+    }
+
+    /// Moves set-aside requests of `key` into `batch` (oldest first) while they fit in
+    /// `max_batch` samples, counting them into `rows`.
+    fn gather(&self, key: &BatchKey, rows: &mut i64, max_batch: i64, batch: &mut Vec<Request>) {
+        let mut st = self.state.lock();
+        let mut i = 0;
+        while i < st.aside.len() && *rows < max_batch {
+            if st.aside[i].key == *key && *rows + st.aside[i].rows <= max_batch {
+                let r = st.aside.remove(i).expect("index in range");
+                *rows += r.rows;
+                batch.push(r);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Sets `r` aside, last in line (`first`: first in line); returns how many are aside.
+    fn set_aside(&self, r: Request, first: bool) -> usize {
+        let mut st = self.state.lock();
+        if st.given_up {
+            drop(st);
+            self.fail(vec![r]);
+            return 0;
+        }
+        if first {
+            st.aside.push_front(r);
+        } else {
+            st.aside.push_back(r);
+        }
+        st.aside.len()
+    }
+
+    /// Everything held, for a replacement worker: inherited first, then set aside.
+    pub(crate) fn take_all(&self) -> Vec<Request> {
+        let mut st = self.state.lock();
+        let HeldState { inherited, aside, .. } = &mut *st;
+        inherited.drain(..).chain(aside.drain(..)).collect()
+    }
+
+    /// Shutdown gave up waiting for this worker: fails everything it holds, and whatever it
+    /// would set aside later, with [`EngineError::ShutdownTimeout`]. Returns how many failed.
+    pub(crate) fn give_up(&self) -> usize {
+        let taken = {
+            let mut st = self.state.lock();
+            st.given_up = true;
+            let HeldState { inherited, aside, .. } = &mut *st;
+            inherited.drain(..).chain(aside.drain(..)).collect::<Vec<_>>()
+        };
+        let n = taken.len();
+        self.fail(taken);
+        n
+    }
+
+    /// Counts and answers (outside the lock: answering runs the callers' wakers).
+    fn fail(&self, requests: Vec<Request>) {
+        for r in requests {
+            self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+            r.promise.fulfil(Err(EngineError::ShutdownTimeout));
+        }
+    }
+}
+
+/// A worker's batching state: its queue and the requests it holds (see [`Held`]).
 pub(crate) struct Batcher {
     rx: LaneRx,
     policy: Batching,
     buckets: Arc<Buckets>,
-    aside: VecDeque<Request>,
+    held: Arc<Held>,
 }
 
 impl Batcher {
-    pub(crate) fn new(rx: LaneRx, policy: Batching, buckets: Arc<Buckets>) -> Self {
-        Batcher { rx, policy, buckets, aside: VecDeque::new() }
+    pub(crate) fn new(rx: LaneRx, policy: Batching, buckets: Arc<Buckets>, held: Arc<Held>) -> Self {
+        Batcher { rx, policy, buckets, held }
     }
 
     /// The next batch (all requests in it share a batch key), or `None` once the queue is closed
     /// and drained. Blocks while the queue is empty.
     pub(crate) fn next_batch(&mut self) -> Option<Vec<Request>> {
-        let first = match self.aside.pop_front() {
+        let first = match self.held.pop_aside() {
             Some(r) => r,
             None => self.rx.recv()?,
         };
@@ -44,16 +143,7 @@ impl Batcher {
         let mut rows = first.rows;
         let mut batch = vec![first];
         // Set-aside requests first (they are older), keeping the order of the rest.
-        let mut i = 0;
-        while i < self.aside.len() && rows < max_batch {
-            if self.aside[i].key == key && rows + self.aside[i].rows <= max_batch {
-                let r = self.aside.remove(i).expect("index in range");
-                rows += r.rows;
-                batch.push(r);
-            } else {
-                i += 1;
-            }
-        }
+        self.held.gather(&key, &mut rows, max_batch, &mut batch);
         // A wait too long to express as an instant (Duration::MAX) means: until the batch is full.
         let deadline = Instant::now().checked_add(max_wait);
         while rows < max_batch {
@@ -73,11 +163,8 @@ impl Batcher {
             if next.key == key && rows + next.rows <= max_batch {
                 rows += next.rows;
                 batch.push(next);
-            } else {
-                self.aside.push_back(next);
-                if self.aside.len() >= max_batch as usize {
-                    break; // plenty waiting elsewhere: serve what we have
-                }
+            } else if self.held.set_aside(next, false) >= max_batch as usize {
+                break; // plenty waiting elsewhere: serve what we have
             }
         }
         self.trim(&mut batch, rows);
@@ -95,12 +182,7 @@ impl Batcher {
         while rows > target && batch.len() > 1 {
             let r = batch.pop().expect("more than one request");
             rows -= r.rows;
-            self.aside.push_front(r);
+            self.held.set_aside(r, true);
         }
-    }
-
-    /// Requests still set aside (answered by the worker before it exits).
-    pub(crate) fn take_aside(&mut self) -> Vec<Request> {
-        self.aside.drain(..).collect()
     }
 }

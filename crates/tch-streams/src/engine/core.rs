@@ -9,7 +9,7 @@ use super::metrics::{EngineStats, Metrics};
 use super::lanes::Lanes;
 use super::request::{Admission, Request};
 use super::ticket::{counted_pair, Ticket};
-use super::worker::{self, WorkerSpec};
+use super::worker::{self, WorkerSpec, WorkerThread};
 use crate::models::{Forward, Inputs, Model, Outputs};
 use crate::runtime::{check_capability, Capability, Report};
 use crate::stream::{Priority, Stream};
@@ -19,7 +19,6 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
@@ -57,7 +56,7 @@ pub struct Engine {
     /// Tells this engine's threads apart from others (see [`worker::on_engine_thread`]).
     id: u64,
     lanes: Lanes,
-    registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    registry: Arc<Mutex<Vec<WorkerThread>>>,
     metrics: Arc<Metrics>,
     spec: Admission,
     workers: Vec<WorkerInfo>,
@@ -309,9 +308,9 @@ impl Engine {
                 use_pool: has_pool[&device] && device != Device::Cpu,
                 registry: Arc::clone(&engine.registry),
             };
-            let handle = worker::spawn(spec, Vec::new(), Some(ready_tx.clone()))
+            let thread = worker::spawn(spec, Vec::new(), Some(ready_tx.clone()))
                 .map_err(|e| EngineError::Build(format!("could not start a worker thread: {e}")))?;
-            engine.registry.lock().push(handle);
+            engine.registry.lock().push(thread);
         }
         // Only the workers hold senders now: if every one of them exits, `recv` fails (no hang).
         drop(ready_tx);
@@ -459,11 +458,13 @@ impl Engine {
     }
 
     /// [`shutdown`](Engine::shutdown), waiting at most `timeout` for the workers. Returns true if
-    /// every worker finished (false at once on one of the engine's own threads, which cannot
-    /// wait for the workers: see [`shutdown`](Engine::shutdown)). Otherwise the requests still queued fail with
-    /// [`EngineError::ShutdownTimeout`], the stuck worker threads are detached (counted in
-    /// [`EngineStats::workers_detached`]; a request a stuck worker holds is answered if that
-    /// worker ever returns), and the call returns.
+    /// every worker finished (false at once on one of the engine's own threads, which cannot wait
+    /// for the workers: see [`shutdown`](Engine::shutdown)). Otherwise the requests still queued
+    /// fail with [`EngineError::ShutdownTimeout`], the stuck worker threads are detached (counted
+    /// in [`EngineStats::workers_detached`]), and the call returns. Requests a stuck worker holds
+    /// outside the batch it is stuck in (set aside for another shape, trimmed from its batch,
+    /// inherited from a replaced worker) fail with `ShutdownTimeout` too; the batch it is stuck in
+    /// is answered if that worker ever returns.
     ///
     /// ```
     /// use std::time::Duration;
@@ -492,25 +493,25 @@ impl Engine {
         let _one_at_a_time = self.shutting_down.lock();
         self.lanes.close(); // workers see their lane close once it is empty
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut stuck: Vec<JoinHandle<()>> = Vec::new();
+        let mut stuck: Vec<WorkerThread> = Vec::new();
         loop {
-            let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.registry.lock());
-            if handles.is_empty() {
+            let threads: Vec<WorkerThread> = std::mem::take(&mut *self.registry.lock());
+            if threads.is_empty() {
                 break;
             }
-            for h in handles {
+            for w in threads {
                 match deadline {
                     None => {
-                        let _ = h.join(); // replacements register themselves before their parent exits
+                        let _ = w.handle.join(); // replacements register themselves before their parent exits
                     }
                     Some(deadline) => {
-                        while !h.is_finished() && Instant::now() < deadline {
+                        while !w.handle.is_finished() && Instant::now() < deadline {
                             std::thread::sleep(Duration::from_millis(2));
                         }
-                        if h.is_finished() {
-                            let _ = h.join();
+                        if w.handle.is_finished() {
+                            let _ = w.handle.join();
                         } else {
-                            stuck.push(h);
+                            stuck.push(w);
                         }
                     }
                 }
@@ -519,7 +520,13 @@ impl Engine {
         let timed_out = !stuck.is_empty();
         if timed_out {
             self.metrics.detached.fetch_add(stuck.len() as u64, Ordering::Relaxed);
-            tracing::error!("shutdown timed out: {} worker thread(s) stuck in the model are left running", stuck.len());
+            // What a stuck worker set aside (or inherited) waits for no batch of its own: answer it.
+            let held: usize = stuck.iter().map(|w| w.held.give_up()).sum();
+            tracing::error!(
+                "shutdown timed out: {} worker thread(s) stuck in the model are left running; {held} request(s) they held outside \
+                 their batch failed",
+                stuck.len()
+            );
             drop(stuck); // detached
         }
         // Anything still queued has no worker left: answer it explicitly.

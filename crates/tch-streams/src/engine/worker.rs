@@ -10,7 +10,7 @@
 //! thread ([`super::completion`]), which waits for it and answers; the worker goes on to the
 //! next batch meanwhile. Elsewhere the worker waits (or copies to the host) and answers itself.
 
-use super::batcher::Batcher;
+use super::batcher::{Batcher, Held};
 use super::buckets::{join_padded, Buckets};
 use super::completion::{answer, Completer, Launched};
 use super::config::{Batching, Output};
@@ -68,7 +68,14 @@ pub(crate) struct WorkerSpec {
     /// Resolved: graphs are used on a CUDA device.
     pub(crate) cuda_graphs: bool,
     pub(crate) use_pool: bool,
-    pub(crate) registry: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    pub(crate) registry: Arc<Mutex<Vec<WorkerThread>>>,
+}
+
+/// A started worker thread, and the requests it holds outside any batch (which the engine
+/// answers itself if the thread is stuck at a shutdown's deadline).
+pub(crate) struct WorkerThread {
+    pub(crate) handle: JoinHandle<()>,
+    pub(crate) held: Arc<Held>,
 }
 
 /// Starts a worker thread; it reports its index with its bound stream (or why it could not
@@ -77,18 +84,23 @@ pub(crate) fn spawn(
     spec: WorkerSpec,
     inherited: Vec<Request>,
     ready: Option<Sender<(usize, Result<Stream, String>)>>,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<WorkerThread> {
     // Alive from now until the thread ends: the lane is never without a counted worker between
     // a dying worker and its replacement.
     let live = LiveWorker::new(spec.rx.lane());
-    std::thread::Builder::new().name(format!("tch-streams-worker-{}", spec.index)).spawn(move || {
-        let _live = live;
-        mark_thread(spec.engine);
-        run(spec, inherited, ready)
-    })
+    let held = Arc::new(Held::new(inherited, Arc::clone(&spec.metrics)));
+    let handle = std::thread::Builder::new().name(format!("tch-streams-worker-{}", spec.index)).spawn({
+        let held = Arc::clone(&held);
+        move || {
+            let _live = live;
+            mark_thread(spec.engine);
+            run(spec, held, ready)
+        }
+    })?;
+    Ok(WorkerThread { handle, held })
 }
 
-fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, Result<Stream, String>)>>) {
+fn run(spec: WorkerSpec, held: Arc<Held>, ready: Option<Sender<(usize, Result<Stream, String>)>>) {
     // Start-up (stream, warm-up inputs, warm-up) must not unwind past here: a panic is a start
     // failure, reported like any other.
     let started = catch_unwind(AssertUnwindSafe(|| start(&spec)))
@@ -110,7 +122,7 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
     if let Some(tx) = ready {
         let _ = tx.send((spec.index, Ok(stream)));
     }
-    let mut batcher = Batcher::new(spec.rx.clone(), spec.batching, Arc::clone(&spec.buckets));
+    let mut batcher = Batcher::new(spec.rx.clone(), spec.batching, Arc::clone(&spec.buckets), Arc::clone(&held));
     // Answers batches while this thread launches the next; dropped (drained and joined) when
     // the worker returns.
     let completer = if spec.output == Output::OnDevice && matches!(spec.device, Device::Cuda(_)) {
@@ -121,9 +133,8 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
         None
     };
     let mut events = ReadyEvents::default();
-    let mut queue: std::collections::VecDeque<Request> = inherited.into();
     loop {
-        let batch = match queue.pop_front() {
+        let batch = match held.next_inherited() {
             Some(r) => vec![r],
             None => match batcher.next_batch() {
                 Some(b) => b,
@@ -133,9 +144,7 @@ fn run(spec: WorkerSpec, inherited: Vec<Request>, ready: Option<Sender<(usize, R
         if serve(&spec, &stream, &mut runner, &mut events, completer.as_ref(), batch) {
             // A panic: hand what this worker set aside to a replacement and stop.
             spec.metrics.replaced.fetch_add(1, Ordering::Relaxed);
-            let mut rest: Vec<Request> = queue.into_iter().collect();
-            rest.extend(batcher.take_aside());
-            match spawn(spec.clone(), rest, None) {
+            match spawn(spec.clone(), held.take_all(), None) {
                 Ok(h) => spec.registry.lock().push(h),
                 Err(e) => tracing::error!("could not replace worker {}: {e}", spec.index),
             }
