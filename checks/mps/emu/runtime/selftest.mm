@@ -6,6 +6,7 @@
 #include <Foundation/Foundation.h>
 #include <Metal/Metal.h>
 #include <MetalPerformanceShaders/MetalPerformanceShaders.h>
+#include <MetalPerformanceShadersGraph/MetalPerformanceShadersGraph.h>
 #include <mpsemu/mpsemu.h>
 
 #include <pthread.h>
@@ -161,7 +162,37 @@ static int child_unsynced(bool with_event) {
   return 0;
 }
 
+static int child_graph() {
+  @autoreleasepool {
+    id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+    id<MTLCommandQueue> q = [device newCommandQueue];
+    MPSGraph* graph = [MPSGraph new];
+    MPSGraphExecutionDescriptor* desc = [MPSGraphExecutionDescriptor new];
+    [graph encodeToCommandBuffer:[MPSCommandBuffer commandBufferFromCommandQueue:q]
+                           feeds:[NSDictionary dictionary]
+                targetOperations:nil
+               resultsDictionary:[NSDictionary dictionary]
+             executionDescriptor:desc];
+    printf("unreachable: a graph ran\n");
+  }
+  return 0;
+}
+
+// A Metal method the emulator does not implement.
+@protocol SelftestNotEmulated
+- (id)newRenderPipelineStateWithDescriptor:(id)descriptor error:(NSError**)error;
+@end
+
+static int child_unimplemented() {
+  id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+  [(id<SelftestNotEmulated>)device newRenderPipelineStateWithDescriptor:nil error:nullptr];
+  printf("unreachable: an unimplemented method returned\n");
+  return 0;
+}
+
 static int run_child_mode(const char* mode) {
+  if (!strcmp(mode, "graph")) return child_graph();
+  if (!strcmp(mode, "unimplemented")) return child_unimplemented();
   if (!strcmp(mode, "reenter")) return child_reenter();
   if (!strcmp(mode, "cycle")) return child_cycle();
   if (!strcmp(mode, "two-threads")) return child_two_threads();
@@ -611,6 +642,42 @@ static void check_listener_ordering() {
   }
 }
 
+static void check_foundation() {
+  @autoreleasepool {
+    NSProcessInfo* info = [NSProcessInfo processInfo];
+    NSOperatingSystemVersion v = info.operatingSystemVersion;
+    BOOL at14 = [info isOperatingSystemAtLeastVersion:(NSOperatingSystemVersion){14, 4, 0}];
+    BOOL at99 = [info isOperatingSystemAtLeastVersion:(NSOperatingSystemVersion){99, 0, 0}];
+    CHECK(v.majorVersion >= 14 && at14 && !at99, "NSProcessInfo reports a macOS 14/15-like version",
+          "%ld.%ld.%ld, at least 14.4: %d, at least 99: %d", (long)v.majorVersion, (long)v.minorVersion,
+          (long)v.patchVersion, at14, at99);
+    NSArray* devices = MTLCopyAllDevices();
+    int n = 0;
+    for (id<MTLDevice> d in devices) n += d == g_device;
+    NSMutableDictionary* dict = [NSMutableDictionary dictionary];
+    [dict setObject:[NSNumber numberWithInt:3] forKey:@"three"];
+    [dict setObject:[NSNumber numberWithInt:4] forKey:[NSString stringWithUTF8String:"four"]];
+    int three = [[dict objectForKey:[NSString stringWithFormat:@"th%s", "ree"]] intValue];
+    CHECK(devices.count == 1 && n == 1 && dict.count == 2 && three == 3 && g_device.hasUnifiedMemory &&
+              g_device.recommendedMaxWorkingSetSize > 0,
+          "devices, fast enumeration, dictionaries", "%lu device(s), enumerated %d; dictionary of %lu, three=%d; %s",
+          (unsigned long)devices.count, n, (unsigned long)dict.count, three, [[g_device name] UTF8String]);
+    [devices release];
+  }
+}
+
+static void check_stand_in_children() {
+  ChildResult g = run_child("graph");
+  CHECK(g.aborted() && g.has("not emulated") && !g.has("unreachable"), "running an MPSGraph aborts (not emulated)",
+        "child %s; %s", g.aborted() ? "aborted" : ("exit " + std::to_string(g.exit_code())).c_str(),
+        first_line_with(g.output, "VIOLATION").c_str());
+  ChildResult u = run_child("unimplemented");
+  CHECK(u.aborted() && u.has("newRenderPipelineStateWithDescriptor:error:] is not emulated") && !u.has("unreachable"),
+        "an unimplemented method aborts with its name", "child %s; %s",
+        u.aborted() ? "aborted" : ("exit " + std::to_string(u.exit_code())).c_str(),
+        first_line_with(u.output, "VIOLATION").c_str());
+}
+
 static void check_reenter_child() {
   ChildResult r = run_child("reenter");
   CHECK(r.aborted() && r.has("mpsemu: VIOLATION: dispatch_sync onto queue 'selftest.reenter'") && !r.has("unreachable"),
@@ -860,6 +927,8 @@ int main(int argc, char** argv) {
     check_exceptions();
     check_thread_exit();
     check_listener_ordering();
+    check_foundation();
+    check_stand_in_children();
     check_reenter_child();
     check_cycle_child();
     check_two_threads_child();

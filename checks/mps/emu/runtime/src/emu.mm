@@ -101,7 +101,8 @@ ThreadRec* self_thread() {
   Quiet q;
   ThreadRec* rec = new ThreadRec;
   rec->index = g_thread_counter.fetch_add(1, std::memory_order_relaxed) + 1;
-  snprintf(rec->name, sizeof rec->name, "thread %d", rec->index);
+  if (gettid() == getpid()) snprintf(rec->name, sizeof rec->name, "main thread (thread %d)", rec->index);
+  else snprintf(rec->name, sizeof rec->name, "thread %d", rec->index);
   {
     std::lock_guard<std::mutex> lock(g_threads_mutex);
     if (!g_threads) g_threads = new std::vector<ThreadRec*>;
