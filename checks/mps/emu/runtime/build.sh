@@ -29,7 +29,7 @@ OUT="$(cd "$OUT" && pwd)"
 LIBOBJC_DIR="$(dirname "$(gcc -print-file-name=libobjc.so)")"
 [ -e "$LIBOBJC_DIR/libobjc.so" ] || { echo "build.sh: GCC's libobjc not found (apt-get install libobjc-12-dev)" >&2; exit 1; }
 
-INC="-include $HERE/include/apple-compat.h -isystem $HERE/include -I$HERE/../include"
+INC="-include $HERE/include/apple-compat.h -isystem $HERE/include -I$(cd "$HERE/../include" && pwd)"
 COMMON="-std=c++17 -fblocks -g -O1 $SAN"
 OBJCXXFLAGS="$COMMON -fobjc-runtime=gcc -fno-objc-arc -fconstant-string-class=NSConstantString $INC"
 CXXFLAGS="$COMMON $INC"
