@@ -107,6 +107,8 @@ for f in $STANDINS; do [ -f "$HERE/standins/$f" ] || finish fail "no stand-in ch
 
 SANS=(tsan); [ "$ASAN" = 1 ] && SANS+=(asan)
 TARGETED=(h1 h2 h3 m1 m2 m4 turn2-event-reuse turn2-leak-prev)
+# tests that run only when a mutation names them
+EXTRA=(event-two-waiters)
 wanted() { [ -z "$ONLY" ] || grep -qw -- "$1" <<<"$ONLY"; }
 
 # --- the emulator, per sanitizer (rebuilt when runtime/ changes) ---------------------------------
@@ -116,7 +118,7 @@ build_runtime() { # SAN -> prints its directory
   if [ ! -f "$dir/.key" ] || [ "$(cat "$dir/.key")" != "$key" ]; then
     log "building the emulator ($san)"
     rm -rf "$dir"; mkdir -p "$dir"
-    "$HERE/runtime/build.sh" "$dir" "$san" >&2 || return 1
+    "$HERE/runtime/build.sh" "$dir" "$san" > "$dir.build.log" 2>&1 || { cat "$dir.build.log" >&2; return 1; }
     echo "$key" > "$dir/.key"
   fi
   echo "$dir"
@@ -136,7 +138,7 @@ build() {
 
 # run_test SAN BINDIR NAME LOG: sets T_OK (1/0), T_WHY (one line), T_RESULT (the RESULT line)
 run_test() {
-  local san="$1" dir="$2" name="$3" out="$4" rc=0 limit=180 cmd
+  local san="$1" dir="$2" name="$3" out="$4" rc=0 limit=180 cmd t0=$SECONDS
   if [ "$name" = stress ]; then cmd=("$dir/stress"); limit=420; else cmd=("$dir/targeted" "$name"); fi
   local envs=(TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0 second_deadlock_stack=1"
               ASAN_OPTIONS="detect_leaks=0 halt_on_error=1 exitcode=67 detect_odr_violation=0")
@@ -145,6 +147,7 @@ run_test() {
     rc=0; env "${envs[@]}" timeout -k 10 "$limit" setarch "$(uname -m)" -R "${cmd[@]}" > "$out" 2>&1 || rc=$?
   fi
   T_RESULT="$(grep '^RESULT ' "$out" | tail -n 1 || true)"
+  T_SECS=$((SECONDS - t0))
   T_OK=0
   if [ "$rc" = 0 ] && grep -q "^RESULT $name pass" <<<"$T_RESULT" \
      && ! grep -qE 'WARNING: ThreadSanitizer|ERROR: AddressSanitizer|mpsemu: VIOLATION' "$out"; then
@@ -165,7 +168,9 @@ declare -A BIN
 for san in "${SANS[@]}"; do
   BIN[$san]="$WORK/bin-$san"; mkdir -p "${BIN[$san]}"
   log "building the patched tree's test programs ($san)"
+  t0=$SECONDS
   build "$PATCHED" "$san" "${BIN[$san]}" || finish fail "the patched v$V sources did not build ($san); see the compiler output above"
+  log "built ($san, $((SECONDS - t0))s)"
 done
 
 stress_summary="" declare_clean=()
@@ -176,7 +181,7 @@ if wanted stress; then
     if [ "$T_OK" = 1 ]; then
       [ -n "$stress_summary" ] || stress_summary="$(sed 's/^RESULT stress pass //' <<<"$T_RESULT")"
       declare_clean+=("$san=clean")
-      log "stress ($san): $T_RESULT"
+      log "stress ($san): $T_RESULT (${T_SECS}s)"
     else
       failures+=("stress ($san): $T_WHY")
       declare_clean+=("$san=FAILED")
@@ -192,7 +197,7 @@ for t in "${TARGETED[@]}"; do
   for san in "${SANS[@]}"; do
     run_test "$san" "${BIN[$san]}" "$t" "$WORK/$t-$san.log"
     if [ "$T_OK" = 1 ]; then
-      log "$t ($san): pass"
+      log "$t ($san): pass (${T_SECS}s)"
     else
       ok=0; failures+=("$t ($san): $T_WHY")
       log "$t ($san) failed: $T_WHY (log: $WORK/$t-$san.log)"
@@ -213,9 +218,16 @@ if [ "$MUTATIONS" = 1 ] && [ -d "$MUTDIR" ]; then
     tests="$(sed -n '1s/^# *test: *//p' "$m")"
     [ -n "$tests" ] || tests="${name%%-*}"
     [ "$name" != "${name#turn2-}" ] && [ -z "$(sed -n '1s/^# *test: *//p' "$m")" ] && tests="$name"
-    sel=""; for t in $tests; do wanted "$t" && sel+="$t "; done
+    sel="" unknown=""
+    for t in $tests; do
+      if [ "$t" != stress ] && ! grep -qw -- "$t" <<<"${TARGETED[*]} ${EXTRA[*]}"; then unknown+="$t "; continue; fi
+      wanted "$t" && sel+="$t "
+    done
+    if [ -n "$unknown" ]; then
+      missed+=("$name(names no test of ours: ${unknown% })"); log "mutation $name names no test of ours: $unknown"; continue
+    fi
     [ -n "$sel" ] || continue
-    tree="$WORK/mutations/$name/tree"
+    tree="$WORK/mutations/$name/tree" m0=$SECONDS
     rm -rf "$WORK/mutations/$name"; mkdir -p "$WORK/mutations/$name"; cp -r "$PATCHED" "$tree"
     if ! out="$(cd "$tree" && GIT_CEILING_DIRECTORIES="$(dirname "$tree")" git apply "$m" 2>&1)" \
        || [ -z "$(cd "$tree" && diff -rq "$PATCHED" . 2>/dev/null)" ]; then
@@ -237,7 +249,7 @@ if [ "$MUTATIONS" = 1 ] && [ -d "$MUTDIR" ]; then
     if [ "$hit" = build-failed ]; then
       missed+=("$name(the mutated tree does not build)"); log "mutation $name: the mutated tree does not build"
     elif [ -n "$hit" ]; then
-      caught+=("$name"); log "mutation $name caught: $hit"
+      caught+=("$name"); log "mutation $name caught ($((SECONDS - m0))s): $hit"
     else
       missed+=("$name(passed: $(tr ' ' ',' <<<"${sel% }"))"); log "mutation $name NOT caught: its tests passed"
     fi

@@ -5,8 +5,8 @@
 // that names it, on code with it (a value check, a hang caught by a deadline, an emulator
 // violation, or a sanitizer report: the test name says which build must see it, see run.sh).
 //
-// Usage: targeted NAME    (h1 h2 h3 m1 m2 m4 turn2-event-reuse turn2-leak-prev); one test per
-// process, so that each starts from a fresh allocator, event pool and stream pool.
+// Usage: targeted NAME    (h1 h2 h3 m1 m2 m4 turn2-event-reuse turn2-leak-prev event-two-waiters);
+// one test per process, so that each starts from a fresh allocator, event pool and stream pool.
 #include "harness.h"
 
 #include <cinttypes>
@@ -329,34 +329,47 @@ int testM1() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// M2: (a) two threads synchronize one pending event at once (the event's listener is created on
-// first use); (b) a timing event's completion listener of an earlier holder must not reach the
-// next holder of the pooled event: the next holder's synchronize() must not return before its own
-// recorded work has finished. ThreadSanitizer sees unsynchronized writes of the listener and of
-// the completion state.
+// M2 (a): the event's listener is created on first use by whichever thread gets there: a record of
+// a timing event (on its stream's queue) and a synchronize() on another thread, racing. (b): a
+// timing event's completion listener belongs to the holder that recorded it; after the event goes
+// back to the pool and to a new holder, a late listener of the earlier holder must not mark the new
+// holder's recording complete: the new holder's synchronize() must wait for its own work.
+// ThreadSanitizer sees the unsynchronized listener creation and the listener's writes racing
+// reset(); (b) also checks the outcome.
 int testM2() {
   MPSStream* p1 = poolStream(1);
   MPSStream* p2 = poolStream(2);
   {
     Gate busy;
     encodeGate(p1, &busy);
-    c10::Event ev(c10::DeviceType::MPS);
-    ev.record(p1->unwrap());
-    std::thread x([&] { ev.synchronize(); });
-    std::thread y([&] { ev.synchronize(); });
+    p1->synchronize(SyncType::COMMIT);
+    at::mps::MPSEventPtr ev = at::mps::getMPSEventPool()->acquireEvent(/*enable_timing*/ true, p1);
+    at::mps::MPSEvent* e = ev.get();
+    std::atomic<bool> waited{false};
+    std::thread y([&] {
+      // synchronizes as soon as the record below has made the event pending
+      const auto until = Clock::now() + 5s;
+      while (!waited && Clock::now() < until) {
+        waited = e->synchronize();
+        std::this_thread::yield();
+      }
+    });
+    e->recordOn(p1, /*syncEvent*/ true);
     std::this_thread::sleep_for(100ms);
     busy.open();
-    if (!finishesWithin(5000ms, [&] {
-          x.join();
-          y.join();
-        })) {
-      fail(g_test, "two threads synchronizing one event: not both returned within 5 s of its signal");
+    if (!finishesWithin(5000ms, [&] { y.join(); })) {
+      fail(g_test, "synchronize() of a recorded timing event did not return within 5 s of its signal");
       result("hang=synchronize");
       endNow(1);
     }
+    if (!waited) {
+      fail(g_test, "synchronize() never saw the event pending (the record did not take effect)");
+    }
   }
   guard()->synchronizeDevice(0);
-  for (int round = 0; round < 20; ++round) {
+  int early = 0;
+  constexpr int kRounds = 20;
+  for (int round = 0; round < kRounds && failures() == 0; ++round) {
     Gate busy1, busy2;
     encodeGate(p1, &busy1);
     {
@@ -366,13 +379,14 @@ int testM2() {
     busy1.open();
     guard()->synchronizeStream(p1->unwrap()); // settled: the pool may hand it out again
 
-    Flag done;
+    Flag doneFlag;
+    Flag* done = &doneFlag;
     encodeGate(p2, &busy2);
-    encodeSet(p2, &done, 1);
+    encodeSet(p2, done, 1);
     c10::Event second(c10::DeviceType::MPS, c10::EventFlag::BACKEND_DEFAULT);
     second.record(p2->unwrap());
-    const bool early = finishesWithin(300ms, [&] { second.synchronize(); });
-    if (early) {
+    if (finishesWithin(300ms, [&] { second.synchronize(); })) {
+      ++early;
       fail(g_test, "round %d: synchronize() of a newly recorded event returned while its stream was still blocked "
                    "(the earlier holder's completion listener reached the new holder)", round);
     }
@@ -382,13 +396,42 @@ int testM2() {
       result("hang=synchronizeStream");
       endNow(1);
     }
-    if (failures()) {
-      break;
+    if (done->value.load() != 1) {
+      fail(g_test, "round %d: the work recorded ahead of the event did not run", round);
     }
   }
   guard()->synchronizeDevice(0);
   mpsemu_quiesce(10000);
-  return result("rounds=20") ? 0 : 1;
+  char detail[64];
+  snprintf(detail, sizeof detail, "rounds=%d early=%d", kRounds, early);
+  return result(detail) ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Two threads synchronize one pending event at once (c10 allows it: torch.mps.Event.synchronize()
+// from two threads). Each call registers a listener that sets the event's one "completed" flag and
+// wakes one waiter; each waiter clears the flag. Both must return.
+int testEventTwoWaiters() {
+  MPSStream* p1 = poolStream(1);
+  for (int round = 0; round < 10; ++round) {
+    Gate busy;
+    encodeGate(p1, &busy);
+    c10::Event ev(c10::DeviceType::MPS);
+    ev.record(p1->unwrap());
+    std::thread x([&] { ev.synchronize(); });
+    std::thread y([&] { ev.synchronize(); });
+    std::this_thread::sleep_for(50ms);
+    busy.open();
+    if (!finishesWithin(5000ms, [&] {
+          x.join();
+          y.join();
+        })) {
+      fail(g_test, "round %d: two threads synchronizing one event: not both returned within 5 s of its signal", round);
+      result("hang=synchronize");
+      endNow(1);
+    }
+  }
+  return result("rounds=10") ? 0 : 1;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -523,6 +566,7 @@ int main(int argc, char** argv) {
       {"m4", testM4},
       {"turn2-event-reuse", testTurn2EventReuse},
       {"turn2-leak-prev", testTurn2LeakPrev},
+      {"event-two-waiters", testEventTwoWaiters},
   };
   if (argc != 2 || tests.count(argv[1]) == 0) {
     std::fprintf(stderr, "usage: %s NAME; names:", argv[0]);
