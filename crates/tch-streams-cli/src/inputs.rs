@@ -125,12 +125,74 @@ pub fn generate(arg: &InputArg, ints: IntRange, device: Device) -> Result<Tensor
     t.map_err(|e| format!("cannot make an input of shape {:?} ({}): {e}", arg.shape, dtype_name(arg.kind)))
 }
 
+/// Longest `.npy` header read, in bytes (numpy's own reader refuses longer ones by default).
+const MAX_NPY_HEADER: usize = 10_000;
+
+/// Deepest bracket nesting read in a `.npy` header. A plain array's header nests 2 deep (the
+/// dict, the shape tuple); a structured dtype (refused later, by name) a little deeper. The
+/// parser's time grows exponentially with nesting (12 levels of `{`: 2 s, 16 levels: 110 s).
+const MAX_NPY_NESTING: usize = 4;
+
+/// Checks the form of a `.npy` file's header before the parser sees it: the magic string, a
+/// known version, a header length within [`MAX_NPY_HEADER`] and within the file, text, a dict
+/// literal, brackets balanced and at most [`MAX_NPY_NESTING`] deep (outside quoted strings).
+fn check_npy_header(bytes: &[u8]) -> Result<(), String> {
+    let damaged = "the file is damaged or not a .npy array numpy wrote";
+    if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
+        return Err("not a .npy file (it does not start with \\x93NUMPY); write arrays with numpy.save".into());
+    }
+    let (len, start) = match (bytes[6], bytes[7]) {
+        (1, 0) => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        (2 | 3, 0) if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        (2 | 3, 0) => return Err(format!("the file ends inside its header: {damaged}")),
+        (major, minor) => return Err(format!("unsupported .npy format version {major}.{minor}: expected 1.0, 2.0 or 3.0")),
+    };
+    if len > MAX_NPY_HEADER {
+        return Err(format!("it announces a header of {len} bytes; at most {MAX_NPY_HEADER} are read (as numpy does): {damaged}"));
+    }
+    let header = bytes.get(start..start + len).ok_or_else(|| format!("the file ends inside its {len}-byte header: {damaged}"))?;
+    let text = std::str::from_utf8(header).map_err(|_| format!("its header is not text: {damaged}"))?.trim();
+    if !(text.starts_with('{') && text.ends_with('}')) {
+        return Err(format!("its header is not a dict ({{'descr': ..., 'fortran_order': ..., 'shape': (...)}}): {damaged}"));
+    }
+    let (mut depth, mut quote, mut escaped) = (0usize, None, false);
+    for c in text.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '\'' | '"' => quote = Some(c),
+                '{' | '[' | '(' => {
+                    depth += 1;
+                    if depth > MAX_NPY_NESTING {
+                        return Err(format!("its header nests brackets deeper than {MAX_NPY_NESTING} (a plain array's nests 2): {damaged}"));
+                    }
+                }
+                '}' | ']' | ')' => depth = depth.checked_sub(1).ok_or_else(|| format!("its header has unbalanced brackets: {damaged}"))?,
+                _ => {}
+            },
+        }
+    }
+    if depth != 0 || quote.is_some() {
+        return Err(format!("its header has unbalanced brackets or quotes: {damaged}"));
+    }
+    Ok(())
+}
+
 /// Reads a `.npy` file into a host tensor: float32/64, float16, int64/32/16/8, uint8, bool; any
-/// rank ≥ 1 (dim 0 = samples); C order.
+/// rank ≥ 1 (dim 0 = samples); C order. The header's form is checked before it is parsed.
 pub fn read_npy(path: &Path) -> Result<Tensor, String> {
     use npyz::{DType, TypeChar};
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let bytes = std::fs::read(path).map_err(|e| err(&e))?;
+    check_npy_header(&bytes).map_err(|e| err(&e))?;
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| err(&e))?;
     if npy.order() != npyz::Order::C {
         return Err(err(&"Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
@@ -170,4 +232,73 @@ pub fn describe(t: &Tensor) -> InputArg {
 pub fn format_input(arg: &InputArg) -> String {
     let dims: Vec<String> = arg.shape.iter().map(i64::to_string).collect();
     format!("{}:{}", dims.join("x"), dtype_name(arg.kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_npy;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A version 1.0 `.npy` file: magic, version, header length, the header padded with spaces
+    /// and a newline to a multiple of 64 bytes (as numpy writes it), then `data`.
+    fn npy(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut text = header.to_string();
+        while (10 + text.len() + 1) % 64 != 0 {
+            text.push(' ');
+        }
+        text.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// Reads `bytes` as a `.npy` file on another thread; fails the test if that takes longer than
+    /// `secs` (a hang). The shape of the tensor read, or the error.
+    fn read_within(secs: u64, bytes: Vec<u8>) -> Result<Vec<i64>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, bytes).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_npy(&path).map(|t| t.size()));
+        });
+        let out = rx.recv_timeout(Duration::from_secs(secs));
+        drop(dir);
+        out.unwrap_or_else(|_| panic!("watchdog: reading the file took longer than {secs} s (a hang)"))
+    }
+
+    /// Issue #24, item 6: nested brackets in a header used to take the parser exponential time
+    /// (measured: 12 levels of `{` 2.3 s, 14 levels 17 s, 16 levels 110 s). The header's form is
+    /// checked first.
+    #[test]
+    fn a_header_of_nested_brackets_is_refused_at_once() {
+        let deep = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': {} }}", "{".repeat(30));
+        let bytes = npy(&deep, &[0; 4]);
+        assert_eq!(bytes.len(), 128 + 4, "a 128-byte header");
+        let err = read_within(20, bytes).unwrap_err();
+        assert!(err.contains("nests brackets deeper than 4") && err.contains("not a .npy array numpy wrote"), "{err}");
+        let unbalanced = npy("{'descr': '<f4', 'fortran_order': False, 'shape': ((1,), }", &[0; 4]);
+        let err = read_within(20, unbalanced).unwrap_err();
+        assert!(err.contains("unbalanced brackets"), "{err}");
+        // A version 2.0 header that announces 4 GiB is refused before anything is allocated.
+        let mut huge = b"\x93NUMPY\x02\x00".to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        let err = read_within(20, huge).unwrap_err();
+        assert!(err.contains("header of 4294967295 bytes") && err.contains("at most 10000"), "{err}");
+    }
+
+    /// Headers of the form numpy writes still read, brackets inside the dtype string included.
+    #[test]
+    fn plain_headers_still_read() {
+        let floats: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let plain = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", &floats);
+        assert_eq!(read_within(20, plain), Ok(vec![2, 3]));
+        let vector = npy("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", &7i64.to_le_bytes());
+        assert_eq!(read_within(20, vector), Ok(vec![1]));
+        let err = read_within(20, b"not numpy".to_vec()).unwrap_err();
+        assert!(err.contains("not a .npy file"), "{err}");
+    }
 }
