@@ -163,6 +163,17 @@ inline at::mps::MPSStream* mpsStream(const c10::Stream& s) {
   return at::mps::getStreamByID(s.id());
 }
 
+// The MPS allocator (v2.11.0 has a shared-storage one beside the private one; from v2.13.0 on there
+// is one, and here it is our stand-in: see standins/allocator.mm).
+inline at::mps::IMPSAllocator* mpsAllocator(bool shared = false) {
+#if MPSEMU_TORCH_MINOR >= 13
+  (void)shared;
+  return at::mps::getIMPSAllocator();
+#else
+  return at::mps::getIMPSAllocator(shared);
+#endif
+}
+
 // The MTLBuffer behind an MPS allocation.
 inline id<MTLBuffer> bufferOf(const c10::DataPtr& p) {
   return (__bridge id<MTLBuffer>)p.get();

@@ -2,8 +2,9 @@
 // thread on a pool stream of its own, half of them bound through c10's device guard interface
 // (getStreamFromGlobalPool + exchangeStream), half through the patch's at::mps::getStreamFromPool +
 // setCurrentMPSStream. Per iteration a thread:
-//   1. allocates a buffer through the MPS allocator (private pool on even iterations, shared on odd
-//      ones; sizes vary so that buffers move between threads through the cache);
+//   1. allocates a buffer through the MPS allocator (v2.11.0: private pool on even iterations,
+//      shared on odd ones; sizes vary so that buffers move between threads through the cache;
+//      v2.13.0: our stand-in allocator, which never reuses a buffer);
 //   2. encodes a kernel on its own stream that writes a pattern only this (thread, iteration) uses;
 //   3. records a c10::Event on its stream; the consumer stream (the next thread's stream, or the
 //      default stream every 8th iteration) blocks on the event, then a kernel there reads the
@@ -85,7 +86,7 @@ int main() {
 
     for (unsigned i = 0; i < iterations; ++i) {
       const uint32_t n = 256 + ((t * 31 + i * 7) % 8) * 192;
-      at::mps::IMPSAllocator* alloc = at::mps::getIMPSAllocator(/*sharedAllocator*/ i % 2 == 1);
+      at::mps::IMPSAllocator* alloc = mpsAllocator(/*shared*/ i % 2 == 1);
       c10::DataPtr data = alloc->allocate(n * sizeof(uint32_t));
       id<MTLBuffer> buffer = bufferOf(data);
       const uint32_t tt = t, ii = i;
