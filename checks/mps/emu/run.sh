@@ -11,8 +11,8 @@
 #      rebuilds what changed, runs the test(s) its first line names ("# test: h1"; default: the
 #      file name's first word) and expects them to FAIL (a value check, an emulator violation, a
 #      sanitizer report, a deadline or the watchdog).
-# Prints progress on stderr and one line on stdout, last:
-#   PASS|FAIL|SKIP mps-emu v<VERSION>: ...
+# Prints progress on stderr and the result's message as the last stdout line (check-patch prints it
+# as "PASS|FAIL|SKIP mps-emu v<VERSION>: <message>"; stderr ends with that line too).
 # Exit 0 pass, 1 fail, 3 skip (a file the version's window needs is missing; the line says which).
 #
 # Usage:
@@ -58,12 +58,14 @@ done
 case "$V" in 2.11.0|2.13.0) ;; *) echo "run.sh: --version 2.11.0|2.13.0" >&2; exit 2 ;; esac
 log() { echo "[mps-emu v$V] $*" >&2; }
 elapsed() { local s=$((SECONDS - START)); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
+# The last stdout line is the message alone: check-patch prints it after "PASS|FAIL|SKIP mps-emu
+# v<VERSION>: " (so does stderr here, for runs by hand).
 finish() { # STATUS(pass|fail|skip) MESSAGE
-  case "$1" in
-    pass) echo "PASS mps-emu v$V: $2 ($(elapsed))"; exit 0 ;;
-    skip) echo "SKIP mps-emu v$V: $2"; exit 3 ;;
-    *) echo "FAIL mps-emu v$V: $2 ($(elapsed))"; exit 1 ;;
-  esac
+  local msg="$2"
+  [ "$1" = skip ] || msg+=" ($(elapsed))"
+  echo "$(tr a-z A-Z <<<"$1") mps-emu v$V: $msg" >&2
+  echo "$msg"
+  case "$1" in pass) exit 0 ;; skip) exit 3 ;; *) exit 1 ;; esac
 }
 
 if [ -z "$WORK" ]; then WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
@@ -110,9 +112,9 @@ done
 for f in $STANDINS; do [ -f "$HERE/standins/$f" ] || finish fail "no stand-in checks/mps/emu/standins/$f"; done
 
 SANS=(tsan); [ "$ASAN" = 1 ] && SANS+=(asan)
-# the allocator tests (h2 h3 m4) need upstream's MPSAllocator.mm: v2.11.0 only
+# the allocator tests (h2 h3 m4 event-ids) need upstream's MPSAllocator.mm: v2.11.0 only
 case "$V" in
-  2.11.0) TARGETED=(h1 h2 h3 m1 m2 m4 event-two-waiters turn2-event-reuse turn2-leak-prev) ;;
+  2.11.0) TARGETED=(h1 h2 h3 m1 m2 m4 event-two-waiters event-ids turn2-event-reuse turn2-leak-prev) ;;
   *) TARGETED=(h1 m1 m2 event-two-waiters turn2-event-reuse turn2-leak-prev) ;;
 esac
 wanted() { [ -z "$ONLY" ] || grep -qw -- "$1" <<<"$ONLY"; }

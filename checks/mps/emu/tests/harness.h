@@ -188,7 +188,12 @@ namespace mpsemu_test {
 // stream's serial queue (dispatch_sync_with_rethrow), into the stream's shared compute encoder,
 // with the buffers it touches bound to the encoder (so the command buffer holds them until it
 // completes, which is what the allocator's "idle" test reads).
-inline void encodeKernel(at::mps::MPSStream* stream, std::vector<id<MTLBuffer>> buffers, void (^body)(void)) {
+// `then`, when given, runs in the same block after the kernel is encoded (where an op records its
+// buffers' events, for instance).
+inline void encodeKernel(at::mps::MPSStream* stream,
+                         std::vector<id<MTLBuffer>> buffers,
+                         void (^body)(void),
+                         void (^then)(void) = nullptr) {
   at::mps::dispatch_sync_with_rethrow(stream->queue(), ^() {
     @autoreleasepool {
       id<MTLComputeCommandEncoder> encoder = stream->commandEncoder();
@@ -197,6 +202,9 @@ inline void encodeKernel(at::mps::MPSStream* stream, std::vector<id<MTLBuffer>> 
         [encoder setBuffer:b offset:0 atIndex:index++];
       }
       mpsemu_encode_kernel(encoder, body);
+      if (then) {
+        then();
+      }
     }
   });
 }

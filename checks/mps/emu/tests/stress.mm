@@ -9,7 +9,11 @@
 //   3. records a c10::Event on its stream; the consumer stream (the next thread's stream, or the
 //      default stream every 8th iteration) blocks on the event, then a kernel there reads the
 //      buffer and checks every word (the "values" count);
-//   4. tells the allocator that the consumer stream uses the buffer (recordDataPtrOnStream), frees
+//   4. v2.11.0, shared buffers: records the allocator's per-buffer event inside the producer's and
+//      again inside the consumer's block (recordEvents, as copies do: one event re-recorded on two
+//      streams), and every other time waits for it on the CPU (waitForEvents) and checks every
+//      word from the CPU;
+//   5. tells the allocator that the consumer stream uses the buffer (recordDataPtrOnStream), frees
 //      it, and every 10th iteration synchronizes (its stream, the event, or the whole device).
 // Then: the device is synchronized, the emulator quiesced, and the test checks that every value
 // was checked and right, that no command buffer is left alive, that the emulator saw no misuse;
@@ -90,12 +94,25 @@ int main() {
       c10::DataPtr data = alloc->allocate(n * sizeof(uint32_t));
       id<MTLBuffer> buffer = bufferOf(data);
       const uint32_t tt = t, ii = i;
-      encodeKernel(ownStream, {buffer}, ^() {
-        auto* p = static_cast<uint32_t*>([buffer contents]);
-        for (uint32_t k = 0; k < n; ++k) {
-          p[k] = pattern(tt, ii, k);
-        }
-      });
+      // the allocator's per-buffer events: upstream's allocator, shared buffers
+      const bool bufferEvents = MPSEMU_TORCH_MINOR < 13 && i % 2 == 1;
+      const void* ptr = data.get();
+      void (^recordBufferEvent)(void) = nullptr;
+      if (bufferEvents) {
+        recordBufferEvent = ^() {
+          alloc->recordEvents({ptr}); // on the stream whose block this is
+        };
+      }
+      encodeKernel(
+          ownStream,
+          {buffer},
+          ^() {
+            auto* p = static_cast<uint32_t*>([buffer contents]);
+            for (uint32_t k = 0; k < n; ++k) {
+              p[k] = pattern(tt, ii, k);
+            }
+          },
+          recordBufferEvent);
 
       c10::Event written(c10::DeviceType::MPS);
       written.record(own);
@@ -125,8 +142,23 @@ int main() {
             st->first = text;
           }
         }
-      });
+      }, recordBufferEvent);
       guard()->recordDataPtrOnStream(data, consumer);
+      if (bufferEvents && i % 4 == 1) {
+        // as a copy to the CPU does: wait for the buffer's last recorded use, then read it
+        alloc->waitForEvents({ptr});
+        const auto* p = static_cast<const uint32_t*>([buffer contents]);
+        uint32_t bad = 0;
+        for (uint32_t k = 0; k < n; ++k) {
+          bad += p[k] != pattern(tt, ii, k);
+        }
+        stats.expected += n;
+        stats.checked += n;
+        if (bad) {
+          stats.wrong += bad;
+          fail(kTest, "thread %u iteration %u: after waitForEvents() the CPU read %u of %u words wrong", t, i, bad, n);
+        }
+      }
       data.clear(); // free: the allocator may hand the buffer out again once the rules allow
 
       if (i % 10 == 9) {

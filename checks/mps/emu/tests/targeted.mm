@@ -5,7 +5,8 @@
 // that names it, on code with it (a value check, a hang caught by a deadline, an emulator
 // violation, or a sanitizer report: the test name says which build must see it, see run.sh).
 //
-// Usage: targeted NAME    (h1 h2 h3 m1 m2 m4 turn2-event-reuse turn2-leak-prev event-two-waiters);
+// Usage: targeted NAME    (h1 h2 h3 m1 m2 m4 event-two-waiters event-ids turn2-event-reuse
+// turn2-leak-prev);
 // one test per process, so that each starts from a fresh allocator, event pool and stream pool.
 #include "harness.h"
 
@@ -541,6 +542,64 @@ int testM4() {
   guard()->synchronizeDevice(0);
   return result(error.empty() ? "allocation=succeeded" : "allocation=raised") ? 0 : 1;
 }
+
+// ------------------------------------------------------------------------------------------------
+// Event ids: the event pool numbers each event it makes (the id c10 hands out as the event's
+// handle). The allocator's per-buffer events (recordEvents, under the allocator's lock) and c10's
+// events (under the pool's lock) are made by different threads at once; the numbering must not
+// race (ThreadSanitizer), and the ids of live events must differ, also after the allocator's
+// events went back to the pool and came out again as c10 events.
+int testEventIds() {
+  constexpr int kThreads = 8, kEach = 40;
+  at::mps::IMPSAllocator* shared = at::mps::getIMPSAllocator(/*sharedAllocator*/ true);
+  std::vector<std::vector<std::unique_ptr<c10::Event>>> events(kThreads);
+  std::vector<std::vector<c10::DataPtr>> buffers(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      MPSStream* s = poolStream(1 + t);
+      at::mps::setCurrentMPSStream(s);
+      for (int k = 0; k < kEach; ++k) {
+        if (t % 2 == 0) {
+          events[t].push_back(std::make_unique<c10::Event>(c10::DeviceType::MPS));
+          events[t].back()->record(s->unwrap());
+        } else {
+          buffers[t].push_back(shared->allocate(64));
+          const void* ptr = buffers[t].back().get();
+          at::mps::dispatch_sync_with_rethrow(s->queue(), ^() {
+            shared->recordEvents({ptr});
+          });
+        }
+      }
+    });
+  }
+  for (auto& th : threads) {
+    th.join();
+  }
+  guard()->synchronizeDevice(0);
+  for (auto& b : buffers) {
+    b.clear(); // their events go back to the pool, settled
+  }
+  MPSStream* s = poolStream(1);
+  for (int k = 0; k < kThreads / 2 * kEach; ++k) {
+    events[0].push_back(std::make_unique<c10::Event>(c10::DeviceType::MPS));
+    events[0].back()->record(s->unwrap());
+  }
+  std::map<uintptr_t, int> seen;
+  int live = 0;
+  for (auto& list : events) {
+    for (auto& e : list) {
+      ++live;
+      if (++seen[reinterpret_cast<uintptr_t>(e->eventId())] == 2) {
+        fail(g_test, "two live c10 events share the MPS event id %zu", static_cast<size_t>(reinterpret_cast<uintptr_t>(e->eventId())));
+      }
+    }
+  }
+  guard()->synchronizeDevice(0);
+  char detail[64];
+  snprintf(detail, sizeof detail, "live-events=%d distinct-ids=%zu", live, seen.size());
+  return result(detail) ? 0 : 1;
+}
 #endif // MPSEMU_UPSTREAM_ALLOCATOR
 
 // ------------------------------------------------------------------------------------------------
@@ -624,6 +683,7 @@ int main(int argc, char** argv) {
       {"h2", testH2},
       {"h3", testH3},
       {"m4", testM4},
+      {"event-ids", testEventIds},
 #endif
       {"m1", testM1},
       {"m2", testM2},
