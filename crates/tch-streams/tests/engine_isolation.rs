@@ -8,7 +8,7 @@ mod common;
 use common::{accounted, watchdog};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
-use tch_streams::engine::{Batching, Engine, EngineBuilder, EngineError, InputSpec};
+use tch_streams::engine::{Batching, Engine, EngineBuilder, EngineError, InputSpec, Output};
 use tch_streams::models::{Model, Outputs};
 
 /// One sample of four values `v, v+1, v+2, v+3`.
@@ -158,5 +158,41 @@ fn an_empty_output_passes_the_check_and_is_served_batched() {
         assert_eq!(e.infer(x(0.0)).unwrap().size(), vec![1, 0]);
         e.shutdown();
         accounted(&e.stats());
+    });
+}
+
+// ---- 9. The model never sees the caller's tensor, and no answer aliases it ------------------
+
+/// An in-place model (`x.add_(1)`) used to change the caller's input when its request ran alone
+/// and unpadded (the model got the caller's tensor itself), and an identity model answered with
+/// the caller's own memory. The model gets the engine's copy in every mode.
+#[test]
+fn the_model_never_sees_the_callers_tensor_and_no_answer_aliases_it() {
+    watchdog(60, || {
+        let in_place = || Model::closure(|x: &Tensor| x.shallow_clone().f_add_scalar_(1.0));
+        let identity = || Model::closure(|x: &Tensor| Ok::<_, tch::TchError>(x.shallow_clone()));
+        let modes = [
+            ("batching off", Batching::Off, Output::OnDevice),
+            ("batching off, output on the host", Batching::Off, Output::Cpu),
+            ("dynamic batching", Batching::Dynamic { max_batch: 4, max_wait: Duration::ZERO }, Output::OnDevice),
+        ];
+        for (what, batching, output) in modes {
+            let e = on_cpu(in_place()).batching(batching).output(output).build().unwrap();
+            let input = x(0.0);
+            let y = e.infer(input.shallow_clone()).unwrap();
+            assert_eq!(values(&y), [1.0, 2.0, 3.0, 4.0], "{what}");
+            assert_eq!(values(&input), [0.0, 1.0, 2.0, 3.0], "{what}: the in-place model changed the caller's input");
+            e.shutdown();
+            accounted(&e.stats());
+
+            let e = on_cpu(identity()).batching(batching).output(output).build().unwrap();
+            let input = x(0.0);
+            let mut y = e.infer(input.shallow_clone()).unwrap();
+            assert_ne!(y.data_ptr(), input.data_ptr(), "{what}: the answer is the caller's own memory");
+            let _ = y.f_add_scalar_(5.0).unwrap();
+            assert_eq!(values(&input), [0.0, 1.0, 2.0, 3.0], "{what}: changing the answer changed the input");
+            e.shutdown();
+            accounted(&e.stats());
+        }
     });
 }

@@ -6,7 +6,7 @@
 //! answers are split. They never change a real row's answer: batching only runs for models that
 //! passed the batch-independence check, and the padded batch is one fixed shape per bucket.
 
-use tch::{TchError, Tensor};
+use tch::{Device, TchError, Tensor};
 
 /// Sorted, distinct bucket sizes in samples. Empty: no padding.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -47,19 +47,27 @@ impl Buckets {
     }
 }
 
-/// Joins the requests' parts of one input along dim 0 and appends `pad` copies of the first
-/// sample. One request without padding is passed through without a copy.
-pub(crate) fn join_padded(parts: &[&Tensor], pad: i64) -> Result<Tensor, TchError> {
-    if pad == 0 {
-        return if parts.len() == 1 { Ok(parts[0].shallow_clone()) } else { Tensor::f_cat(parts, 0) };
-    }
-    let first = parts[0].f_narrow(0, 0, 1)?;
-    let mut dims = first.size();
-    dims[0] = pad;
-    let filler = first.f_expand(dims.as_slice(), false)?;
-    let mut all: Vec<&Tensor> = parts.to_vec();
-    all.push(&filler);
-    Tensor::f_cat(&all, 0)
+/// Joins the requests' parts of one input along dim 0, appends `pad` copies of the first
+/// sample, and puts the result on `device`. The result is always new memory that only the engine
+/// holds, never a caller's tensor: one request without padding is copied too (straight to
+/// `device`, one copy either way), so an in-place model cannot change a caller's input, and an
+/// answer that aliases the model's input does not alias the caller's.
+pub(crate) fn join_padded(parts: &[&Tensor], pad: i64, device: Device) -> Result<Tensor, TchError> {
+    let joined = match (parts, pad) {
+        ([one], 0) if one.device() == device => return one.f_detach_copy(),
+        ([one], 0) => return one.f_to_device(device), // another device: a copy by nature
+        (_, 0) => Tensor::f_cat(parts, 0)?,
+        _ => {
+            let first = parts[0].f_narrow(0, 0, 1)?;
+            let mut dims = first.size();
+            dims[0] = pad;
+            let filler = first.f_expand(dims.as_slice(), false)?;
+            let mut all: Vec<&Tensor> = parts.to_vec();
+            all.push(&filler);
+            Tensor::f_cat(&all, 0)?
+        }
+    };
+    if joined.device() == device { Ok(joined) } else { joined.f_to_device(device) }
 }
 
 #[cfg(test)]
@@ -88,13 +96,23 @@ mod tests {
     fn padding_repeats_the_first_sample_after_the_parts() {
         let a = Tensor::from_slice(&[1.0f32, 2.0]).reshape([1, 2]);
         let b = Tensor::from_slice(&[3.0f32, 4.0, 5.0, 6.0]).reshape([2, 2]);
-        let x = join_padded(&[&a, &b], 2).unwrap();
+        let x = join_padded(&[&a, &b], 2, Device::Cpu).unwrap();
         assert_eq!(x.size(), vec![5, 2]);
         let v: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
         assert_eq!(v, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 1.0, 2.0, 1.0, 2.0]);
-        let one = join_padded(&[&a], 0).unwrap();
-        assert_eq!(one.data_ptr(), a.data_ptr(), "one unpadded part is passed through without a copy");
         let ints = Tensor::zeros([1, 3], (Kind::Int64, Device::Cpu));
-        assert_eq!(join_padded(&[&ints], 3).unwrap().size(), vec![4, 3]);
+        assert_eq!(join_padded(&[&ints], 3, Device::Cpu).unwrap().size(), vec![4, 3]);
+    }
+
+    #[test]
+    fn one_unpadded_part_is_copied_never_passed_through() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0]).reshape([1, 2]);
+        let mut one = join_padded(&[&a], 0, Device::Cpu).unwrap();
+        assert_ne!(one.data_ptr(), a.data_ptr(), "the engine's own memory, not the caller's");
+        let _ = one.f_add_scalar_(1.0).unwrap();
+        assert_eq!(Vec::<f32>::try_from(a.flatten(0, -1)).unwrap(), vec![1.0, 2.0], "changing the copy leaves the input alone");
+        let strided = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).reshape([2, 2]).tr();
+        let copy = join_padded(&[&strided], 0, Device::Cpu).unwrap();
+        assert!(copy.equal(&strided));
     }
 }

@@ -14,6 +14,12 @@
 //!   them as one, and splits the result back; incompatible requests form batches of their own.
 //! - Results are final when the caller gets them: the worker synchronised its stream (or copied
 //!   to the host for [`Output::Cpu`]).
+//! - The model never sees a caller's tensor, and no answer shares memory with one: every input
+//!   reaches the model as the engine's own copy on the worker's device (a batch is joined into
+//!   new memory anyway; a lone request is copied too, or moved, which copies). So a model that
+//!   writes into its input (`x.add_(1)`) cannot change the caller's tensor, and an identity model
+//!   answers with new memory. Cost: one copy of a lone request's input where it was already on
+//!   the worker's device (CPU, 3×224×224 float32: a few tens of µs per request).
 //! - Bad input, a model error or a model panic fails only the requests concerned, with an
 //!   [`EngineError`]; a panicking worker is replaced. Nothing is dropped silently: on
 //!   shutdown every accepted request is completed or explicitly failed.

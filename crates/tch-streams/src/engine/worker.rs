@@ -298,11 +298,8 @@ fn run_batch(spec: &WorkerSpec, runner: &mut Runner, requests: &[&[Tensor]], row
             (y, total)
         }
         None => {
-            let mut xs = Vec::with_capacity(arity);
-            for p in &parts {
-                let x = join_padded(p, pad).map_err(torch)?;
-                xs.push(if x.device() == spec.device { x } else { x.f_to_device(spec.device).map_err(torch)? });
-            }
+            // Always the engine's own tensors: the model never sees a caller's (see `join_padded`).
+            let xs = parts.iter().map(|p| join_padded(p, pad, spec.device)).collect::<Result<Vec<_>, _>>().map_err(torch)?;
             let t1 = Stages::lap(&st.assemble, t0);
             let y = runner.forward(&xs)?;
             drop(xs);
