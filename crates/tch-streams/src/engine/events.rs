@@ -15,10 +15,22 @@
 //! whether the producer stream is idle (a query, which does not enqueue anything): then
 //! everything enqueued there, the inputs included, is done and there is nothing to wait for.
 //!
-//! Invariants: a [`ReadyMarks`] belongs to one worker thread; its events are re-recorded only
+//! Invariants: a [`ReadyEvents`] belongs to one worker thread; its events are re-recorded only
 //! after the wait on their previous record was queued (a stream wait applies to the record that
 //! preceded it), or after the host waited for it.
+//!
+//! Which event a record uses depends on the backend. On CUDA one event per device serves every
+//! producer stream: re-recording captures the new stream's work, whatever the event marked before.
+//! On MPS an event is a shared event whose signal *sets* a value, and signals on different
+//! streams land in whatever order those streams finish: re-recorded on an idle stream while its
+//! record on a busy one is pending, the event goes back to the older value when the busy stream
+//! finishes, and waits for the newer one stall. A libtorch with an earlier revision of our MPS
+//! patch hangs there; the current one makes the new record wait for the old one instead, which
+//! would hold the second producer's later work behind the first's. So on MPS each producer stream
+//! gets its own event: every event is recorded on one stream only, where its signals land in
+//! order. There are at most 33 MPS streams per device, so the map stays small.
 
+use crate::backend::Backend;
 use crate::stream::{Event, Stream};
 use std::collections::HashMap;
 use tch::{Device, Tensor};
@@ -64,10 +76,28 @@ pub(crate) fn distinct(marks: impl IntoIterator<Item = ReadyMark>) -> (Vec<Ready
     (out, total)
 }
 
-/// A worker's events, one per device (reused batch after batch).
+/// Which of a worker's events a producer mark records: see the module notes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum EventKey {
+    /// One event for every stream of the device (CUDA).
+    Device(Device),
+    /// One event per producer stream (MPS).
+    Stream(Stream),
+}
+
+impl EventKey {
+    fn of(mark: &ReadyMark) -> EventKey {
+        match mark.stream.backend() {
+            Backend::Mps => EventKey::Stream(mark.stream),
+            Backend::Cuda | Backend::Cpu => EventKey::Device(mark.device),
+        }
+    }
+}
+
+/// A worker's events, reused batch after batch: one per device, or per producer stream on MPS.
 #[derive(Default)]
 pub(crate) struct ReadyEvents {
-    by_device: HashMap<Device, Event>,
+    events: HashMap<EventKey, Event>,
 }
 
 impl ReadyEvents {
@@ -81,7 +111,7 @@ impl ReadyEvents {
         if mark.stream.query()? {
             return Ok(()); // idle: every input it produced is complete
         }
-        let event = match self.by_device.entry(mark.device) {
+        let event = match self.events.entry(EventKey::of(mark)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(Event::new(mark.device)?),
         };
@@ -105,5 +135,26 @@ mod tests {
         let (d, total) = distinct(vec![m, m, m]);
         assert_eq!((d.len(), total), (1, 3));
         assert!(producers(&[Tensor::zeros([1], (tch::Kind::Float, Device::Cpu))]).is_empty(), "host inputs need no ordering");
+    }
+
+    fn stream(backend: Backend, id: i64) -> Stream {
+        Stream::from_raw(crate::ffi::TssStream { id, device_index: 0, device_type: backend.c10_device_type() })
+    }
+
+    #[test]
+    fn mps_producers_get_an_event_each_cuda_producers_share_one() {
+        let mark = |backend: Backend, device: Device, id: i64| ReadyMark { device, stream: stream(backend, id) };
+        // MPS: a shared event re-recorded on another stream can go back to an older value
+        let (m1, m2) = (mark(Backend::Mps, Device::Mps, 1), mark(Backend::Mps, Device::Mps, 2));
+        assert_eq!(EventKey::of(&m1), EventKey::Stream(m1.stream));
+        assert_ne!(EventKey::of(&m1), EventKey::of(&m2));
+        assert_eq!(EventKey::of(&m1), EventKey::of(&mark(Backend::Mps, Device::Mps, 1)));
+        // CUDA: one event per device, whatever the producer stream
+        let (c1, c2) = (mark(Backend::Cuda, Device::Cuda(0), 1), mark(Backend::Cuda, Device::Cuda(0), 2));
+        assert_eq!(EventKey::of(&c1), EventKey::Device(Device::Cuda(0)));
+        assert_eq!(EventKey::of(&c1), EventKey::of(&c2));
+        assert_ne!(EventKey::of(&c1), EventKey::of(&mark(Backend::Cuda, Device::Cuda(1), 1)));
+        let cpu = ReadyMark { device: Device::Cpu, stream: Stream::default_for(Device::Cpu).unwrap() };
+        assert_eq!(EventKey::of(&cpu), EventKey::Device(Device::Cpu));
     }
 }
