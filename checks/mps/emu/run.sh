@@ -90,6 +90,27 @@ mkdir -p "$CACHE"; CACHE="$(cd "$CACHE" && pwd)"
 [ -f "$TORCH_INC/c10/core/Allocator.h" ] || finish skip "no Linux torch $V headers in $TORCH_INC (TCH_STREAMS_TORCH=$V scripts/setup.sh makes the venv)"
 [ -f "$TORCH_INC/../lib/libtorch_cpu.so" ] || finish skip "no libtorch_cpu.so beside $TORCH_INC (../lib)"
 
+# What the emulator builds with: Debian's clang, GCC's Objective-C runtime, the blocks runtime.
+# Installed with apt-get when missing (as check-patch installs clang); a skip names what is missing.
+ensure_packages() {
+  local need=() gccv
+  command -v clang++ >/dev/null || command -v clang++-14 >/dev/null || need+=(clang)
+  gccv="$(gcc -dumpversion 2>/dev/null | cut -d. -f1 || true)"
+  [ -n "$gccv" ] && [ -e "$(gcc -print-file-name=libobjc.so)" ] || need+=("libobjc-${gccv:-12}-dev")
+  [ -e /usr/include/Block.h ] || need+=(libblocksruntime-dev)
+  [ "${#need[@]}" = 0 ] && return 0
+  if command -v apt-get >/dev/null; then
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    log "installing Debian packages: ${need[*]}"
+    { $sudo apt-get install -y -q "${need[@]}" >/dev/null 2>&1 \
+      || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q "${need[@]}" >/dev/null 2>&1; }; } || true
+  fi
+  { command -v clang++ || command -v clang++-14; } >/dev/null && [ -e "$(gcc -print-file-name=libobjc.so)" ] \
+    && [ -e /usr/include/Block.h ] \
+    || finish skip "the emulator needs Debian's ${need[*]} (apt-get install ${need[*]}), which could not be installed here"
+}
+ensure_packages
+
 # What each version's window has: upstream files compiled patched, and our stand-ins.
 case "$V" in
   2.11.0)
@@ -181,7 +202,7 @@ for san in "${SANS[@]}"; do
   log "built ($san, $((SECONDS - t0))s)"
 done
 
-stress_summary="" declare_clean=()
+stress_summary="" stress_builds=()
 if wanted stress; then
   for san in "${SANS[@]}"; do
     log "stress ($san)"
@@ -189,11 +210,11 @@ if wanted stress; then
     if [ "$T_OK" = 1 ]; then
       [ -n "$stress_summary" ] || stress_summary="$(sed 's/^RESULT stress pass //' <<<"$T_RESULT")"
       PASSED[stress/$san]=1
-      declare_clean+=("$san=clean")
+      stress_builds+=("$san=clean")
       log "stress ($san): $T_RESULT (${T_SECS}s)"
     else
       failures+=("stress ($san): $T_WHY")
-      declare_clean+=("$san=FAILED")
+      stress_builds+=("$san=FAILED")
       log "stress ($san) failed: $T_WHY (log: $WORK/stress-$san.log)"
     fi
   done
@@ -274,7 +295,7 @@ fi
 
 # --- the line ------------------------------------------------------------------------------------
 msg=""
-if wanted stress; then msg+="${stress_summary:-stress failed} ${declare_clean[*]}; "; fi
+if wanted stress; then msg+="${stress_summary:-stress failed} ${stress_builds[*]}; "; fi
 msg+="targeted passed: ${passed_targeted[*]:-none}; "
 if [ "$MUTATIONS" = 1 ]; then
   if [ -d "$MUTDIR" ]; then msg+="mutations caught: ${caught[*]:-none}; "; else msg+="mutations: none in checks/mps/emu/mutations/v$V; "; fi

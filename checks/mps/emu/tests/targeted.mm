@@ -150,7 +150,7 @@ int testH2() {
     alloc->emptyCache();
     emptied = true;
   });
-  std::this_thread::sleep_for(300ms); // the walker is now waiting for the owner's queue, lock dropped
+  std::this_thread::sleep_for(500ms); // the walker is now waiting for the owner's queue, lock dropped
 
   c10::DataPtr taken;
   std::thread taker([&] {
@@ -497,7 +497,7 @@ int testEventTwoWaiters() {
 #if MPSEMU_UPSTREAM_ALLOCATOR
 // ------------------------------------------------------------------------------------------------
 // M4: memory is at the allocator's limit and the cached buffers of the requested size (17 of them,
-// more than the reuse scan looks at) are busy on another stream, which will finish shortly. An
+// more than the reuse scan looks at) are busy on another stream, which finishes 100 ms later. An
 // allocation on this stream must not fail with out-of-memory: that stream's work frees the memory.
 int testM4() {
   MPSStream* other = poolStream(2);
@@ -521,7 +521,7 @@ int testM4() {
 
   limitAllocations(32 << 10);
   std::thread opener([&] {
-    std::this_thread::sleep_for(300ms);
+    std::this_thread::sleep_for(100ms);
     busy.open();
   });
   at::mps::setCurrentMPSStream(mine);
