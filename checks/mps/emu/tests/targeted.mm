@@ -5,7 +5,7 @@
 // that names it, on code with it (a value check, a hang caught by a deadline, an emulator
 // violation, or a sanitizer report: the test name says which build must see it, see run.sh).
 //
-// Usage: targeted NAME    (h1 h2 h3 m1 m2 m4 event-two-waiters event-ids turn2-event-reuse
+// Usage: targeted NAME    (h1 h2 h3 m1 m2 m4 m5 event-two-waiters event-ids turn2-event-reuse
 // turn2-leak-prev);
 // one test per process, so that each starts from a fresh allocator, event pool and stream pool.
 #include "harness.h"
@@ -544,6 +544,49 @@ int testM4() {
 }
 
 // ------------------------------------------------------------------------------------------------
+// M5: a buffer released while another stream still uses it leaves its space in the heap once that
+// stream's work completes; the allocator must measure the heap's free space only then. Here one
+// 8 MiB heap is filled with eight 1 MiB buffers; the last is used by a held-back kernel of another
+// stream, freed, released (emptyCache) and the allocator asked to refresh (freeInactiveBuffers)
+// while that kernel still holds it; then the kernel completes. A 1 MiB allocation then fits the
+// space it left: no new heap may be made (a heap measured too early stays "full").
+int testM5() {
+  MPSStream* s = poolStream(1);
+  MPSStream* other = poolStream(2);
+  at::mps::setCurrentMPSStream(s);
+  at::mps::IMPSAllocator* alloc = at::mps::getIMPSAllocator();
+  std::vector<c10::DataPtr> fill;
+  for (int k = 0; k < 8; ++k) {
+    fill.push_back(alloc->allocate(1 << 20));
+  }
+  const size_t heaps = mpsemu_live_objects("MTLHeap");
+  Gate busy;
+  encodeGate(other, &busy);
+  encodeKernel(other, {bufferOf(fill.back())}, ^() {
+  });
+  other->synchronize(SyncType::COMMIT);
+  guard()->recordDataPtrOnStream(fill.back(), other->unwrap());
+  fill.pop_back();
+  alloc->emptyCache();          // released while the other stream's kernel holds it
+  alloc->freeInactiveBuffers(); // a refresh while it is still held
+  busy.open();
+  guard()->synchronizeStream(other->unwrap());
+  mpsemu_quiesce(10000);
+  c10::DataPtr again = alloc->allocate(1 << 20);
+  const size_t after = mpsemu_live_objects("MTLHeap");
+  if (after != heaps) {
+    fail(g_test, "a 1 MiB allocation that fits the space a released buffer left in its heap made %zu new heap(s) "
+                 "(the heap's free space was measured while another stream still used the buffer)", after - heaps);
+  }
+  again.clear();
+  fill.clear();
+  guard()->synchronizeDevice(0);
+  char detail[64];
+  snprintf(detail, sizeof detail, "heaps-before=%zu heaps-after=%zu", heaps, after);
+  return result(detail) ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
 // Event ids: the event pool numbers each event it makes (the id c10 hands out as the event's
 // handle). The allocator's per-buffer events (recordEvents, under the allocator's lock) and c10's
 // events (under the pool's lock) are made by different threads at once; the numbering must not
@@ -683,6 +726,7 @@ int main(int argc, char** argv) {
       {"h2", testH2},
       {"h3", testH3},
       {"m4", testM4},
+      {"m5", testM5},
       {"event-ids", testEventIds},
 #endif
       {"m1", testM1},
