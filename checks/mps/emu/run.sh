@@ -138,7 +138,9 @@ case "$V" in
   2.11.0) TARGETED=(h1 h2 h3 m1 m2 m4 m5 event-two-waiters event-ids turn2-event-reuse turn2-leak-prev) ;;
   *) TARGETED=(h1 m1 m2 event-two-waiters turn2-event-reuse turn2-leak-prev) ;;
 esac
-wanted() { [ -z "$ONLY" ] || grep -qw -- "$1" <<<"$ONLY"; }
+in_list() { local x="$1" y; shift; for y in "$@"; do [ "$x" = "$y" ] && return 0; done; return 1; }
+# shellcheck disable=SC2086
+wanted() { [ -z "$ONLY" ] || in_list "$1" $ONLY; }
 
 # --- the emulator, per sanitizer (rebuilt when runtime/ changes) ---------------------------------
 build_runtime() { # SAN -> prints its directory
@@ -251,7 +253,7 @@ if [ "$MUTATIONS" = 1 ] && [ -d "$MUTDIR" ]; then
     [ "$name" != "${name#turn2-}" ] && [ -z "$(sed -n '1s/^# *test: *//p' "$m")" ] && tests="$name"
     sel="" unknown=""
     for t in $tests; do
-      if [ "$t" != stress ] && ! grep -qw -- "$t" <<<"${TARGETED[*]}"; then unknown+="$t "; continue; fi
+      if ! in_list "$t" stress "${TARGETED[@]}"; then unknown+="$t "; continue; fi
       wanted "$t" && sel+="$t "
     done
     if [ -n "$unknown" ]; then
