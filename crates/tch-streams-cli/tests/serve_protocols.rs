@@ -195,7 +195,7 @@ fn every_bad_request_gets_its_status_and_message_and_the_server_keeps_serving() 
         ("wrong_byte_size", "INVALID_ARGUMENT", "2044 byte(s) of data, but shape [1, 512] of FP32 needs 2048"),
         ("unknown_input", "INVALID_ARGUMENT", "unknown input \"x\""),
         ("missing_input", "INVALID_ARGUMENT", "input \"input1\" is missing"),
-        ("too_large", "OUT_OF_RANGE", "the limit is: 262144 bytes"),
+        ("too_large", "OUT_OF_RANGE", "larger than the limit of 262144 bytes (--max-request-bytes)"),
     ];
     for (case, want, message) in cases {
         let (c, m) = code(case);

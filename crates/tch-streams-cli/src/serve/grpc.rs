@@ -8,9 +8,16 @@
 //! (`--request-timeout-ms`), INTERNAL (model failure). Methods run on the async runtime's
 //! threads and only wait on the engine's ticket.
 
+use super::body::{self, Bounds};
+use super::listen::{Conn, Tracked};
 use super::model::{Payload, WireInput};
-use super::protocol::{elements, kind_of, tensor_to_bytes, ApiError};
+use super::protocol::{elements, kind_of, tensor_to_bytes, ApiError, ErrorKind};
 use super::state::{Protocol, Server};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -27,6 +34,102 @@ use pb::model_infer_response::InferOutputTensor;
 
 /// The service over a shared [`Server`].
 pub struct Grpc(pub Arc<Server>);
+
+/// The path of ModelInfer, the one method counted in the request metrics.
+const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// Set by the ModelInfer handler once it has counted its request: what the front finds unset
+/// was refused before the handler (a malformed message, an encoding tonic does not read).
+#[derive(Clone, Default)]
+pub struct Recorded(Arc<AtomicBool>);
+
+impl Recorded {
+    fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// What the gRPC port runs for each HTTP/2 stream, in front of tonic's service: reads the
+/// message under the size limit, the byte budget and the body timeout (see [`body`]), counts
+/// the request as in progress on its connection until the answer is written, and counts
+/// ModelInfer requests refused before their handler.
+#[derive(Clone)]
+pub struct Front {
+    server: Arc<Server>,
+    inner: GrpcInferenceServiceServer<Grpc>,
+    conn: Arc<Conn>,
+}
+
+impl Front {
+    /// The front of `inner` for one connection.
+    pub fn new(server: Arc<Server>, inner: GrpcInferenceServiceServer<Grpc>, conn: Arc<Conn>) -> Front {
+        Front { server, inner, conn }
+    }
+}
+
+/// Waits until `svc` is ready, then calls it.
+async fn call_ready<S: tower_service::Service<R>, R>(svc: &mut S, req: R) -> Result<S::Response, S::Error> {
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+    svc.call(req).await
+}
+
+/// The outcome a gRPC status code stands for in the request metrics.
+fn kind_of_code(code: tonic::Code) -> ErrorKind {
+    match code {
+        tonic::Code::InvalidArgument => ErrorKind::BadRequest,
+        tonic::Code::NotFound => ErrorKind::NotFound,
+        tonic::Code::OutOfRange => ErrorKind::TooLarge,
+        tonic::Code::ResourceExhausted => ErrorKind::Exhausted,
+        tonic::Code::Unavailable => ErrorKind::Unavailable,
+        tonic::Code::DeadlineExceeded => ErrorKind::Timeout,
+        tonic::Code::Cancelled => ErrorKind::Cancelled,
+        tonic::Code::Unimplemented => ErrorKind::Unsupported,
+        _ => ErrorKind::Internal,
+    }
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Front {
+    type Response = hyper::Response<Tracked<tonic::body::Body>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        let active = self.conn.enter();
+        let (server, mut inner) = (Arc::clone(&self.server), self.inner.clone());
+        Box::pin(async move {
+            let started = Instant::now();
+            let infer = req.uri().path() == INFER_PATH;
+            let (mut parts, body) = req.into_parts();
+            let declared = parts.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            let bounds = Bounds { max_bytes: server.limits.max_request_bytes, timeout: server.limits.body_timeout, grpc: true };
+            let read = match body::read(body, declared, bounds, &server.budget).await {
+                // tonic copies the message into its own buffer to decode it: count that too.
+                Ok((bytes, mut held)) => held.grow(bytes.len()).map(|_| (bytes, held)),
+                Err(e) => Err(e),
+            };
+            let (bytes, held) = match read {
+                Ok(x) => x,
+                Err(e) => {
+                    if infer {
+                        server.record("", Protocol::Grpc, started, Err(e.kind));
+                    }
+                    return Ok(Status::new(e.kind.grpc_code(), e.message).into_http::<tonic::body::Body>().map(|b| Tracked::new(b, active)));
+                }
+            };
+            let recorded = Recorded::default();
+            parts.extensions.insert(recorded.clone());
+            let req = hyper::Request::from_parts(parts, http_body_util::Full::new(bytes));
+            let resp = call_ready(&mut inner, req).await.unwrap_or_else(|e| match e {});
+            drop(held);
+            if infer && !recorded.0.load(Ordering::Acquire) {
+                let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map_or(tonic::Code::Unknown, tonic::Code::from);
+                let outcome = if code == tonic::Code::Ok { Ok(()) } else { Err(kind_of_code(code)) };
+                server.record("", Protocol::Grpc, started, outcome);
+            }
+            Ok(resp.map(|b| Tracked::new(b, active)))
+        })
+    }
+}
 
 /// The tonic service, with the message size limit of `--max-request-bytes`.
 pub fn service(server: Arc<Server>) -> GrpcInferenceServiceServer<Grpc> {
@@ -159,6 +262,9 @@ impl GrpcInferenceService for Grpc {
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
         let started = Instant::now();
+        if let Some(rec) = r.extensions().get::<Recorded>() {
+            rec.mark();
+        }
         let r = r.into_inner();
         let name = r.model_name.clone();
         let result = self.infer(r).await;

@@ -17,6 +17,8 @@
 //! cap, draining), 504 (`--request-timeout-ms`). Handlers run on the async runtime's threads;
 //! the only wait is on the engine's ticket (a future).
 
+use super::body::{self, Bounds};
+use super::budget::Reservation;
 use super::model::{Payload, ServedModel, WireInput};
 use super::protocol::{tensor_to_bytes, tensor_to_json, ApiError, ErrorKind};
 use super::state::{Protocol, Server};
@@ -87,6 +89,7 @@ async fn ready(State(s): State<Arc<Server>>) -> StatusCode {
 }
 
 async fn metrics(State(s): State<Arc<Server>>) -> Response {
+    s.metrics.buffered.set(i64::try_from(s.budget.used()).unwrap_or(i64::MAX));
     let models: Vec<&ServedModel> = s.models().map(|m| m.as_ref()).collect();
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], s.metrics.render(&models)).into_response()
 }
@@ -190,29 +193,18 @@ async fn infer(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>, headers: 
     result.unwrap_or_else(|e| error(&e))
 }
 
-async fn read_body(s: &Server, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = s.limits.max_request_bytes;
-    let too_large = || ApiError::new(ErrorKind::TooLarge, format!("the request body is larger than {limit} bytes (--max-request-bytes)"));
+/// The body, read whole under the size limit, the byte budget and the body timeout; its
+/// reservation is held until the request is answered.
+async fn read_body(s: &Server, headers: &HeaderMap, body: Body) -> Result<(Bytes, Reservation), ApiError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(x) = source {
-            if x.to_string().contains("length limit") {
-                return too_large();
-            }
-            source = x.source();
-        }
-        ApiError::bad(format!("cannot read the request body: {e}"))
-    })
+    let bounds = Bounds { max_bytes: s.limits.max_request_bytes, timeout: s.limits.body_timeout, grpc: false };
+    body::read(body, declared, bounds, &s.budget).await
 }
 
 async fn infer_inner(s: &Server, p: &ModelPath, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     // The body first, even for an unknown model: a connection whose request body was left
     // unread cannot be reused, and the client's next request on it would fail.
-    let body = read_body(s, headers, body).await?;
+    let (body, _held) = read_body(s, headers, body).await?;
     let model = Arc::clone(s.model(&p.name, p.version.as_deref())?);
     // The JSON part, then binary tensors when the header says where the JSON ends.
     let json_len = match headers.get(HEADER_LENGTH) {

@@ -11,6 +11,8 @@
 //! | `tch_streams_request_duration_seconds` | histogram | model, protocol: body received to answer encoded |
 //! | `tch_streams_engine_duration_seconds` | histogram | model: submitted to the engine until answered (queue + compute) |
 //! | `tch_streams_inflight_requests` | gauge | model |
+//! | `tch_streams_buffered_bytes` | gauge | — : bytes held from the `--max-buffered-bytes` budget |
+//! | `tch_streams_open_connections` | gauge | — : connections open on the HTTP and gRPC ports |
 //! | `tch_streams_engine_requests_total` | counter | model, result (submitted, completed, failed) |
 //! | `tch_streams_engine_latency_microseconds` | gauge | model, quantile (0.5, 0.95, 0.99): the engine's own queue + compute latency |
 //! | `tch_streams_queue_microseconds` | gauge | model, quantile (0.5, 0.99): submitted until a worker began the request's batch (batching wait included) |
@@ -20,7 +22,7 @@
 
 use super::model::ServedModel;
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 
 /// The request-side series, registered once at start-up.
@@ -34,6 +36,11 @@ pub struct Metrics {
     pub engine_seconds: HistogramVec,
     /// Requests being served now.
     pub inflight: IntGaugeVec,
+    /// Bytes held by requests being read and decoded (the `--max-buffered-bytes` budget's use),
+    /// set when scraped.
+    pub buffered: IntGauge,
+    /// Connections open on the HTTP and gRPC ports.
+    pub connections: IntGauge,
 }
 
 /// Latency buckets from 50 µs to about 6.5 s.
@@ -58,11 +65,15 @@ impl Metrics {
             &["model"],
         )?;
         let inflight = IntGaugeVec::new(Opts::new("tch_streams_inflight_requests", "Inference requests being served"), &["model"])?;
+        let buffered = IntGauge::new("tch_streams_buffered_bytes", "Bytes held by request bodies being read and the tensors decoded from them")?;
+        let connections = IntGauge::new("tch_streams_open_connections", "Connections open on the HTTP and gRPC ports")?;
+        registry.register(Box::new(buffered.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(engine_seconds.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
-        Ok(Metrics { registry, requests, request_seconds, engine_seconds, inflight })
+        Ok(Metrics { registry, requests, request_seconds, engine_seconds, inflight, buffered, connections })
     }
 
     /// The text exposition of every series, the engine-side ones read now.

@@ -19,8 +19,11 @@
 //! `output1`, … (a tensor, tuple or list) or the keys of a dict. Every model has one version,
 //! `1`. Tensors are row-major; raw bytes little-endian.
 
+pub mod body;
+pub mod budget;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
@@ -113,6 +116,27 @@ pub struct Args {
     /// Largest request body (HTTP) or message (gRPC), bytes; larger ones get 413 / OUT_OF_RANGE.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_request_bytes: usize,
+    /// Bytes that all requests being read and decoded may hold at once (their bodies and the
+    /// tensors made from them); beyond it requests get 503 / RESOURCE_EXHAUSTED at once
+    /// [default: a quarter of the host's memory, or of the cgroup's limit when lower].
+    #[arg(long)]
+    pub max_buffered_bytes: Option<usize>,
+    /// Longest a request body (HTTP) or message (gRPC) may take to arrive after its headers,
+    /// seconds; then 408 / DEADLINE_EXCEEDED.
+    #[arg(long, default_value_t = 60)]
+    pub body_timeout_s: u64,
+    /// A connection with no request in progress for this long is closed, seconds (this also
+    /// bounds how long a client may take to send a request's headers).
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_s: u64,
+    /// Most connections open at once over the HTTP and gRPC ports; at the cap the connection
+    /// idle the longest is closed to make room, and with none idle newcomers wait in the listen
+    /// queue.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams (gRPC requests) one connection may open.
+    #[arg(long, default_value_t = 128)]
+    pub max_streams: u32,
     /// On SIGTERM/Ctrl-C, longest the server waits for accepted requests to finish, seconds.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
@@ -148,6 +172,9 @@ Examples:
   tch-streams serve --model bert.pt --input 1x128:int64 --input 1x128:int64 --name bert --batch-max 32
   tch-streams serve --model a.pt --input 1x16 --model b.pt --input 1x8:int64 --http-port 0";
 
+/// Connections the metrics port keeps open at once (scrapers).
+pub const METRICS_CONNECTIONS: usize = 32;
+
 /// Bounds of the numeric flags.
 const MAX_WORKERS: usize = 1024;
 const MAX_BATCH: usize = 1 << 20;
@@ -156,6 +183,8 @@ const MAX_INFLIGHT: usize = 1 << 20;
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
 const MAX_DRAIN_S: u64 = 86_400;
 const MAX_IO_THREADS: usize = 1024;
+const MAX_CONNECTIONS: usize = 1 << 20;
+const MAX_STREAMS: u32 = 1 << 16;
 
 impl Args {
     /// Every numeric flag in range, with an error that names the flag and the accepted range.
@@ -180,6 +209,16 @@ impl Args {
         within("max-inflight", self.max_inflight as u64, 1, MAX_INFLIGHT as u64)?;
         within("max-request-bytes", self.max_request_bytes as u64, 1024, 1 << 34)?;
         within("drain-timeout-s", self.drain_timeout_s, 1, MAX_DRAIN_S)?;
+        within("body-timeout-s", self.body_timeout_s, 1, MAX_DRAIN_S)?;
+        within("idle-timeout-s", self.idle_timeout_s, 1, MAX_DRAIN_S)?;
+        within("max-connections", self.max_connections as u64, 1, MAX_CONNECTIONS as u64)?;
+        within("max-streams", self.max_streams as u64, 1, MAX_STREAMS as u64)?;
+        if let Some(b) = self.max_buffered_bytes {
+            within("max-buffered-bytes", b as u64, 1 << 20, 1 << 50)?;
+            if b < self.max_request_bytes {
+                bail!("--max-buffered-bytes {b} is smaller than --max-request-bytes {}: a largest request could never be read", self.max_request_bytes);
+            }
+        }
         if let Some(n) = self.io_threads {
             within("io-threads", n as u64, 1, MAX_IO_THREADS as u64)?;
         }
@@ -240,6 +279,12 @@ pub fn entries(args: &Args, matches: &ArgMatches) -> anyhow::Result<Vec<ModelEnt
 pub fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<i32> {
     args.check()?;
     let entries = entries(&args, matches)?;
+    if let Some(files) = listen::raise_open_files() {
+        // Listeners, the engine's own files, logs: keep some descriptors for them.
+        if (args.max_connections as u64).saturating_add(METRICS_CONNECTIONS as u64 + 64) > files {
+            bail!("--max-connections {} does not fit the open-file limit of {files} (ulimit -n): lower it, or raise the limit", args.max_connections);
+        }
+    }
     tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
     let opts = EngineOptions {
         devices: args.device.0.clone(),
@@ -260,6 +305,11 @@ pub fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<i32> {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         max_inflight: args.max_inflight,
         max_request_bytes: args.max_request_bytes,
+        body_timeout: Duration::from_secs(args.body_timeout_s),
+        idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        max_connections: args.max_connections,
+        max_streams: args.max_streams,
+        max_buffered_bytes: args.max_buffered_bytes.unwrap_or_else(|| budget::default_limit(args.max_request_bytes)),
     };
     let server = Arc::new(Server::new(models, limits, metrics::Metrics::new()?));
     let mut rt = tokio::runtime::Builder::new_multi_thread();

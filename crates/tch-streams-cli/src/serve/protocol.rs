@@ -31,6 +31,17 @@ pub enum ErrorKind {
     Timeout,
     /// The model failed on a well-formed request: 500, INTERNAL.
     Internal,
+    /// The byte budget for request bodies (`--max-buffered-bytes`) is spent: 503,
+    /// RESOURCE_EXHAUSTED.
+    Exhausted,
+    /// The request body did not arrive within `--body-timeout-s`: 408; over gRPC
+    /// DEADLINE_EXCEEDED.
+    BodyTimeout,
+    /// The client went away (disconnected, cancelled) before its answer: nothing is sent; 499
+    /// and CANCELLED name it in logs and metrics.
+    Cancelled,
+    /// A body encoding this server does not read (`Content-Encoding`): 415, UNIMPLEMENTED.
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -43,6 +54,10 @@ impl ErrorKind {
             ErrorKind::Unavailable => 503,
             ErrorKind::Timeout => 504,
             ErrorKind::Internal => 500,
+            ErrorKind::Exhausted => 503,
+            ErrorKind::BodyTimeout => 408,
+            ErrorKind::Cancelled => 499,
+            ErrorKind::Unsupported => 415,
         }
     }
 
@@ -55,6 +70,10 @@ impl ErrorKind {
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Timeout => tonic::Code::DeadlineExceeded,
             ErrorKind::Internal => tonic::Code::Internal,
+            ErrorKind::Exhausted => tonic::Code::ResourceExhausted,
+            ErrorKind::BodyTimeout => tonic::Code::DeadlineExceeded,
+            ErrorKind::Cancelled => tonic::Code::Cancelled,
+            ErrorKind::Unsupported => tonic::Code::Unimplemented,
         }
     }
 
@@ -67,6 +86,10 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "error",
+            ErrorKind::Exhausted => "exhausted",
+            ErrorKind::BodyTimeout => "body_timeout",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Unsupported => "unsupported",
         }
     }
 }

@@ -5,17 +5,41 @@
 //! connections and let busy ones answer); (4) back on the main thread, each engine drains its
 //! queue ([`super::run`]). Steps 2–3 are bounded by `--drain-timeout-s`.
 
+use super::listen::{accept_loop, drive, Conn, Conns, Tracked};
 use super::state::Server;
 use super::{grpc, http, listening_line};
 use anyhow::Context;
-use std::future::IntoFuture;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tower_service::Service;
+
+/// Serves HTTP/1.1 on one connection with `router`, each request counted as in progress on
+/// `conn` until its answer is written.
+async fn serve_http1(tcp: TcpStream, conn: Arc<Conn>, router: axum::Router, idle: Duration, stop: watch::Receiver<bool>) {
+    let state = Arc::clone(&conn);
+    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let active = state.enter();
+        let mut router = router.clone();
+        async move {
+            let resp = router.call(req).await.unwrap_or_else(|e: Infallible| match e {});
+            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, active)))
+        }
+    });
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    // A client must send a request's headers within the idle timeout (hyper's own clock; the
+    // connection's idle watch closes it too).
+    h1.timer(TokioTimer::new()).header_read_timeout(idle);
+    let c = h1.serve_connection(TokioIo::new(tcp), svc);
+    tokio::pin!(c);
+    drive(c.as_mut(), |c| c.graceful_shutdown(), conn, idle, stop).await
+}
 
 /// Resolves when SIGTERM or Ctrl-C (SIGINT) arrives.
 async fn signal() {
@@ -45,20 +69,13 @@ async fn signal() {
     }
 }
 
-/// Resolves once `rx` says the drain has begun.
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// HTTP/2 flow-control window of each gRPC request: a request up to this size is sent without
 /// waiting for the server.
 const GRPC_STREAM_WINDOW: u32 = 4 << 20;
 /// HTTP/2 flow-control window of each gRPC connection (its requests in flight together).
 const GRPC_CONNECTION_WINDOW: u32 = 64 << 20;
+/// Largest header block a gRPC request may send (names, metadata).
+const GRPC_MAX_HEADER_LIST: u32 = 64 << 10;
 
 async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind((host, port))
@@ -80,36 +97,54 @@ pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grp
         writeln!(out, "{line}").and_then(|_| out.flush()).context("cannot write to stdout")?;
     }
     let (tx, rx) = watch::channel(false);
-    let http_task = tokio::spawn(
-        // Answers go out at once: no Nagle delay between a response's head and its body.
-        axum::serve(http_l.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), http::router(Arc::clone(&server)))
-            .with_graceful_shutdown(stopped(rx.clone()))
-            .into_future(),
-    );
-    let metrics_task = tokio::spawn(axum::serve(metrics_l, http::metrics_router(Arc::clone(&server))).with_graceful_shutdown(stopped(rx.clone())).into_future());
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc_l).with_nodelay(Some(true));
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            // HTTP/2's default flow-control window is 64 KiB: a larger request would wait a round
-            // trip for the server's window update before its last bytes may be sent.
-            .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
-            .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
-            .add_service(grpc::service(Arc::clone(&server)))
-            .serve_with_incoming_shutdown(incoming, stopped(rx.clone())),
-    );
+    let limits = server.limits;
+    let conns = Conns::new(limits.max_connections, Some(server.metrics.connections.clone()));
+    let metrics_conns = Conns::new(super::METRICS_CONNECTIONS, None);
+    let router = http::router(Arc::clone(&server));
+    let http_task = tokio::spawn(accept_loop(http_l, Arc::clone(&conns), rx.clone(), {
+        let rx = rx.clone();
+        move |tcp, conn| serve_http1(tcp, conn, router.clone(), limits.idle_timeout, rx.clone())
+    }));
+    let metrics_router = http::metrics_router(Arc::clone(&server));
+    let metrics_task = tokio::spawn(accept_loop(metrics_l, Arc::clone(&metrics_conns), rx.clone(), {
+        let rx = rx.clone();
+        move |tcp, conn| serve_http1(tcp, conn, metrics_router.clone(), limits.idle_timeout, rx.clone())
+    }));
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        // HTTP/2's default flow-control window is 64 KiB: a larger request would wait a round
+        // trip for the server's window update before its last bytes may be sent.
+        .initial_stream_window_size(GRPC_STREAM_WINDOW)
+        .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(GRPC_MAX_HEADER_LIST);
+    let grpc_service = grpc::service(Arc::clone(&server));
+    let grpc_task = tokio::spawn(accept_loop(grpc_l, Arc::clone(&conns), rx.clone(), {
+        let (rx, server) = (rx.clone(), Arc::clone(&server));
+        move |tcp, conn| {
+            let front = grpc::Front::new(Arc::clone(&server), grpc_service.clone(), Arc::clone(&conn));
+            let c = h2.serve_connection(TokioIo::new(tcp), front);
+            let rx = rx.clone();
+            async move {
+                tokio::pin!(c);
+                drive(c.as_mut(), |c| c.graceful_shutdown(), conn, limits.idle_timeout, rx).await
+            }
+        }
+    }));
     signal().await;
     eprintln!("signal received: draining (no new connections; answering the requests already received)");
     server.start_draining();
     let _ = tx.send(true);
     let all = async {
+        // The accept loops end at once (their listeners close); then every connection finishes
+        // what it has in progress and closes.
         let (h, g, m) = tokio::join!(http_task, grpc_task, metrics_task);
-        for (what, r) in [("HTTP", h.map(|r| r.map_err(anyhow::Error::from))), ("gRPC", g.map(|r| r.map_err(anyhow::Error::from))), ("metrics", m.map(|r| r.map_err(anyhow::Error::from)))] {
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!("{what} server ended with an error: {e}"),
-                Err(e) => tracing::error!("{what} server task failed: {e}"),
+        for (what, r) in [("HTTP", h), ("gRPC", g), ("metrics", m)] {
+            if let Err(e) = r {
+                tracing::error!("{what} listener task failed: {e}");
             }
         }
+        tokio::join!(conns.all_closed(), metrics_conns.all_closed());
     };
     match tokio::time::timeout(drain, all).await {
         Ok(()) => Ok(true),

@@ -6,6 +6,7 @@
 //! metrics tasks on the async runtime. Its mutable parts are atomics, a semaphore and the
 //! engines (all `Sync`); no lock is held across an `.await`.
 
+use super::budget::Budget;
 use super::metrics::Metrics;
 use super::model::{named_outputs, ServedModel};
 use super::protocol::{ApiError, ErrorKind};
@@ -44,6 +45,16 @@ pub struct Limits {
     pub max_inflight: usize,
     /// Largest request body (HTTP) or message (gRPC), bytes.
     pub max_request_bytes: usize,
+    /// Longest a request body may take to arrive after its headers.
+    pub body_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most connections open at once over the HTTP and gRPC ports.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams (gRPC requests) per connection.
+    pub max_streams: u32,
+    /// Bytes every request being read and decoded may hold at once.
+    pub max_buffered_bytes: usize,
 }
 
 /// The state every endpoint shares.
@@ -55,6 +66,8 @@ pub struct Server {
     draining: AtomicBool,
     /// The Prometheus series.
     pub metrics: Metrics,
+    /// The byte budget of request bodies and decoded tensors (`--max-buffered-bytes`).
+    pub budget: Arc<Budget>,
     answered_ok: AtomicU64,
     answered_err: AtomicU64,
 }
@@ -80,6 +93,7 @@ impl Server {
             limits,
             draining: AtomicBool::new(false),
             metrics,
+            budget: Budget::new(limits.max_buffered_bytes),
             answered_ok: AtomicU64::new(0),
             answered_err: AtomicU64::new(0),
         }

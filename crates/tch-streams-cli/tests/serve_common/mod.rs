@@ -86,7 +86,11 @@ impl Served {
                 served.grpc = field("grpc=");
                 served.metrics = field("metrics=");
             }
-            Err(_) => panic!("watchdog: the server did not listen within 180 s; stderr:\n{}", served.stderr()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(200)); // the last stderr lines
+                panic!("the server exited before listening; stderr:\n{}", served.stderr())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("watchdog: the server did not listen within 180 s; stderr:\n{}", served.stderr()),
         }
         served
     }
@@ -263,4 +267,194 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let all = labels.iter().all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()));
         (all && have.len() == labels.len()).then(|| value.parse().ok()).flatten()
     })
+}
+
+/// The server child's resident memory now and its peak, KiB (`VmRSS`, `VmHWM` of
+/// /proc/PID/status).
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Open file descriptors of a process (sockets included).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// `GET /v2/health/live` on a fresh connection: its status and how long the answer took, or the
+/// error (connect or read; every read is bounded by `limit`).
+pub fn health(addr: &str, limit: Duration) -> Result<(u16, Duration), String> {
+    let start = Instant::now();
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    let mut conn = Http { reader: BufReader::new(s) };
+    let r = conn.try_send("GET", "/v2/health/live", &[], b"").map_err(|e| format!("after {:?}: {e}", start.elapsed()))?;
+    Ok((r.status, start.elapsed()))
+}
+
+/// Polls `f` every 50 ms until it is true; false if `limit` passed first.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One gRPC answer as the wire carried it.
+#[derive(Debug)]
+pub struct GrpcReply {
+    /// `grpc-status` (trailers, or headers of a trailers-only answer); None if absent.
+    pub code: Option<i32>,
+    /// `grpc-message`, percent-decoded.
+    pub message: String,
+    /// The answer's message bytes (without the 5-byte prefix), if any.
+    pub body: Vec<u8>,
+}
+
+/// A raw HTTP/2 connection for gRPC calls, with its own small runtime; every call is bounded.
+pub struct Grpc {
+    rt: tokio::runtime::Runtime,
+    send: h2::client::SendRequest<bytes::Bytes>,
+}
+
+/// A gRPC message frame: uncompressed flag, big-endian length, bytes.
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8];
+    f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Grpc {
+    /// Connects to a gRPC address (panics if it cannot within 10 s).
+    pub fn connect(addr: &str) -> Grpc {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
+        let addr = addr.to_string();
+        let send = rt
+            .block_on(async move {
+                tokio::time::timeout(Duration::from_secs(10), async move {
+                    let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                    let (send, conn) = h2::client::Builder::new().initial_window_size(8 << 20).handshake(tcp).await.map_err(std::io::Error::other)?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    Ok::<_, std::io::Error>(send)
+                })
+                .await
+            })
+            .expect("watchdog: gRPC connect within 10 s")
+            .expect("gRPC connect");
+        Grpc { rt, send }
+    }
+
+    /// Calls `method` (e.g. `ModelInfer`) with `body` (already framed) and extra headers;
+    /// the reply, or an error if the stream failed or `limit` passed.
+    pub fn call_raw(&self, method: &str, body: Vec<u8>, headers: &[(&str, &str)], limit: Duration) -> Result<GrpcReply, String> {
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://test/inference.GRPCInferenceService/{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(()).expect("a request");
+        let send = self.send.clone();
+        self.rt.block_on(async move {
+            let work = async move {
+                let mut send = send.ready().await.map_err(|e| e.to_string())?;
+                let (resp, mut stream) = send.send_request(req, false).map_err(|e| e.to_string())?;
+                stream.send_data(bytes::Bytes::from(body), true).map_err(|e| e.to_string())?;
+                let resp = resp.await.map_err(|e| e.to_string())?;
+                let (parts, mut recv) = resp.into_parts();
+                let mut data = Vec::new();
+                while let Some(chunk) = recv.data().await {
+                    let chunk = chunk.map_err(|e| e.to_string())?;
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                    data.extend_from_slice(&chunk);
+                }
+                let trailers = recv.trailers().await.map_err(|e| e.to_string())?.unwrap_or_default();
+                let get = |k: &str| trailers.get(k).or_else(|| parts.headers.get(k)).and_then(|v| v.to_str().ok()).map(str::to_string);
+                Ok(GrpcReply {
+                    code: get("grpc-status").and_then(|v| v.parse().ok()),
+                    message: get("grpc-message").map(|m| percent_decode(&m)).unwrap_or_default(),
+                    body: if data.len() >= 5 { data[5..].to_vec() } else { data },
+                })
+            };
+            tokio::time::timeout(limit, work).await.map_err(|_| format!("no answer within {limit:?}"))?
+        })
+    }
+
+    /// Calls `method` with a prost message.
+    pub fn call<M: prost::Message>(&self, method: &str, message: &M, limit: Duration) -> Result<GrpcReply, String> {
+        self.call_raw(method, grpc_frame(&message.encode_to_vec()), &[], limit)
+    }
+
+    /// Opens a ModelInfer stream, sends `bytes` of its body and leaves it open (stalled); the
+    /// stream handle keeps it so until dropped.
+    pub fn stall(&self, bytes: Vec<u8>, limit: Duration) -> Result<(h2::SendStream<bytes::Bytes>, h2::client::ResponseFuture), String> {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("http://test/inference.GRPCInferenceService/ModelInfer")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("a request");
+        let send = self.send.clone();
+        self.rt.block_on(async move {
+            let work = async move {
+                let mut send = send.ready().await.map_err(|e| e.to_string())?;
+                let (resp, mut stream) = send.send_request(req, false).map_err(|e| e.to_string())?;
+                stream.reserve_capacity(bytes.len());
+                stream.send_data(bytes::Bytes::from(bytes), false).map_err(|e| e.to_string())?;
+                Ok((stream, resp))
+            };
+            tokio::time::timeout(limit, work).await.map_err(|_| format!("could not open a stream within {limit:?}"))?
+        })
+    }
+
+    /// Waits (at most `limit`) for the answer of a stalled stream: its grpc-status, or the error.
+    pub fn answer_of(&self, resp: h2::client::ResponseFuture, limit: Duration) -> Result<Option<i32>, String> {
+        self.rt.block_on(async move {
+            let work = async move {
+                let resp = resp.await.map_err(|e| e.to_string())?;
+                let (parts, mut recv) = resp.into_parts();
+                if let Some(code) = parts.headers.get("grpc-status") {
+                    return Ok(code.to_str().ok().and_then(|v| v.parse().ok()));
+                }
+                while let Some(chunk) = recv.data().await {
+                    let _ = chunk.map_err(|e| e.to_string())?;
+                }
+                let t = recv.trailers().await.map_err(|e| e.to_string())?.unwrap_or_default();
+                Ok(t.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
+            };
+            tokio::time::timeout(limit, work).await.map_err(|_| format!("no answer within {limit:?}"))?
+        })
+    }
 }

@@ -1,0 +1,214 @@
+//! `tch-streams serve` against hostile clients (issue #24, items 13–18): slow and stalled bodies,
+//! idle and half-sent connections, stalled gRPC streams, huge JSON, abandoned requests, and
+//! malformed wire details. Each test bounds the server's memory, file descriptors or answer
+//! times with figures read from the server child (/proc/PID) and its metrics, and checks that a
+//! good request is answered afterwards. Every wait has a watchdog.
+
+mod serve_common;
+
+use serde_json::json;
+use serve_common::{eventually, health, infer_json, memory_kib, open_fds, sample, Grpc, Http, Served};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tch_streams_cli::serve::grpc::pb;
+
+const MIB: u64 = 1 << 20;
+
+/// A request the small MLP accepts.
+fn good_mlp() -> serde_json::Value {
+    json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [1, 512], "data": vec![0.25f32; 512]}]})
+}
+
+fn assert_good(server: &Served) {
+    let r = infer_json(&mut Http::connect(&server.http), "small-mlp", &good_mlp());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["outputs"][0]["shape"], json!([1, 512]));
+}
+
+fn metric(server: &Served, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(&server.scrape(), name, labels).unwrap_or(0.0)
+}
+
+/// Health must answer while an attack runs. The bound is generous on purpose (a loaded 2-core
+/// CI machine): a server whose runtime is blocked, or whose connections are exhausted, takes
+/// far longer or never answers, which is what this catches.
+const HEALTH_BOUND: Duration = Duration::from_secs(2);
+
+/// Issue #24 item 13: 100 clients each declare a 64 MiB body, send 20 MiB of it and stall. The
+/// byte budget (128 MiB here) admits two of them; the rest are refused at once with 503 before
+/// their bodies are read; the two admitted get 408 when the body timeout passes. The server's
+/// peak memory stays within the budget plus a margin (before the fix: +1.8 GB), health answers
+/// throughout, and every attacker's request is counted once.
+#[test]
+fn a_slow_body_flood_stays_within_the_byte_budget_and_health_answers() {
+    let budget = 128 * MIB;
+    let server = Served::start(&["--builtin", "small-mlp", "--max-buffered-bytes", &budget.to_string(), "--body-timeout-s", "4"]);
+    assert_good(&server);
+    let (base_rss, _) = memory_kib(server.pid());
+    let stop = Arc::new(AtomicBool::new(false));
+    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut attackers = Vec::new();
+    for _ in 0..100 {
+        let (addr, stop, statuses) = (server.http.clone(), Arc::clone(&stop), Arc::clone(&statuses));
+        attackers.push(std::thread::spawn(move || {
+            let Ok(mut s) = TcpStream::connect(&addr) else { return };
+            let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            let head = format!("POST /v2/models/small-mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", 64 * MIB);
+            let chunk = vec![b' '; MIB as usize];
+            let mut ok = s.write_all(head.as_bytes()).is_ok();
+            for _ in 0..20 {
+                if !ok || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                ok = s.write_all(&chunk).is_ok();
+            }
+            // Stalled: read what the server says (a refusal now, or a timeout later).
+            let mut buf = [0u8; 512];
+            let status = match s.read(&mut buf) {
+                Ok(n) if n > 12 => String::from_utf8_lossy(&buf[9..12]).into_owned(),
+                Ok(_) => "closed".into(),
+                Err(e) => format!("error {:?}", e.kind()),
+            };
+            statuses.lock().push(status);
+        }));
+    }
+    // While the attack runs: health answers, memory stays bounded.
+    let start = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut polls = 0;
+    while start.elapsed() < Duration::from_secs(6) {
+        let (status, took) = health(&server.http, Duration::from_secs(10)).unwrap_or_else(|e| panic!("health failed during the attack: {e}"));
+        assert_eq!(status, 200);
+        worst = worst.max(took);
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for a in attackers {
+        a.join().expect("attacker thread");
+    }
+    let (rss, hwm) = memory_kib(server.pid());
+    let grew_mib = hwm.saturating_sub(base_rss) / 1024;
+    eprintln!("slow-body flood: RSS {} MiB before, peak {} MiB (+{grew_mib} MiB), now {} MiB; health worst {worst:?} over {polls} polls", base_rss / 1024, hwm / 1024, rss / 1024);
+    assert!(worst < HEALTH_BOUND, "health took {worst:?} during the attack");
+    assert!(grew_mib < budget / MIB + 64, "the server's peak memory grew by {grew_mib} MiB, more than the budget of {} MiB plus 64", budget / MIB);
+    // A refused client may see the 503, or (still writing its body when the server closed) a
+    // reset: both are refusals; the server's own count below is exact.
+    let statuses = statuses.lock().clone();
+    let timed_out = statuses.iter().filter(|s| *s == "408").count();
+    let answered_ok = statuses.iter().filter(|s| *s == "200" || *s == "400").count();
+    assert!(timed_out <= 2 && answered_ok == 0, "statuses: {statuses:?}");
+    // Every attacker's request is counted exactly once; the budget is all given back.
+    let all_counted = eventually(Duration::from_secs(10), || {
+        let t = server.scrape();
+        let n = |o: &str| sample(&t, "tch_streams_requests_total", &[("model", "small-mlp"), ("protocol", "http"), ("outcome", o)]).unwrap_or(0.0);
+        n("exhausted") + n("body_timeout") == 100.0 && sample(&t, "tch_streams_buffered_bytes", &[]) == Some(0.0)
+    });
+    assert!(all_counted, "{}", server.scrape());
+    assert!(metric(&server, "tch_streams_requests_total", &[("model", "small-mlp"), ("protocol", "http"), ("outcome", "exhausted")]) >= 98.0);
+    assert_good(&server);
+}
+
+/// Issue #24 item 13: 300 idle connections and 100 that send half a request head. With
+/// `--max-connections 64` the server never holds more than the cap (its open file descriptors
+/// say so), makes room by closing the connection idle the longest, so health still connects
+/// and answers; and the idle timeout closes them all (before the fix: all 400 stayed open).
+#[test]
+fn idle_and_half_sent_connections_are_capped_evicted_and_timed_out() {
+    let server = Served::start(&["--builtin", "small-mlp", "--max-connections", "64", "--idle-timeout-s", "3"]);
+    assert_good(&server);
+    std::thread::sleep(Duration::from_millis(200));
+    let base_fds = open_fds(server.pid());
+    let mut held = Vec::new();
+    for i in 0..400 {
+        let Ok(mut s) = TcpStream::connect(&server.http) else { break };
+        if i % 4 == 0 {
+            let _ = s.write_all(b"POST /v2/models/small-mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-le");
+        }
+        held.push(s);
+    }
+    // Health gets through while all 400 are held: the cap evicts idle connections for it.
+    for _ in 0..5 {
+        let (status, took) = health(&server.http, Duration::from_secs(10)).unwrap_or_else(|e| panic!("health during the flood: {e}"));
+        assert_eq!(status, 200);
+        assert!(took < HEALTH_BOUND, "health took {took:?}");
+    }
+    let fds = open_fds(server.pid());
+    eprintln!("idle flood: {base_fds} fds before, {fds} with 400 connections held (cap 64)");
+    assert!(fds <= base_fds + 64 + 2, "{fds} open fds with 400 connections held: the cap is 64 (base {base_fds})");
+    // The idle timeout closes them all.
+    let closed = eventually(Duration::from_secs(15), || open_fds(server.pid()) <= base_fds + 1);
+    assert!(closed, "{} fds still open after the idle timeout (base {base_fds})", open_fds(server.pid()));
+    let open = metric(&server, "tch_streams_open_connections", &[]);
+    assert!(open <= 1.0, "{open} connections open");
+    drop(held);
+    assert_good(&server);
+}
+
+/// Issue #24 item 13: one gRPC connection opens ModelInfer streams that stall. `--max-streams
+/// 16` caps the streams it may have open at once (a 17th cannot open while 16 stall with half
+/// a length prefix); then, three rounds of 16 streams each announce a 60 MiB message, send
+/// 2 MiB of it and stall: the budget (128 MiB) admits two per round and refuses the rest with
+/// RESOURCE_EXHAUSTED as soon as their length prefix arrives, the body timeout ends the
+/// admitted ones with DEADLINE_EXCEEDED. Memory stays bounded (before the fix: +1.8 GB for 50
+/// such streams), every stream is counted once.
+#[test]
+fn stalled_grpc_streams_are_capped_and_refused_beyond_the_budget() {
+    let budget = 128 * MIB;
+    let server = Served::start(&["--builtin", "small-mlp", "--max-buffered-bytes", &budget.to_string(), "--body-timeout-s", "2", "--max-streams", "16"]);
+    assert_good(&server);
+    let (base_rss, _) = memory_kib(server.pid());
+    let g = Grpc::connect(&server.grpc);
+    let wait = Duration::from_secs(20);
+    // The stream cap.
+    let partial: Vec<_> = (0..16).map(|_| g.stall(vec![0u8, 0, 0], Duration::from_secs(5)).expect("a stream under the cap")).collect();
+    // A 17th, complete and good, waits for a free stream: it is answered only after a stalled
+    // one ended (without the cap it would be answered at once).
+    let ok = g.call("ModelInfer", &good_grpc(), wait).expect("the 17th request");
+    assert_eq!(ok.code, Some(0), "{}", ok.message);
+    let ended = metric(&server, "tch_streams_requests_total", &[("model", ""), ("protocol", "grpc"), ("outcome", "body_timeout")]);
+    assert!(ended >= 1.0, "the 17th stream was served while 16 were open (--max-streams 16)");
+    let codes: Vec<_> = partial.into_iter().map(|(_s, resp)| g.answer_of(resp, wait)).collect();
+    assert!(codes.iter().all(|c| matches!(c, Ok(Some(4)))), "half-sent streams end with DEADLINE_EXCEEDED: {codes:?}");
+    // The budget.
+    let mut first = vec![0u8];
+    first.extend_from_slice(&((60 * MIB) as u32).to_be_bytes());
+    first.extend(vec![0u8; 2 * MIB as usize]);
+    let mut codes = Vec::new();
+    for _round in 0..3 {
+        let open: Vec<_> = (0..16).map(|_| g.stall(first.clone(), Duration::from_secs(10)).expect("a stream")).collect();
+        let (status, took) = health(&server.http, Duration::from_secs(10)).expect("health during the stalled streams");
+        assert_eq!(status, 200);
+        assert!(took < HEALTH_BOUND, "health took {took:?}");
+        codes.extend(open.into_iter().map(|(_s, resp)| g.answer_of(resp, wait)));
+    }
+    let (_, hwm) = memory_kib(server.pid());
+    let grew_mib = hwm.saturating_sub(base_rss) / 1024;
+    eprintln!("stalled gRPC streams: peak +{grew_mib} MiB; codes {codes:?}");
+    assert!(grew_mib < budget / MIB + 64, "peak memory grew by {grew_mib} MiB");
+    let exhausted = codes.iter().filter(|c| matches!(c, Ok(Some(8)))).count();
+    let deadline = codes.iter().filter(|c| matches!(c, Ok(Some(4)))).count();
+    assert_eq!((exhausted, deadline), (42, 6), "codes: {codes:?}");
+    let t = server.scrape();
+    let n = |o: &str| sample(&t, "tch_streams_requests_total", &[("model", ""), ("protocol", "grpc"), ("outcome", o)]).unwrap_or(0.0);
+    assert_eq!((n("exhausted"), n("body_timeout")), (42.0, 22.0), "{t}");
+    assert_eq!(sample(&t, "tch_streams_buffered_bytes", &[]), Some(0.0), "{t}");
+    // The connection still serves a good request.
+    let ok = g.call("ModelInfer", &good_grpc(), Duration::from_secs(30)).expect("a good gRPC request");
+    assert_eq!(ok.code, Some(0), "{}", ok.message);
+    assert_good(&server);
+}
+
+/// A ModelInfer request the small MLP accepts, raw contents.
+fn good_grpc() -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: "small-mlp".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor { name: "input0".into(), datatype: "FP32".into(), shape: vec![1, 512], ..Default::default() }],
+        raw_input_contents: vec![vec![0u8; 2048].into()],
+        ..Default::default()
+    }
+}
