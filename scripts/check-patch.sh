@@ -451,7 +451,7 @@ PY2
     mkdir -p "$W/emu"
     echo "[check-patch] mps-emu v$V: checks/mps/emu/run.sh" >&2
     { "$EMU" --version "$V" --base "$OB" --patched "$OA" --wheel-include "$W/wheel/torch/include" \
-        --torch-include "$TORCH_INC_L" --work "$W/emu" 2>&1 1>&3 3>&- | tee "$W/emu.err" >&2; } 3>"$W/emu.out" || emu_rc=$?
+        --torch-include "$TORCH_INC_L" --work "$W/emu" --cache "$CACHE/mps-emu" 2>&1 1>&3 3>&- | tee "$W/emu.err" >&2; } 3>"$W/emu.out" || emu_rc=$?
     emu_msg="$(tail -n 1 "$W/emu.out")"
     case "$emu_rc" in
       0)
