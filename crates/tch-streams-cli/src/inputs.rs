@@ -122,7 +122,58 @@ pub fn generate(arg: &InputArg, ints: IntRange, device: Device) -> Result<Tensor
         }
         k => Tensor::f_randn(shape, (Kind::Float, device)).and_then(|t| t.f_to_kind(k)),
     };
-    t.map_err(|e| format!("cannot make an input of shape {:?} ({}): {e}", arg.shape, dtype_name(arg.kind)))
+    t.map_err(|e| format!("cannot make an input of shape {:?} ({}): {}", arg.shape, dtype_name(arg.kind), one_line(&e)))
+}
+
+/// A sample-input maker for the engine (see `EngineBuilder::sample_inputs`): `rows` samples of
+/// every input in `specs` (their shapes past the batch), made as [`generate`] makes requests.
+pub fn sample_maker(specs: Vec<InputArg>, ints: IntRange) -> impl Fn(usize, Device) -> Result<Vec<Tensor>, String> + Send + Sync + 'static {
+    move |rows, device| {
+        specs
+            .iter()
+            .map(|s| {
+                let mut shape = vec![rows as i64];
+                shape.extend_from_slice(&s.shape[1..]);
+                generate(&InputArg { shape, kind: s.kind }, ints, device)
+            })
+            .collect()
+    }
+}
+
+/// A sample-input maker for the engine from real data: `rows` samples taken from `data`'s rows
+/// in turn (repeated when `rows` is larger). Errors if an input has no rows.
+pub fn sample_rows(data: &[Tensor]) -> Result<impl Fn(usize, Device) -> Result<Vec<Tensor>, String> + Send + Sync + 'static, String> {
+    let host = data
+        .iter()
+        .map(|t| t.f_to_device(Device::Cpu).map_err(|e| one_line(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((i, _)) = host.iter().enumerate().find(|(_, t)| t.size().first().is_none_or(|&n| n < 1)) {
+        return Err(format!("input {i} has no samples: give at least one row"));
+    }
+    let host = std::sync::Mutex::new(host);
+    Ok(move |rows: usize, device: Device| -> Result<Vec<Tensor>, String> {
+        let host = host.lock().map_err(|_| "the sample data's lock is poisoned".to_string())?;
+        host.iter()
+            .map(|t| {
+                let n = t.size()[0];
+                let idx = Tensor::f_arange(rows as i64, (tch::Kind::Int64, Device::Cpu))?.f_remainder(n)?;
+                t.f_index_select(0, &idx)?.f_to_device(device)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| one_line(&e))
+    })
+}
+
+/// The message of a libtorch error without the C++ backtrace libtorch appends to it: its first
+/// non-empty line.
+///
+/// ```
+/// use tch_streams_cli::inputs::one_line;
+/// assert_eq!(one_line(&"bad value\nException raised from f at x.cpp:1\nframe #0: g"), "bad value");
+/// ```
+pub fn one_line(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message").to_string()
 }
 
 /// Longest `.npy` header read, in bytes (numpy's own reader refuses longer ones by default).

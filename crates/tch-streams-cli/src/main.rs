@@ -2,7 +2,6 @@
 
 mod cli;
 
-use clap::Parser;
 
 fn main() {
     use std::io::IsTerminal;
@@ -12,12 +11,21 @@ fn main() {
         // No colour codes in logs that go to a file or a pipe.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = cli::Cli::parse();
+    // Argument errors exit 64 (EX_USAGE), apart from 2, which is a libtorch mismatch's.
+    use clap::Parser;
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { cli::EXIT_USAGE } else { 0 });
+        }
+    };
     let code = match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            // A libtorch mismatch or a missing capability keeps its own code (2, 3) everywhere.
+            // A libtorch mismatch or a missing capability keeps its own code (2, 3) everywhere;
+            // cli::EXIT_CODES lists them all.
             e.chain().find_map(|c| c.downcast_ref::<tch_streams::Error>()).map_or(1, tch_streams::Error::exit_code)
         }
     };

@@ -396,7 +396,7 @@ fn peer_arguments_mirror_the_sweep() {
 }
 
 #[test]
-fn cli_runs_a_sweep_quick_values_yield_to_flags_and_a_missing_python_is_a_note() {
+fn cli_runs_a_sweep_quick_values_yield_to_flags_and_a_missing_python_keeps_ours_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     // TCH_STREAMS_BIN overrides cargo's path when the tests run on another machine than the build.
     let bin = std::env::var("TCH_STREAMS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tch-streams").to_string());
@@ -407,8 +407,10 @@ fn cli_runs_a_sweep_quick_values_yield_to_flags_and_a_missing_python_is_a_note()
         .output()
         .expect("run the binary");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stderr.contains("continuing without the Python peer"), "{stderr}");
+    // The peer was asked for and could not run: exit 1, with our results written all the same.
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("error: the Python peer: could not run /nonexistent/python3"), "{stderr}");
+    assert!(stderr.contains("our results are written without it"), "{stderr}");
     assert!(stdout.contains("small-mlp") && stdout.contains("tch-default") && stdout.contains("wrote"), "{stdout}");
     let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();

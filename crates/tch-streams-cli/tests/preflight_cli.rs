@@ -172,7 +172,7 @@ fn require_cuda_pool_without_a_gpu_exits_3() {
 #[test]
 fn unknown_capability_is_a_usage_error() {
     let out = preflight(&["--require", "gpu"], &[]);
-    assert_eq!(out.status.code(), Some(2), "clap usage errors exit 2");
+    assert_eq!(out.status.code(), Some(64), "usage errors exit 64 (2 is a libtorch mismatch)");
     assert!(text(&out).contains("expected one of: cuda-pool, mps-pool, patched"), "{}", text(&out));
 }
 

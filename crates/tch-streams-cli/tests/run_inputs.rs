@@ -81,7 +81,7 @@ fn run_prints_each_distinct_failure_with_its_count_and_exits_non_zero() {
 fn run_refuses_bad_input_specs_with_a_message() {
     let model = fixture("two_inputs.pt");
     let out = cli(&["run", "--device", "cpu", "--model", &model, "--input", "1x16:complex"], 60);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of float32, float16, bfloat16, int64, int32, bool"));
     let out = cli(&["run", "--device", "cpu", "--model", &model, "--input", "1x16:int64", "--input", "2x16:float32"], 60);
     assert_eq!(out.status.code(), Some(1));
@@ -90,7 +90,7 @@ fn run_refuses_bad_input_specs_with_a_message() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model needs its inputs"));
     let out = cli(&["run", "--device", "cpu", "--model", &model, "--input", "1x16:int64", "--input", "1x16:int64", "--int-range", "5..5"], 60);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("LO < HI"));
 }
 

@@ -4,8 +4,54 @@
 use super::config::{BenchConfig, Workload};
 use super::error::BenchError;
 use super::report::PeerDoc;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The process group of the peer now running (0: none): a SIGTERM or SIGINT to us ends it too.
+static PEER_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Sends `signal` (e.g. "KILL") to every process of group `pgid`. Through kill(1): the peer and
+/// whatever it started (torch's worker processes) share the group.
+fn signal_group(pgid: i32, signal: &str) {
+    if pgid > 0 {
+        let _ = Command::new("kill").args([&format!("-{signal}"), "--", &format!("-{pgid}")]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// Once per process: a thread that, on SIGTERM or SIGINT, ends the running peer's process group,
+/// then exits 143 or 130 as the default action would have.
+fn forward_signals_to_the_peer() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_io().build() else {
+            tracing::warn!("could not watch for SIGTERM/SIGINT: a signal would leave the Python peer running");
+            return;
+        };
+        let registered = rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+        });
+        let Ok((mut term, mut int)) = registered else {
+            tracing::warn!("could not watch for SIGTERM/SIGINT: a signal would leave the Python peer running");
+            return;
+        };
+        let _ = std::thread::Builder::new().name("peer-signals".into()).spawn(move || {
+            let code = rt.block_on(async {
+                tokio::select! {
+                    _ = term.recv() => 143,
+                    _ = int.recv() => 130,
+                }
+            });
+            signal_group(PEER_GROUP.load(Ordering::SeqCst), "KILL");
+            eprintln!("signal received: stopped the Python peer");
+            std::process::exit(code);
+        });
+    });
+}
 
 /// Where the peer script lives relative to the project root.
 pub const PEER_SCRIPT: &str = "peer/python_peer.py";
@@ -99,20 +145,66 @@ impl PeerRunner {
     /// Runs the peer for `cfg` (after ours, never at the same time) and reads its document from
     /// `out`. Its per-point progress goes to stderr when `cfg.progress` is set; its own table is
     /// not shown (ours shows both).
-    pub fn run(&self, cfg: &BenchConfig, out: &Path) -> Result<PeerDoc, BenchError> {
+    ///
+    /// The peer runs in its own process group: past `timeout`, or when we get SIGTERM or SIGINT,
+    /// the whole group is killed.
+    pub fn run(&self, cfg: &BenchConfig, out: &Path, timeout: Duration) -> Result<PeerDoc, BenchError> {
         let args = self.args(cfg, out)?;
-        let child = Command::new(&self.python)
+        forward_signals_to_the_peer();
+        let mut child = Command::new(&self.python)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if cfg.progress { Stdio::inherit() } else { Stdio::piped() })
-            .output()
+            .process_group(0)
+            .spawn()
             .map_err(|e| BenchError::Peer(format!("could not run {}: {e}", self.python.display())))?;
-        if !child.status.success() {
-            let err = String::from_utf8_lossy(&child.stderr);
+        let pgid = i32::try_from(child.id()).unwrap_or(0);
+        PEER_GROUP.store(pgid, Ordering::SeqCst);
+        // Its stderr is read while it runs, so that a chatty peer never blocks on a full pipe.
+        let reader = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = e.read_to_end(&mut v);
+                v
+            })
+        });
+        let started = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if started.elapsed() >= timeout => break Err(()),
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => {
+                    signal_group(pgid, "KILL");
+                    let _ = child.wait();
+                    PEER_GROUP.store(0, Ordering::SeqCst);
+                    return Err(BenchError::Peer(format!("lost track of {}: {e}", self.python.display())));
+                }
+            }
+        };
+        // Whatever the peer left behind in its group goes with it.
+        signal_group(pgid, "KILL");
+        let status = match status {
+            Ok(status) => status,
+            Err(()) => {
+                let _ = child.wait();
+                PEER_GROUP.store(0, Ordering::SeqCst);
+                return Err(BenchError::Peer(format!(
+                    "{} {} did not finish in {} s and was stopped (raise --peer-timeout-s if it needs longer)",
+                    self.python.display(),
+                    self.script.display(),
+                    timeout.as_secs_f64()
+                )));
+            }
+        };
+        PEER_GROUP.store(0, Ordering::SeqCst);
+        let stderr = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+        if !status.success() {
+            let err = String::from_utf8_lossy(&stderr);
             let tail: Vec<&str> = err.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
             let shown = if cfg.progress { "see its messages above".to_string() } else { tail.join(" | ") };
-            return Err(BenchError::Peer(format!("{} {} exited with {}: {shown}", self.python.display(), self.script.display(), child.status)));
+            return Err(BenchError::Peer(format!("{} {} exited with {}: {shown}", self.python.display(), self.script.display(), status)));
         }
         read_peer(out)
     }

@@ -134,7 +134,7 @@ pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
                     }
                 }
                 Err(e) => {
-                    let reason = format!("threads={t}: failed: {}", e.lines().next().unwrap_or(""));
+                    let reason = format!("threads={t}: failed: {}", without_backtrace(&e));
                     tracing::warn!("{name} {label}: {reason}");
                     out.skipped.push(Skipped { workload: name.clone(), mode: label, reason });
                 }
@@ -144,6 +144,22 @@ pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
     }
     bar.finish_and_clear();
     out
+}
+
+/// A point's error message, every line of it, less the C++ backtrace libtorch appends (from its
+/// "Exception raised from" line on); joined with "; " so that it stays one table row.
+pub fn without_backtrace(message: &str) -> String {
+    let kept: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Exception raised from") && !l.starts_with("frame #"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    if kept.is_empty() {
+        "no message".into()
+    } else {
+        kept.join("; ")
+    }
 }
 
 fn progress_bar(show: bool, total: u64) -> ProgressBar {

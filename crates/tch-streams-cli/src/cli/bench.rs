@@ -94,9 +94,14 @@ pub struct Args {
     #[arg(long, value_name = "DIR", default_value = "results")]
     out: PathBuf,
     /// Also run the Python peer (crates/tch-streams-cli/peer/python_peer.py) with the same sweep, after ours, and show
-    /// both. Without a Python that imports torch, a note is printed and the run goes on.
+    /// both. Our results are written first; when the peer cannot run (no Python that imports
+    /// torch), fails or runs out of time, they stay written and the exit code is 1.
     #[arg(long)]
     with_python: bool,
+    /// Longest the Python peer may run, seconds; past it the peer (its whole process group) is
+    /// stopped [default: 3 x our sweep's time + 120 s].
+    #[arg(long, value_name = "SECONDS", requires = "with_python")]
+    peer_timeout_s: Option<f64>,
     /// The Python interpreter for --with-python.
     #[arg(long, value_name = "PATH", default_value = "python3")]
     python: PathBuf,
@@ -158,7 +163,15 @@ impl Args {
     }
 }
 
+/// Longest --peer-timeout-s: one day.
+const MAX_PEER_TIMEOUT_S: f64 = 86_400.0;
+
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    if let Some(t) = a.peer_timeout_s {
+        if !(t.is_finite() && t > 0.0 && t <= MAX_PEER_TIMEOUT_S) {
+            anyhow::bail!("--peer-timeout-s {t} is out of range: expected seconds in (0, {MAX_PEER_TIMEOUT_S}] (one day)");
+        }
+    }
     let cfg = a.config()?;
     cfg.validate()?;
     // The output directory must take files before the sweep spends its time, not after.
@@ -179,33 +192,45 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cfg.warmup_s,
         cfg.duration_s
     );
+    let sweep_started = std::time::Instant::now();
     let mut report = bench::run(&cfg)?;
+    let sweep = sweep_started.elapsed();
     if report.ours.results.is_empty() {
         for s in &report.ours.skipped {
-            eprintln!("skipped {} {}: {}", s.workload, s.mode, s.reason.lines().next().unwrap_or(""));
+            eprintln!("skipped {} {}: {}", s.workload, s.mode, s.reason);
         }
         anyhow::bail!("nothing was measured: every point was skipped (reasons above)");
     }
+    // Ours are written before the peer runs: a peer that fails, hangs or is stopped loses
+    // nothing we measured.
+    let mut files = bench::write_outputs(&report, &a.out)?;
+    let mut code = 0;
     if a.with_python {
-        match peer(&a, &cfg, &report.ours) {
-            Ok(doc) => report.attach_peer(doc),
-            Err(note) => eprintln!("note: {note}; continuing without the Python peer"),
+        let timeout = a.peer_timeout_s.map_or(sweep * 3 + std::time::Duration::from_secs(120), std::time::Duration::from_secs_f64);
+        match peer(&a, &cfg, &report.ours, timeout) {
+            Ok(doc) => {
+                report.attach_peer(doc);
+                files = bench::write_outputs(&report, &a.out)?;
+            }
+            Err(why) => {
+                eprintln!("error: the Python peer: {why}; our results are written without it");
+                code = 1;
+            }
         }
     }
-    let files = bench::write_outputs(&report, &a.out)?;
     println!("\n{}", report.render());
     println!("wrote {}\n      {}\n      {}", files.json.display(), files.csv.display(), files.png.display());
-    Ok(0)
+    Ok(code)
 }
 
 /// Runs the peer when possible; `Err` is the note to print.
-fn peer(a: &Args, cfg: &BenchConfig, ours: &bench::BenchDoc) -> Result<bench::PeerDoc, String> {
+fn peer(a: &Args, cfg: &BenchConfig, ours: &bench::BenchDoc, timeout: std::time::Duration) -> Result<bench::PeerDoc, String> {
     let runner = PeerRunner::new(&a.python).map_err(|e| e.to_string())?;
     runner.check_torch()?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("could not create {}: {e}", a.out.display()))?;
     let path = a.out.join(format!(".{}-peer.json", bench::file_stem(ours)));
     eprintln!("running the Python peer: {} {}", runner.python.display(), runner.script.display());
-    let doc = runner.run(cfg, &path).map_err(|e| e.to_string())?;
+    let doc = runner.run(cfg, &path, timeout).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&path); // its content is kept in our JSON, under "peer"
     Ok(doc)
 }

@@ -6,9 +6,18 @@ mod run;
 
 use clap::{Parser, Subcommand};
 
+/// Exit code of an argument that clap refuses (unknown flag, unparsable value): EX_USAGE.
+pub const EXIT_USAGE: i32 = 64;
+
+/// Every exit code of the binary, as `--help` shows them.
+pub const EXIT_CODES: &str = "Exit codes: 0 success; 1 a failure (a request failed or stayed unanswered, a flag out of \
+range, a model or input refused at start, the Python peer failed); 2 the loaded libtorch differs from the one this \
+binary was built against (rebuild against it, or set TCH_STREAMS_ALLOW_MISMATCH=1); 3 a capability asked for with \
+--require is missing; 64 an argument clap could not parse (see --help); 130/143 stopped by SIGINT/SIGTERM.";
+
 /// Parallel inference for Rust tch on GPU streams.
 #[derive(Debug, Parser)]
-#[command(name = "tch-streams", version, about, long_about = None)]
+#[command(name = "tch-streams", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,12 +30,14 @@ enum Command {
     /// Compares the loaded libtorch_cpu (and libtorch_cuda) with the ones this binary was built
     /// against, by SHA-256, and probes every backend's stream pool by behaviour.
     /// Exit codes: 0 ok; 2 the loaded libtorch differs from the built one; 3 a required
-    /// capability is missing; 1 any other failure.
+    /// capability is missing; 64 an argument that does not parse; 1 any other failure.
+    #[command(after_help = EXIT_CODES)]
     Preflight(preflight::Args),
     /// Serve a model with the engine from many client threads; report throughput and latency.
     ///
     /// Verifies the loaded libtorch first. Defaults run the built-in small MLP for 5 s from 16
     /// clients on the best device found.
+    #[command(after_help = EXIT_CODES)]
     Run(run::Args),
     /// Sweep threads x modes x workloads, with the Python PyTorch peer side by side; write JSON,
     /// CSV and a PNG plot.
@@ -34,11 +45,13 @@ enum Command {
     /// Verifies the loaded libtorch first. Modes: tch-default, tch-streams, engine,
     /// engine-graphs, limit; workloads: small-mlp, large-mlp, transformer or a TorchScript file.
     /// --quick runs a short sweep sized for a CPU.
+    #[command(after_help = EXIT_CODES)]
     Bench(bench::Args),
     /// Serve models over the Open Inference Protocol (KServe v2): HTTP/REST and gRPC, with
     /// Prometheus metrics; SIGTERM or Ctrl-C drains, then exits 0.
     ///
     /// Verifies the loaded libtorch first. Engine options left out take the engine's defaults.
+    #[command(after_help = EXIT_CODES)]
     Serve(tch_streams_cli::serve::Args),
 }
 

@@ -106,7 +106,8 @@ pub struct Args {
     /// with it, it stops at whichever limit comes first.
     #[arg(long)]
     requests: Option<u64>,
-    /// Seconds to run [default: 5, when --requests is not given].
+    /// Seconds to run [default: 5, when --requests is not given]. Requests still unanswered 10 s
+    /// after it are reported as stuck, and the run exits 1 without waiting for them.
     #[arg(long)]
     duration: Option<f64>,
     /// Print a JSON summary instead of text.
@@ -119,9 +120,15 @@ pub struct Args {
 const MAX_WORKERS: usize = 1024;
 const MAX_CLIENTS: usize = 4096;
 const MAX_INFLIGHT: usize = 65_536;
+/// Most requests in flight over all clients (--clients x --inflight).
+const MAX_IN_FLIGHT: usize = 1 << 20;
 const MAX_BATCH: usize = 1 << 20;
 const MAX_WAIT_US: u64 = 10_000_000;
 const MAX_DURATION_S: f64 = 86_400.0;
+/// How long the trial request at start may take before the model counts as stuck.
+const TRIAL_LIMIT: Duration = Duration::from_secs(120);
+/// How long requests still unanswered at the end of `--duration` get before they count as stuck.
+const GRACE: Duration = Duration::from_secs(10);
 
 impl Args {
     /// How long the run may last: --duration, or 5 s when neither limit is given.
@@ -157,6 +164,22 @@ impl Args {
         if let Some(b) = self.buckets.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
             bail!("--buckets: size {b} is out of range: expected 1..={MAX_BATCH}");
         }
+        if let (Some(max), Some(b)) = (self.batch_max.filter(|&m| m > 0), self.buckets.iter().max()) {
+            if *b > max.saturating_mul(8) {
+                bail!(
+                    "--buckets: size {b} is over 8 x --batch-max {max}: batches would be padded up to it; give sizes of at most {}",
+                    max * 8
+                );
+            }
+        }
+        let in_flight = self.clients.saturating_mul(self.inflight);
+        if in_flight > MAX_IN_FLIGHT {
+            bail!(
+                "--clients {} x --inflight {} = {in_flight} requests in flight is over the limit of {MAX_IN_FLIGHT}: lower --inflight or --clients",
+                self.clients,
+                self.inflight
+            );
+        }
         if !self.buckets.is_empty() && self.batch_max == Some(0) {
             bail!("--buckets needs batching: leave --batch-max out (the engine batches by default) or give it a size");
         }
@@ -184,7 +207,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let (specs, request): (Vec<InputArg>, Vec<Tensor>) = if !a.input_file.is_empty() {
         let tensors = a.input_file.iter().map(|p| inputs::read_npy(p)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
-        let tensors = tensors.into_iter().map(|t| t.f_to_device(input_device)).collect::<Result<Vec<_>, _>>()?;
+        let tensors = tensors
+            .into_iter()
+            .map(|t| t.f_to_device(input_device).map_err(|e| anyhow::anyhow!("cannot move --input-file data to {input_device:?}: {}", inputs::one_line(&e))))
+            .collect::<Result<Vec<_>, _>>()?;
         (tensors.iter().map(inputs::describe).collect(), tensors)
     } else {
         let specs = if !a.input.is_empty() {
@@ -202,6 +228,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         (specs, tensors)
     };
     let rows = specs[0].shape[0];
+    if rows < 1 {
+        bail!("input 0 ({}) has no samples: every request would fail; give at least one row (an empty .npy file?)", format_input(&specs[0]));
+    }
     if let Some((i, s)) = specs.iter().enumerate().find(|(_, s)| s.shape[0] != rows) {
         bail!("input {i} ({}) has batch {} but input 0 has {rows}: every input of a request carries the same samples", format_input(s), s.shape[0]);
     }
@@ -228,8 +257,29 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     if model_given {
         builder = builder.inputs(specs.iter().map(|s| InputSpec::new(&s.shape[1..], s.kind)).collect());
+        // Warm-up and calibration run on inputs like the requests' (--int-range, --input-file),
+        // not zeros, which a model may refuse.
+        builder = if a.input_file.is_empty() {
+            builder.sample_inputs(inputs::sample_maker(specs.clone(), a.int_range))
+        } else {
+            builder.sample_inputs(inputs::sample_rows(&request).map_err(anyhow::Error::msg)?)
+        };
     }
     let engine = Arc::new(builder.build()?);
+    // One trial request with the declared inputs: inputs that can only fail are refused here,
+    // once, instead of failing every request of the run.
+    match engine.submit(request.iter().map(Tensor::shallow_clone).collect::<Vec<_>>()).wait_outputs_timeout(TRIAL_LIMIT) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => bail!(
+            "the model fails on the declared inputs ({}): {e}; check --input/--shape/--input-file against the model's forward",
+            specs.iter().map(format_input).collect::<Vec<_>>().join(" ")
+        ),
+        Err(_) => {
+            eprintln!("error: the trial request at start got no answer in {} s: the model is stuck on these inputs", TRIAL_LIMIT.as_secs());
+            // The worker cannot be stopped: leave without waiting for it.
+            return Ok(1);
+        }
+    }
     let shown: Vec<String> = specs.iter().map(format_input).collect();
     if !a.json {
         println!("model {name}, request inputs {}, {} client(s) x {} in flight", shown.join(" "), a.clients, a.inflight);
@@ -303,8 +353,22 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .collect();
     barrier.wait();
     let start = Instant::now();
+    let give_up = deadline_after.map(|d| d + GRACE);
     while clients.iter().any(|c| !c.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
+        if give_up.is_some_and(|g| start.elapsed() > g) {
+            bar.finish_and_clear();
+            let st = engine.stats();
+            let stuck = st.submitted.saturating_sub(st.completed + st.failed);
+            eprintln!(
+                "error: {stuck} request(s) still unanswered {} s after the run's end ({} completed, {} failed): the model is stuck on these inputs",
+                GRACE.as_secs(),
+                done.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed),
+            );
+            // Stuck workers cannot be stopped: leave without joining them.
+            return Ok(1);
+        }
         let n = done.load(Ordering::Relaxed);
         match budget {
             Some(_) => bar.set_position(n),

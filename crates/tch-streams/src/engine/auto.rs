@@ -5,11 +5,12 @@
 //! synchronised before every reading). The result is reported by
 //! [`Engine::config`](super::Engine::config) and in [`EngineStats::config`](super::EngineStats).
 
-use super::config::Batching;
+use super::config::{Batching, SampleInputs};
 use crate::models::Forward;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 /// Largest `max_batch` (samples) the calibration picks.
 pub const AUTO_MAX_BATCH: usize = 1024;
@@ -36,8 +37,13 @@ pub struct EngineConfig {
     pub cuda_graphs: bool,
     /// Whether GPU inputs are taken as complete when submitted (no per-request event).
     pub inputs_ready: bool,
-    /// Calibration readings: (samples per batch, median forward time in µs).
+    /// Calibration readings: (samples per batch, fastest of 3 timed forward passes in µs).
     pub calibration: Vec<(usize, f64)>,
+    /// Per calibration reading, how noisy its 3 runs were: (slowest - fastest) / fastest.
+    pub calibration_spread: Vec<f64>,
+    /// Why the calibration stopped before its last size, when a step ran out of time (the
+    /// choice is then the best of the sizes measured before).
+    pub calibration_stopped: Option<String>,
     /// How each automatic choice was made, one line each.
     pub reasons: Vec<String>,
 }
@@ -69,48 +75,99 @@ pub(crate) fn workers_for(device: Device, has_pool: bool) -> usize {
     }
 }
 
-/// Times `model` on zero inputs of 1, 2, 4, … samples, up to `cap` or until one forward takes
-/// longer than [`LATENCY_CAP`]; returns the chosen `max_batch` and the readings. The choice is
-/// the smallest size whose throughput reaches [`NEAR_BEST`] of the best measured: past it, a
-/// bigger batch buys little throughput and costs latency. One noisy reading cannot stop the
-/// search early: every size is measured. Errors (the model fails on zeros, out of memory) end
-/// the search at the last size that worked; `None` when even one sample failed.
-pub(crate) fn calibrate(model: &dyn Forward, device: Device, specs: &[(Vec<i64>, Kind)], cap: usize) -> Option<(usize, Vec<(usize, f64)>)> {
-    let _no_grad = tch::no_grad_guard();
+/// What the calibration measured and why it stopped where it did.
+pub(crate) struct Calibration {
+    /// The chosen `max_batch`.
+    pub(crate) max_batch: usize,
+    /// (samples per batch, fastest of the timed runs in µs), one per size measured.
+    pub(crate) readings: Vec<(usize, f64)>,
+    /// Per size, the spread of its timed runs: (slowest - fastest) / fastest.
+    pub(crate) spread: Vec<f64>,
+    /// Set when a step ran out of time: the size it was measuring, and the limit.
+    pub(crate) stopped: Option<(usize, Duration)>,
+}
+
+/// Timed runs per size; the reading is the fastest of them (other work on the machine only ever
+/// adds time, so the fastest is the nearest to the model's own cost).
+const RUNS: usize = 3;
+
+/// Times `model` on inputs of 1, 2, 4, … samples (the builder's sample inputs, else zeros), up
+/// to `cap` or until a size is over [`LATENCY_CAP`] on every one of its [`RUNS`] runs (one slow
+/// run, from other work on the machine, does not stop the search); returns the choice, the
+/// readings and how noisy they were. The choice is the smallest size whose throughput reaches
+/// [`NEAR_BEST`] of the best measured: past it, a bigger batch buys little throughput and costs
+/// latency. Errors (the model fails on the inputs, out of memory) end the search at the last size
+/// that worked; `None` when even one sample failed.
+///
+/// The runs happen on a thread of their own, bound to the caller's current stream; each size
+/// (a first run and [`RUNS`] timed ones) has `step_limit`. A size that outlives it (a model stuck
+/// at that size) ends the search with the sizes measured so far, and that thread is left behind:
+/// a stuck forward cannot be interrupted.
+pub(crate) fn calibrate(
+    model: Arc<dyn Forward>,
+    device: Device,
+    specs: &[(Vec<i64>, Kind)],
+    samples: Option<&SampleInputs>,
+    cap: usize,
+    step_limit: Duration,
+) -> Option<Calibration> {
     let stream = crate::stream::Stream::current(device).ok()?;
-    let time = |b: usize| -> Option<f64> {
-        let xs = specs
-            .iter()
-            .map(|(shape, kind)| {
-                let mut dims = vec![b as i64];
-                dims.extend(shape);
-                Tensor::f_zeros(dims.as_slice(), (*kind, device))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .ok()?;
-        let run = || -> Option<f64> {
-            let t0 = Instant::now();
-            let out = model.run(&xs).ok()?;
-            stream.synchronize().ok()?;
-            drop(out);
-            Some(t0.elapsed().as_secs_f64() * 1e6)
-        };
-        run()?; // first sight of the shape: kernels chosen, memory cached
-        let mut v: Vec<f64> = (0..3).map(|_| run()).collect::<Option<Vec<_>>>()?;
-        v.sort_by(f64::total_cmp);
-        Some(v[1])
-    };
+    let (specs, samples) = (specs.to_vec(), samples.cloned());
+    let (tx, rx) = crossbeam_channel::unbounded::<Option<(usize, f64, f64)>>();
+    let sizes: Vec<usize> = std::iter::successors(Some(1usize), |&b| b.checked_mul(2)).take_while(|&b| b <= cap.max(1)).collect();
+    let planned = sizes.clone();
+    std::thread::Builder::new()
+        .name("tch-streams-calibration".into())
+        .spawn(move || {
+            let _no_grad = tch::no_grad_guard();
+            if device != Device::Cpu && crate::stream::bind_thread(&stream).is_err() {
+                let _ = tx.send(None);
+                return;
+            }
+            let time = |b: usize| -> Option<(f64, f64)> {
+                let xs = SampleInputs::make(samples.as_ref(), &specs, b, device).ok()?;
+                let run = || -> Option<f64> {
+                    let t0 = Instant::now();
+                    let out = model.run(&xs).ok()?;
+                    stream.synchronize().ok()?;
+                    drop(out);
+                    Some(t0.elapsed().as_secs_f64() * 1e6)
+                };
+                run()?; // first sight of the shape: kernels chosen, memory cached
+                let mut v: Vec<f64> = (0..RUNS).map(|_| run()).collect::<Option<Vec<_>>>()?;
+                v.sort_by(f64::total_cmp);
+                Some((v[0], v[RUNS - 1]))
+            };
+            for b in planned {
+                let reading = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| time(b))).ok().flatten();
+                let Some((fastest, slowest)) = reading else {
+                    let _ = tx.send(None);
+                    return;
+                };
+                if tx.send(Some((b, fastest, slowest))).is_err() || fastest > LATENCY_CAP.as_secs_f64() * 1e6 {
+                    return;
+                }
+            }
+        })
+        .ok()?;
     let mut readings: Vec<(usize, f64)> = Vec::new();
-    let mut b = 1usize;
-    while b <= cap.max(1) {
-        let Some(t) = time(b) else { break };
-        readings.push((b, t));
-        if t > LATENCY_CAP.as_secs_f64() * 1e6 {
-            break;
+    let mut spread = Vec::new();
+    let mut stopped = None;
+    for &b in &sizes {
+        match rx.recv_timeout(step_limit) {
+            Ok(Some((n, fastest, slowest))) => {
+                readings.push((n, fastest));
+                spread.push(if fastest > 0.0 { (slowest - fastest) / fastest } else { 0.0 });
+            }
+            // The model failed at this size, or the thread ended (over the latency cap).
+            Ok(None) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                stopped = Some((b, step_limit));
+                break;
+            }
         }
-        b *= 2;
     }
-    Some((choose(&readings)?, readings))
+    Some(Calibration { max_batch: choose(&readings)?, readings, spread, stopped })
 }
 
 /// The smallest size whose samples per µs reach [`NEAR_BEST`] of the best, among readings

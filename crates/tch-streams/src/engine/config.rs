@@ -4,8 +4,9 @@ use super::core::Engine;
 use super::error::EngineError;
 use super::request::Expected;
 use crate::models::Model;
+use std::sync::Arc;
 use std::time::Duration;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// How model instances are shared between workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,6 +129,68 @@ pub struct EngineBuilder {
     pub(crate) arity: Option<usize>,
     pub(crate) warmup: bool,
     pub(crate) inputs_ready: bool,
+    pub(crate) samples: Option<SampleInputs>,
+    pub(crate) calibration_step_limit: Duration,
+}
+
+/// Default of [`EngineBuilder::calibration_step_limit`].
+pub const DEFAULT_CALIBRATION_STEP_LIMIT: Duration = Duration::from_secs(30);
+/// Longest [`EngineBuilder::calibration_step_limit`]: one hour.
+pub const MAX_CALIBRATION_STEP_LIMIT: Duration = Duration::from_secs(3600);
+
+/// Makes `rows` samples of every input on `device`, in the order of forward's arguments (each
+/// tensor `[rows, sample shape...]` of its declared dtype): what warm-up, calibration and the
+/// batch-independence check run the model on. `Err` says why the inputs cannot be made.
+pub type SampleFn = dyn Fn(usize, Device) -> Result<Vec<Tensor>, String> + Send + Sync;
+
+/// The builder's [`SampleFn`], shared by the workers (and their replacements).
+#[derive(Clone)]
+pub(crate) struct SampleInputs(pub(crate) Arc<SampleFn>);
+
+impl std::fmt::Debug for SampleInputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SampleInputs(..)")
+    }
+}
+
+impl SampleInputs {
+    /// `rows` samples of every input in `specs` on `device`: the provider's, checked against the
+    /// declared shapes and dtypes, or zeros without a provider.
+    pub(crate) fn make(this: Option<&SampleInputs>, specs: &[(Vec<i64>, Kind)], rows: usize, device: Device) -> Result<Vec<Tensor>, String> {
+        let dims = |shape: &[i64]| {
+            let mut d = vec![rows as i64];
+            d.extend_from_slice(shape);
+            d
+        };
+        let Some(provider) = this else {
+            return specs
+                .iter()
+                .map(|(shape, kind)| Tensor::f_zeros(dims(shape).as_slice(), (*kind, device)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string());
+        };
+        let xs = (provider.0)(rows, device).map_err(|e| format!("the sample inputs could not be made: {e}"))?;
+        if xs.len() != specs.len() {
+            return Err(format!("the sample inputs hold {} tensor(s) where {} input(s) are declared", xs.len(), specs.len()));
+        }
+        for (i, (x, (shape, kind))) in xs.iter().zip(specs).enumerate() {
+            if x.size() != dims(shape) || x.kind() != *kind || x.device() != device {
+                return Err(format!(
+                    "sample input {i} is {:?} {:?} on {:?} where {:?} {kind:?} on {device:?} was asked for",
+                    x.size(),
+                    x.kind(),
+                    x.device(),
+                    dims(shape)
+                ));
+            }
+        }
+        Ok(xs)
+    }
+
+    /// What the inputs are called in messages.
+    pub(crate) fn name(this: Option<&SampleInputs>) -> &'static str {
+        if this.is_some() { "sample" } else { "zero" }
+    }
 }
 
 impl EngineBuilder {
@@ -148,6 +211,8 @@ impl EngineBuilder {
             require_stream_pool: false,
             warmup: true,
             inputs_ready: false,
+            samples: None,
+            calibration_step_limit: DEFAULT_CALIBRATION_STEP_LIMIT,
         }
     }
 
@@ -247,10 +312,46 @@ impl EngineBuilder {
         self
     }
 
-    /// Run each worker's model twice on zero inputs before serving (needs every input's shape).
-    /// Default true.
+    /// Run each worker's model on every bucket size before serving (the first size twice), on
+    /// zero inputs or those of [`sample_inputs`](Self::sample_inputs) (needs every input's
+    /// shape). Default true.
     pub fn warmup(mut self, on: bool) -> Self {
         self.warmup = on;
+        self
+    }
+
+    /// Inputs for warm-up, calibration and the batch-independence check, made by `f(rows,
+    /// device)`, instead of zeros (and the check's own samples): for a model that refuses zeros
+    /// (e.g. ids that must be at least 1) or behaves differently on them. Each call must return
+    /// one tensor per declared input ([`inputs`](Self::inputs)), `[rows, shape...]` of its dtype,
+    /// on `device`; anything else is a build error that says what was asked for. Default: zeros.
+    ///
+    /// ```
+    /// use tch::{Device, Kind, Tensor};
+    /// use tch_streams::engine::{Engine, InputSpec};
+    /// use tch_streams::models::Model;
+    /// // Refuses zeros: every id must be at least 1.
+    /// let model = Model::closure(|x: &Tensor| if x.f_eq(0)?.f_any()?.f_int64_value(&[])? != 0 { Err(tch::TchError::Torch("id 0".into())) } else { x.f_to_kind(Kind::Float) });
+    /// let engine = Engine::builder(model)
+    ///     .devices(vec![Device::Cpu])
+    ///     .inputs(vec![InputSpec::new([8], Kind::Int64)])
+    ///     .sample_inputs(|rows, device| Ok(vec![Tensor::f_ones([rows as i64, 8], (Kind::Int64, device)).map_err(|e| e.to_string())?]))
+    ///     .build()?;
+    /// assert!(engine.infer(Tensor::ones([1, 8], (Kind::Int64, Device::Cpu))).is_ok());
+    /// # Ok::<(), tch_streams::engine::EngineError>(())
+    /// ```
+    pub fn sample_inputs(mut self, f: impl Fn(usize, Device) -> Result<Vec<Tensor>, String> + Send + Sync + 'static) -> Self {
+        self.samples = Some(SampleInputs(Arc::new(f)));
+        self
+    }
+
+    /// Longest one step of the calibration may take (one batch size: a first run and three timed
+    /// ones). A step that outlives it ends the calibration with the best of the sizes measured
+    /// before, and [`EngineConfig::calibration_stopped`](super::EngineConfig::calibration_stopped)
+    /// says so: a model stuck at some batch size cannot hold `build()` forever. Range 1 ms..=1 h;
+    /// default 30 s.
+    pub fn calibration_step_limit(mut self, limit: Duration) -> Self {
+        self.calibration_step_limit = limit;
         self
     }
 
@@ -294,6 +395,12 @@ impl EngineBuilder {
             if max_batch == 0 || max_batch > MAX_BATCH {
                 return bad(format!("Batching::Dynamic max_batch {max_batch} is out of range: expected 1..={MAX_BATCH} samples"));
             }
+        }
+        if self.calibration_step_limit < Duration::from_millis(1) || self.calibration_step_limit > MAX_CALIBRATION_STEP_LIMIT {
+            return bad(format!(
+                "calibration_step_limit({:?}) is out of range: expected 1 ms..=1 h",
+                self.calibration_step_limit
+            ));
         }
         if self.arity == Some(0) {
             return bad("inputs(vec![]): a model needs at least one input".into());

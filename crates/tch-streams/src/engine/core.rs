@@ -76,6 +76,10 @@ pub const MAX_QUEUE_CAPACITY: usize = 1 << 24;
 pub const MAX_BATCH: usize = 1 << 20;
 /// Streams in the patched MPS pool (ids 1-32, as upstream's).
 const MPS_POOL_STREAMS: usize = 32;
+/// Most elements of one input at the largest bucket: warm-up allocates it on every worker.
+pub const MAX_WARMUP_ELEMENTS: i64 = 1 << 28;
+/// Largest bucket, as a multiple of `max_batch`.
+pub const MAX_BUCKET_OVER_BATCH: usize = 8;
 /// Most bucket sizes one engine accepts.
 pub const MAX_BUCKETS: usize = 64;
 /// Whether this build has the CUDA graph code (compiled in when the build found the CUDA
@@ -182,7 +186,7 @@ impl Engine {
         // The check and the calibration run the user's model on this thread. The check catches
         // the model's panics itself; one caught here is the check's own.
         let checked = |model: &Arc<dyn Forward>, specs: &[(Vec<i64>, tch::Kind)]| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| independence::check(&**model, assigned[0], specs))).unwrap_or_else(|p| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| independence::check(&**model, assigned[0], specs, b.samples.as_ref()))).unwrap_or_else(|p| {
                 Err(independence::Refusal::Undecided(format!(
                     "the check itself failed ({}; please report it as a tch-streams bug)",
                     worker::panic_message(&*p)
@@ -190,6 +194,8 @@ impl Engine {
             })
         };
         let mut calibration = Vec::new();
+        let mut calibration_spread = Vec::new();
+        let mut calibration_stopped = None;
         let batching = match (b.batching, &known, models.first()) {
             (Batching::Dynamic { .. }, Some(specs), Some(model)) => {
                 checked(model, specs).map_err(|refusal| EngineError::Build(refusal.to_string()))?;
@@ -210,23 +216,40 @@ impl Engine {
                 }
                 Ok(()) => {
                     let calibrated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        auto::calibrate(&**model, assigned[0], specs, auto::AUTO_MAX_BATCH)
+                        auto::calibrate(Arc::clone(model), assigned[0], specs, b.samples.as_ref(), auto::AUTO_MAX_BATCH, b.calibration_step_limit)
                     }))
                     .ok()
                     .flatten();
                     match calibrated {
-                        Some((max_batch, readings)) => {
-                            let shown: Vec<String> = readings.iter().map(|(n, us)| format!("{n}: {us:.0} us")).collect();
+                        Some(c) => {
+                            let shown: Vec<String> = c.readings.iter().map(|(n, us)| format!("{n}: {us:.0} us")).collect();
+                            let noisiest = c.spread.iter().copied().fold(0.0f64, f64::max);
                             reasons.push(format!(
-                                "batching: dynamic, max {max_batch} samples, no wait beyond what is queued (calibrated on {:?}: {})",
+                                "batching: dynamic, max {} samples, no wait beyond what is queued (calibrated on {:?}, fastest of 3 runs: {}; \
+                                 runs of one size differed by up to {:.0} %)",
+                                c.max_batch,
                                 assigned[0],
-                                shown.join(", ")
+                                shown.join(", "),
+                                noisiest * 100.0
                             ));
-                            calibration = readings;
-                            Batching::Dynamic { max_batch, max_wait: Duration::ZERO }
+                            if let Some((size, limit)) = c.stopped {
+                                let why = format!(
+                                    "calibration stopped at {size} samples: that step took longer than {} ms (a model stuck or very slow \
+                                     at that size); kept the best of the sizes measured before",
+                                    limit.as_millis()
+                                );
+                                reasons.push(why.clone());
+                                calibration_stopped = Some(why);
+                            }
+                            calibration = c.readings;
+                            calibration_spread = c.spread;
+                            Batching::Dynamic { max_batch: c.max_batch, max_wait: Duration::ZERO }
                         }
                         None => {
-                            reasons.push("batching: off (the model failed on zero inputs during calibration)".into());
+                            reasons.push(format!(
+                                "batching: off (the model failed on {} inputs during calibration)",
+                                super::config::SampleInputs::name(b.samples.as_ref())
+                            ));
                             Batching::Off
                         }
                     }
@@ -244,11 +267,40 @@ impl Engine {
         };
         let buckets = match batching {
             Batching::Dynamic { max_batch, .. } => match &b.buckets {
+                // A bucket far larger than any batch pads batches up to it (and is warmed up on
+                // every worker). One a little larger serves a request of more rows than max_batch.
+                Some(sizes) if sizes.iter().any(|&s| s > max_batch.saturating_mul(MAX_BUCKET_OVER_BATCH)) => {
+                    let limit = max_batch.saturating_mul(MAX_BUCKET_OVER_BATCH);
+                    let over: Vec<usize> = sizes.iter().copied().filter(|&s| s > limit).collect();
+                    if matches!(b.batching, Batching::Dynamic { .. }) {
+                        return Err(EngineError::Build(format!(
+                            "buckets {over:?} are over {MAX_BUCKET_OVER_BATCH} x max_batch {max_batch}: batches would be padded up to \
+                             them; give bucket sizes of at most {limit} (CLI: --buckets no larger than {MAX_BUCKET_OVER_BATCH} x --batch-max)"
+                        )));
+                    }
+                    let kept: Vec<usize> = sizes.iter().copied().filter(|&s| s <= limit).collect();
+                    reasons.push(format!(
+                        "buckets: {over:?} dropped, over {MAX_BUCKET_OVER_BATCH} x the calibrated max_batch {max_batch} (batches would be padded up to them)"
+                    ));
+                    if kept.is_empty() { Buckets::powers_of_two(max_batch) } else { Buckets::from_sizes(kept) }
+                }
                 Some(sizes) => Buckets::from_sizes(sizes.clone()),
                 None => Buckets::powers_of_two(max_batch),
             },
             Batching::Off | Batching::Auto => Buckets::default(),
         };
+        // Warm-up makes every bucket's inputs on every worker: bound the largest.
+        if let (Some(specs), Some(&largest)) = (&known, buckets.sizes().last()) {
+            for (i, (shape, _)) in specs.iter().enumerate() {
+                let per_sample: i64 = shape.iter().product();
+                if (largest as i64).checked_mul(per_sample).is_none_or(|n| n > MAX_WARMUP_ELEMENTS) {
+                    return Err(EngineError::Build(format!(
+                        "input {i}: the largest bucket, {largest} samples of {shape:?}, is over {MAX_WARMUP_ELEMENTS} elements, which warm-up \
+                         would allocate on every worker; lower max_batch or the bucket sizes"
+                    )));
+                }
+            }
+        }
         let any_cuda = assigned.iter().any(|d| matches!(d, Device::Cuda(_)));
         let cuda_graphs = match b.cuda_graphs {
             Some(on) => on,
@@ -271,6 +323,8 @@ impl Engine {
             cuda_graphs,
             inputs_ready: b.inputs_ready,
             calibration,
+            calibration_spread,
+            calibration_stopped,
             reasons,
         };
         tracing::debug!("engine configuration: {config}");
@@ -304,6 +358,7 @@ impl Engine {
                 output: b.output,
                 metrics: Arc::clone(&engine.metrics),
                 warmup: warmup.clone(),
+                samples: b.samples.clone(),
                 cuda_graphs,
                 use_pool: has_pool[&device] && device != Device::Cpu,
                 registry: Arc::clone(&engine.registry),

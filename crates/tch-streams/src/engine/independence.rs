@@ -21,6 +21,7 @@
 //! them, the outputs cannot be compared) it refuses too ([`Refusal::Undecided`]): explicit
 //! batching is a build error and the defaults leave batching off, saying why.
 
+use super::config::SampleInputs;
 use super::worker::panic_message;
 use crate::models::{Forward, Outputs};
 use std::fmt;
@@ -89,11 +90,27 @@ fn outcome(model: &dyn Forward, xs: &[Tensor], on: &str) -> Result<(Outputs, Vec
 }
 
 /// Checks `model` on `device` with inputs of these per-sample shapes and dtypes.
-pub(crate) fn check(model: &dyn Forward, device: Device, specs: &[(Vec<i64>, Kind)]) -> Result<(), Refusal> {
+///
+/// With the builder's sample inputs, the two samples are the two rows of one call of it, unless
+/// those rows are equal (two equal samples could not show mixing): then the check's own.
+pub(crate) fn check(model: &dyn Forward, device: Device, specs: &[(Vec<i64>, Kind)], samples: Option<&SampleInputs>) -> Result<(), Refusal> {
     let _no_grad = tch::no_grad_guard();
+    let given = match samples {
+        Some(_) => {
+            let two = SampleInputs::make(samples, specs, 2, device).map_err(|e| Refusal::Undecided(format!("cannot make the sample inputs ({e})")))?;
+            let rows = |i: i64| two.iter().map(|t| t.f_narrow(0, i, 1)).collect::<Result<Vec<_>, _>>();
+            let (a, b) = rows(0).and_then(|a| Ok((a, rows(1)?))).map_err(|e| Refusal::Undecided(format!("cannot split the sample inputs ({e})")))?;
+            let differ = a.iter().zip(&b).any(|(x, y)| !x.equal(y));
+            differ.then_some((a, b))
+        }
+        None => None,
+    };
     let inputs = || -> Result<[Vec<Tensor>; 3], TchError> {
         let make = |which| specs.iter().map(|(s, k)| sample(s, *k, which, device)).collect::<Result<Vec<_>, _>>();
-        let (a, b) = (make(0)?, make(1)?);
+        let (a, b) = match given {
+            Some(ab) => ab,
+            None => (make(0)?, make(1)?),
+        };
         let both = a.iter().zip(&b).map(|(x, y)| Tensor::f_cat(&[x, y], 0)).collect::<Result<Vec<_>, _>>()?;
         Ok([a, b, both])
     };

@@ -63,7 +63,7 @@ mod ticket;
 mod worker;
 
 pub use auto::{EngineConfig, AUTO_MAX_BATCH};
-pub use config::{Batching, EngineBuilder, InputSpec, Output, Replicas, DEFAULT_MAX_WAIT};
+pub use config::{Batching, EngineBuilder, InputSpec, Output, Replicas, SampleFn, DEFAULT_CALIBRATION_STEP_LIMIT, DEFAULT_MAX_WAIT, MAX_CALIBRATION_STEP_LIMIT};
 pub use core::{Engine, WorkerInfo, CUDA_GRAPHS_BUILT, MAX_BUCKETS};
 pub use error::EngineError;
 pub use graphs::MAX_GRAPHS;

@@ -13,7 +13,7 @@
 use super::batcher::{Batcher, Held};
 use super::buckets::{join_padded, Buckets};
 use super::completion::{answer, Completer, Launched};
-use super::config::{Batching, Output};
+use super::config::{Batching, Output, SampleInputs};
 use super::error::EngineError;
 use super::events::{distinct, ReadyEvents};
 use super::graphs::Runner;
@@ -65,6 +65,8 @@ pub(crate) struct WorkerSpec {
     pub(crate) metrics: Arc<Metrics>,
     /// Per-sample shape and dtype of every input, when all are known: the warm-up inputs.
     pub(crate) warmup: Option<Vec<(Vec<i64>, Kind)>>,
+    /// Makes the warm-up inputs (zeros without it).
+    pub(crate) samples: Option<SampleInputs>,
     /// Resolved: graphs are used on a CUDA device.
     pub(crate) cuda_graphs: bool,
     pub(crate) use_pool: bool,
@@ -174,21 +176,15 @@ fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
             b => b.iter().map(|&b| b as i64).collect(),
         };
         for (k, &rows) in sizes.iter().enumerate() {
-            let xs = specs
-                .iter()
-                .map(|(shape, kind)| {
-                    let mut dims = vec![rows];
-                    dims.extend(shape);
-                    Tensor::f_zeros(dims.as_slice(), (*kind, spec.device))
-                })
-                .collect::<Result<Vec<_>, _>>()
+            let xs = SampleInputs::make(spec.samples.as_ref(), specs, rows as usize, spec.device)
                 .map_err(|e| format!("warm-up inputs of {rows} sample(s): {e}"))?;
+            let which = SampleInputs::name(spec.samples.as_ref());
             // The first shape twice (one-time initialisation, then the shape's own first run).
             let of = if rows == 1 { String::new() } else { format!(" (a batch of {rows})") };
             for _ in 0..if k == 0 { 2 } else { 1 } {
                 let _warm = catch_unwind(AssertUnwindSafe(|| spec.model.run(&xs)))
-                    .map_err(|p| format!("warm-up with zero inputs {} panicked: {}{of}", described(), panic_message(&*p)))?
-                    .map_err(|e| format!("warm-up with zero inputs {} failed: {e}{of}", described()))?;
+                    .map_err(|p| format!("warm-up with {which} inputs {} panicked: {}{of}", described(), panic_message(&*p)))?
+                    .map_err(|e| format!("warm-up with {which} inputs {} failed: {e}{of}", described()))?;
             }
             runner.prepare(&xs);
         }
