@@ -212,3 +212,66 @@ fn good_grpc() -> pb::ModelInferRequest {
         ..Default::default()
     }
 }
+
+/// A `data` array of `rows` x 512 FP32 values `0.25` whose last value is a string: the server
+/// must decode all of it (about 5 bytes per value) before it can refuse it.
+fn huge_json(rows: usize) -> Vec<u8> {
+    let mut body = format!(r#"{{"inputs":[{{"name":"input0","datatype":"FP32","shape":[{rows},512],"data":["#).into_bytes();
+    for _ in 0..rows * 512 - 1 {
+        body.extend_from_slice(b"0.25,");
+    }
+    body.extend_from_slice(b"\"x\"]}]}");
+    body
+}
+
+/// Issue #24 item 14: two 64 MiB JSON bodies decoded at once. Decoding runs on blocking
+/// threads straight into the tensor (no JSON tree), so health answers meanwhile (before: 1.7 to
+/// 6.4 s) and the server's peak memory grows by about the bodies and their tensors (before:
+/// 2.6 GB for two); decoding is counted in the byte budget: a request whose tensor alone
+/// exceeds it is refused with 503 before anything is parsed.
+#[test]
+fn huge_json_bodies_decode_off_the_async_threads_within_the_budget() {
+    let budget = 240 * MIB;
+    let server = Served::start(&["--builtin", "small-mlp", "--max-batch-size", "131072", "--max-buffered-bytes", &budget.to_string()]);
+    assert_good(&server);
+    let (base_rss, _) = memory_kib(server.pid());
+    let body = Arc::new(huge_json(25_000));
+    assert!(body.len() < 64 * MIB as usize);
+    let senders: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, body) = (server.http.clone(), Arc::clone(&body));
+            std::thread::spawn(move || {
+                let r = Http::connect(&addr).send("POST", "/v2/models/small-mlp/infer", &[], &body);
+                (r.status, r.text())
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    let mut polls = 0;
+    while !senders.iter().all(|s| s.is_finished()) {
+        let (status, took) = health(&server.http, Duration::from_secs(20)).unwrap_or_else(|e| panic!("health during decoding: {e}"));
+        assert_eq!(status, 200);
+        worst = worst.max(took);
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for s in senders {
+        let (status, text) = s.join().expect("sender");
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(r#"input \"input0\": data holds \"x\", expected a number for FP32"#), "{text}");
+    }
+    let (_, hwm) = memory_kib(server.pid());
+    let grew_mib = hwm.saturating_sub(base_rss) / 1024;
+    eprintln!("two 64 MiB JSON bodies: peak +{grew_mib} MiB; health worst {worst:?} over {polls} polls");
+    assert!(polls >= 3, "the decoding took {polls} health polls: too quick to measure anything");
+    assert!(worst < HEALTH_BOUND, "health took {worst:?} while JSON was decoded");
+    assert!(grew_mib < 600, "peak memory grew by {grew_mib} MiB for two 64 MiB JSON bodies");
+    // A tensor of 256 MiB (131072 x 512 FP32) does not fit a 240 MiB budget: refused before its
+    // data is parsed.
+    let r = infer_json(&mut Http::connect(&server.http), "small-mlp", &json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [131072, 512], "data": [0]}]}));
+    assert_eq!(r.status, 503, "{}", r.text());
+    let e = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(e.starts_with("the server cannot buffer 268435456 more byte(s)") && e.contains("(--max-buffered-bytes)"), "{e}");
+    assert_eq!(metric(&server, "tch_streams_buffered_bytes", &[]), 0.0);
+    assert_good(&server);
+}

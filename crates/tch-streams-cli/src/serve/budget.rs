@@ -86,6 +86,13 @@ impl Reservation {
         }
     }
 
+    /// Gives back up to `n` bytes (what was buffered and is freed now).
+    pub fn release(&mut self, n: usize) {
+        let n = n.min(self.bytes);
+        self.budget.used.fetch_sub(n, Ordering::AcqRel);
+        self.bytes -= n;
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes

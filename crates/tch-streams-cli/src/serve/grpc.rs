@@ -10,8 +10,9 @@
 
 use super::body::{self, Bounds};
 use super::listen::{Conn, Tracked};
-use super::model::{Payload, WireInput};
-use super::protocol::{elements, kind_of, tensor_to_bytes, ApiError, ErrorKind};
+use super::protocol::{tensor_to_bytes, ApiError, ErrorKind};
+use super::request;
+use prost::Message;
 use super::state::{Protocol, Server};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -20,7 +21,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Kind, Tensor};
 use tonic::{Request, Response, Status};
 
 /// Code generated from `proto/inference.proto` at build time.
@@ -141,66 +141,21 @@ fn status(e: ApiError) -> Status {
     Status::new(e.kind.grpc_code(), e.message)
 }
 
-/// A tensor from typed `contents`: the field that matches the datatype, with exactly the
-/// shape's element count. 16-bit floats have no typed field: they come as raw bytes only.
-fn from_contents(name: &str, datatype: &str, shape: &[i64], c: &pb::InferTensorContents) -> Result<Tensor, ApiError> {
-    let kind = kind_of(datatype).ok_or_else(|| ApiError::bad(format!("input {name:?}: unknown datatype {datatype:?}")))?;
-    let n = elements(shape)?;
-    let count = |len: usize| {
-        if len == n {
-            Ok(())
-        } else {
-            Err(ApiError::bad(format!("input {name:?}: {len} value(s) in contents, but shape {shape:?} holds {n}")))
-        }
-    };
-    let t = match kind {
-        Kind::Float => count(c.fp32_contents.len()).map(|_| Tensor::from_slice(&c.fp32_contents))?,
-        Kind::Double => count(c.fp64_contents.len()).map(|_| Tensor::from_slice(&c.fp64_contents))?,
-        Kind::Int64 => count(c.int64_contents.len()).map(|_| Tensor::from_slice(&c.int64_contents))?,
-        Kind::Bool => count(c.bool_contents.len()).map(|_| Tensor::from_slice(&c.bool_contents))?,
-        Kind::Int | Kind::Int16 | Kind::Int8 => {
-            count(c.int_contents.len())?;
-            Tensor::from_slice(&c.int_contents).f_to_kind(kind).map_err(|e| ApiError::bad(format!("input {name:?}: {e}")))?
-        }
-        Kind::Uint8 => {
-            count(c.uint_contents.len())?;
-            if c.uint_contents.iter().any(|&x| x > 255) {
-                return Err(ApiError::bad(format!("input {name:?}: a value is out of range for UINT8")));
-            }
-            Tensor::from_slice(&c.uint_contents.iter().map(|&x| x as i64).collect::<Vec<_>>()).f_to_kind(kind).map_err(|e| ApiError::bad(format!("input {name:?}: {e}")))?
-        }
-        _ => return Err(ApiError::bad(format!("input {name:?}: {datatype} has no typed contents field; send it in raw_input_contents"))),
-    };
-    Ok(t)
-}
-
 impl Grpc {
     async fn infer(&self, r: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, ApiError> {
         let s = &self.0;
         let model = Arc::clone(s.model(&r.model_name, Some(&r.model_version))?);
-        if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
-            return Err(ApiError::bad(format!("{} raw_input_contents for {} inputs: give one per input, in order", r.raw_input_contents.len(), r.inputs.len())));
-        }
-        let mut wire = Vec::with_capacity(r.inputs.len());
-        for (i, input) in r.inputs.iter().enumerate() {
-            if input.parameters.keys().any(|k| k.starts_with("shared_memory")) {
-                return Err(ApiError::bad(format!("input {:?}: shared memory is not supported by this server", input.name)));
-            }
-            let data = if let Some(raw) = r.raw_input_contents.get(i) {
-                if input.contents.is_some() {
-                    return Err(ApiError::bad(format!("input {:?}: both raw_input_contents and contents", input.name)));
-                }
-                Payload::Bytes(raw)
-            } else if let Some(c) = &input.contents {
-                Payload::Tensor(from_contents(&input.name, &input.datatype, &input.shape, c)?)
-            } else {
-                Payload::Missing
-            };
-            wire.push(WireInput { name: input.name.clone(), datatype: input.datatype.clone(), shape: input.shape.clone(), data });
-        }
-        let tensors = model.admit(wire)?;
-        let wanted: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
-        let outputs = s.infer(&model, tensors, &wanted).await?;
+        let m = Arc::clone(&model);
+        let mut held = s.budget.empty();
+        let size = r.raw_input_contents.iter().map(|b| b.len()).sum::<usize>() + r.inputs.iter().map(|i| i.contents.as_ref().map_or(0, |c| c.encoded_len())).sum::<usize>();
+        let (admitted, held) = s
+            .offload(size, move || {
+                let admitted = m.admit(request::from_grpc(&r)?, &mut held)?;
+                Ok::<_, ApiError>((admitted, held))
+            })
+            .await??;
+        let outputs = s.infer(&model, admitted.tensors, &admitted.wanted).await?;
+        drop(held);
         let mut described = Vec::with_capacity(outputs.len());
         let mut raw = Vec::with_capacity(outputs.len());
         for (name, t) in &outputs {
@@ -211,7 +166,7 @@ impl Grpc {
         Ok(pb::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: "1".into(),
-            id: r.id,
+            id: admitted.id.unwrap_or_default(),
             outputs: described,
             raw_output_contents: raw,
             ..Default::default()

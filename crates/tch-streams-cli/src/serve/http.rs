@@ -19,8 +19,10 @@
 
 use super::body::{self, Bounds};
 use super::budget::Reservation;
-use super::model::{Payload, ServedModel, WireInput};
-use super::protocol::{tensor_to_bytes, tensor_to_json, ApiError, ErrorKind};
+use super::json;
+use super::model::ServedModel;
+use super::protocol::{shown, tensor_to_bytes, ApiError, ErrorKind};
+use super::request;
 use super::state::{Protocol, Server};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -29,8 +31,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use std::io::Write;
 use std::sync::Arc;
+use tch::Tensor;
 use std::time::Instant;
 
 /// The header that gives the JSON part's length when binary tensors follow it.
@@ -148,44 +152,6 @@ async fn model_config(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>) ->
     }
 }
 
-/// The JSON part of an inference request.
-#[derive(Deserialize)]
-struct RequestJson {
-    id: Option<String>,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    inputs: Vec<InputJson>,
-    #[serde(default)]
-    outputs: Vec<OutputJson>,
-}
-
-#[derive(Deserialize)]
-struct InputJson {
-    name: String,
-    datatype: String,
-    shape: Vec<i64>,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    data: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct OutputJson {
-    name: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-}
-
-/// Refuses parameters this server does not implement (shared memory, classification).
-fn check_parameters(what: &str, p: &Map<String, Value>) -> Result<(), ApiError> {
-    for k in p.keys() {
-        if k.starts_with("shared_memory") || k == "classification" {
-            return Err(ApiError::bad(format!("{what}: parameter {k:?} is not supported by this server")));
-        }
-    }
-    Ok(())
-}
-
 async fn infer(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let result = infer_inner(&s, &p, &headers, body).await;
@@ -201,10 +167,10 @@ async fn read_body(s: &Server, headers: &HeaderMap, body: Body) -> Result<(Bytes
     body::read(body, declared, bounds, &s.budget).await
 }
 
-async fn infer_inner(s: &Server, p: &ModelPath, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn infer_inner(s: &Arc<Server>, p: &ModelPath, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     // The body first, even for an unknown model: a connection whose request body was left
     // unread cannot be reused, and the client's next request on it would fail.
-    let (body, _held) = read_body(s, headers, body).await?;
+    let (body, mut held) = read_body(s, headers, body).await?;
     let model = Arc::clone(s.model(&p.name, p.version.as_deref())?);
     // The JSON part, then binary tensors when the header says where the JSON ends.
     let json_len = match headers.get(HEADER_LENGTH) {
@@ -214,61 +180,62 @@ async fn infer_inner(s: &Server, p: &ModelPath, headers: &HeaderMap, body: Body)
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&n| n <= body.len())
-            .ok_or_else(|| ApiError::bad(format!("{HEADER_LENGTH}: {v:?} is not a length within the body's {} bytes", body.len())))?,
+            .ok_or_else(|| ApiError::bad(format!("{HEADER_LENGTH}: {:?} is not a length within the body's {} bytes", shown(&String::from_utf8_lossy(v.as_bytes())), body.len())))?,
     };
-    let (head, mut binary) = body.split_at(json_len);
-    let req: RequestJson = serde_json::from_slice(head).map_err(|e| ApiError::bad(format!("malformed inference request JSON: {e}")))?;
-    check_parameters("request", &req.parameters)?;
-    let mut wire = Vec::with_capacity(req.inputs.len());
-    for input in &req.inputs {
-        check_parameters(&format!("input {:?}", input.name), &input.parameters)?;
-        let data = match input.parameters.get("binary_data_size") {
-            Some(n) => {
-                let n = n.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| ApiError::bad(format!("input {:?}: binary_data_size {n} is not a byte count", input.name)))?;
-                if n > binary.len() {
-                    return Err(ApiError::bad(format!("input {:?}: binary_data_size {n} but only {} binary byte(s) remain in the body", input.name, binary.len())));
-                }
-                let (this, rest) = binary.split_at(n);
-                binary = rest;
-                Payload::Bytes(this)
-            }
-            None => input.data.as_ref().map_or(Payload::Missing, Payload::Json),
-        };
-        wire.push(WireInput { name: input.name.clone(), datatype: input.datatype.clone(), shape: input.shape.clone(), data });
-    }
-    if !binary.is_empty() {
-        return Err(ApiError::bad(format!("{} byte(s) of binary data after the last input's binary_data_size", binary.len())));
-    }
-    let tensors = model.admit(wire)?;
-    // Binary answers: per output, else the request's binary_data_output, else JSON.
-    let all_binary = req.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
-    let mut binary_of = std::collections::HashMap::new();
-    for o in &req.outputs {
-        check_parameters(&format!("output {:?}", o.name), &o.parameters)?;
-        binary_of.insert(o.name.clone(), o.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(all_binary));
-    }
-    let wanted: Vec<String> = req.outputs.iter().map(|o| o.name.clone()).collect();
-    let outputs = s.infer(&model, tensors, &wanted).await?;
-    let mut described = Vec::with_capacity(outputs.len());
+    let m = Arc::clone(&model);
+    let (admitted, held) = s
+        .offload(body.len(), move || {
+            let admitted = m.admit(request::from_http(&body, json_len)?, &mut held)?;
+            // The body is freed here: its bytes leave the budget, the tensors stay in it.
+            let len = body.len();
+            drop(body);
+            held.release(len);
+            Ok::<_, ApiError>((admitted, held))
+        })
+        .await??;
+    let outputs = s.infer(&model, admitted.tensors, &admitted.wanted).await?;
+    drop(held);
+    let bytes: usize = outputs.iter().map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes()).sum();
+    let (binary, all_binary, id) = (admitted.binary, admitted.all_binary, admitted.id);
+    let is_binary = move |name: &str| binary.iter().find(|(n, _)| n == name).map_or(all_binary, |(_, b)| *b);
+    s.offload(bytes, move || answer(&model, id, &outputs, is_binary)).await?
+}
+
+/// The answer: a JSON head (outputs with their data, or with `binary_data_size` and their bytes
+/// after the head).
+fn answer(model: &ServedModel, id: Option<String>, outputs: &[(String, Tensor)], binary: impl Fn(&str) -> bool) -> Result<Response, ApiError> {
+    let mut head: Vec<u8> = Vec::with_capacity(256);
     let mut tail: Vec<u8> = Vec::new();
-    for (name, t) in &outputs {
-        let meta = model.outputs.iter().find(|o| &o.name == name);
-        let datatype = meta.map_or("INVALID", |o| o.datatype());
-        let mut o = json!({ "name": name, "datatype": datatype, "shape": t.size() });
-        if *binary_of.get(name).unwrap_or(&all_binary) {
+    let string = |out: &mut Vec<u8>, s: &str| {
+        let _ = serde_json::to_writer(&mut *out, s);
+    };
+    head.extend_from_slice(b"{\"model_name\":");
+    string(&mut head, &model.name);
+    head.extend_from_slice(b",\"model_version\":\"1\"");
+    if let Some(id) = &id {
+        head.extend_from_slice(b",\"id\":");
+        string(&mut head, id);
+    }
+    head.extend_from_slice(b",\"outputs\":[");
+    for (k, (name, t)) in outputs.iter().enumerate() {
+        if k > 0 {
+            head.push(b',');
+        }
+        let datatype = model.outputs.iter().find(|o| &o.name == name).map_or("INVALID", |o| o.datatype());
+        head.extend_from_slice(b"{\"name\":");
+        string(&mut head, name);
+        let _ = write!(head, ",\"datatype\":\"{datatype}\",\"shape\":{}", json!(t.size()));
+        if binary(name) {
             let bytes = tensor_to_bytes(t)?;
-            o["parameters"] = json!({ "binary_data_size": bytes.len() });
+            let _ = write!(head, ",\"parameters\":{{\"binary_data_size\":{}}}}}", bytes.len());
             tail.extend_from_slice(&bytes);
         } else {
-            o["data"] = tensor_to_json(t)?;
+            head.extend_from_slice(b",\"data\":");
+            json::write_data(t, &mut head)?;
+            head.push(b'}');
         }
-        described.push(o);
     }
-    let mut doc = json!({ "model_name": model.name, "model_version": "1", "outputs": described });
-    if let Some(id) = req.id {
-        doc["id"] = Value::String(id);
-    }
-    let head = doc.to_string().into_bytes();
+    head.extend_from_slice(b"]}");
     if tail.is_empty() {
         return Ok(([(header::CONTENT_TYPE, "application/json")], head).into_response());
     }

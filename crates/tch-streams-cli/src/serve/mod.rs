@@ -23,10 +23,12 @@ pub mod body;
 pub mod budget;
 pub mod grpc;
 pub mod http;
+pub mod json;
 pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
+pub mod request;
 pub mod shutdown;
 pub mod state;
 

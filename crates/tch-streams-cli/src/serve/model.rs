@@ -5,9 +5,11 @@
 //! read-only (`Arc`) by every request handler; only its [`Engine`] has interior state, and the
 //! engine is `Send + Sync`.
 
-use super::protocol::{datatype, tensor_from_bytes, tensor_from_json, ApiError};
+use super::budget::Reservation;
+use super::json;
+use super::protocol::{datatype, elements, shown, tensor_from_bytes, tensor_from_contents, ApiError};
+use super::request::{Data, InferRequest};
 use anyhow::{bail, Context};
-use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
@@ -92,28 +94,28 @@ impl TensorInfo {
     }
 }
 
-/// One input of a request as a protocol decoded it, before admission.
-pub struct WireInput<'a> {
-    /// The tensor's name.
-    pub name: String,
-    /// The protocol datatype name the client declared.
-    pub datatype: String,
-    /// The full shape the client declared, batch first.
-    pub shape: Vec<i64>,
-    /// The elements.
-    pub data: Payload<'a>,
+/// A request admitted to a model: its input tensors in forward's order, and the outputs asked
+/// for with how each is answered.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Input tensors in forward's order (host tensors).
+    pub tensors: Vec<Tensor>,
+    /// Outputs asked for, in the request's order; empty: all of them.
+    pub wanted: Vec<String>,
+    /// Per output asked for, whether to answer it as binary (HTTP); outputs not named follow
+    /// `all_binary`.
+    pub binary: Vec<(String, bool)>,
+    /// The request's `binary_data_output` (HTTP).
+    pub all_binary: bool,
+    /// The client's request id.
+    pub id: Option<String>,
 }
 
-/// Where an input's elements are.
-pub enum Payload<'a> {
-    /// Raw little-endian bytes (binary extension, gRPC raw contents).
-    Bytes(&'a [u8]),
-    /// A JSON `data` array.
-    Json(&'a Value),
-    /// Already a tensor (gRPC typed contents); its element count was checked against the shape.
-    Tensor(Tensor),
-    /// No data was sent.
-    Missing,
+impl Admitted {
+    /// Whether output `name` is answered as binary (HTTP).
+    pub fn binary(&self, name: &str) -> bool {
+        self.binary.iter().find(|(n, _)| n == name).map_or(self.all_binary, |(_, b)| *b)
+    }
 }
 
 /// A model being served.
@@ -236,50 +238,70 @@ impl ServedModel {
         Ok(ServedModel { name, platform, engine, inputs, outputs, max_batch_size, dynamic_batching, baseline })
     }
 
-    /// Checks a request's inputs against the model (every input exactly once, by name, with its
-    /// datatype, `[batch, dims...]` shape, one batch in 1..=max_batch_size for all, and the
-    /// byte or value count) and returns the tensors in forward's order.
-    pub fn admit(&self, wire: Vec<WireInput<'_>>) -> Result<Vec<Tensor>, ApiError> {
+    /// Validates a request against the model, the same way for every protocol: no parameter of
+    /// an extension this server does not serve; every requested output known; every input
+    /// exactly once, by name, with its datatype, `[batch, dims...]` shape, one batch in
+    /// 1..=max_batch_size for all, and its byte or value count. Reserves each input tensor's
+    /// bytes from `held`'s budget before making it. Blocks (parses and copies tensors): call it
+    /// through [`Server::offload`](super::state::Server::offload) for large requests.
+    pub fn admit(&self, req: InferRequest<'_>, held: &mut Reservation) -> Result<Admitted, ApiError> {
+        req.params.check("request")?;
+        for o in &req.outputs {
+            o.params.check(&format!("output {:?}", shown(&o.name)))?;
+        }
+        for i in &req.inputs {
+            i.params.check(&format!("input {:?}", shown(&i.name)))?;
+        }
+        let wanted: Vec<String> = req.outputs.iter().map(|o| o.name.to_string()).collect();
+        self.check_outputs(&wanted)?;
+        let all_binary = req.params.binary_data_output.unwrap_or(false);
+        let binary = req.outputs.iter().map(|o| (o.name.to_string(), o.params.binary_data.unwrap_or(all_binary))).collect();
         let mut slots: Vec<Option<Tensor>> = (0..self.inputs.len()).map(|_| None).collect();
         let mut batch: Option<i64> = None;
-        for w in wire {
+        for w in req.inputs {
+            let name = shown(&w.name);
             let Some(i) = self.inputs.iter().position(|t| t.name == w.name) else {
                 let names: Vec<&str> = self.inputs.iter().map(|t| t.name.as_str()).collect();
-                return Err(ApiError::bad(format!("unknown input {:?} for model {}: its inputs are {}", w.name, self.name, names.join(", "))));
+                return Err(ApiError::bad(format!("unknown input {name:?} for model {}: its inputs are {}", self.name, names.join(", "))));
             };
             let spec = &self.inputs[i];
             if slots[i].is_some() {
-                return Err(ApiError::bad(format!("input {:?} is given twice", w.name)));
+                return Err(ApiError::bad(format!("input {name:?} is given twice")));
             }
             if w.datatype != spec.datatype() {
-                return Err(ApiError::bad(format!("input {:?}: datatype {} but the model takes {}", w.name, w.datatype, spec.datatype())));
+                return Err(ApiError::bad(format!("input {name:?}: datatype {} but the model takes {}", shown(&w.datatype), spec.datatype())));
             }
             let fits = w.shape.len() == spec.dims.len() + 1 && w.shape[1..] == spec.dims[..];
             if !fits {
-                return Err(ApiError::bad(format!("input {:?}: shape {:?} but the model takes {:?} (-1: any batch)", w.name, w.shape, spec.shape())));
+                return Err(ApiError::bad(format!("input {name:?}: shape {:?} but the model takes {:?} (-1: any batch)", w.shape, spec.shape())));
             }
             let b = w.shape[0];
             if b < 1 || b as u64 > self.max_batch_size as u64 {
-                return Err(ApiError::bad(format!("input {:?}: batch {b} is out of range: expected 1..={} (max_batch_size)", w.name, self.max_batch_size)));
+                return Err(ApiError::bad(format!("input {name:?}: batch {b} is out of range: expected 1..={} (max_batch_size)", self.max_batch_size)));
             }
             if batch.is_some_and(|x| x != b) {
-                return Err(ApiError::bad(format!("input {:?}: batch {b} differs from the other inputs' {}", w.name, batch.unwrap_or(0))));
+                return Err(ApiError::bad(format!("input {name:?}: batch {b} differs from the other inputs' {}", batch.unwrap_or(0))));
             }
             batch = Some(b);
-            let what = format!("input {:?}", w.name);
+            let what = format!("input {name:?}");
+            // The tensor's bytes are reserved before it is made (shape checked above: the
+            // product fits).
+            let bytes = elements(&w.shape)?.saturating_mul(spec.kind.elt_size_in_bytes());
+            held.grow(bytes)?;
             let t = match w.data {
-                Payload::Bytes(bytes) => tensor_from_bytes(&what, bytes, &w.shape, spec.kind)?,
-                Payload::Json(v) => tensor_from_json(&what, v, &w.shape, spec.kind)?,
-                Payload::Tensor(t) => t.f_reshape(w.shape.as_slice()).map_err(|e| ApiError::bad(format!("{what}: {e}")))?,
-                Payload::Missing => return Err(ApiError::bad(format!("{what} carries no data"))),
+                Data::Bytes(b) => tensor_from_bytes(&what, b, &w.shape, spec.kind)?,
+                Data::Json(raw) => json::tensor_from_json(&what, raw, &w.shape, spec.kind)?,
+                Data::Contents(c) => tensor_from_contents(&what, &w.datatype, &w.shape, c)?,
+                Data::Missing => return Err(ApiError::bad(format!("{what} carries no data"))),
             };
             slots[i] = Some(t);
         }
-        slots
+        let tensors = slots
             .into_iter()
             .zip(&self.inputs)
             .map(|(t, spec)| t.ok_or_else(|| ApiError::bad(format!("input {:?} is missing (model {} takes {})", spec.name, self.name, self.inputs.len()))))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Admitted { tensors, wanted, binary, all_binary, id: req.id.map(|c| c.into_owned()) })
     }
 
     /// Checks the names of requested outputs; `None` (nothing asked) means all of them.
@@ -287,7 +309,7 @@ impl ServedModel {
         for w in wanted {
             if !self.outputs.iter().any(|o| &o.name == w) {
                 let names: Vec<&str> = self.outputs.iter().map(|t| t.name.as_str()).collect();
-                return Err(ApiError::bad(format!("unknown output {w:?} for model {}: its outputs are {}", self.name, names.join(", "))));
+                return Err(ApiError::bad(format!("unknown output {:?} for model {}: its outputs are {}", shown(w), self.name, names.join(", "))));
             }
         }
         Ok(())

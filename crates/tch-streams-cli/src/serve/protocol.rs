@@ -1,9 +1,9 @@
 //! Tensors on the wire: the protocol's datatype names, raw little-endian bytes (the binary
-//! extension and gRPC's `raw_*_contents`), JSON `data` arrays, and the one error type every
-//! endpoint answers with. Pure functions, called on the async runtime's threads; nothing here
+//! extension and gRPC's `raw_*_contents`), gRPC's typed contents, and the one error type every
+//! endpoint answers with (JSON `data` arrays: [`super::json`]). Pure functions, called on the async runtime's threads; nothing here
 //! blocks or touches a device (tensors are host tensors).
 
-use serde_json::Value;
+use super::grpc::pb::InferTensorContents;
 use tch::{Kind, Tensor};
 
 /// Why a request failed, and how each protocol says so.
@@ -111,6 +111,22 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// `s` as a message may show it: at most 64 characters, then an ellipsis and its length (a
+/// client's name or value is never echoed whole: it could be megabytes).
+///
+/// ```
+/// use tch_streams_cli::serve::protocol::shown;
+/// assert_eq!(shown("small-mlp"), "small-mlp");
+/// assert_eq!(shown(&"x".repeat(1000)), format!("{}… (1000 bytes)", "x".repeat(64)));
+/// ```
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        None => s.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
 /// The element types served, with the protocol's datatype name and the model-configuration
 /// extension's enum value (`TYPE_*`).
 const TYPES: [(Kind, &str, i32); 10] = [
@@ -191,73 +207,47 @@ pub fn tensor_to_bytes(t: &Tensor) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
-/// Appends the numbers of a (possibly nested) JSON array to `out`, row-major.
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|x| flatten(x, out)),
-        other => out.push(other),
-    }
-}
-
-/// A host tensor from a JSON `data` array (flat or nested, row-major); every element must be
-/// of the datatype's JSON kind (numbers, or true/false for BOOL; integers for integer types)
-/// and their count equal the shape's.
-///
-/// ```
-/// use tch_streams_cli::serve::protocol::tensor_from_json;
-/// let t = tensor_from_json("x", &serde_json::json!([[1, 2], [3, 4]]), &[2, 2], tch::Kind::Int64).unwrap();
-/// assert_eq!(t.int64_value(&[1, 0]), 3);
-/// assert!(tensor_from_json("x", &serde_json::json!([1.5]), &[1], tch::Kind::Int64).unwrap_err().message.contains("integer"));
-/// ```
-pub fn tensor_from_json(what: &str, data: &Value, shape: &[i64], kind: Kind) -> Result<Tensor, ApiError> {
+/// A tensor from gRPC typed `contents`: the field that matches the datatype, with exactly the
+/// shape's element count. 16-bit floats have no typed field: they come as raw bytes only.
+pub fn tensor_from_contents(what: &str, datatype: &str, shape: &[i64], c: &InferTensorContents) -> Result<Tensor, ApiError> {
+    let kind = kind_of(datatype).ok_or_else(|| ApiError::bad(format!("{what}: unknown datatype {}", shown(datatype))))?;
     let n = elements(shape)?;
-    let mut values = Vec::new();
-    flatten(data, &mut values);
-    if values.len() != n {
-        return Err(ApiError::bad(format!("{what}: {} value(s) in data, but shape {shape:?} holds {n}", values.len())));
-    }
-    let bad_value = |v: &Value, want: &str| ApiError::bad(format!("{what}: data holds {v}, expected {want} for {}", datatype(kind).unwrap_or("?")));
-    let t = match kind {
-        Kind::Bool => {
-            let v: Vec<bool> = values.iter().map(|v| v.as_bool().ok_or_else(|| bad_value(v, "true or false"))).collect::<Result<_, _>>()?;
-            Tensor::f_from_slice(&v)
-        }
-        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double => {
-            let v: Vec<f64> = values.iter().map(|v| v.as_f64().ok_or_else(|| bad_value(v, "a number"))).collect::<Result<_, _>>()?;
-            Tensor::f_from_slice(&v).and_then(|t| t.f_to_kind(kind))
-        }
-        _ => {
-            let v: Vec<i64> = values.iter().map(|v| v.as_i64().ok_or_else(|| bad_value(v, "an integer"))).collect::<Result<_, _>>()?;
-            // Range of the narrower types: refuse instead of wrapping silently.
-            let (lo, hi) = match kind {
-                Kind::Int => (i32::MIN as i64, i32::MAX as i64),
-                Kind::Int16 => (i16::MIN as i64, i16::MAX as i64),
-                Kind::Int8 => (i8::MIN as i64, i8::MAX as i64),
-                Kind::Uint8 => (0, 255),
-                _ => (i64::MIN, i64::MAX),
-            };
-            if let Some(x) = v.iter().find(|x| !(lo..=hi).contains(*x)) {
-                return Err(ApiError::bad(format!("{what}: {x} is out of range for {}", datatype(kind).unwrap_or("?"))));
-            }
-            Tensor::f_from_slice(&v).and_then(|t| t.f_to_kind(kind))
+    let count = |len: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(ApiError::bad(format!("{what}: {len} value(s) in contents, but shape {shape:?} holds {n}")))
         }
     };
-    t.and_then(|t| t.f_reshape(shape)).map_err(|e| ApiError::bad(format!("{what}: {e}")))
-}
-
-/// The flat row-major JSON `data` array of a host tensor (16-bit floats widened to numbers).
-pub fn tensor_to_json(t: &Tensor) -> Result<Value, ApiError> {
-    let internal = |e: tch::TchError| ApiError::new(ErrorKind::Internal, format!("cannot read an output tensor: {e}"));
-    let flat = t.f_reshape([-1]).map_err(internal)?;
-    Ok(match t.kind() {
-        Kind::Bool => Value::from(Vec::<bool>::try_from(&flat).map_err(internal)?),
-        Kind::Float | Kind::Half | Kind::BFloat16 => {
-            let v = Vec::<f32>::try_from(&flat.f_to_kind(Kind::Float).map_err(internal)?).map_err(internal)?;
-            Value::from(v.into_iter().map(|x| Value::from(x as f64)).collect::<Vec<_>>())
+    let bad = |e: tch::TchError| ApiError::bad(format!("{what}: {e}"));
+    let t = match kind {
+        Kind::Float => count(c.fp32_contents.len()).and_then(|_| Tensor::f_from_slice(&c.fp32_contents).map_err(bad))?,
+        Kind::Double => count(c.fp64_contents.len()).and_then(|_| Tensor::f_from_slice(&c.fp64_contents).map_err(bad))?,
+        Kind::Int64 => count(c.int64_contents.len()).and_then(|_| Tensor::f_from_slice(&c.int64_contents).map_err(bad))?,
+        Kind::Bool => count(c.bool_contents.len()).and_then(|_| Tensor::f_from_slice(&c.bool_contents).map_err(bad))?,
+        Kind::Int | Kind::Int16 | Kind::Int8 => {
+            count(c.int_contents.len())?;
+            let (lo, hi) = match kind {
+                Kind::Int16 => (i16::MIN as i32, i16::MAX as i32),
+                Kind::Int8 => (i8::MIN as i32, i8::MAX as i32),
+                _ => (i32::MIN, i32::MAX),
+            };
+            if let Some(x) = c.int_contents.iter().find(|x| !(lo..=hi).contains(*x)) {
+                return Err(ApiError::bad(format!("{what}: {x} is out of range for {datatype}")));
+            }
+            Tensor::f_from_slice(&c.int_contents).and_then(|t| t.f_to_kind(kind)).map_err(bad)?
         }
-        Kind::Double => Value::from(Vec::<f64>::try_from(&flat).map_err(internal)?),
-        _ => Value::from(Vec::<i64>::try_from(&flat.f_to_kind(Kind::Int64).map_err(internal)?).map_err(internal)?),
-    })
+        Kind::Uint8 => {
+            count(c.uint_contents.len())?;
+            if let Some(x) = c.uint_contents.iter().find(|&&x| x > 255) {
+                return Err(ApiError::bad(format!("{what}: {x} is out of range for UINT8")));
+            }
+            let v: Vec<u8> = c.uint_contents.iter().map(|&x| x as u8).collect();
+            Tensor::f_from_slice(&v).map_err(bad)?
+        }
+        _ => return Err(ApiError::bad(format!("{what}: {datatype} has no typed contents field; send it in raw_input_contents"))),
+    };
+    t.f_reshape(shape).map_err(bad)
 }
 
 #[cfg(test)]
@@ -282,18 +272,5 @@ mod tests {
         assert_eq!(e.message, "input0: 7 byte(s) of data, but shape [2, 1] of FP32 needs 8");
         assert!(elements(&[-1, 3]).is_err());
         assert!(elements(&[i64::MAX, i64::MAX]).is_err());
-        let e = tensor_from_json("x", &serde_json::json!([1, 2, 3]), &[2, 2], Kind::Float).unwrap_err();
-        assert_eq!(e.message, "x: 3 value(s) in data, but shape [2, 2] holds 4");
-        assert!(tensor_from_json("x", &serde_json::json!([300]), &[1], Kind::Uint8).unwrap_err().message.contains("out of range"));
-        assert!(tensor_from_json("x", &serde_json::json!([1]), &[1], Kind::Bool).is_err());
-    }
-
-    #[test]
-    fn json_round_trip_keeps_values() {
-        let t = tensor_from_json("x", &serde_json::json!([[0.5, -1.0], [2.0, 3.25]]), &[2, 2], Kind::Half).unwrap();
-        assert_eq!(t.kind(), Kind::Half);
-        assert_eq!(tensor_to_json(&t).unwrap(), serde_json::json!([0.5, -1.0, 2.0, 3.25]));
-        let b = tensor_from_json("x", &serde_json::json!([true, false]), &[2], Kind::Bool).unwrap();
-        assert_eq!(tensor_to_json(&b).unwrap(), serde_json::json!([true, false]));
     }
 }

@@ -68,6 +68,8 @@ pub struct Server {
     pub metrics: Metrics,
     /// The byte budget of request bodies and decoded tensors (`--max-buffered-bytes`).
     pub budget: Arc<Budget>,
+    /// Decoding and encoding jobs running on blocking threads at once: one per core.
+    coders: Semaphore,
     answered_ok: AtomicU64,
     answered_err: AtomicU64,
 }
@@ -94,6 +96,7 @@ impl Server {
             draining: AtomicBool::new(false),
             metrics,
             budget: Budget::new(limits.max_buffered_bytes),
+            coders: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             answered_ok: AtomicU64::new(0),
             answered_err: AtomicU64::new(0),
         }
@@ -150,6 +153,18 @@ impl Server {
         self.metrics.request_seconds.with_label_values(&[model, protocol.label()]).observe(started.elapsed().as_secs_f64());
     }
 
+    /// Runs `job` (decoding a request, encoding an answer) on a blocking thread when it handles
+    /// `bytes` of at least [`OFFLOAD_BYTES`], at most one such job per core at a time; smaller
+    /// jobs run here. The async threads never parse a large body, so health and small requests
+    /// stay quick while one is decoded.
+    pub async fn offload<T: Send + 'static>(&self, bytes: usize, job: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        if bytes < OFFLOAD_BYTES {
+            return Ok(job());
+        }
+        let _turn = self.coders.acquire().await.map_err(|_| ApiError::new(ErrorKind::Unavailable, "the server is shutting down"))?;
+        tokio::task::spawn_blocking(job).await.map_err(|e| ApiError::new(ErrorKind::Internal, format!("decoding failed: {e}")))
+    }
+
     /// Runs admitted `inputs` on `model` and returns the outputs asked for (all when `wanted` is
     /// empty), named, in the model's order, as host tensors. Refuses at once when the in-flight
     /// cap is reached; waits at most the request timeout for the engine (the engine skips a
@@ -178,6 +193,9 @@ impl Server {
         Ok(if wanted.is_empty() { outputs } else { outputs.into_iter().filter(|(n, _)| wanted.contains(n)).collect() })
     }
 }
+
+/// Requests and answers from this size up are decoded and encoded on blocking threads.
+pub const OFFLOAD_BYTES: usize = 64 << 10;
 
 /// How an engine error reaches the client.
 fn engine_error(e: EngineError) -> ApiError {
