@@ -63,18 +63,17 @@ fn run_serves_int64_and_float32_inputs_with_and_without_batching() {
 }
 
 #[test]
-fn run_prints_each_distinct_failure_with_its_count_and_exits_non_zero() {
+fn run_refuses_a_model_that_fails_on_its_inputs_at_start_with_the_model_s_message() {
+    // Every answer of scalar.pt is unusable (a 0-d output): the trial request at start fails, so
+    // the run is refused once, with that message, instead of failing each of its requests.
     let out = cli(&["run", "--device", "cpu", "--model", &fixture("scalar.pt"), "--input", "1x8", "--requests", "30", "--json"], 120);
-    let doc = json_of(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!((doc["completed"].as_u64(), doc["failed"].as_u64()), (Some(0), Some(30)), "{doc}");
-    let errors = doc["errors"].as_object().unwrap();
-    assert_eq!(errors.len(), 1, "{doc}");
-    let (message, count) = errors.iter().next().unwrap();
-    assert!(message.contains("output 0 has shape []"), "{message}");
-    assert_eq!(count, 30);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("failed 30x: unusable model output: output 0 has shape []"), "{stderr}");
+    assert!(
+        stderr.contains("the model fails on the declared inputs (1x8:float32): unusable model output: output 0 has shape []"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty() && !stderr.contains("failed 30x"), "refused before the run: {stderr}");
 }
 
 #[test]
