@@ -275,3 +275,66 @@ fn huge_json_bodies_decode_off_the_async_threads_within_the_budget() {
     assert_eq!(metric(&server, "tch_streams_buffered_bytes", &[]), 0.0);
     assert_good(&server);
 }
+
+/// A binary request for the large MLP of `rows` x 2048 zeros (8 KiB a row): its body and head
+/// length header.
+fn large_mlp_request(rows: usize) -> (Vec<u8>, Vec<(&'static str, String)>) {
+    let head = json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [rows, 2048], "parameters": {"binary_data_size": rows * 8192}}],
+                      "outputs": [{"name": "output0", "parameters": {"binary_data": true}}]})
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.resize(head.len() + rows * 8192, 0);
+    (body, vec![("inference-header-content-length", head.len().to_string())])
+}
+
+fn large_mlp_grpc(rows: usize) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: "large-mlp".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor { name: "input0".into(), datatype: "FP32".into(), shape: vec![rows as i64, 2048], ..Default::default() }],
+        raw_input_contents: vec![vec![0u8; rows * 8192].into()],
+        ..Default::default()
+    }
+}
+
+/// Issue #24 item 15: with one worker and no batching, 10 HTTP clients send a slow request
+/// (1024 x 2048 through the large MLP: about a second of CPU each) and disconnect, and 10 gRPC
+/// requests are cancelled. Only the two requests inside the model's window reach the engine;
+/// the other 18 leave the line unrun (tch_streams_skipped_requests_total) and all 20 are
+/// counted as cancelled. A trivial request afterwards is answered (before the fix every
+/// abandoned request ran: the next one waited about 20 s and timed out).
+#[test]
+fn abandoned_requests_are_skipped_before_the_engine_and_counted_as_cancelled() {
+    let server = Served::start(&["--builtin", "large-mlp", "--workers", "1", "--batch-max", "0", "--request-timeout-ms", "6000"]);
+    let (body, headers) = large_mlp_request(1024);
+    let mut gone = Vec::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(&server.http).expect("connect");
+        let mut head = format!("POST /v2/models/large-mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n", body.len());
+        for (k, v) in &headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).and_then(|_| s.write_all(&body)).expect("send");
+        gone.push(s);
+    }
+    let g = Grpc::connect(&server.grpc);
+    let message = serve_common::grpc_frame(&prost::Message::encode_to_vec(&large_mlp_grpc(1024)));
+    let cancelled: Vec<_> = (0..10).map(|_| g.stall_with_end(message.clone()).expect("a gRPC request")).collect();
+    // Every request is in the server (read and waiting, or running) before the clients go.
+    let all_in = eventually(Duration::from_secs(30), || metric(&server, "tch_streams_inflight_requests", &[("model", "large-mlp")]) == 20.0);
+    assert!(all_in, "{}", server.scrape());
+    drop(gone); // the HTTP clients disconnect
+    drop(cancelled); // the gRPC streams are reset (CANCEL)
+    let all_gone = eventually(Duration::from_secs(10), || metric(&server, "tch_streams_inflight_requests", &[("model", "large-mlp")]) == 0.0);
+    assert!(all_gone, "{}", server.scrape());
+    let t = server.scrape();
+    let n = |p: &str| sample(&t, "tch_streams_requests_total", &[("model", "large-mlp"), ("protocol", p), ("outcome", "cancelled")]).unwrap_or(0.0);
+    assert_eq!((n("http"), n("grpc")), (10.0, 10.0), "{t}");
+    assert_eq!(sample(&t, "tch_streams_skipped_requests_total", &[("model", "large-mlp")]), Some(18.0), "{t}");
+    // The trivial request waits at most for the two abandoned requests the engine holds.
+    let (small, small_headers) = large_mlp_request(1);
+    let r = Http::connect(&server.http).send("POST", "/v2/models/large-mlp/infer", &small_headers, &small);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = server.scrape();
+    assert_eq!(sample(&t, "tch_streams_engine_requests_total", &[("model", "large-mlp"), ("result", "submitted")]), Some(3.0), "{t}");
+}

@@ -167,7 +167,7 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
     // dropped, and nothing failed.
     let ok = ok.load(Ordering::SeqCst);
     let line = stderr.lines().find(|l| l.starts_with("drained: ")).unwrap_or_else(|| panic!("no drain summary: {stderr}"));
-    assert_eq!(line, format!("drained: answered {ok} inference request(s) ({ok} with a result, 0 with an error)"), "refused {}", refused.load(Ordering::SeqCst));
+    assert_eq!(line, format!("drained: {ok} inference request(s): {ok} answered with a result, 0 with an error, 0 cancelled by their client"), "refused {}", refused.load(Ordering::SeqCst));
     assert_eq!(not_ok.load(Ordering::SeqCst), 0);
     // And the port no longer listens.
     assert!(Http::try_connect(&server.http).is_err());

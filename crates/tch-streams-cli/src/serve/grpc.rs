@@ -13,14 +13,14 @@ use super::listen::{Conn, Tracked};
 use super::protocol::{tensor_to_bytes, ApiError, ErrorKind};
 use super::request;
 use prost::Message;
-use super::state::{Protocol, Server};
+use super::state::{Protocol, Recorder, Server};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 /// Code generated from `proto/inference.proto` at build time.
@@ -37,6 +37,66 @@ pub struct Grpc(pub Arc<Server>);
 
 /// The path of ModelInfer, the one method counted in the request metrics.
 const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// The client's deadline (its `grpc-timeout` header), from when the request arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub Instant);
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+///
+/// ```
+/// use std::time::Duration;
+/// use tch_streams_cli::serve::grpc::parse_timeout;
+/// assert_eq!(parse_timeout("250m"), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_timeout("2S"), Some(Duration::from_secs(2)));
+/// assert_eq!(parse_timeout("123456789S"), None);
+/// assert_eq!(parse_timeout("5x"), None);
+/// ```
+pub fn parse_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Counts a ModelInfer request in the front until its handler takes it over: dropped before
+/// that (the client went away while its message was being read), it counts as cancelled.
+struct FrontCount {
+    rec: Option<Recorder>,
+    flag: Recorded,
+}
+
+impl FrontCount {
+    fn finish(mut self, outcome: Result<(), ErrorKind>) {
+        if let Some(rec) = self.rec.take() {
+            if self.flag.0.load(Ordering::Acquire) {
+                rec.disarm();
+            } else {
+                rec.finish(outcome);
+            }
+        }
+    }
+}
+
+impl Drop for FrontCount {
+    fn drop(&mut self) {
+        if let Some(rec) = self.rec.take() {
+            if self.flag.0.load(Ordering::Acquire) {
+                rec.disarm();
+            } // else: dropped here, it counts as cancelled
+        }
+    }
+}
 
 /// Set by the ModelInfer handler once it has counted its request: what the front finds unset
 /// was refused before the handler (a malformed message, an encoding tonic does not read).
@@ -97,9 +157,16 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
         let active = self.conn.enter();
         let (server, mut inner) = (Arc::clone(&self.server), self.inner.clone());
         Box::pin(async move {
-            let started = Instant::now();
+            let arrived = Instant::now();
             let infer = req.uri().path() == INFER_PATH;
+            let flag = Recorded::default();
+            // The model's name is in the message, not yet read: a request refused before its
+            // handler is counted without one.
+            let count = FrontCount { rec: infer.then(|| Recorder::new(&server, "", Protocol::Grpc)), flag: flag.clone() };
             let (mut parts, body) = req.into_parts();
+            if let Some(t) = parts.headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout) {
+                parts.extensions.insert(Deadline(arrived + t));
+            }
             let declared = parts.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
             let bounds = Bounds { max_bytes: server.limits.max_request_bytes, timeout: server.limits.body_timeout, grpc: true };
             let read = match body::read(body, declared, bounds, &server.budget).await {
@@ -110,22 +177,16 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
             let (bytes, held) = match read {
                 Ok(x) => x,
                 Err(e) => {
-                    if infer {
-                        server.record("", Protocol::Grpc, started, Err(e.kind));
-                    }
+                    count.finish(Err(e.kind));
                     return Ok(Status::new(e.kind.grpc_code(), e.message).into_http::<tonic::body::Body>().map(|b| Tracked::new(b, active)));
                 }
             };
-            let recorded = Recorded::default();
-            parts.extensions.insert(recorded.clone());
+            parts.extensions.insert(flag);
             let req = hyper::Request::from_parts(parts, http_body_util::Full::new(bytes));
             let resp = call_ready(&mut inner, req).await.unwrap_or_else(|e| match e {});
             drop(held);
-            if infer && !recorded.0.load(Ordering::Acquire) {
-                let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map_or(tonic::Code::Unknown, tonic::Code::from);
-                let outcome = if code == tonic::Code::Ok { Ok(()) } else { Err(kind_of_code(code)) };
-                server.record("", Protocol::Grpc, started, outcome);
-            }
+            let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map_or(tonic::Code::Ok, tonic::Code::from);
+            count.finish(if code == tonic::Code::Ok { Ok(()) } else { Err(kind_of_code(code)) });
             Ok(resp.map(|b| Tracked::new(b, active)))
         })
     }
@@ -142,7 +203,7 @@ fn status(e: ApiError) -> Status {
 }
 
 impl Grpc {
-    async fn infer(&self, r: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, ApiError> {
+    async fn infer(&self, r: pb::ModelInferRequest, deadline: Option<Instant>) -> Result<pb::ModelInferResponse, ApiError> {
         let s = &self.0;
         let model = Arc::clone(s.model(&r.model_name, Some(&r.model_version))?);
         let m = Arc::clone(&model);
@@ -154,7 +215,7 @@ impl Grpc {
                 Ok::<_, ApiError>((admitted, held))
             })
             .await??;
-        let outputs = s.infer(&model, admitted.tensors, &admitted.wanted).await?;
+        let outputs = s.infer(&model, admitted.tensors, &admitted.wanted, deadline).await?;
         drop(held);
         let mut described = Vec::with_capacity(outputs.len());
         let mut raw = Vec::with_capacity(outputs.len());
@@ -216,14 +277,15 @@ impl GrpcInferenceService for Grpc {
     }
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let started = Instant::now();
-        if let Some(rec) = r.extensions().get::<Recorded>() {
-            rec.mark();
+        // Counted as cancelled if the client cancels (or its deadline passes) and this future is
+        // dropped; the front counts the request only if this handler never ran.
+        let rec = Recorder::new(&self.0, &r.get_ref().model_name, Protocol::Grpc);
+        if let Some(flag) = r.extensions().get::<Recorded>() {
+            flag.mark();
         }
-        let r = r.into_inner();
-        let name = r.model_name.clone();
-        let result = self.infer(r).await;
-        self.0.record(&name, Protocol::Grpc, started, result.as_ref().map(|_| ()).map_err(|e| e.kind));
+        let deadline = r.extensions().get::<Deadline>().map(|d| d.0);
+        let result = self.infer(r.into_inner(), deadline).await;
+        rec.finish(result.as_ref().map(|_| ()).map_err(|e| e.kind));
         result.map(Response::new).map_err(status)
     }
 

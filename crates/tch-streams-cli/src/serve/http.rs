@@ -23,7 +23,7 @@ use super::json;
 use super::model::ServedModel;
 use super::protocol::{shown, tensor_to_bytes, ApiError, ErrorKind};
 use super::request;
-use super::state::{Protocol, Server};
+use super::state::{Protocol, Recorder, Server};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -35,7 +35,6 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::sync::Arc;
 use tch::Tensor;
-use std::time::Instant;
 
 /// The header that gives the JSON part's length when binary tensors follow it.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -153,9 +152,10 @@ async fn model_config(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>) ->
 }
 
 async fn infer(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
+    // Counted as cancelled if the client goes away and this future is dropped.
+    let rec = Recorder::new(&s, &p.name, Protocol::Http);
     let result = infer_inner(&s, &p, &headers, body).await;
-    s.record(&p.name, Protocol::Http, started, result.as_ref().map(|_| ()).map_err(|e| e.kind));
+    rec.finish(result.as_ref().map(|_| ()).map_err(|e| e.kind));
     result.unwrap_or_else(|e| error(&e))
 }
 
@@ -193,7 +193,7 @@ async fn infer_inner(s: &Arc<Server>, p: &ModelPath, headers: &HeaderMap, body: 
             Ok::<_, ApiError>((admitted, held))
         })
         .await??;
-    let outputs = s.infer(&model, admitted.tensors, &admitted.wanted).await?;
+    let outputs = s.infer(&model, admitted.tensors, &admitted.wanted, None).await?;
     drop(held);
     let bytes: usize = outputs.iter().map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes()).sum();
     let (binary, all_binary, id) = (admitted.binary, admitted.all_binary, admitted.id);

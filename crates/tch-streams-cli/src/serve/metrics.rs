@@ -7,7 +7,8 @@
 //!
 //! | series | type | labels |
 //! |---|---|---|
-//! | `tch_streams_requests_total` | counter | model, protocol (http, grpc), outcome (success, bad_request, not_found, too_large, unavailable, timeout, error) |
+//! | `tch_streams_requests_total` | counter | model, protocol (http, grpc), outcome (success, bad_request, not_found, too_large, unavailable, timeout, error, exhausted, body_timeout, unsupported, cancelled: the client went away) |
+//! | `tch_streams_skipped_requests_total` | counter | model: requests whose client went away before they reached the engine (never run) |
 //! | `tch_streams_request_duration_seconds` | histogram | model, protocol: body received to answer encoded |
 //! | `tch_streams_engine_duration_seconds` | histogram | model: submitted to the engine until answered (queue + compute) |
 //! | `tch_streams_inflight_requests` | gauge | model |
@@ -41,6 +42,8 @@ pub struct Metrics {
     pub buffered: IntGauge,
     /// Connections open on the HTTP and gRPC ports.
     pub connections: IntGauge,
+    /// Requests whose client went away while they waited for their model's window: never run.
+    pub skipped: IntCounterVec,
 }
 
 /// Latency buckets from 50 µs to about 6.5 s.
@@ -69,11 +72,16 @@ impl Metrics {
         let connections = IntGauge::new("tch_streams_open_connections", "Connections open on the HTTP and gRPC ports")?;
         registry.register(Box::new(buffered.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        let skipped = IntCounterVec::new(
+            Opts::new("tch_streams_skipped_requests_total", "Requests whose client went away (timeout, disconnect, cancellation) before they reached the engine: never run"),
+            &["model"],
+        )?;
+        registry.register(Box::new(skipped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(engine_seconds.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
-        Ok(Metrics { registry, requests, request_seconds, engine_seconds, inflight, buffered, connections })
+        Ok(Metrics { registry, requests, request_seconds, engine_seconds, inflight, buffered, connections, skipped })
     }
 
     /// The text exposition of every series, the engine-side ones read now.

@@ -327,8 +327,8 @@ pub fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<i32> {
         clean &= m.engine.shutdown_timeout(Duration::from_secs(args.drain_timeout_s));
     }
     rt.shutdown_timeout(Duration::from_secs(1));
-    let (ok, failed) = server.answered();
-    eprintln!("drained: answered {} inference request(s) ({ok} with a result, {failed} with an error)", ok + failed);
+    let (ok, failed, cancelled) = server.answered();
+    eprintln!("drained: {} inference request(s): {ok} answered with a result, {failed} with an error, {cancelled} cancelled by their client", ok + failed + cancelled);
     Ok(if clean { 0 } else { 1 })
 }
 

@@ -11,6 +11,7 @@ use super::protocol::{datatype, elements, shown, tensor_from_bytes, tensor_from_
 use super::request::{Data, InferRequest};
 use anyhow::{bail, Context};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use tch_streams::engine::{Batching, Engine, EngineStats, InputSpec, Output, DEFAULT_MAX_WAIT};
@@ -136,6 +137,32 @@ pub struct ServedModel {
     pub dynamic_batching: bool,
     /// The engine's counters after the start-up probe: metrics report what came after.
     pub baseline: EngineStats,
+    /// Requests this model's engine may hold at once (see [`window_size`]); more wait in the
+    /// server, where a request whose client has gone leaves the line without running.
+    pub window: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many requests the server lets into a model's engine at once: enough for every worker to
+/// run a full batch while the next one forms (two batches of `max_batch` requests per worker;
+/// two requests per worker without batching), at most `cap` (the in-flight cap).
+///
+/// The engine runs every request it was given, even one whose client has gone; a request still
+/// waiting for this window when its client goes (a timeout, a disconnect, a gRPC cancellation)
+/// is never submitted. So at most this many abandoned requests can still cost engine time.
+///
+/// ```
+/// use tch_streams::engine::Batching;
+/// use tch_streams_cli::serve::model::window_size;
+/// assert_eq!(window_size(&Batching::Off, 1, 1024), 2);
+/// assert_eq!(window_size(&Batching::Dynamic { max_batch: 64, max_wait: Default::default() }, 4, 1024), 512);
+/// assert_eq!(window_size(&Batching::Dynamic { max_batch: 64, max_wait: Default::default() }, 16, 1024), 1024);
+/// ```
+pub fn window_size(batching: &Batching, workers: usize, cap: usize) -> usize {
+    let per_worker = match batching {
+        Batching::Dynamic { max_batch, .. } => (*max_batch).max(1),
+        _ => 1,
+    };
+    per_worker.saturating_mul(workers.max(1)).saturating_mul(2).min(cap).max(1)
 }
 
 /// Names of the outputs of a model's answer, in order: `output0`, `output1`, … or a dict's keys.
@@ -235,7 +262,8 @@ impl ServedModel {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let baseline = engine.stats();
         let dynamic_batching = matches!(engine.config().batching, Batching::Dynamic { .. });
-        Ok(ServedModel { name, platform, engine, inputs, outputs, max_batch_size, dynamic_batching, baseline })
+        let window = Arc::new(tokio::sync::Semaphore::new(window_size(&engine.config().batching, engine.workers().len(), opts.queue_capacity)));
+        Ok(ServedModel { name, platform, engine, inputs, outputs, max_batch_size, dynamic_batching, baseline, window })
     }
 
     /// Validates a request against the model, the same way for every protocol: no parameter of

@@ -72,6 +72,79 @@ pub struct Server {
     coders: Semaphore,
     answered_ok: AtomicU64,
     answered_err: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+/// Counts one inference request exactly once, however its handler ends: [`Recorder::finish`]
+/// with its outcome, or — dropped unfinished because its client went away (a disconnect, a
+/// gRPC cancellation) — as cancelled.
+pub struct Recorder {
+    server: Arc<Server>,
+    model: String,
+    protocol: Protocol,
+    started: Instant,
+    done: bool,
+}
+
+impl Recorder {
+    /// Starts counting a request for `model` (as the client named it).
+    pub fn new(server: &Arc<Server>, model: &str, protocol: Protocol) -> Recorder {
+        Recorder { server: Arc::clone(server), model: model.to_string(), protocol, started: Instant::now(), done: false }
+    }
+
+    /// Counts the request with its outcome.
+    pub fn finish(mut self, outcome: Result<(), ErrorKind>) {
+        self.done = true;
+        self.server.record(&self.model, self.protocol, self.started, outcome);
+    }
+
+    /// Leaves the counting to someone else (the handler that took the request over).
+    pub fn disarm(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.done {
+            self.server.record(&self.model, self.protocol, self.started, Err(ErrorKind::Cancelled));
+        }
+    }
+}
+
+/// A request submitted to its engine, holding its place in the model's window until the engine
+/// answers it — even when its handler is gone (dropped on a timeout or a disconnect): then a
+/// task waits for the engine's answer and only that frees the place.
+struct Submitted {
+    ticket: Option<tch_streams::engine::OutputsTicket>,
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Submitted {
+    fn drop(&mut self) {
+        if let (Some(ticket), Some(place)) = (self.ticket.take(), self.place.take()) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        let _ = ticket.await;
+                        drop(place);
+                    });
+                }
+                Err(_) => drop(place),
+            }
+        }
+    }
+}
+
+/// Counts a request as skipped if it is dropped while waiting for its model's window.
+struct Waiting<'a>(Option<&'a prometheus::IntCounter>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.inc();
+        }
+    }
 }
 
 /// Counts the request as in flight until dropped (whichever way the handler ends).
@@ -99,6 +172,7 @@ impl Server {
             coders: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             answered_ok: AtomicU64::new(0),
             answered_err: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
         }
     }
 
@@ -130,9 +204,10 @@ impl Server {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Inference requests answered so far: (with a result, with an error).
-    pub fn answered(&self) -> (u64, u64) {
-        (self.answered_ok.load(Ordering::Relaxed), self.answered_err.load(Ordering::Relaxed))
+    /// Inference requests counted so far: (answered with a result, answered with an error,
+    /// cancelled by their client).
+    pub fn answered(&self) -> (u64, u64, u64) {
+        (self.answered_ok.load(Ordering::Relaxed), self.answered_err.load(Ordering::Relaxed), self.cancelled.load(Ordering::Relaxed))
     }
 
     /// Counts one answered inference request for the metrics and the exit summary.
@@ -141,6 +216,10 @@ impl Server {
             Ok(()) => {
                 self.answered_ok.fetch_add(1, Ordering::Relaxed);
                 "success"
+            }
+            Err(ErrorKind::Cancelled) => {
+                self.cancelled.fetch_add(1, Ordering::Relaxed);
+                ErrorKind::Cancelled.label()
             }
             Err(kind) => {
                 self.answered_err.fetch_add(1, Ordering::Relaxed);
@@ -167,9 +246,12 @@ impl Server {
 
     /// Runs admitted `inputs` on `model` and returns the outputs asked for (all when `wanted` is
     /// empty), named, in the model's order, as host tensors. Refuses at once when the in-flight
-    /// cap is reached; waits at most the request timeout for the engine (the engine skips a
-    /// request whose caller has gone if it has not started it yet).
-    pub async fn infer(&self, model: &ServedModel, inputs: Vec<Tensor>, wanted: &[String]) -> Result<Vec<(String, Tensor)>, ApiError> {
+    /// cap is reached; then waits for a place in the model's window (see
+    /// [`window_size`](super::model::window_size)) and for the engine's answer, at most the
+    /// request timeout or the client's `deadline` if sooner. A request whose handler is dropped
+    /// while it waits for the window is never submitted (counted in
+    /// `tch_streams_skipped_requests_total`).
+    pub async fn infer(&self, model: &ServedModel, inputs: Vec<Tensor>, wanted: &[String], deadline: Option<Instant>) -> Result<Vec<(String, Tensor)>, ApiError> {
         model.check_outputs(wanted)?;
         let permit = self.permits.try_acquire().map_err(|_| {
             ApiError::new(
@@ -180,14 +262,35 @@ impl Server {
         let gauge = self.metrics.inflight.with_label_values(&[&model.name]);
         gauge.inc();
         let _inflight = InFlight { gauge, _permit: permit };
+        let ours = Instant::now() + self.limits.request_timeout;
+        let (until, theirs) = match deadline {
+            Some(d) if d < ours => (d, true),
+            _ => (ours, false),
+        };
+        let late = || {
+            if theirs {
+                ApiError::new(ErrorKind::Timeout, "the client's deadline (grpc-timeout) passed before the answer")
+            } else {
+                ApiError::new(ErrorKind::Timeout, format!("no answer within {} ms (--request-timeout-ms)", self.limits.request_timeout.as_millis()))
+            }
+        };
+        let until = tokio::time::Instant::from_std(until);
+        let skipped = self.metrics.skipped.with_label_values(&[&model.name]);
+        let mut waiting = Waiting(Some(&skipped));
+        let place = match tokio::time::timeout_at(until, Arc::clone(&model.window).acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(ApiError::new(ErrorKind::Unavailable, "the server is shutting down")),
+            Err(_) => return Err(late()),
+        };
+        waiting.0 = None;
         let ticket = model.engine.try_submit(inputs).map_err(engine_error)?;
         let submitted = Instant::now();
-        let answer = tokio::time::timeout(self.limits.request_timeout, ticket.outputs()).await.map_err(|_| {
-            ApiError::new(
-                ErrorKind::Timeout,
-                format!("no answer within {} ms (--request-timeout-ms)", self.limits.request_timeout.as_millis()),
-            )
-        })?;
+        let mut job = Submitted { ticket: Some(ticket.outputs()), place: Some(place) };
+        let answer = {
+            let ticket = job.ticket.as_mut().expect("just set");
+            tokio::time::timeout_at(until, ticket).await.map_err(|_| late())?
+        };
+        job.ticket = None; // answered: the place frees when `job` drops
         self.metrics.engine_seconds.with_label_values(&[&model.name]).observe(submitted.elapsed().as_secs_f64());
         let outputs = named_outputs(answer.map_err(engine_error)?);
         Ok(if wanted.is_empty() { outputs } else { outputs.into_iter().filter(|(n, _)| wanted.contains(n)).collect() })

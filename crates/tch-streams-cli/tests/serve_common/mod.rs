@@ -439,6 +439,14 @@ impl Grpc {
         })
     }
 
+    /// Sends a whole request (`bytes`, framed) on a new ModelInfer stream without waiting for the
+    /// answer; dropping the returned handles resets the stream (a client's cancellation).
+    pub fn stall_with_end(&self, bytes: Vec<u8>) -> Result<(h2::SendStream<bytes::Bytes>, h2::client::ResponseFuture), String> {
+        let (mut stream, resp) = self.stall(Vec::new(), Duration::from_secs(10))?;
+        stream.send_data(bytes::Bytes::from(bytes), true).map_err(|e| e.to_string())?;
+        Ok((stream, resp))
+    }
+
     /// Waits (at most `limit`) for the answer of a stalled stream: its grpc-status, or the error.
     pub fn answer_of(&self, resp: h2::client::ResponseFuture, limit: Duration) -> Result<Option<i32>, String> {
         self.rt.block_on(async move {
