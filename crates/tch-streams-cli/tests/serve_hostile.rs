@@ -338,3 +338,95 @@ fn abandoned_requests_are_skipped_before_the_engine_and_counted_as_cancelled() {
     let t = server.scrape();
     assert_eq!(sample(&t, "tch_streams_engine_requests_total", &[("model", "large-mlp"), ("result", "submitted")]), Some(3.0), "{t}");
 }
+
+/// One bad request, as each protocol would carry it: the input's datatype, shape, byte count and
+/// name, and the parameters at each level (name -> integer value).
+struct Case {
+    input: &'static str,
+    datatype: &'static str,
+    shape: Vec<i64>,
+    bytes: usize,
+    request_params: &'static [&'static str],
+    input_params: &'static [&'static str],
+    output: Option<(&'static str, &'static [&'static str])>,
+}
+
+impl Case {
+    fn good() -> Case {
+        Case { input: "input0", datatype: "FP32", shape: vec![1, 512], bytes: 2048, request_params: &[], input_params: &[], output: None }
+    }
+
+    fn http(&self, server: &Served) -> (u16, String) {
+        let params = |names: &[&str]| names.iter().map(|n| (n.to_string(), json!(2))).collect::<serde_json::Map<_, _>>();
+        let mut input_params = params(self.input_params);
+        input_params.insert("binary_data_size".into(), json!(self.bytes));
+        let mut head = json!({"parameters": params(self.request_params),
+                              "inputs": [{"name": self.input, "datatype": self.datatype, "shape": self.shape, "parameters": input_params}]});
+        if let Some((name, p)) = self.output {
+            head["outputs"] = json!([{"name": name, "parameters": params(p)}]);
+        }
+        let head = head.to_string();
+        let mut body = head.clone().into_bytes();
+        body.resize(head.len() + self.bytes, 0);
+        let r = Http::connect(&server.http).send("POST", "/v2/models/small-mlp/infer", &[("inference-header-content-length", head.len().to_string())], &body);
+        (r.status, r.json()["error"].as_str().unwrap_or_default().to_string())
+    }
+
+    fn grpc(&self, g: &Grpc) -> (Option<i32>, String) {
+        let params = |names: &[&str]| {
+            names.iter().map(|n| (n.to_string(), pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(2)) })).collect()
+        };
+        let r = pb::ModelInferRequest {
+            model_name: "small-mlp".into(),
+            parameters: params(self.request_params),
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: self.input.into(),
+                datatype: self.datatype.into(),
+                shape: self.shape.clone(),
+                parameters: params(self.input_params),
+                ..Default::default()
+            }],
+            outputs: self.output.map_or_else(Vec::new, |(name, p)| vec![pb::model_infer_request::InferRequestedOutputTensor { name: name.into(), parameters: params(p) }]),
+            raw_input_contents: vec![vec![0u8; self.bytes].into()],
+            ..Default::default()
+        };
+        let reply = g.call("ModelInfer", &r, Duration::from_secs(30)).expect("a gRPC answer");
+        (reply.code, reply.message)
+    }
+}
+
+/// Issue #24 item 16: both protocols decode into one request and validate it once, so every bad
+/// request is refused by both, with the same message (HTTP 400 / INVALID_ARGUMENT). Before the
+/// fix gRPC ignored output `classification` and request or output `shared_memory_*` parameters
+/// and answered them.
+#[test]
+fn both_protocols_refuse_the_same_requests_with_the_same_messages() {
+    let server = Served::start(&["--builtin", "small-mlp", "--max-batch-size", "64"]);
+    let g = Grpc::connect(&server.grpc);
+    let cases = [
+        ("classification on an output", Case { output: Some(("output0", &["classification"])), ..Case::good() }, "output \"output0\": parameter \"classification\" is not supported by this server"),
+        ("shared memory on an input", Case { input_params: &["shared_memory_region"], ..Case::good() }, "input \"input0\": parameter \"shared_memory_region\" is not supported"),
+        ("shared memory on an output", Case { output: Some(("output0", &["shared_memory_byte_size"])), ..Case::good() }, "output \"output0\": parameter \"shared_memory_byte_size\" is not supported"),
+        ("shared memory on the request", Case { request_params: &["shared_memory_region"], ..Case::good() }, "request: parameter \"shared_memory_region\" is not supported"),
+        ("an unknown output", Case { output: Some(("logits", &[])), ..Case::good() }, "unknown output \"logits\" for model small-mlp: its outputs are output0"),
+        ("an unknown input", Case { input: "x", ..Case::good() }, "unknown input \"x\" for model small-mlp: its inputs are input0"),
+        ("a wrong datatype", Case { datatype: "FP64", bytes: 4096, ..Case::good() }, "input \"input0\": datatype FP64 but the model takes FP32"),
+        ("a wrong shape", Case { shape: vec![1, 511], bytes: 2044, ..Case::good() }, "input \"input0\": shape [1, 511] but the model takes [-1, 512]"),
+        ("a batch over the maximum", Case { shape: vec![65, 512], bytes: 65 * 2048, ..Case::good() }, "input \"input0\": batch 65 is out of range: expected 1..=64 (max_batch_size)"),
+        ("a wrong byte count", Case { bytes: 2044, ..Case::good() }, "input \"input0\": 2044 byte(s) of data, but shape [1, 512] of FP32 needs 2048"),
+    ];
+    for (what, case, message) in &cases {
+        let (status, http_msg) = case.http(&server);
+        let (code, grpc_msg) = case.grpc(&g);
+        assert_eq!((status, code), (400, Some(3)), "{what}: HTTP {http_msg:?}, gRPC {grpc_msg:?}");
+        assert!(http_msg.starts_with(message), "{what}: {http_msg:?} does not start with {message:?}");
+        assert_eq!(grpc_msg, http_msg, "{what}: the protocols say it differently");
+    }
+    // The good request over both.
+    let (status, _) = Case::good().http(&server);
+    let (code, message) = Case::good().grpc(&g);
+    assert_eq!((status, code), (200, Some(0)), "{message}");
+    let t = server.scrape();
+    let n = |p: &str| sample(&t, "tch_streams_requests_total", &[("model", "small-mlp"), ("protocol", p), ("outcome", "bad_request")]).unwrap_or(0.0);
+    assert_eq!((n("http"), n("grpc")), (cases.len() as f64, cases.len() as f64), "{t}");
+}
