@@ -31,7 +31,7 @@
 #                 issue #16 when they are put back (five mutation runs, each must FAIL).
 #   objc-syntax   checks/mps/objc-syntax.sh: clang -fsyntax-only -x objective-c++ of the context .mm
 #                 files before and after the patch, against the wheel's ATen/mps headers, the Linux
-#                 torch's c10/ATen headers and our Apple stub headers (checks/mps/apple-stubs/):
+#                 torch's c10/ATen headers and the emulator's Apple headers (checks/mps/emu/runtime/include/):
 #                 0 errors, no warning the patch adds. Lines the lock lists as compile-drop= (a
 #                 change of the copy that the release lacks) are left out of the compiled text
 #                 before the patch is applied; files it lists as standin= are an earlier window's

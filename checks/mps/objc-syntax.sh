@@ -4,7 +4,8 @@
 #   - the tree's own headers first (the wheel's headers, patched or not, plus the patch's new ones),
 #   - the macOS wheel's other ATen/mps and ATen/native/mps headers,
 #   - the Linux torch's c10/ATen headers of the same version,
-#   - our Apple stub headers (checks/mps/apple-stubs/).
+#   - the emulator's Apple headers (checks/mps/emu/runtime/include/, GCC's Objective-C runtime;
+#     the same headers mps-emu compiles and runs these files with).
 # Every diagnostic clang prints counts, wherever it is located: in the tree, in a header outside it
 # (wheel, Linux torch, stubs, system), or from the driver ("clang: error: ..."). Passes when clang
 # exits 0 and reports no error for any file, before or after, and the patch adds no -Wall -Wextra
@@ -17,7 +18,7 @@
 # Installs Debian's clang when no clang++ is found (apt-get; quick when already installed).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-STUBS="$HERE/apple-stubs"
+STUBS="$HERE/emu/runtime/include"
 V="$1" BASE="$2" PATCHED="$3" WHEEL_INC="$4" TORCH_INC="$5"; shift 5
 
 if [ -z "$TORCH_INC" ] || [ ! -d "$TORCH_INC/c10" ]; then
@@ -43,7 +44,7 @@ fi
 #           "N warnings and M errors generated" total exceeds what was parsed, an "error" line saying so.
 compile() {
   local tree="$1" f="$2" out="$3" raw="$3.raw" rc=0
-  "$CLANG" -fsyntax-only -x objective-c++ -std=c++17 -fblocks -fobjc-runtime=gnustep-2.0 \
+  "$CLANG" -fsyntax-only -x objective-c++ -std=c++17 -fblocks -fobjc-runtime=gcc -fno-objc-arc -fconstant-string-class=NSConstantString \
     -Wall -Wextra -fno-color-diagnostics -fno-caret-diagnostics ${OBJC_SYNTAX_EXTRA_FLAGS:-} \
     -include "$STUBS/apple-compat.h" -isystem "$STUBS" \
     -I"$tree/aten/src" -isystem "$WHEEL_INC" -isystem "$TORCH_INC" -isystem "$TORCH_INC/torch/csrc/api/include" \
@@ -126,7 +127,7 @@ done
 printf '%s' "$report"
 version="$("$CLANG" --version | head -n 1)"
 if [ "$errors" = 0 ] && [ "$new" = 0 ] && [ "$failed_status" = 0 ]; then
-  echo "$# .mm files ($(for f in "$@"; do basename "$f"; done | tr '\n' ' '| sed 's/ $//')) parse before and after the patch: 0 errors, $before_w -> $after_w -Wall -Wextra warnings ($before_out of them outside the tree, unchanged), 0 new ($version, Apple stubs)"
+  echo "$# .mm files ($(for f in "$@"; do basename "$f"; done | tr '\n' ' '| sed 's/ $//')) parse before and after the patch: 0 errors, $before_w -> $after_w -Wall -Wextra warnings ($before_out of them outside the tree, unchanged), 0 new ($version, the emulator's Apple headers)"
 else
   echo "$errors errors, $new new or changed warnings$([ "$failed_status" = 0 ] || echo ", clang exited nonzero") ($version)"
   exit 1
