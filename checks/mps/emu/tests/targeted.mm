@@ -5,11 +5,12 @@
 // that names it, on code with it (a value check, a hang caught by a deadline, an emulator
 // violation, or a sanitizer report: the test name says which build must see it, see run.sh).
 //
-// Usage: targeted NAME    (h1 h2 h3 m1 m2 m4 m5 event-two-waiters event-ids turn2-event-reuse
+// Usage: targeted NAME    (h1 h2 h3 m1 m2 m3 m4 m5 event-two-waiters event-ids turn2-event-reuse
 // turn2-leak-prev);
 // one test per process, so that each starts from a fresh allocator, event pool and stream pool.
 #include "harness.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstring>
 #include <map>
@@ -646,6 +647,69 @@ int testEventIds() {
 #endif // MPSEMU_UPSTREAM_ALLOCATOR
 
 // ------------------------------------------------------------------------------------------------
+// M3: an acquire looks at no more than a few pooled events (the patch's bound is 8), oldest first,
+// and moves the unsettled ones it passed to the back, so that a settled event behind them is
+// reached by a later acquire. Without the fix every acquire scans the whole pool and unsettled
+// events keep their place: the first acquire below would reach the settled event behind nine
+// unsettled ones.
+uintptr_t mpsEventId(const c10::Event& e) {
+  return reinterpret_cast<uintptr_t>(e.eventId());
+}
+
+int testM3() {
+  constexpr int kUnsettled = 9; // one more than the scan bound
+  MPSStream* p1 = poolStream(1);
+  MPSStream* p2 = poolStream(2);
+  Gate busy;
+  encodeGate(p1, &busy);
+  p1->synchronize(SyncType::COMMIT);
+
+  std::vector<uintptr_t> pending_ids;
+  std::vector<std::unique_ptr<c10::Event>> pending;
+  for (int k = 0; k < kUnsettled; ++k) {
+    pending.push_back(std::make_unique<c10::Event>(c10::DeviceType::MPS));
+    pending.back()->record(p1->unwrap()); // behind the gate: its signal stays pending
+    pending_ids.push_back(mpsEventId(*pending.back()));
+  }
+  for (auto& e : pending) {
+    e.reset(); // back to the pool, in order, unsettled
+  }
+  uintptr_t settled_id = 0;
+  {
+    c10::Event settled(c10::DeviceType::MPS);
+    settled.record(p2->unwrap()); // P2 is idle
+    settled.synchronize();
+    settled_id = mpsEventId(settled);
+  } // back to the pool behind the nine, settled
+  const auto known = [&](uintptr_t id) {
+    return id == settled_id || std::find(pending_ids.begin(), pending_ids.end(), id) != pending_ids.end();
+  };
+
+  c10::Event first(c10::DeviceType::MPS);
+  first.record(p2->unwrap());
+  const uintptr_t first_id = mpsEventId(first);
+  if (known(first_id)) {
+    fail(g_test, "the first acquire took pooled event %zu from behind %d unsettled ones (it scanned the whole pool)",
+         static_cast<size_t>(first_id), kUnsettled);
+  }
+  c10::Event second(c10::DeviceType::MPS);
+  second.record(p2->unwrap());
+  const uintptr_t second_id = mpsEventId(second);
+  if (second_id != settled_id) {
+    fail(g_test, "the second acquire got event %zu, not the settled pooled event %zu (the unsettled events the first "
+                 "acquire passed were not moved to the back)",
+         static_cast<size_t>(second_id), static_cast<size_t>(settled_id));
+  }
+  busy.open();
+  guard()->synchronizeStream(p1->unwrap());
+  guard()->synchronizeStream(p2->unwrap());
+  char detail[96];
+  snprintf(detail, sizeof detail, "pooled=%d first-acquire=%s second-acquire=%s", kUnsettled + 1,
+           known(first_id) ? "pooled" : "new", second_id == settled_id ? "settled" : "other");
+  return result(detail) ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------------
 // Turn 2, finding 1: a pooled event whose last signal is still pending (its earlier holder
 // recorded it on a busy stream) must not go to a new holder: the late signal would land after the
 // new holder's own and move the value back.
@@ -731,6 +795,7 @@ int main(int argc, char** argv) {
 #endif
       {"m1", testM1},
       {"m2", testM2},
+      {"m3", testM3},
       {"turn2-event-reuse", testTurn2EventReuse},
       {"turn2-leak-prev", testTurn2LeakPrev},
       {"event-two-waiters", testEventTwoWaiters},
