@@ -2,18 +2,20 @@
 //! and gRPC, with Prometheus metrics.
 //!
 //! ```text
-//!  HTTP :8000 ─┐                                 ┌─► engine "mlp" ─► workers (streams)
-//!  gRPC :8001 ─┼─► decode ─► admit ─► Server::infer ┤
-//!              │   (protocol)  (model)  (cap, timeout) └─► engine "bert" ─► workers
+//!  HTTP :8000 ─┐   listen     body     request   model      state                ┌─► engine "mlp"
+//!  gRPC :8001 ─┼─► (caps, ─► (budget, ─► decode ─► admit ─► Server::infer ─────┤
+//!              │   idle)     timeout)  (neutral) (validate) (cap, window, timeout) └─► engine "bert"
 //!  /metrics :8002 ◄── request counters + engine stats read at scrape time
 //! ```
 //!
 //! Threads: models are loaded and their engines started on the main thread; then a tokio
-//! runtime runs the three listeners. Handlers decode on the runtime's threads and await the
-//! engine's `Ticket` (a future), so no runtime thread blocks on inference. Engine workers are
+//! runtime runs the three listeners. Handlers read bodies on the runtime's threads, decode and
+//! encode large ones on blocking threads, and await the engine's `Ticket` (a future), so no
+//! runtime thread blocks on parsing or inference. Engine workers are
 //! the engine's own OS threads. On SIGTERM or Ctrl-C ([`shutdown`]): readiness turns false,
-//! listeners close, requests already read are answered, then each engine drains; the process
-//! exits 0 (1 if `--drain-timeout-s` ran out first).
+//! listeners close, requests already read are answered, then the engines drain, all within one
+//! `--drain-timeout-s`; the process exits 0 (1 if the deadline passed first, or on a second
+//! signal).
 //!
 //! Names on the wire: inputs `input0`, `input1`, … in forward's order; outputs `output0`,
 //! `output1`, … (a tensor, tuple or list) or the keys of a dict. Every model has one version,
@@ -139,7 +141,8 @@ pub struct Args {
     /// Most concurrent HTTP/2 streams (gRPC requests) one connection may open.
     #[arg(long, default_value_t = 128)]
     pub max_streams: u32,
-    /// On SIGTERM/Ctrl-C, longest the server waits for accepted requests to finish, seconds.
+    /// On SIGTERM/Ctrl-C, longest the whole drain may take (answering the requests already
+    /// received, then the engines' queues), seconds; then exit 1. A second signal exits at once.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
     /// Threads of the async runtime that runs the protocols [default: one per core].
@@ -167,7 +170,7 @@ model), 413 (body too large), 500 (model failure), 503 (--max-inflight reached),
 gRPC: INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE, INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED.
 
 SIGTERM or Ctrl-C: stop listening, answer every request already received, drain the engines,
-exit 0.
+exit 0 (1 if --drain-timeout-s ran out); a second signal exits at once (1).
 
 Examples:
   tch-streams serve --builtin small-mlp
@@ -320,13 +323,20 @@ pub fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<i32> {
         rt.worker_threads(n);
     }
     let rt = rt.build().context("cannot start the async runtime")?;
-    let drained = rt.block_on(shutdown::serve_until_signal(Arc::clone(&server), &args.host, [args.http_port, args.grpc_port, args.metrics_port], Duration::from_secs(args.drain_timeout_s)))?;
-    // Every connection is closed: what is left is the engines' own queues.
-    let mut clean = drained;
-    for m in server.models() {
-        clean &= m.engine.shutdown_timeout(Duration::from_secs(args.drain_timeout_s));
+    let drain = Duration::from_secs(args.drain_timeout_s);
+    let (drained, signalled) = rt.block_on(shutdown::serve_until_signal(Arc::clone(&server), &args.host, [args.http_port, args.grpc_port, args.metrics_port], drain))?;
+    // Every connection is closed: what is left is the engines' own queues, drained together
+    // within what is left of the one deadline.
+    let end = signalled + drain;
+    let engines_clean = std::thread::scope(|scope| {
+        let drains: Vec<_> = server.models().map(|m| scope.spawn(move || m.engine.shutdown_timeout(end.saturating_duration_since(std::time::Instant::now())))).collect();
+        drains.into_iter().all(|d| d.join().unwrap_or(false))
+    });
+    let clean = drained && engines_clean;
+    if drained && !engines_clean {
+        eprintln!("drain timed out after {} s (--drain-timeout-s): the engines had requests left", drain.as_secs());
     }
-    rt.shutdown_timeout(Duration::from_secs(1));
+    rt.shutdown_timeout(end.saturating_duration_since(std::time::Instant::now()).min(Duration::from_secs(1)));
     let (ok, failed, cancelled) = server.answered();
     eprintln!("drained: {} inference request(s): {ok} answered with a result, {failed} with an error, {cancelled} cancelled by their client", ok + failed + cancelled);
     Ok(if clean { 0 } else { 1 })

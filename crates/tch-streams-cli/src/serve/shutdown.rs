@@ -1,9 +1,11 @@
 //! Listening, and the graceful drain on SIGTERM or Ctrl-C.
 //!
-//! Order on a signal: (1) readiness turns false; (2) every listener stops accepting; (3) the
-//! HTTP and gRPC servers finish the requests they already read (hyper and tonic close idle
-//! connections and let busy ones answer); (4) back on the main thread, each engine drains its
-//! queue ([`super::run`]). Steps 2–3 are bounded by `--drain-timeout-s`.
+//! Order on a signal: (1) readiness turns false; (2) every listener stops accepting; (3) every
+//! connection stops taking requests and closes as soon as nothing is in progress on it (at once
+//! for an idle one, or one still sending a request's headers), after answering the requests it
+//! already has ([`super::listen::drive`]); (4) back on the main thread, the engines drain their
+//! queues, all at once ([`super::run`]). One deadline, `--drain-timeout-s` from the signal,
+//! bounds all of it. A second signal during the drain exits at once (code 1).
 
 use super::listen::{accept_loop, drive, Conn, Conns, Tracked};
 use super::state::Server;
@@ -85,8 +87,8 @@ async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> 
 
 /// Binds the three ports, prints where they are, serves until a signal, then stops accepting
 /// and waits (at most `drain`) for the requests already read. Returns whether they all finished
-/// in time.
-pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grpc_port, metrics_port]: [u16; 3], drain: Duration) -> anyhow::Result<bool> {
+/// in time, and when the signal came (the drain's deadline runs from it).
+pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grpc_port, metrics_port]: [u16; 3], drain: Duration) -> anyhow::Result<(bool, std::time::Instant)> {
     let http_l = bind(host, http_port, "HTTP").await?;
     let grpc_l = bind(host, grpc_port, "gRPC").await?;
     let metrics_l = bind(host, metrics_port, "metrics").await?;
@@ -132,7 +134,14 @@ pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grp
         }
     }));
     signal().await;
-    eprintln!("signal received: draining (no new connections; answering the requests already received)");
+    let signalled = std::time::Instant::now();
+    eprintln!("signal received: draining (no new connections; answering the requests already received); a second signal exits at once");
+    // Stays armed until the process exits (the runtime outlives the engines' drain).
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("second signal: exiting now, without finishing the drain");
+        std::process::exit(1);
+    });
     server.start_draining();
     let _ = tx.send(true);
     let all = async {
@@ -147,10 +156,10 @@ pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grp
         tokio::join!(conns.all_closed(), metrics_conns.all_closed());
     };
     match tokio::time::timeout(drain, all).await {
-        Ok(()) => Ok(true),
+        Ok(()) => Ok((true, signalled)),
         Err(_) => {
             eprintln!("drain timed out after {} s (--drain-timeout-s): requests still open are dropped", drain.as_secs());
-            Ok(false)
+            Ok((false, signalled))
         }
     }
 }

@@ -105,6 +105,11 @@ impl Served {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Whether the server process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill runs");
