@@ -10,6 +10,8 @@ usage: serve_client.py COMMAND HTTP_ADDR GRPC_ADDR [OUT_DIR]
              OUT_DIR as .npy files for the Rust side to compare with running the model directly
   grpc-errors  every bad gRPC request (unknown model, wrong datatype, shape, byte count, too
              large), each followed by a good one; prints the status codes and messages
+  compressed one small-mlp request over HTTP with tritonclient's request compression (none,
+             gzip, deflate), JSON tensors; prints each answer's values
 """
 import json
 import sys
@@ -143,6 +145,18 @@ def grpc_errors(grpc_addr):
     return out
 
 
+def compressed(http_addr):
+    h = httpclient.InferenceServerClient(http_addr)
+    x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(1, 512)
+    out = {}
+    for algorithm in [None, "gzip", "deflate"]:
+        i = httpclient.InferInput("input0", [1, 512], "FP32")
+        i.set_data_from_numpy(x, binary_data=False)
+        result = h.infer("small-mlp", [i], request_compression_algorithm=algorithm)
+        out[algorithm or "none"] = result.as_numpy("output0").tolist()
+    return out
+
+
 def main():
     if len(sys.argv) < 4:
         sys.exit(__doc__)
@@ -153,6 +167,8 @@ def main():
         doc = infer(http_addr, grpc_addr, sys.argv[4])
     elif cmd == "grpc-errors":
         doc = grpc_errors(grpc_addr)
+    elif cmd == "compressed":
+        doc = compressed(http_addr)
     else:
         sys.exit(__doc__)
     print(json.dumps(doc, default=str))

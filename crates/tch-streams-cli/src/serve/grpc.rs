@@ -186,11 +186,17 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
                     return Ok(Status::new(e.kind.grpc_code(), e.message).into_http::<tonic::body::Body>().map(|b| Tracked::new(b, active)));
                 }
             };
-            parts.extensions.insert(flag);
+            parts.extensions.insert(flag.clone());
             let req = hyper::Request::from_parts(parts, http_body_util::Full::new(bytes));
-            let resp = call_ready(&mut inner, req).await.unwrap_or_else(|e| match e {});
+            let mut resp = call_ready(&mut inner, req).await.unwrap_or_else(|e| match e {});
             drop(held);
-            let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map_or(tonic::Code::Ok, tonic::Code::from);
+            let mut code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map_or(tonic::Code::Ok, tonic::Code::from);
+            if code == tonic::Code::Internal && !flag.0.load(Ordering::Acquire) {
+                // tonic could not decode the message: the client's mistake, not ours.
+                let said = tonic::Status::from_header_map(resp.headers()).map(|s| s.message().to_string()).unwrap_or_default();
+                code = tonic::Code::InvalidArgument;
+                resp = Status::invalid_argument(format!("malformed request message: {said}")).into_http::<tonic::body::Body>();
+            }
             count.finish(if code == tonic::Code::Ok { Ok(()) } else { Err(kind_of_code(code)) });
             Ok(resp.map(|b| Tracked::new(b, active)))
         })

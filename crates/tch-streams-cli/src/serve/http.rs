@@ -25,8 +25,9 @@ use super::protocol::{shown, tensor_to_bytes, ApiError, ErrorKind};
 use super::request;
 use super::state::{Protocol, Recorder, Server};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -55,6 +56,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(&ApiError::new(ErrorKind::NotFound, "no such route; see /v2 and /v2/models/{name}")) })
+        .method_not_allowed_fallback(|method: Method| async move {
+            error(&ApiError::new(ErrorKind::MethodNotAllowed, format!("{method} is not served on this route (GET for health, metadata, ready and config; POST for infer)")))
+        })
         .with_state(server)
 }
 
@@ -63,6 +67,7 @@ pub fn metrics_router(server: Arc<Server>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .fallback(|| async { error(&ApiError::new(ErrorKind::NotFound, "this port serves /metrics only")) })
+        .method_not_allowed_fallback(|method: Method| async move { error(&ApiError::new(ErrorKind::MethodNotAllowed, format!("{method} is not served on /metrics (GET)"))) })
         .with_state(server)
 }
 
@@ -81,6 +86,21 @@ fn json_response(v: Value) -> Response {
 struct ModelPath {
     name: String,
     version: Option<String>,
+}
+
+/// A model route's path; one that does not decode (not UTF-8 once percent-decoded) is answered
+/// 400 with the protocol's JSON error, like every other refusal.
+struct ModelRoute(ModelPath);
+
+impl<S: Send + Sync> FromRequestParts<S> for ModelRoute {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<ModelPath>::from_request_parts(parts, state).await {
+            Ok(Path(p)) => Ok(ModelRoute(p)),
+            Err(e) => Err(error(&ApiError::bad(format!("malformed URL path: {}", shown(&e.body_text()))))),
+        }
+    }
 }
 
 async fn ready(State(s): State<Arc<Server>>) -> StatusCode {
@@ -129,14 +149,14 @@ pub fn model_config_json(m: &ServedModel) -> Value {
     v
 }
 
-async fn model_metadata(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>) -> Response {
+async fn model_metadata(State(s): State<Arc<Server>>, ModelRoute(p): ModelRoute) -> Response {
     match s.model(&p.name, p.version.as_deref()) {
         Ok(m) => json_response(model_metadata_json(m)),
         Err(e) => error(&e),
     }
 }
 
-async fn model_ready(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>) -> Response {
+async fn model_ready(State(s): State<Arc<Server>>, ModelRoute(p): ModelRoute) -> Response {
     match s.model(&p.name, p.version.as_deref()) {
         Ok(_) if s.ready() => StatusCode::OK.into_response(),
         Ok(_) => error(&ApiError::new(ErrorKind::Unavailable, "the server is draining")),
@@ -144,19 +164,57 @@ async fn model_ready(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>) -> 
     }
 }
 
-async fn model_config(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>) -> Response {
+async fn model_config(State(s): State<Arc<Server>>, ModelRoute(p): ModelRoute) -> Response {
     match s.model(&p.name, p.version.as_deref()) {
         Ok(m) => json_response(model_config_json(m)),
         Err(e) => error(&e),
     }
 }
 
-async fn infer(State(s): State<Arc<Server>>, Path(p): Path<ModelPath>, headers: HeaderMap, body: Body) -> Response {
+async fn infer(State(s): State<Arc<Server>>, ModelRoute(p): ModelRoute, headers: HeaderMap, body: Body) -> Response {
     // Counted as cancelled if the client goes away and this future is dropped.
     let rec = Recorder::new(&s, &p.name, Protocol::Http);
     let result = infer_inner(&s, &p, &headers, body).await;
     rec.finish(result.as_ref().map(|_| ()).map_err(|e| e.kind));
     result.unwrap_or_else(|e| error(&e))
+}
+
+/// A compressed body's encoding: `gzip` or `deflate` (what tritonclient sends); none for
+/// `identity` or no header; 415 for any other.
+fn content_encoding(headers: &HeaderMap) -> Result<Option<&'static str>, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_ENCODING) else { return Ok(None) };
+    match v.to_str().map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Ok("gzip") | Ok("x-gzip") => Ok(Some("gzip")),
+        Ok("deflate") => Ok(Some("deflate")),
+        Ok("identity") | Ok("") => Ok(None),
+        _ => Err(ApiError::new(
+            ErrorKind::Unsupported,
+            format!("Content-Encoding {:?} is not supported: send the body uncompressed, gzip or deflate", shown(&String::from_utf8_lossy(v.as_bytes()))),
+        )),
+    }
+}
+
+/// Decompresses a body, each decompressed byte reserved from the budget first and the whole
+/// bounded by `--max-request-bytes` (a small body cannot inflate past it).
+fn inflate(encoding: &str, body: &[u8], max: usize, held: &mut Reservation) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
+    let mut reader: Box<dyn Read + '_> = match encoding {
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(body)),
+        _ => Box::new(flate2::read::ZlibDecoder::new(body)),
+    };
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = reader.read(&mut chunk).map_err(|e| ApiError::bad(format!("cannot decompress the {encoding} body: {e}")))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if out.len() + n > max {
+            return Err(ApiError::new(ErrorKind::TooLarge, format!("the request body is larger than {max} bytes (--max-request-bytes) once decompressed")));
+        }
+        held.grow(n)?;
+        out.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// The body, read whole under the size limit, the byte budget and the body timeout; its
@@ -170,21 +228,37 @@ async fn read_body(s: &Server, headers: &HeaderMap, body: Body) -> Result<(Bytes
 async fn infer_inner(s: &Arc<Server>, p: &ModelPath, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     // The body first, even for an unknown model: a connection whose request body was left
     // unread cannot be reused, and the client's next request on it would fail.
+    let encoding = content_encoding(headers)?;
     let (body, mut held) = read_body(s, headers, body).await?;
     let model = Arc::clone(s.model(&p.name, p.version.as_deref())?);
+    let max = s.limits.max_request_bytes;
     // The JSON part, then binary tensors when the header says where the JSON ends.
+    // (Of the decompressed body, when it is compressed.)
     let json_len = match headers.get(HEADER_LENGTH) {
-        None => body.len(),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n <= body.len())
-            .ok_or_else(|| ApiError::bad(format!("{HEADER_LENGTH}: {:?} is not a length within the body's {} bytes", shown(&String::from_utf8_lossy(v.as_bytes())), body.len())))?,
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| encoding.is_some() || n <= body.len())
+                .ok_or_else(|| ApiError::bad(format!("{HEADER_LENGTH}: {:?} is not a length within the body's {} bytes", shown(&String::from_utf8_lossy(v.as_bytes())), body.len())))?,
+        ),
     };
     let m = Arc::clone(&model);
     let (admitted, held) = s
         .offload(body.len(), move || {
+            let body = match encoding {
+                Some(e) => {
+                    let plain = inflate(e, &body, max, &mut held)?;
+                    held.release(body.len());
+                    Bytes::from(plain)
+                }
+                None => body,
+            };
+            let json_len = json_len.unwrap_or(body.len());
+            if json_len > body.len() {
+                return Err(ApiError::bad(format!("{HEADER_LENGTH}: {json_len} is not a length within the body's {} bytes", body.len())));
+            }
             let admitted = m.admit(request::from_http(&body, json_len)?, &mut held)?;
             // The body is freed here: its bytes leave the budget, the tensors stay in it.
             let len = body.len();

@@ -24,6 +24,7 @@
 pub mod body;
 pub mod budget;
 pub mod grpc;
+pub mod h1;
 pub mod http;
 pub mod json;
 pub mod listen;

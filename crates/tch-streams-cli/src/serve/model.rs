@@ -129,13 +129,14 @@ pub struct ServedModel {
     pub engine: Engine,
     /// Inputs in forward's order.
     pub inputs: Vec<TensorInfo>,
-    /// Outputs, in the model's order (learned from a probe request at start-up).
+    /// Outputs, in the model's order (learned from a probe at start-up: the model run once on
+    /// zeros, outside the engine).
     pub outputs: Vec<TensorInfo>,
     /// Most samples one request may carry (`max_batch_size` of the model configuration).
     pub max_batch_size: usize,
     /// Whether the engine merges requests, as it resolved its configuration.
     pub dynamic_batching: bool,
-    /// The engine's counters after the start-up probe: metrics report what came after.
+    /// The engine's counters once it was built: metrics report what came after (client requests).
     pub baseline: EngineStats,
     /// Requests this model's engine may hold at once (see [`window_size`]); more wait in the
     /// server, where a request whose client has gone leaves the line without running.
@@ -188,8 +189,9 @@ fn url_safe(name: &str) -> bool {
 }
 
 impl ServedModel {
-    /// Builds the engine for `entry`, then sends it one probe request (zeros, batch 1) to learn
-    /// the outputs' names, datatypes and sample shapes. Blocks (model loading, warm-up).
+    /// Builds the engine for `entry`, then runs the model once on zeros (batch 1), outside the
+    /// engine, to learn the outputs' names, datatypes and sample shapes. Blocks (model loading,
+    /// warm-up).
     pub fn load(entry: &ModelEntry, opts: &EngineOptions, max_batch_size: usize) -> anyhow::Result<ServedModel> {
         let name = entry.served_name();
         if !url_safe(&name) {
@@ -220,6 +222,7 @@ impl ServedModel {
                 (Model::Builtin(*b), vec![TensorInfo { name: "input0".into(), kind: Kind::Float, dims: b.sample_shape() }], "tch_streams_builtin")
             }
         };
+        let probe_model = model.clone();
         let mut builder = Engine::builder(model)
             .devices(opts.devices.clone())
             .output(Output::Cpu)
@@ -240,16 +243,23 @@ impl ServedModel {
             builder = builder.cuda_graphs(true);
         }
         let engine = builder.build().with_context(|| format!("model {name}"))?;
-        // The probe: one sample of zeros per input.
+        // The probe runs the model directly, on the device of the engine's first worker, not
+        // through the engine: the engine's counters and latencies then count client requests
+        // only.
+        let device = engine.workers().first().map_or(Device::Cpu, |w| w.device);
         let probe: Vec<Tensor> = inputs
             .iter()
             .map(|t| {
                 let mut shape = vec![1];
                 shape.extend(&t.dims);
-                Tensor::zeros(shape.as_slice(), (t.kind, Device::Cpu))
+                Tensor::zeros(shape.as_slice(), (t.kind, device))
             })
             .collect();
-        let answer = engine.infer_outputs(probe).with_context(|| format!("model {name}: the start-up probe (zeros, batch 1) failed"))?;
+        let answer = {
+            let _no_grad = tch::no_grad_guard();
+            let instance = probe_model.instantiate(device).with_context(|| format!("model {name}: loading it for the start-up probe"))?;
+            instance.run(&probe).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("model {name}: the start-up probe (zeros, batch 1) failed"))?
+        };
         let outputs = named_outputs(answer)
             .into_iter()
             .map(|(n, t)| {

@@ -42,6 +42,8 @@ pub enum ErrorKind {
     Cancelled,
     /// A body encoding this server does not read (`Content-Encoding`): 415, UNIMPLEMENTED.
     Unsupported,
+    /// A method the route does not serve: 405 (HTTP only; UNIMPLEMENTED over gRPC).
+    MethodNotAllowed,
 }
 
 impl ErrorKind {
@@ -58,6 +60,7 @@ impl ErrorKind {
             ErrorKind::BodyTimeout => 408,
             ErrorKind::Cancelled => 499,
             ErrorKind::Unsupported => 415,
+            ErrorKind::MethodNotAllowed => 405,
         }
     }
 
@@ -73,7 +76,7 @@ impl ErrorKind {
             ErrorKind::Exhausted => tonic::Code::ResourceExhausted,
             ErrorKind::BodyTimeout => tonic::Code::DeadlineExceeded,
             ErrorKind::Cancelled => tonic::Code::Cancelled,
-            ErrorKind::Unsupported => tonic::Code::Unimplemented,
+            ErrorKind::Unsupported | ErrorKind::MethodNotAllowed => tonic::Code::Unimplemented,
         }
     }
 
@@ -90,6 +93,7 @@ impl ErrorKind {
             ErrorKind::BodyTimeout => "body_timeout",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
         }
     }
 }

@@ -294,7 +294,7 @@ pub fn from_grpc(r: &pb::ModelInferRequest) -> Result<InferRequest<'_>, ApiError
     for o in &r.outputs {
         outputs.push(Output { name: Cow::Borrowed(&o.name), params: Params::from_grpc(&o.parameters)? });
     }
-    let id = (!r.id.is_empty()).then(|| Cow::Borrowed(r.id.as_str()));
+    let id = (!r.id.is_empty()).then_some(Cow::Borrowed(r.id.as_str()));
     Ok(InferRequest { id, params: Params::from_grpc(&r.parameters)?, inputs, outputs })
 }
 

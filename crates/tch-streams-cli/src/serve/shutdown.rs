@@ -7,41 +7,17 @@
 //! queues, all at once ([`super::run`]). One deadline, `--drain-timeout-s` from the signal,
 //! bounds all of it. A second signal during the drain exits at once (code 1).
 
-use super::listen::{accept_loop, drive, Conn, Conns, Tracked};
+use super::listen::{accept_loop, drive, Conns};
 use super::state::Server;
-use super::{grpc, http, listening_line};
+use super::{grpc, h1, http, listening_line};
 use anyhow::Context;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower_service::Service;
-
-/// Serves HTTP/1.1 on one connection with `router`, each request counted as in progress on
-/// `conn` until its answer is written.
-async fn serve_http1(tcp: TcpStream, conn: Arc<Conn>, router: axum::Router, idle: Duration, stop: watch::Receiver<bool>) {
-    let state = Arc::clone(&conn);
-    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let active = state.enter();
-        let mut router = router.clone();
-        async move {
-            let resp = router.call(req).await.unwrap_or_else(|e: Infallible| match e {});
-            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, active)))
-        }
-    });
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    // A client must send a request's headers within the idle timeout (hyper's own clock; the
-    // connection's idle watch closes it too).
-    h1.timer(TokioTimer::new()).header_read_timeout(idle);
-    let c = h1.serve_connection(TokioIo::new(tcp), svc);
-    tokio::pin!(c);
-    drive(c.as_mut(), |c| c.graceful_shutdown(), conn, idle, stop).await
-}
 
 /// Resolves when SIGTERM or Ctrl-C (SIGINT) arrives.
 async fn signal() {
@@ -105,12 +81,12 @@ pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grp
     let router = http::router(Arc::clone(&server));
     let http_task = tokio::spawn(accept_loop(http_l, Arc::clone(&conns), rx.clone(), {
         let rx = rx.clone();
-        move |tcp, conn| serve_http1(tcp, conn, router.clone(), limits.idle_timeout, rx.clone())
+        move |tcp, conn| h1::serve(tcp, conn, router.clone(), limits.idle_timeout, rx.clone())
     }));
     let metrics_router = http::metrics_router(Arc::clone(&server));
     let metrics_task = tokio::spawn(accept_loop(metrics_l, Arc::clone(&metrics_conns), rx.clone(), {
         let rx = rx.clone();
-        move |tcp, conn| serve_http1(tcp, conn, metrics_router.clone(), limits.idle_timeout, rx.clone())
+        move |tcp, conn| h1::serve(tcp, conn, metrics_router.clone(), limits.idle_timeout, rx.clone())
     }));
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())

@@ -9,7 +9,7 @@
 use super::budget::Budget;
 use super::metrics::Metrics;
 use super::model::{named_outputs, ServedModel};
-use super::protocol::{ApiError, ErrorKind};
+use super::protocol::{shown, ApiError, ErrorKind};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -185,11 +185,11 @@ impl Server {
     pub fn model(&self, name: &str, version: Option<&str>) -> Result<&Arc<ServedModel>, ApiError> {
         let m = self.models.get(name).ok_or_else(|| {
             let names: Vec<&str> = self.models.keys().map(String::as_str).collect();
-            ApiError::new(ErrorKind::NotFound, format!("unknown model {name:?}; this server serves {}", names.join(", ")))
+            ApiError::new(ErrorKind::NotFound, format!("unknown model {:?}; this server serves {}", shown(name), names.join(", ")))
         })?;
         match version {
             None | Some("") | Some("1") => Ok(m),
-            Some(v) => Err(ApiError::new(ErrorKind::NotFound, format!("model {name:?} has no version {v:?}; it has version 1 only"))),
+            Some(v) => Err(ApiError::new(ErrorKind::NotFound, format!("model {name:?} has no version {:?}; it has version 1 only", shown(v)))),
         }
     }
 
@@ -292,13 +292,26 @@ impl Server {
         };
         job.ticket = None; // answered: the place frees when `job` drops
         self.metrics.engine_seconds.with_label_values(&[&model.name]).observe(submitted.elapsed().as_secs_f64());
-        let outputs = named_outputs(answer.map_err(engine_error)?);
+        let outputs = named_outputs(answer.map_err(|e| model_error(&model.name, e))?);
         Ok(if wanted.is_empty() { outputs } else { outputs.into_iter().filter(|(n, _)| wanted.contains(n)).collect() })
     }
 }
 
 /// Requests and answers from this size up are decoded and encoded on blocking threads.
 pub const OFFLOAD_BYTES: usize = 64 << 10;
+
+/// A model's failure on a request: the whole message (a TorchScript traceback names files of
+/// the machine the model was built on) goes to the log under a number; the client gets the
+/// number and the error's last line, when that line names no path.
+fn model_error(model: &str, e: EngineError) -> ApiError {
+    let EngineError::Model(m) = &e else { return engine_error(e) };
+    static NUMBER: AtomicU64 = AtomicU64::new(1);
+    let n = NUMBER.fetch_add(1, Ordering::Relaxed);
+    tracing::error!("model {model} failed on a request (error #{n}): {m}");
+    let last = m.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_default();
+    let summary = if last.is_empty() || last.contains('/') || last.contains('\\') { String::new() } else { format!(": {}", shown(last)) };
+    ApiError::new(ErrorKind::Internal, format!("model {model} failed on this request (error #{n} in the server's log){summary}"))
+}
 
 /// How an engine error reaches the client.
 fn engine_error(e: EngineError) -> ApiError {

@@ -375,7 +375,11 @@ impl Grpc {
             })
             .expect("watchdog: gRPC connect within 10 s")
             .expect("gRPC connect");
-        Grpc { rt, send }
+        let g = Grpc { rt, send };
+        // One round trip: the server's SETTINGS (its stream cap among them) are in force after it.
+        let live = g.call_raw("ServerLive", grpc_frame(&[]), &[], Duration::from_secs(10)).expect("ServerLive");
+        assert_eq!(live.code, Some(0), "ServerLive: {}", live.message);
+        g
     }
 
     /// Calls `method` (e.g. `ModelInfer`) with `body` (already framed) and extra headers;
