@@ -164,6 +164,11 @@ fn stalled_grpc_streams_are_capped_and_refused_beyond_the_budget() {
     let (base_rss, _) = memory_kib(server.pid());
     let g = Grpc::connect(&server.grpc);
     let wait = Duration::from_secs(20);
+    // One good call first on this connection: its answer arrives after the server's SETTINGS, so
+    // the client knows the stream cap before it opens the streams below (otherwise a loaded
+    // machine can open a 17th before learning it, and the server refuses that stream instead).
+    let first = g.call("ModelInfer", &good_grpc(), wait).expect("a good request before the stalls");
+    assert_eq!(first.code, Some(0), "{}", first.message);
     // The stream cap.
     let partial: Vec<_> = (0..16).map(|_| g.stall(vec![0u8, 0, 0], Duration::from_secs(5)).expect("a stream under the cap")).collect();
     // A 17th, complete and good, waits for a free stream: it is answered only after a stalled
