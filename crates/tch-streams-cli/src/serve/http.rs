@@ -228,8 +228,8 @@ async fn read_body(s: &Server, headers: &HeaderMap, body: Body) -> Result<(Bytes
 async fn infer_inner(s: &Arc<Server>, p: &ModelPath, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     // The body first, even for an unknown model: a connection whose request body was left
     // unread cannot be reused, and the client's next request on it would fail.
-    let encoding = content_encoding(headers)?;
     let (body, mut held) = read_body(s, headers, body).await?;
+    let encoding = content_encoding(headers)?;
     let model = Arc::clone(s.model(&p.name, p.version.as_deref())?);
     let max = s.limits.max_request_bytes;
     // The JSON part, then binary tensors when the header says where the JSON ends.
