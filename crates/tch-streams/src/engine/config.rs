@@ -133,6 +133,22 @@ pub struct EngineBuilder {
     pub(crate) calibration_step_limit: Duration,
 }
 
+// The engine's limits: what the builder accepts. The CLI validates its flags against these.
+
+/// Most workers one engine starts.
+pub const MAX_WORKERS: usize = 1024;
+/// Largest `queue_capacity` (requests per device lane; a count, not preallocated).
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 24;
+/// Largest `max_batch` of dynamic batching, in samples.
+pub const MAX_BATCH: usize = 1 << 20;
+/// Most elements of one input at the largest bucket: warm-up allocates it on every worker.
+pub const MAX_WARMUP_ELEMENTS: i64 = 1 << 28;
+/// Largest bucket, as a multiple of `max_batch`.
+pub const MAX_BUCKET_OVER_BATCH: usize = 8;
+/// Most bucket sizes one engine accepts.
+pub const MAX_BUCKETS: usize = 64;
+/// Most graphs one worker keeps (each holds its static input, output and a memory pool).
+pub const MAX_GRAPHS: usize = 32;
 /// Default of [`EngineBuilder::calibration_step_limit`].
 pub const DEFAULT_CALIBRATION_STEP_LIMIT: Duration = Duration::from_secs(30);
 /// Longest [`EngineBuilder::calibration_step_limit`]: one hour.
@@ -367,7 +383,6 @@ impl EngineBuilder {
 
     /// Every value in range, with an error that names it and the accepted range.
     pub(crate) fn check(&self) -> Result<(), EngineError> {
-        use super::core::{MAX_BATCH, MAX_BUCKETS, MAX_QUEUE_CAPACITY, MAX_WORKERS};
         let bad = |m: String| Err(EngineError::Build(m));
         if self.devices.is_empty() {
             return bad("devices: the list is empty; give at least one device".into());

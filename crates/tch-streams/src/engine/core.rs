@@ -2,7 +2,7 @@
 
 use super::auto::{self, EngineConfig};
 use super::buckets::Buckets;
-use super::config::{Batching, EngineBuilder, Replicas};
+use super::config::{Batching, EngineBuilder, Replicas, MAX_BUCKET_OVER_BATCH, MAX_WARMUP_ELEMENTS, MAX_WORKERS};
 use super::independence;
 use super::error::EngineError;
 use super::metrics::{EngineStats, Metrics};
@@ -68,20 +68,8 @@ pub struct Engine {
 /// The next engine's id (0 is no engine).
 static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
 
-/// Most workers one engine starts.
-pub const MAX_WORKERS: usize = 1024;
-/// Largest `queue_capacity` (requests per device lane; a count, not preallocated).
-pub const MAX_QUEUE_CAPACITY: usize = 1 << 24;
-/// Largest `max_batch` of dynamic batching, in samples.
-pub const MAX_BATCH: usize = 1 << 20;
 /// Streams in the patched MPS pool (ids 1-32, as upstream's).
 const MPS_POOL_STREAMS: usize = 32;
-/// Most elements of one input at the largest bucket: warm-up allocates it on every worker.
-pub const MAX_WARMUP_ELEMENTS: i64 = 1 << 28;
-/// Largest bucket, as a multiple of `max_batch`.
-pub const MAX_BUCKET_OVER_BATCH: usize = 8;
-/// Most bucket sizes one engine accepts.
-pub const MAX_BUCKETS: usize = 64;
 /// Whether this build has the CUDA graph code (compiled in when the build found the CUDA
 /// headers beside a CUDA libtorch; see the crate's build script).
 pub const CUDA_GRAPHS_BUILT: bool = cfg!(tss_cuda_graphs);

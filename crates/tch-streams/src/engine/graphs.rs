@@ -11,8 +11,7 @@ use crate::models::{Forward, ForwardError, Outputs};
 use std::sync::Arc;
 use tch::Tensor;
 
-/// Most graphs one worker keeps (each holds its static input, output and a memory pool).
-pub const MAX_GRAPHS: usize = 32;
+pub use super::config::MAX_GRAPHS;
 
 /// Runs a worker's model, eagerly or through captured graphs.
 pub(crate) struct Runner {

@@ -63,9 +63,11 @@ mod ticket;
 mod worker;
 
 pub use auto::{EngineConfig, AUTO_MAX_BATCH};
-pub use config::{Batching, EngineBuilder, InputSpec, Output, Replicas, SampleFn, DEFAULT_CALIBRATION_STEP_LIMIT, DEFAULT_MAX_WAIT, MAX_CALIBRATION_STEP_LIMIT};
-pub use core::{Engine, WorkerInfo, CUDA_GRAPHS_BUILT, MAX_BUCKETS};
+pub use config::{
+    Batching, EngineBuilder, InputSpec, Output, Replicas, SampleFn, DEFAULT_CALIBRATION_STEP_LIMIT, DEFAULT_MAX_WAIT, MAX_BATCH,
+    MAX_BUCKETS, MAX_BUCKET_OVER_BATCH, MAX_CALIBRATION_STEP_LIMIT, MAX_GRAPHS, MAX_QUEUE_CAPACITY, MAX_WARMUP_ELEMENTS, MAX_WORKERS,
+};
+pub use core::{Engine, WorkerInfo, CUDA_GRAPHS_BUILT};
 pub use error::EngineError;
-pub use graphs::MAX_GRAPHS;
 pub use metrics::{EngineStats, StageStats};
 pub use ticket::{OutputsTicket, Ticket};
