@@ -211,16 +211,31 @@ fn cuda_graphs(includes: &[PathBuf], lib_dir: &Path) {
         build.flag("-isystem").flag(inc.to_str().expect("utf-8 include path"));
     }
     build.file("src/shim/cuda/graph.cpp").compile("tch_streams_graph_shim");
+    // blas.cpp reads ATen/cuda/CUDAContextLight.h with our stand-ins for the cuBLAS, cuSPARSE and
+    // cuSOLVER headers (src/shim/cuda/handles: -I is searched before -isystem), which give it the
+    // handle types it needs without the half-precision headers behind the real ones.
+    let mut blas = cc::Build::new();
+    blas.cpp(true).pic(true).flag("-std=c++17").flag("-D_GLIBCXX_USE_CXX11_ABI=1").warnings(true).include("src/shim/cuda/handles");
+    for inc in includes.iter().chain(std::iter::once(&cuda_inc)) {
+        blas.flag("-isystem").flag(inc.to_str().expect("utf-8 include path"));
+    }
+    blas.file("src/shim/cuda/blas.cpp").compile("tch_streams_blas_shim");
     println!("cargo:rustc-link-lib=c10_cuda");
-    let bindings = bindgen::Builder::default()
-        .header("src/shim/cuda/tss_graph.h")
-        .allowlist_function("tss_graph_.*")
-        .allowlist_type("TssGraph")
-        .layout_tests(false)
-        .generate()
-        .expect("bindgen failed on src/shim/cuda/tss_graph.h");
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("ffi_graph.rs");
-    bindings.write_to_file(out).expect("write graph bindings");
+    // One bindings file per header: `ffi::graph` and `ffi::blas`.
+    for (header, functions, types, file) in [
+        ("src/shim/cuda/tss_graph.h", "tss_graph_.*", Some("TssGraph"), "ffi_graph.rs"),
+        ("src/shim/cuda/tss_blas.h", "tss_cuda_.*", None, "ffi_blas.rs"),
+    ] {
+        let mut builder = bindgen::Builder::default().header(header).allowlist_function(functions).layout_tests(false);
+        if let Some(types) = types {
+            builder = builder.allowlist_type(types);
+        }
+        let bindings = builder
+            .generate()
+            .unwrap_or_else(|e| panic!("bindgen failed on {header}: {e}"));
+        let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join(file);
+        bindings.write_to_file(out).unwrap_or_else(|e| panic!("write {file}: {e}"));
+    }
 }
 
 fn generate_bindings() {

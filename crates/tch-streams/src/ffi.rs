@@ -19,6 +19,12 @@ pub mod graph {
     include!(concat!(env!("OUT_DIR"), "/ffi_graph.rs"));
 }
 
+/// Bindings of the CUDA cuBLAS-cache shim (`src/shim/cuda/tss_blas.h`), built with the graph shim.
+#[cfg(tss_cuda_graphs)]
+pub mod blas {
+    include!(concat!(env!("OUT_DIR"), "/ffi_blas.rs"));
+}
+
 /// Calls `$then!` with the signature of every function of `src/shim/tss_shim.h`, in bindgen's
 /// Rust types.
 macro_rules! shim_functions {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tch_streams::engine::{Batching, Engine, EngineError, Output};
 use tch_streams::models::{Builtin, Model};
-use tch_streams::stream::{memory_stats, synchronize_device, with_stream, Priority, Stream};
+use tch_streams::stream::{memory_stats, release_thread_workspaces, synchronize_device, with_stream, Priority, Stream, StreamGuard};
 
 const GPU: Device = Device::Cuda(0);
 const MIB: i64 = 1 << 20;
@@ -142,10 +142,10 @@ fn sanitizer_stress_engine_streams_batching_16_workers() {
 /// dropped tickets. Per cycle: every request accounted for, device memory back to the warm
 /// baseline (± 1 MiB), no unexpected error.
 ///
-/// Run it with `CUBLAS_WORKSPACE_CONFIG=:0:0`: libtorch keeps one cuBLAS workspace (32 MiB on
-/// Hopper) per (cuBLAS handle, stream) pair for the life of the process, and engine restarts pair
-/// recycled handles with new pool streams, so with workspaces on, allocated memory grows (by
-/// ~370 MB in a first 10 s cycle) until every pair exists. That cache is libtorch's, not ours.
+/// libtorch keeps one cuBLAS workspace (32 MiB on Hopper) per (cuBLAS handle, stream) pair for
+/// the life of the process, and restarts pair recycled handles with new pool streams; each worker
+/// frees its thread's workspaces as it ends (`stream::release_thread_workspaces`), which is what
+/// keeps this at the baseline with libtorch's default workspace configuration.
 #[test]
 #[ignore = "needs a CUDA GPU; long"]
 fn soak_mixed_load_with_restarts() {
@@ -233,4 +233,45 @@ fn run_cycle(workers: usize, batching: Batching, graphs: bool, length: Duration,
     assert_eq!(st.failed, bad, "the only failures are the malformed requests");
     assert_eq!(st.completed, ok + dropped);
     (st.submitted, ok, bad, dropped)
+}
+
+/// Threads that come and go on pool streams, each running a matrix product: without releasing,
+/// libtorch keeps a cuBLAS workspace for every (handle, stream) pair met; with
+/// `release_thread_workspaces` at each thread's end, allocated memory is back where it started.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn released_workspaces_leave_no_memory_behind_threads_on_new_streams() {
+    let a = Tensor::ones([64, 64], (Kind::Float, GPU));
+    let run = |release: bool| {
+        let a = a.shallow_clone();
+        std::thread::spawn(move || {
+            let s = Stream::from_pool(GPU, Priority::Normal).unwrap();
+            let _g = StreamGuard::new(&s).unwrap();
+            let y = a.matmul(&a);
+            assert_eq!(y.double_value(&[0, 0]), 64.0);
+            drop(y);
+            s.synchronize().unwrap();
+            if release { release_thread_workspaces(GPU).unwrap() } else { 0 }
+        })
+        .join()
+        .unwrap()
+    };
+    let used = |f: &dyn Fn()| {
+        synchronize_device(GPU).unwrap();
+        let before = memory_stats(GPU).unwrap().allocated;
+        f();
+        synchronize_device(GPU).unwrap();
+        memory_stats(GPU).unwrap().allocated - before
+    };
+    // 40 threads in turn: more than the pool's 32 streams, so pairs with reused handles appear.
+    // Releasing first: a release also frees what earlier threads left on the same handle.
+    let released = std::sync::atomic::AtomicUsize::new(0);
+    let left = used(&|| (0..40).for_each(|_| {
+        released.fetch_add(run(true), std::sync::atomic::Ordering::Relaxed);
+    }));
+    let kept = used(&|| (0..40).for_each(|_| assert_eq!(run(false), 0)));
+    println!("40 threads: {kept} bytes kept without releasing; {left} bytes left with it ({} workspaces released)", released.into_inner());
+    assert!(kept > 0, "without releasing, the workspaces stay allocated");
+    assert_eq!(left, 0, "with releasing, nothing stays allocated");
+    assert_eq!(release_thread_workspaces(Device::Cpu).unwrap(), 0);
 }

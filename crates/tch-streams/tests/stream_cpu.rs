@@ -139,3 +139,17 @@ fn rayon_pool_rejects_zero_threads() {
     let err = StreamThreadPool::new(Device::Cpu, 0).err().expect("error");
     assert!(err.to_string().contains("at least one thread"), "{err}");
 }
+
+#[test]
+fn releasing_thread_workspaces_is_a_no_op_on_cpu_and_an_error_without_the_device() {
+    assert_eq!(tch_streams::stream::release_thread_workspaces(Device::Cpu).unwrap(), 0);
+    if tch::Cuda::device_count() == 0 {
+        let err = tch_streams::stream::release_thread_workspaces(Device::Cuda(0)).unwrap_err();
+        // A CUDA libtorch on a machine without a GPU: no device 0. (A build without the CUDA
+        // shim says Unsupported instead.)
+        assert!(
+            matches!(err, Error::DeviceIndex { backend: Backend::Cuda, index: 0, count: 0 } | Error::Unsupported { backend: Backend::Cuda, .. }),
+            "{err:?}"
+        );
+    }
+}

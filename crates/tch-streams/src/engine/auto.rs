@@ -124,6 +124,8 @@ pub(crate) fn calibrate(
                 let _ = tx.send(None);
                 return;
             }
+            // Dropped as the thread ends: frees the cuBLAS workspaces its runs made.
+            let _workspaces = super::thread_caches::ThreadWorkspaces::new(device, stream);
             let time = |b: usize| -> Option<(f64, f64)> {
                 let xs = SampleInputs::make(samples.as_ref(), &specs, b, device).ok()?;
                 let run = || -> Option<f64> {

@@ -4,6 +4,7 @@ use super::auto::{self, EngineConfig};
 use super::buckets::Buckets;
 use super::config::{Batching, EngineBuilder, Replicas, MAX_BUCKET_OVER_BATCH, MAX_WARMUP_ELEMENTS, MAX_WORKERS};
 use super::independence;
+use super::thread_caches;
 use super::error::EngineError;
 use super::metrics::{EngineStats, Metrics};
 use super::lanes::Lanes;
@@ -174,7 +175,9 @@ impl Engine {
         // The check and the calibration run the user's model on this thread. The check catches
         // the model's panics itself; one caught here is the check's own.
         let checked = |model: &Arc<dyn Forward>, specs: &[(Vec<i64>, tch::Kind)]| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| independence::check(&**model, assigned[0], specs, b.samples.as_ref()))).unwrap_or_else(|p| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                thread_caches::on_own_thread(assigned[0], "tch-streams-independence", || independence::check(&**model, assigned[0], specs, b.samples.as_ref()))
+            })).unwrap_or_else(|p| {
                 Err(independence::Refusal::Undecided(format!(
                     "the check itself failed ({}; please report it as a tch-streams bug)",
                     worker::panic_message(&*p)

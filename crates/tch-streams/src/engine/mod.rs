@@ -59,6 +59,7 @@ mod lanes;
 mod cuda_graph;
 mod metrics;
 mod request;
+mod thread_caches;
 mod ticket;
 mod worker;
 

@@ -21,6 +21,7 @@ use super::metrics::{Metrics, Stages};
 use super::request::Request;
 use super::ticket::Outcome;
 use crate::models::{Forward, Outputs};
+use super::thread_caches::ThreadWorkspaces;
 use crate::stream::{bind_thread, Priority, Stream};
 use super::lanes::{LaneRx, LiveWorker};
 use crossbeam_channel::Sender;
@@ -107,7 +108,7 @@ fn run(spec: WorkerSpec, held: Arc<Held>, ready: Option<Sender<(usize, Result<St
     // failure, reported like any other.
     let started = catch_unwind(AssertUnwindSafe(|| start(&spec)))
         .unwrap_or_else(|p| Err(format!("the worker panicked while starting: {}", panic_message(&*p))));
-    let (stream, mut runner) = match started {
+    let (stream, runner) = match started {
         Ok(s) => s,
         Err(e) => {
             match ready {
@@ -121,6 +122,10 @@ fn run(spec: WorkerSpec, held: Arc<Held>, ready: Option<Sender<(usize, Result<St
             return; // inherited requests are dropped here: their tickets resolve as WorkerDied
         }
     };
+    // Declared before the runner's own binding, so it is dropped after the runner (its graphs)
+    // and the completer: it frees this thread's cuBLAS workspaces once nothing can use them.
+    let _workspaces = ThreadWorkspaces::new(spec.device, stream);
+    let mut runner = runner;
     if let Some(tx) = ready {
         let _ = tx.send((spec.index, Ok(stream)));
     }

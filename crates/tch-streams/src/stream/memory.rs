@@ -43,3 +43,47 @@ pub fn empty_cache(device: tch::Device) -> Result<()> {
     // SAFETY: plain value argument.
     check(unsafe { ffi::tss_memory_empty_cache(backend.c10_device_type()) }, backend, index, "emptyCache")
 }
+
+/// Frees the cuBLAS workspaces libtorch cached for the calling thread on `device`; returns how
+/// many it freed.
+///
+/// libtorch keeps one workspace (32 MiB on Hopper, from the caching allocator) for every
+/// (cuBLAS handle, stream) pair it has met, for the life of the process. A handle belongs to one
+/// thread while that thread lives and then goes back to a pool; pool streams are handed out round
+/// robin. Threads that come and go on pool streams (an engine's workers, engines started and
+/// stopped) therefore meet new pairs, and the cache grows towards handles × streams workspaces.
+/// The engine calls this on each worker thread as the worker ends; a thread of yours that ran
+/// matrix products on pool streams can call it the same way before it ends.
+///
+/// Invariants: call it on the thread whose workspaces go, after synchronising every stream that
+/// thread ran cuBLAS work on (no queued kernel may still use them). Other threads are unaffected:
+/// only entries of the calling thread's own handle are removed, and that handle is used by no
+/// other thread while this one lives. A later matrix product on this thread simply makes a new
+/// workspace.
+///
+/// CPU and MPS have no such cache: `Ok(0)`. CUDA on a build without the CUDA shim (no CUDA
+/// headers at build time; see the crate's build script): [`Error::Unsupported`].
+pub fn release_thread_workspaces(device: tch::Device) -> Result<usize> {
+    let (backend, index) = Backend::of(device);
+    if backend != Backend::Cuda {
+        return Ok(0);
+    }
+    let idx = device_index(backend, index)?;
+    #[cfg(tss_cuda_graphs)]
+    {
+        let mut released = 0i64;
+        // SAFETY: a valid out-pointer for the duration of the call.
+        let status = unsafe { ffi::blas::tss_cuda_release_thread_blas_workspaces(idx, &mut released) };
+        check(status, backend, index, "release cuBLAS workspaces")?;
+        Ok(usize::try_from(released).unwrap_or(0))
+    }
+    #[cfg(not(tss_cuda_graphs))]
+    {
+        let _ = idx;
+        Err(Error::Unsupported {
+            backend,
+            op: "releasing cuBLAS workspaces",
+            detail: "this build has no CUDA shim (the CUDA headers were not found when it was built)".into(),
+        })
+    }
+}

@@ -1,0 +1,8 @@
+/* Stands in for the cuBLASLt header when blas.cpp reads ATen/cuda/CUDAContextLight.h: that header
+ * needs only the handle type from it, and the real one pulls in half-precision headers that need
+ * CUDA's C++ library (nv/target), which a PyPI CUDA install may lack. Written by us from the
+ * public cuBLASLt documentation: an opaque handle is a pointer to an undefined context struct. */
+#ifndef TSS_HANDLES_CUBLASLT_H
+#define TSS_HANDLES_CUBLASLT_H
+typedef struct cublasLtContext* cublasLtHandle_t;
+#endif
