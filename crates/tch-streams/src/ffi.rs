@@ -47,7 +47,8 @@ macro_rules! shim_functions {
             fn tss_guard_enter(stream: TssStream, previous_device_index: *mut i8, previous_stream: *mut TssStream) -> i32;
             fn tss_guard_exit(previous_stream: TssStream, previous_device_index: i8) -> i32;
             fn tss_record_stream(tensor: *const c_void, stream: TssStream) -> i32;
-            fn tss_memory_stats(device_type: i8, device_index: i8, allocated: *mut i64, reserved: *mut i64) -> i32;
+            fn tss_memory_stats(device_type: i8, device_index: i8, allocated: *mut i64, reserved: *mut i64, peak_allocated: *mut i64, peak_reserved: *mut i64) -> i32;
+            fn tss_memory_reset_peak(device_type: i8, device_index: i8) -> i32;
             fn tss_memory_empty_cache(device_type: i8) -> i32;
             fn tss_event_new(device_type: i8, enable_timing: bool, out: *mut *mut TssEvent) -> i32;
             fn tss_event_free(event: *mut TssEvent);

@@ -16,15 +16,27 @@ c10::DeviceAllocator& device_allocator(int8_t device_type) {
 
 extern "C" {
 
-int32_t tss_memory_stats(int8_t device_type, int8_t device_index, int64_t* allocated, int64_t* reserved) {
+int32_t tss_memory_stats(int8_t device_type, int8_t device_index, int64_t* allocated, int64_t* reserved,
+                         int64_t* peak_allocated, int64_t* peak_reserved) {
   return tss::guarded([&] {
     tss::require_out(allocated, "allocated");
     tss::require_out(reserved, "reserved");
+    tss::require_out(peak_allocated, "peak_allocated");
+    tss::require_out(peak_reserved, "peak_reserved");
     auto device = tss::checked_device(device_type, device_index);
     auto stats = device_allocator(device_type).getDeviceStats(device.index());
     constexpr auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     *allocated = stats.allocated_bytes[all].current;
     *reserved = stats.reserved_bytes[all].current;
+    *peak_allocated = stats.allocated_bytes[all].peak;
+    *peak_reserved = stats.reserved_bytes[all].peak;
+  });
+}
+
+int32_t tss_memory_reset_peak(int8_t device_type, int8_t device_index) {
+  return tss::guarded([&] {
+    auto device = tss::checked_device(device_type, device_index);
+    device_allocator(device_type).resetPeakStats(device.index());
   });
 }
 

@@ -94,8 +94,12 @@ int32_t tss_record_stream(const void* tensor, TssStream stream);
 
 /* ---- device memory (the backend's caching allocator) ---- */
 
-/* Bytes currently handed out to tensors, and reserved from the driver, on that device. */
-int32_t tss_memory_stats(int8_t device_type, int8_t device_index, int64_t* allocated, int64_t* reserved);
+/* Bytes currently handed out to tensors, and reserved from the driver, on that device; and the
+ * highest value of each since the process started or tss_memory_reset_peak. */
+int32_t tss_memory_stats(int8_t device_type, int8_t device_index, int64_t* allocated, int64_t* reserved,
+                         int64_t* peak_allocated, int64_t* peak_reserved);
+/* Starts the device's peak figures again from the current ones. */
+int32_t tss_memory_reset_peak(int8_t device_type, int8_t device_index);
 /* Returns the allocator's cached, unused blocks to the driver. */
 int32_t tss_memory_empty_cache(int8_t device_type);
 

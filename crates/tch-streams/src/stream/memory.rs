@@ -14,6 +14,10 @@ pub struct MemoryStats {
     pub allocated: i64,
     /// Bytes reserved from the driver (allocated + cached free blocks).
     pub reserved: i64,
+    /// The highest `allocated` since the process started or the last [`reset_peak_memory`].
+    pub peak_allocated: i64,
+    /// The highest `reserved` since the process started or the last [`reset_peak_memory`].
+    pub peak_reserved: i64,
 }
 
 /// The allocator statistics of `device`. CPU has no caching device allocator: `InvalidArgument`.
@@ -27,11 +31,27 @@ pub fn memory_stats(device: tch::Device) -> Result<MemoryStats> {
         return Err(Error::InvalidArgument("CPU has no caching device allocator".into()));
     }
     let idx = device_index(backend, index)?;
-    let (mut allocated, mut reserved) = (0i64, 0i64);
+    let (mut allocated, mut reserved, mut peak_allocated, mut peak_reserved) = (0i64, 0i64, 0i64, 0i64);
     // SAFETY: valid out-pointers for the duration of the call.
-    let status = unsafe { ffi::tss_memory_stats(backend.c10_device_type(), idx, &mut allocated, &mut reserved) };
+    let status = unsafe {
+        ffi::tss_memory_stats(backend.c10_device_type(), idx, &mut allocated, &mut reserved, &mut peak_allocated, &mut peak_reserved)
+    };
     check(status, backend, index, "getDeviceStats")?;
-    Ok(MemoryStats { allocated, reserved })
+    Ok(MemoryStats { allocated, reserved, peak_allocated, peak_reserved })
+}
+
+/// Starts the peak figures of `device` ([`MemoryStats::peak_allocated`], `peak_reserved`) again
+/// from the current ones. The figures are the device's, for the whole process: anything else
+/// measuring peaks on that device sees them reset too. CPU: `InvalidArgument`, as for
+/// [`memory_stats`].
+pub fn reset_peak_memory(device: tch::Device) -> Result<()> {
+    let (backend, index) = Backend::of(device);
+    if backend == Backend::Cpu {
+        return Err(Error::InvalidArgument("CPU has no caching device allocator".into()));
+    }
+    let idx = device_index(backend, index)?;
+    // SAFETY: plain value arguments.
+    check(unsafe { ffi::tss_memory_reset_peak(backend.c10_device_type(), idx) }, backend, index, "resetPeakStats")
 }
 
 /// Returns the device allocator's cached free blocks to the driver (does not touch live tensors).

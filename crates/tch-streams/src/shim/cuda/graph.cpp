@@ -35,6 +35,23 @@ int32_t tss_graph_capture_begin(TssGraph* graph) {
   return tss::guarded([&] { checked(graph).graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal); });
 }
 
+int32_t tss_graph_capture_begin_in(TssGraph* graph, uint64_t pool_hi, uint64_t pool_lo) {
+  return tss::guarded([&] {
+    const at::cuda::MempoolId_t pool{static_cast<at::cuda::CaptureId_t>(pool_hi), static_cast<at::cuda::CaptureId_t>(pool_lo)};
+    checked(graph).graph.capture_begin(pool, cudaStreamCaptureModeThreadLocal);
+  });
+}
+
+int32_t tss_graph_pool(TssGraph* graph, uint64_t* pool_hi, uint64_t* pool_lo) {
+  return tss::guarded([&] {
+    tss::require_out(pool_hi, "pool_hi");
+    tss::require_out(pool_lo, "pool_lo");
+    const auto pool = checked(graph).graph.pool();
+    *pool_hi = static_cast<uint64_t>(pool.first);
+    *pool_lo = static_cast<uint64_t>(pool.second);
+  });
+}
+
 int32_t tss_graph_capture_end(TssGraph* graph) {
   return tss::guarded([&] { checked(graph).graph.capture_end(); });
 }
