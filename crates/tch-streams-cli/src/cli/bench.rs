@@ -1,13 +1,14 @@
 //! `tch-streams bench`: scaling sweeps of every way to run a model from many threads, with the
 //! Python PyTorch peer side by side; JSON, CSV and a PNG plot.
 
-use super::run::{Devices, Shape};
+use super::run::Shape;
 use anyhow::Context;
 use std::path::PathBuf;
 use tch_streams_cli::bench::{self, BenchConfig, Mode, PeerRunner, Workload};
 use tch_streams::models::Builtin;
 use tch_streams_cli::inputs::{parse_input, parse_int_range, InputArg, IntRange};
-use tch_streams_cli::parse::{parse_devices, parse_shape};
+use tch_streams_cli::engine_args::DeviceArgs;
+use tch_streams_cli::parse::parse_shape;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -42,6 +43,7 @@ Examples:
   tch-streams bench --model net.pt --shape 8x3x224x224 --threads 1,2,4
   tch-streams bench --model bert.pt --input 1x128:int64 --input 1x128:int64 --int-range 0..30522
   tch-streams bench --device cuda:0,cuda:1 --workloads large-mlp --modes engine,engine-spread")]
+#[command(mut_arg("device", |a| a.help("Device: auto, cpu, mps or cuda:N (auto: cuda:0 if a GPU is visible, else mps, else cpu). A list (cuda:0,cuda:1) adds the devices engine-spread spreads over; every other mode runs on the first")))]
 pub struct Args {
     /// Built-in workloads, comma-separated: small-mlp, large-mlp, transformer [default: all].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.trim().parse::<Builtin>(), conflicts_with = "model")]
@@ -85,11 +87,10 @@ pub struct Args {
     /// override its values.
     #[arg(long)]
     quick: bool,
-    /// Device: auto, cpu, mps or cuda:N (auto: cuda:0 if a GPU is visible, else mps, else cpu).
-    /// A list (cuda:0,cuda:1) adds the devices engine-spread spreads over; every other mode
-    /// runs on the first.
-    #[arg(long, default_value = "auto", value_parser = |s: &str| parse_devices(s).map(Devices))]
-    device: Devices,
+    // --device, as `run` and `serve` have it (bench takes no other engine flag: its engine
+    // points run on the engine's defaults); its help is bench's own (see `Args`).
+    #[command(flatten)]
+    devices: DeviceArgs,
     /// Directory for the JSON, CSV and PNG (created if needed).
     #[arg(long, value_name = "DIR", default_value = "results")]
     out: PathBuf,
@@ -120,10 +121,10 @@ pub struct Args {
 
 impl Args {
     fn config(&self) -> anyhow::Result<BenchConfig> {
-        let device = self.device.0.first().copied().unwrap_or(tch::Device::Cpu);
+        let device = self.devices.device.0.first().copied().unwrap_or(tch::Device::Cpu);
         let mut cfg = if self.quick { BenchConfig::quick(device) } else { BenchConfig::full(device) };
-        if !self.device.0.is_empty() {
-            cfg.spread_devices = self.device.0.clone();
+        if !self.devices.device.0.is_empty() {
+            cfg.spread_devices = self.devices.device.0.clone();
         }
         if let Some(path) = &self.model {
             let inputs = match &self.shape {

@@ -3,6 +3,7 @@
 mod bench;
 mod preflight;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -52,7 +53,7 @@ enum Command {
     ///
     /// Verifies the loaded libtorch first. Engine options left out take the engine's defaults.
     #[command(after_help = EXIT_CODES)]
-    Serve(tch_streams_cli::serve::Args),
+    Serve(serve::Args),
 }
 
 /// Runs the chosen subcommand; returns the process exit code.
@@ -65,7 +66,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             // The positions of --model/--input/--name say which input belongs to which model.
             let matches = <Cli as clap::CommandFactory>::command().get_matches();
             let serve = matches.subcommand_matches("serve").ok_or_else(|| anyhow::anyhow!("serve: no arguments"))?;
-            tch_streams_cli::serve::run(args, serve)
+            serve::run(args, serve)
         }
     }
 }
