@@ -79,7 +79,7 @@ pub fn serve(entries: &[ModelEntry], settings: Settings) -> anyhow::Result<i32> 
         eprintln!("model {}: inputs {}; outputs {}; {} worker(s)", m.name, show(&m.inputs), show(&m.outputs), m.engine.workers().len());
         models.push(m);
     }
-    let server = Arc::new(Server::new(models, settings.limits, metrics::Metrics::new()?));
+    let server = Arc::new(Server::new(models, settings.limits, metrics::Metrics::new()?)?);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("tch-streams-serve");
     if let Some(n) = settings.io_threads {
