@@ -114,6 +114,11 @@ pub struct Args {
     /// thread count beside the defaults.
     #[arg(long)]
     tune: bool,
+    /// Longest an engine point may run past its own time (reps x (warm-up + timed)) with
+    /// requests unanswered, seconds; the point is then reported as stuck, with the reason, the
+    /// sweep goes on, the other results are written and the exit code is 1 [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    point_grace_s: Option<f64>,
     /// Thread counts of the --tune sweep, comma-separated [default: 16].
     #[arg(long, value_delimiter = ',', requires = "tune")]
     tune_threads: Vec<usize>,
@@ -156,6 +161,7 @@ impl Args {
         cfg.warmup_s = self.warmup_s.unwrap_or(cfg.warmup_s);
         cfg.duration_s = self.duration_s.unwrap_or(cfg.duration_s);
         cfg.window = self.window;
+        cfg.point_grace_s = self.point_grace_s.unwrap_or(cfg.point_grace_s);
         if self.tune {
             cfg.tune_threads = if self.tune_threads.is_empty() { vec![16] } else { self.tune_threads.clone() };
         }
@@ -206,6 +212,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // nothing we measured.
     let mut files = bench::write_outputs(&report, &a.out)?;
     let mut code = 0;
+    for s in report.ours.skipped.iter().filter(|s| s.stuck) {
+        eprintln!("error: {} {} {}", s.workload, s.mode, s.reason);
+        code = 1;
+    }
     if a.with_python {
         let timeout = a.peer_timeout_s.map_or(sweep * 3 + std::time::Duration::from_secs(120), std::time::Duration::from_secs_f64);
         match peer(&a, &cfg, &report.ours, timeout) {

@@ -76,14 +76,20 @@ pub struct Args {
     /// Start inputs on the host (copied by the workers) instead of on the first device.
     #[arg(long)]
     host_inputs: bool,
-    /// Total requests to run. Without --duration, the run lasts until they are all answered;
-    /// with it, it stops at whichever limit comes first.
+    /// Total requests to run. Without --duration, the run lasts until they are all answered (or
+    /// until --stall-timeout-s passes with none answered); with it, it stops at whichever limit
+    /// comes first.
     #[arg(long)]
     requests: Option<u64>,
     /// Seconds to run [default: 5, when --requests is not given]. Requests still unanswered 10 s
     /// after it are reported as stuck, and the run exits 1 without waiting for them.
     #[arg(long)]
     duration: Option<f64>,
+    /// Longest the run waits, with requests outstanding, for any answer, seconds; then it reports
+    /// the unanswered requests as stuck and exits 1 without waiting for them (this bounds a run of
+    /// --requests without --duration on a model that hangs).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
+    stall_timeout_s: f64,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
@@ -134,6 +140,9 @@ impl Args {
             if !(d.is_finite() && d > 0.0 && d <= MAX_DURATION_S) {
                 bail!("--duration {d} is out of range: expected seconds in (0, {MAX_DURATION_S}] (one day)");
             }
+        }
+        if !(self.stall_timeout_s.is_finite() && self.stall_timeout_s > 0.0 && self.stall_timeout_s <= MAX_DURATION_S) {
+            bail!("--stall-timeout-s {} is out of range: expected seconds in (0, {MAX_DURATION_S}] (one day)", self.stall_timeout_s);
         }
         if self.requests == Some(0) {
             bail!("--requests 0: expected at least 1 (or leave it out and use --duration)");
@@ -287,15 +296,28 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     barrier.wait();
     let start = Instant::now();
     let give_up = deadline_after.map(|d| d + GRACE);
+    let stall = Duration::from_secs_f64(a.stall_timeout_s);
+    // The last moment any request was answered (or the start).
+    let (mut answered, mut progress_at) = (0, Instant::now());
     while clients.iter().any(|c| !c.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
-        if give_up.is_some_and(|g| start.elapsed() > g) {
+        let now_answered = done.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+        if now_answered != answered {
+            (answered, progress_at) = (now_answered, Instant::now());
+        }
+        let st = engine.stats();
+        let unanswered = st.submitted.saturating_sub(st.completed + st.failed);
+        let why = if give_up.is_some_and(|g| start.elapsed() > g) {
+            Some(format!("{} s after the run's end", GRACE.as_secs()))
+        } else if unanswered > 0 && progress_at.elapsed() > stall {
+            Some(format!("after {} s without any answer (--stall-timeout-s)", a.stall_timeout_s))
+        } else {
+            None
+        };
+        if let Some(why) = why {
             bar.finish_and_clear();
-            let st = engine.stats();
-            let stuck = st.submitted.saturating_sub(st.completed + st.failed);
             eprintln!(
-                "error: {stuck} request(s) still unanswered {} s after the run's end ({} completed, {} failed): the model is stuck on these inputs",
-                GRACE.as_secs(),
+                "error: {unanswered} request(s) still unanswered {why} ({} completed, {} failed): the model is stuck on these inputs",
                 done.load(Ordering::Relaxed),
                 failed.load(Ordering::Relaxed),
             );
