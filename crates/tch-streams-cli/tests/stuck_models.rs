@@ -55,10 +55,13 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+// Batching off (--batch-max 0) in `run`: one model call per request, so the hang comes within
+// the run's requests however the machine's load would have merged them.
+
 #[test]
 fn run_with_a_duration_reports_requests_stuck_past_its_grace_and_exits_1() {
     let model = stuck_model();
-    let out = cli(&["run", "--device", "cpu", "--model", &model, "--input", "1x8", "--duration", "1", "--json"], 120);
+    let out = cli(&["run", "--device", "cpu", "--model", &model, "--input", "1x8", "--batch-max", "0", "--duration", "1", "--json"], 120);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("request(s) still unanswered 10 s after the run's end ("), "{err}");
@@ -71,7 +74,7 @@ fn run_with_a_duration_reports_requests_stuck_past_its_grace_and_exits_1() {
 #[test]
 fn run_of_a_request_count_stops_after_the_stall_timeout_and_exits_1() {
     let model = stuck_model();
-    let out = cli(&["run", "--device", "cpu", "--model", &model, "--input", "1x8", "--requests", "3000", "--stall-timeout-s", "2", "--json"], 120);
+    let out = cli(&["run", "--device", "cpu", "--model", &model, "--input", "1x8", "--batch-max", "0", "--requests", "3000", "--stall-timeout-s", "2", "--json"], 120);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("request(s) still unanswered after 2 s without any answer (--stall-timeout-s)"), "{err}");
@@ -97,8 +100,8 @@ fn bench_reports_a_stuck_engine_point_writes_the_others_and_exits_1() {
     // The 300th call hangs during the first point (T=1); the second point (T=2) builds its own
     // engine over the same instance, whose counter is past the hang, and measures.
     let args = [
-        "bench", "--device", "cpu", "--model", &model, "--shape", "1x8", "--modes", "engine", "--threads", "1,2", "--reps", "1", "--warmup-s", "0",
-        "--duration-s", "0.3", "--point-grace-s", "2", "--out", &out_dir,
+        "bench", "--device", "cpu", "--model", &model, "--shape", "1x8", "--modes", "engine", "--threads", "1,2", "--reps", "2", "--warmup-s", "0",
+        "--duration-s", "1", "--point-grace-s", "2", "--out", &out_dir,
     ];
     let out = cli(&args, 180);
     let err = stderr(&out);
