@@ -23,10 +23,8 @@ fn main() {
     let code = match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            // A libtorch mismatch or a missing capability keeps its own code (2, 3) everywhere;
-            // cli::EXIT_CODES lists them all.
-            e.chain().find_map(|c| c.downcast_ref::<tch_streams::Error>()).map_or(1, tch_streams::Error::exit_code)
+            eprintln!("error: {}", cli::message(&e));
+            cli::exit_code(&e)
         }
     };
     std::process::exit(code);

@@ -129,6 +129,11 @@ pub struct BenchConfig {
     pub spread_devices: Vec<Device>,
     /// Requests each engine client keeps in flight. Default 8.
     pub window: usize,
+    /// Longest an engine point may run past its own time (`reps` x (`warmup_s` + `duration_s`),
+    /// from the moment its engine is built) before its unanswered requests count as stuck: the
+    /// point is then recorded as skipped and stuck, its engine is abandoned (a stuck worker
+    /// cannot be stopped), and the sweep goes on. Seconds in (0, 3600]. Default 60.
+    pub point_grace_s: f64,
     /// Show a progress bar on stderr. Default false.
     pub progress: bool,
 }
@@ -147,6 +152,7 @@ impl BenchConfig {
             device,
             spread_devices: vec![device],
             window: 8,
+            point_grace_s: 60.0,
             progress: false,
         }
     }
@@ -182,6 +188,9 @@ impl BenchConfig {
         }
         if !(self.duration_s > 0.0 && self.duration_s <= 3600.0) {
             return bad("duration seconds must be in (0, 3600]");
+        }
+        if !(self.point_grace_s > 0.0 && self.point_grace_s <= 3600.0) {
+            return bad("the engine points' grace seconds must be in (0, 3600]");
         }
         if self.window == 0 || self.window > 65_536 {
             return bad("the engine clients' window must be in 1..=65536");

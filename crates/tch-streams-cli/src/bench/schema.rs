@@ -156,6 +156,10 @@ pub struct Skipped {
     pub mode: String,
     /// Why.
     pub reason: String,
+    /// The point got stuck: requests still unanswered at its deadline (its time plus
+    /// [`BenchConfig::point_grace_s`](super::BenchConfig::point_grace_s)); in the JSON only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stuck: bool,
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (the `date` field).

@@ -14,6 +14,7 @@ use tch_streams::models::{Forward, Model};
 use tch_streams::stream::{bind_thread, Priority, Stream};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tch::{Device, Tensor};
@@ -78,7 +79,7 @@ pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
             Some(reason) => {
                 tracing::info!("skipping {mode}: {reason}");
                 for w in &cfg.workloads {
-                    out.skipped.push(Skipped { workload: w.name(), mode: mode.to_string(), reason: reason.clone() });
+                    out.skipped.push(Skipped { workload: w.name(), mode: mode.to_string(), reason: reason.clone(), stuck: false });
                 }
             }
         }
@@ -97,7 +98,7 @@ pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
             Ok(m) => m,
             Err(e) => {
                 for &mode in &runnable {
-                    out.skipped.push(Skipped { workload: name.clone(), mode: mode.to_string(), reason: format!("could not load the model: {e}") });
+                    out.skipped.push(Skipped { workload: name.clone(), mode: mode.to_string(), reason: format!("could not load the model: {e}"), stuck: false });
                 }
                 bar.inc((runnable.len() * cfg.threads.len() + tune.len() * cfg.tune_threads.len()) as u64);
                 continue;
@@ -133,10 +134,15 @@ pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
                         out.results.push(result);
                     }
                 }
-                Err(e) => {
+                Err(Failure::Failed(e)) => {
                     let reason = format!("threads={t}: failed: {}", without_backtrace(&e));
                     tracing::warn!("{name} {label}: {reason}");
-                    out.skipped.push(Skipped { workload: name.clone(), mode: label, reason });
+                    out.skipped.push(Skipped { workload: name.clone(), mode: label, reason, stuck: false });
+                }
+                Err(Failure::Stuck(e)) => {
+                    let reason = format!("threads={t}: stuck: {e}");
+                    tracing::warn!("{name} {label}: {reason}");
+                    out.skipped.push(Skipped { workload: name.clone(), mode: label, reason, stuck: true });
                 }
             }
             bar.inc(1);
@@ -187,8 +193,22 @@ impl From<Vec<f64>> for Measured {
     }
 }
 
+/// Why a point has no result.
+enum Failure {
+    /// It failed; the message says why.
+    Failed(String),
+    /// Requests were still unanswered at its deadline; the message says how long it waited.
+    Stuck(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::Failed(e)
+    }
+}
+
 /// Measures one (workload, mode or tune configuration, T).
-fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, tuned: Option<TuneConfig>, t: usize) -> Result<Measured, String> {
+fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, tuned: Option<TuneConfig>, t: usize) -> Result<Measured, Failure> {
     let device = cfg.device;
     let specs = w.inputs();
     let devices = if mode == Mode::EngineSpread { cfg.spread_devices.clone() } else { vec![device] };
@@ -218,7 +238,7 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
         Mode::TchDefault | Mode::TchStreams => {
             let factories = inputs.into_iter().map(|x| direct(model, x, rows, device, mode == Mode::TchStreams)).collect();
             ready(device)?;
-            measure(factories, timing).map(Measured::from)
+            Ok(measure(factories, timing).map(Measured::from)?)
         }
         Mode::Limit => {
             let x = (0..specs.len())
@@ -228,7 +248,7 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             drop(inputs);
             let factories = vec![direct(model, x, rows * t as u64, device, false)];
             ready(device)?;
-            measure(factories, timing).map(Measured::from)
+            Ok(measure(factories, timing).map(Measured::from)?)
         }
         Mode::Engine | Mode::EngineGraphs | Mode::EngineSpread => {
             // One device: the sweep's instance. Several: the recipe, so that the engine builds an
@@ -257,14 +277,19 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
                 _ => {}
             }
             let engine = builder.build().map_err(|e| format!("could not build the engine: {e}"))?;
+            // The point's deadline: its own time plus the grace. A client still waiting for an
+            // answer then gives up, which fails the point (every thread passes every barrier).
+            let grace = Duration::from_secs_f64(cfg.point_grace_s);
+            let deadline = Instant::now() + (timing.warmup + timing.duration) * timing.reps as u32 + grace;
+            let stuck = AtomicBool::new(false);
             let latencies: Mutex<Vec<f64>> = Mutex::new(Vec::new());
             let factories = inputs
                 .into_iter()
                 .map(|x| {
-                    let (engine, latencies) = (&engine, &latencies);
+                    let (engine, latencies, stuck) = (&engine, &latencies, &stuck);
                     let window = cfg.window;
                     Box::new(move || {
-                        Ok(Box::new(EngineClient { engine, x, window, pending: VecDeque::new(), rows, timed: false, seen: Vec::new(), latencies })
+                        Ok(Box::new(EngineClient { engine, x, window, pending: VecDeque::new(), rows, timed: false, seen: Vec::new(), latencies, deadline, stuck })
                             as Box<dyn Client + '_>)
                     }) as Factory<'_>
                 })
@@ -273,10 +298,23 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
                 ready(d)?;
             }
             let runs = measure(factories, timing);
+            if stuck.load(Ordering::SeqCst) {
+                let st = engine.stats();
+                let unanswered = st.submitted.saturating_sub(st.completed + st.failed);
+                // A stuck worker cannot be stopped, and dropping the engine would wait for it:
+                // close its queue and abandon it (its threads and memory stay until the process
+                // ends).
+                engine.shutdown_timeout(Duration::ZERO);
+                std::mem::forget(engine);
+                return Err(Failure::Stuck(format!(
+                    "{unanswered} request(s) still unanswered {} s after the point's time (--point-grace-s): the model is stuck on these inputs",
+                    cfg.point_grace_s
+                )));
+            }
             engine.shutdown();
             let engine_config = engine.config().to_string();
             let latency = Latency::of(&mut latencies.into_inner());
-            runs.map(|runs| Measured { runs, latency, engine_config: Some(engine_config) })
+            Ok(runs.map(|runs| Measured { runs, latency, engine_config: Some(engine_config) })?)
         }
     }
 }
@@ -330,13 +368,23 @@ struct EngineClient<'a> {
     timed: bool,
     seen: Vec<f64>,
     latencies: &'a Mutex<Vec<f64>>,
+    /// The point's deadline: no wait for an answer goes past it.
+    deadline: Instant,
+    /// Set when a wait reached the deadline.
+    stuck: &'a AtomicBool,
 }
 
 impl EngineClient<'_> {
     fn complete_oldest(&mut self) -> Result<u64, String> {
         match self.pending.pop_front() {
             Some((ticket, submitted)) => {
-                ticket.wait_outputs().map_err(|e| e.to_string())?;
+                match ticket.wait_outputs_timeout(self.deadline.saturating_duration_since(Instant::now())) {
+                    Ok(outcome) => drop(outcome.map_err(|e| e.to_string())?),
+                    Err(_unanswered) => {
+                        self.stuck.store(true, Ordering::SeqCst);
+                        return Err("a request got no answer by the point's deadline".into());
+                    }
+                }
                 if self.timed {
                     self.seen.push(submitted.elapsed().as_secs_f64() * 1e6);
                 }

@@ -1,13 +1,14 @@
 //! `tch-streams bench`: scaling sweeps of every way to run a model from many threads, with the
 //! Python PyTorch peer side by side; JSON, CSV and a PNG plot.
 
-use super::run::{Devices, Shape};
+use super::run::Shape;
 use anyhow::Context;
 use std::path::PathBuf;
 use tch_streams_cli::bench::{self, BenchConfig, Mode, PeerRunner, Workload};
 use tch_streams::models::Builtin;
 use tch_streams_cli::inputs::{parse_input, parse_int_range, InputArg, IntRange};
-use tch_streams_cli::parse::{parse_devices, parse_shape};
+use tch_streams_cli::engine_args::DeviceArgs;
+use tch_streams_cli::parse::parse_shape;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -42,6 +43,7 @@ Examples:
   tch-streams bench --model net.pt --shape 8x3x224x224 --threads 1,2,4
   tch-streams bench --model bert.pt --input 1x128:int64 --input 1x128:int64 --int-range 0..30522
   tch-streams bench --device cuda:0,cuda:1 --workloads large-mlp --modes engine,engine-spread")]
+#[command(mut_arg("device", |a| a.help("Device: auto, cpu, mps or cuda:N (auto: cuda:0 if a GPU is visible, else mps, else cpu). A list (cuda:0,cuda:1) adds the devices engine-spread spreads over; every other mode runs on the first")))]
 pub struct Args {
     /// Built-in workloads, comma-separated: small-mlp, large-mlp, transformer [default: all].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.trim().parse::<Builtin>(), conflicts_with = "model")]
@@ -85,11 +87,10 @@ pub struct Args {
     /// override its values.
     #[arg(long)]
     quick: bool,
-    /// Device: auto, cpu, mps or cuda:N (auto: cuda:0 if a GPU is visible, else mps, else cpu).
-    /// A list (cuda:0,cuda:1) adds the devices engine-spread spreads over; every other mode
-    /// runs on the first.
-    #[arg(long, default_value = "auto", value_parser = |s: &str| parse_devices(s).map(Devices))]
-    device: Devices,
+    // --device, as `run` and `serve` have it (bench takes no other engine flag: its engine
+    // points run on the engine's defaults); its help is bench's own (see `Args`).
+    #[command(flatten)]
+    devices: DeviceArgs,
     /// Directory for the JSON, CSV and PNG (created if needed).
     #[arg(long, value_name = "DIR", default_value = "results")]
     out: PathBuf,
@@ -113,6 +114,11 @@ pub struct Args {
     /// thread count beside the defaults.
     #[arg(long)]
     tune: bool,
+    /// Longest an engine point may run past its own time (reps x (warm-up + timed)) with
+    /// requests unanswered, seconds; the point is then reported as stuck, with the reason, the
+    /// sweep goes on, the other results are written and the exit code is 1 [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    point_grace_s: Option<f64>,
     /// Thread counts of the --tune sweep, comma-separated [default: 16].
     #[arg(long, value_delimiter = ',', requires = "tune")]
     tune_threads: Vec<usize>,
@@ -120,10 +126,10 @@ pub struct Args {
 
 impl Args {
     fn config(&self) -> anyhow::Result<BenchConfig> {
-        let device = self.device.0.first().copied().unwrap_or(tch::Device::Cpu);
+        let device = self.devices.device.0.first().copied().unwrap_or(tch::Device::Cpu);
         let mut cfg = if self.quick { BenchConfig::quick(device) } else { BenchConfig::full(device) };
-        if !self.device.0.is_empty() {
-            cfg.spread_devices = self.device.0.clone();
+        if !self.devices.device.0.is_empty() {
+            cfg.spread_devices = self.devices.device.0.clone();
         }
         if let Some(path) = &self.model {
             let inputs = match &self.shape {
@@ -155,6 +161,7 @@ impl Args {
         cfg.warmup_s = self.warmup_s.unwrap_or(cfg.warmup_s);
         cfg.duration_s = self.duration_s.unwrap_or(cfg.duration_s);
         cfg.window = self.window;
+        cfg.point_grace_s = self.point_grace_s.unwrap_or(cfg.point_grace_s);
         if self.tune {
             cfg.tune_threads = if self.tune_threads.is_empty() { vec![16] } else { self.tune_threads.clone() };
         }
@@ -205,6 +212,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // nothing we measured.
     let mut files = bench::write_outputs(&report, &a.out)?;
     let mut code = 0;
+    for s in report.ours.skipped.iter().filter(|s| s.stuck) {
+        eprintln!("error: {} {} {}", s.workload, s.mode, s.reason);
+        code = 1;
+    }
     if a.with_python {
         let timeout = a.peer_timeout_s.map_or(sweep * 3 + std::time::Duration::from_secs(120), std::time::Duration::from_secs_f64);
         match peer(&a, &cfg, &report.ours, timeout) {

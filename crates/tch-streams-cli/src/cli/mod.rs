@@ -3,6 +3,7 @@
 mod bench;
 mod preflight;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -52,7 +53,30 @@ enum Command {
     ///
     /// Verifies the loaded libtorch first. Engine options left out take the engine's defaults.
     #[command(after_help = EXIT_CODES)]
-    Serve(tch_streams_cli::serve::Args),
+    Serve(serve::Args),
+}
+
+/// The exit code of a failed command: a libtorch mismatch or a missing capability keeps its own
+/// code (2, 3) wherever it arose, found by walking the error's chain of sources and downcasting
+/// each to the library's typed [`tch_streams::Error`] (an engine error keeps it as its source);
+/// any other failure is 1. [`EXIT_CODES`] lists them all.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.chain().find_map(|c| c.downcast_ref::<tch_streams::Error>()).map_or(1, tch_streams::Error::exit_code)
+}
+
+/// The error's message with its causes, `outer: inner: ...`, leaving out a cause whose text the
+/// message already ends with (an error that shows its source in its own message).
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.ends_with(&text) {
+            out = format!("{out}: {text}");
+        }
+    }
+    out
 }
 
 /// Runs the chosen subcommand; returns the process exit code.
@@ -65,7 +89,31 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             // The positions of --model/--input/--name say which input belongs to which model.
             let matches = <Cli as clap::CommandFactory>::command().get_matches();
             let serve = matches.subcommand_matches("serve").ok_or_else(|| anyhow::anyhow!("serve: no arguments"))?;
-            tch_streams_cli::serve::run(args, serve)
+            serve::run(args, serve)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+    use tch_streams::engine::EngineError;
+    use tch_streams::runtime::Capability;
+
+    fn missing() -> tch_streams::Error {
+        tch_streams::Error::MissingCapability { capability: Capability::CudaPool, detail: "not in this build".into() }
+    }
+
+    #[test]
+    fn a_typed_error_keeps_its_exit_code_through_the_engine_and_context() {
+        let e = anyhow::Error::from(EngineError::from(missing())).context("model m");
+        assert_eq!(exit_code(&e), 3);
+        let built = Err::<(), _>(EngineError::Build("no".into())).context("model m").unwrap_err();
+        assert_eq!(exit_code(&built), 1);
+        // The message names every cause once.
+        let text = message(&e);
+        assert!(text.starts_with("model m: cannot build the engine: required capability"), "{text}");
+        assert_eq!(text.matches("not in this build").count(), 1, "{text}");
     }
 }

@@ -11,14 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
-use tch_streams::engine::{Batching, Engine, InputSpec, Output, Replicas, Ticket, DEFAULT_MAX_WAIT};
+use tch_streams::engine::{Engine, InputSpec, Output, Ticket};
 use tch_streams::models::{Builtin, Model};
 use tch_streams_cli::inputs::{self, format_input, parse_input, parse_int_range, InputArg, IntRange};
-use tch_streams_cli::parse::{parse_devices, parse_shape};
-
-/// A parsed `--device` list (one clap value).
-#[derive(Debug, Clone)]
-pub struct Devices(pub Vec<Device>);
+use tch_streams_cli::engine_args::EngineArgs;
+use tch_streams_cli::parse::parse_shape;
 
 /// A parsed `--shape` (one clap value).
 #[derive(Debug, Clone)]
@@ -53,39 +50,16 @@ pub struct Args {
     /// forward's arguments. Every request sends the whole array.
     #[arg(long, value_name = "FILE.npy")]
     input_file: Vec<PathBuf>,
-    /// Devices: auto, cpu, mps, cuda:N, or a list like cuda:0,cuda:1 (workers go round-robin).
-    #[arg(long, default_value = "auto", value_parser = |s: &str| parse_devices(s).map(Devices))]
-    device: Devices,
-    /// Worker threads in all, each with its own stream [default: the engine's choice, 4 per GPU,
-    /// 2 for the CPU].
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Dynamic batching: most samples per batch; 0 turns batching off [default: the engine's
-    /// choice, calibrated at start-up when the model's inputs are known].
-    #[arg(long)]
-    batch_max: Option<usize>,
-    /// Dynamic batching: longest a request waits for company, microseconds [default: 0, with
-    /// --batch-max: 200].
-    #[arg(long)]
-    batch_wait_us: Option<u64>,
-    /// Batch sizes batches are padded to, comma-separated (e.g. 1,8,64); needs batching
-    /// [default: powers of two up to the largest batch].
-    #[arg(long, value_delimiter = ',')]
-    buckets: Vec<usize>,
-    /// Capture and replay CUDA graphs [default: on for CUDA when the build has them].
-    #[arg(long, conflicts_with = "no_cuda_graphs")]
-    cuda_graphs: bool,
-    /// Never use CUDA graphs.
-    #[arg(long)]
-    no_cuda_graphs: bool,
+    // The engine's flags (--device, --workers, --batch-max, --batch-wait-us, --buckets,
+    // --cuda-graphs, --no-cuda-graphs, --per-worker-replicas), shared with `serve`; `run`
+    // accepts --batch-wait-us alone (it is then unused: the engine batches automatically).
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Promise that inputs are complete when submitted (skips the per-request event that
     /// orders a worker after the submitting thread's stream). True here, since the inputs are
     /// made once and synchronised; off by default to measure what an application gets.
     #[arg(long)]
     inputs_ready: bool,
-    /// One model instance per worker instead of one per device.
-    #[arg(long)]
-    per_worker_replicas: bool,
     /// Deliver results on the host instead of on the device.
     #[arg(long)]
     cpu_output: bool,
@@ -102,28 +76,31 @@ pub struct Args {
     /// Start inputs on the host (copied by the workers) instead of on the first device.
     #[arg(long)]
     host_inputs: bool,
-    /// Total requests to run. Without --duration, the run lasts until they are all answered;
-    /// with it, it stops at whichever limit comes first.
+    /// Total requests to run. Without --duration, the run lasts until they are all answered (or
+    /// until --stall-timeout-s passes with none answered); with it, it stops at whichever limit
+    /// comes first.
     #[arg(long)]
     requests: Option<u64>,
     /// Seconds to run [default: 5, when --requests is not given]. Requests still unanswered 10 s
     /// after it are reported as stuck, and the run exits 1 without waiting for them.
     #[arg(long)]
     duration: Option<f64>,
+    /// Longest the run waits, with requests outstanding, for any answer, seconds; then it reports
+    /// the unanswered requests as stuck and exits 1 without waiting for them (this bounds a run of
+    /// --requests without --duration on a model that hangs).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
+    stall_timeout_s: f64,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
 }
 
-/// Bounds of the numeric flags: generous for any real use, small enough that nothing overflows
-/// or allocates absurdly.
-const MAX_WORKERS: usize = 1024;
+/// Bounds of the numeric flags of `run` alone (the engine's are checked by [`EngineArgs::check`]):
+/// generous for any real use, small enough that nothing overflows or allocates absurdly.
 const MAX_CLIENTS: usize = 4096;
 const MAX_INFLIGHT: usize = 65_536;
 /// Most requests in flight over all clients (--clients x --inflight).
 const MAX_IN_FLIGHT: usize = 1 << 20;
-const MAX_BATCH: usize = 1 << 20;
-const MAX_WAIT_US: u64 = 10_000_000;
 const MAX_DURATION_S: f64 = 86_400.0;
 /// How long the trial request at start may take before the model counts as stuck.
 const TRIAL_LIMIT: Duration = Duration::from_secs(120);
@@ -148,30 +125,9 @@ impl Args {
             }
             Ok(())
         };
-        if let Some(w) = self.workers {
-            within("workers", w, 1, MAX_WORKERS)?;
-        }
+        self.engine.check()?;
         within("clients", self.clients, 1, MAX_CLIENTS)?;
         within("inflight", self.inflight, 1, MAX_INFLIGHT)?;
-        if let Some(b) = self.batch_max {
-            within("batch-max", b, 0, MAX_BATCH)?;
-        }
-        if let Some(w) = self.batch_wait_us {
-            if w > MAX_WAIT_US {
-                bail!("--batch-wait-us {w} is out of range: expected 0..={MAX_WAIT_US} (10 s)");
-            }
-        }
-        if let Some(b) = self.buckets.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
-            bail!("--buckets: size {b} is out of range: expected 1..={MAX_BATCH}");
-        }
-        if let (Some(max), Some(b)) = (self.batch_max.filter(|&m| m > 0), self.buckets.iter().max()) {
-            if *b > max.saturating_mul(8) {
-                bail!(
-                    "--buckets: size {b} is over 8 x --batch-max {max}: batches would be padded up to it; give sizes of at most {}",
-                    max * 8
-                );
-            }
-        }
         let in_flight = self.clients.saturating_mul(self.inflight);
         if in_flight > MAX_IN_FLIGHT {
             bail!(
@@ -180,13 +136,13 @@ impl Args {
                 self.inflight
             );
         }
-        if !self.buckets.is_empty() && self.batch_max == Some(0) {
-            bail!("--buckets needs batching: leave --batch-max out (the engine batches by default) or give it a size");
-        }
         if let Some(d) = self.duration {
             if !(d.is_finite() && d > 0.0 && d <= MAX_DURATION_S) {
                 bail!("--duration {d} is out of range: expected seconds in (0, {MAX_DURATION_S}] (one day)");
             }
+        }
+        if !(self.stall_timeout_s.is_finite() && self.stall_timeout_s > 0.0 && self.stall_timeout_s <= MAX_DURATION_S) {
+            bail!("--stall-timeout-s {} is out of range: expected seconds in (0, {MAX_DURATION_S}] (one day)", self.stall_timeout_s);
         }
         if self.requests == Some(0) {
             bail!("--requests 0: expected at least 1 (or leave it out and use --duration)");
@@ -198,7 +154,7 @@ impl Args {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     a.check()?;
     tch_streams::runtime::verify(&Default::default()).context("preflight failed")?;
-    let input_device = if a.host_inputs { Device::Cpu } else { a.device.0[0] };
+    let input_device = if a.host_inputs { Device::Cpu } else { a.engine.devices.device.first() };
     let model_given = a.model.is_some();
     // The request: its inputs' specs, and the tensors every request sends.
     let (model, name) = match &a.model {
@@ -234,27 +190,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if let Some((i, s)) = specs.iter().enumerate().find(|(_, s)| s.shape[0] != rows) {
         bail!("input {i} ({}) has batch {} but input 0 has {rows}: every input of a request carries the same samples", format_input(s), s.shape[0]);
     }
-    let batching = match (a.batch_max, a.batch_wait_us) {
-        (Some(0), _) => Batching::Off,
-        (Some(max_batch), wait) => Batching::Dynamic { max_batch, max_wait: wait.map_or(DEFAULT_MAX_WAIT, Duration::from_micros) },
-        (None, _) => Batching::Auto,
-    };
-    let mut builder = Engine::builder(model)
-        .devices(a.device.0.clone())
-        .batching(batching)
-        .replicas(if a.per_worker_replicas { Replicas::PerWorker } else { Replicas::Shared })
+    // run only: results on the host or the device, and the inputs' readiness promise.
+    let mut builder = a
+        .engine
+        .configure(Engine::builder(model))
         .output(if a.cpu_output { Output::Cpu } else { Output::OnDevice })
         .queue_capacity((a.clients * a.inflight).clamp(1024, 1 << 24))
         .inputs_ready(a.inputs_ready);
-    if let Some(w) = a.workers {
-        builder = builder.workers(w);
-    }
-    if !a.buckets.is_empty() {
-        builder = builder.buckets(a.buckets.clone());
-    }
-    if a.cuda_graphs || a.no_cuda_graphs {
-        builder = builder.cuda_graphs(a.cuda_graphs);
-    }
     if model_given {
         builder = builder.inputs(specs.iter().map(|s| InputSpec::new(&s.shape[1..], s.kind)).collect());
         // Warm-up and calibration run on inputs like the requests' (--int-range, --input-file),
@@ -354,15 +296,28 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     barrier.wait();
     let start = Instant::now();
     let give_up = deadline_after.map(|d| d + GRACE);
+    let stall = Duration::from_secs_f64(a.stall_timeout_s);
+    // The last moment any request was answered (or the start).
+    let (mut answered, mut progress_at) = (0, Instant::now());
     while clients.iter().any(|c| !c.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
-        if give_up.is_some_and(|g| start.elapsed() > g) {
+        let now_answered = done.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+        if now_answered != answered {
+            (answered, progress_at) = (now_answered, Instant::now());
+        }
+        let st = engine.stats();
+        let unanswered = st.submitted.saturating_sub(st.completed + st.failed);
+        let why = if give_up.is_some_and(|g| start.elapsed() > g) {
+            Some(format!("{} s after the run's end", GRACE.as_secs()))
+        } else if unanswered > 0 && progress_at.elapsed() > stall {
+            Some(format!("after {} s without any answer (--stall-timeout-s)", a.stall_timeout_s))
+        } else {
+            None
+        };
+        if let Some(why) = why {
             bar.finish_and_clear();
-            let st = engine.stats();
-            let stuck = st.submitted.saturating_sub(st.completed + st.failed);
             eprintln!(
-                "error: {stuck} request(s) still unanswered {} s after the run's end ({} completed, {} failed): the model is stuck on these inputs",
-                GRACE.as_secs(),
+                "error: {unanswered} request(s) still unanswered {why} ({} completed, {} failed): the model is stuck on these inputs",
                 done.load(Ordering::Relaxed),
                 failed.load(Ordering::Relaxed),
             );
@@ -389,7 +344,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let errors = std::mem::take(&mut *errors.lock());
     if a.json {
         let doc = json!({
-            "model": name, "inputs": shown, "devices": a.device.0.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>(),
+            "model": name, "inputs": shown, "devices": a.engine.devices().iter().map(|d| format!("{d:?}")).collect::<Vec<_>>(),
             "workers": engine.workers().iter().map(|w| json!({"index": w.index, "device": format!("{:?}", w.device), "stream": w.stream.id()})).collect::<Vec<_>>(),
             "config": engine.config(),
             "clients": a.clients, "inflight": a.inflight, "wall_s": wall,

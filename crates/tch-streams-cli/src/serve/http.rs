@@ -113,8 +113,7 @@ async fn ready(State(s): State<Arc<Server>>) -> StatusCode {
 
 async fn metrics(State(s): State<Arc<Server>>) -> Response {
     s.metrics.buffered.set(i64::try_from(s.budget.used()).unwrap_or(i64::MAX));
-    let models: Vec<&ServedModel> = s.models().map(|m| m.as_ref()).collect();
-    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], s.metrics.render(&models)).into_response()
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], s.metrics.render()).into_response()
 }
 
 /// Server metadata: name, version, extensions.

@@ -2,8 +2,9 @@
 //!
 //! Request-side series are updated by the request handlers (any runtime thread; the
 //! `prometheus` types are atomics). Engine-side series (engine counters, batch sizes, workers)
-//! are read from [`Engine::stats`](tch_streams::engine::Engine::stats) when `/metrics` is
-//! scraped, minus the start-up probe, so they count client requests only.
+//! come from [`EngineCollector`], a collector registered beside them: it reads
+//! [`Engine::stats`](tch_streams::engine::Engine::stats) when `/metrics` is scraped, minus the
+//! start-up probe, so they count client requests only.
 //!
 //! | series | type | labels |
 //! |---|---|---|
@@ -23,8 +24,10 @@
 
 use super::model::ServedModel;
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::core::{Collector, Desc};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The request-side series, registered once at start-up.
 pub struct Metrics {
@@ -84,17 +87,64 @@ impl Metrics {
         Ok(Metrics { registry, requests, request_seconds, engine_seconds, inflight, buffered, connections, skipped })
     }
 
-    /// The text exposition of every series, the engine-side ones read now.
-    pub fn render(&self, models: &[&ServedModel]) -> String {
-        let mut families = self.registry.gather();
-        // The encoder refuses a family without samples (e.g. no latency yet).
-        families.extend(engine_families(models).into_iter().filter(|f| !f.get_metric().is_empty()));
+    /// Registers the engine-side series of `models` (an [`EngineCollector`]). Errors only on a
+    /// programming mistake (a name registered twice, e.g. by a second call).
+    pub fn watch(&self, models: Vec<Arc<ServedModel>>) -> prometheus::Result<()> {
+        self.registry.register(Box::new(EngineCollector::new(models)?))
+    }
+
+    /// The text exposition of every registered series, the engine-side ones read now.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!("metrics encoding failed: {e}");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The engine families of every served model, each with its name, help and labels fixed here:
+/// (name, help, labels).
+const ENGINE_SERIES: [(&str, &str, &[&str]); 6] = [
+    ("tch_streams_engine_requests_total", "Engine requests by result, client requests only", &["model", "result"]),
+    ("tch_streams_engine_latency_microseconds", "Engine latency (queue plus compute) quantiles since start", &["model", "quantile"]),
+    ("tch_streams_queue_microseconds", "Engine queue time quantiles since start: submitted until a worker began the request's batch", &["model", "quantile"]),
+    ("tch_streams_compute_microseconds", "Engine compute time quantiles since start: the batch's begin until the answer", &["model", "quantile"]),
+    ("tch_streams_batch_size", "Requests per batch the engine ran", &["model"]),
+    ("tch_streams_workers", "Engine worker threads per device", &["model", "device"]),
+];
+
+/// A prometheus collector of the engines' own statistics: on each scrape it reads every
+/// model's [`Engine::stats`](tch_streams::engine::Engine::stats) (minus the model's baseline)
+/// and its workers. Its descriptors are [`ENGINE_SERIES`]; a family with no sample yet (no
+/// latency before the first request) is left out of the scrape.
+pub struct EngineCollector {
+    models: Vec<Arc<ServedModel>>,
+    descs: Vec<Desc>,
+}
+
+impl EngineCollector {
+    /// The collector of `models`' engines.
+    pub fn new(models: Vec<Arc<ServedModel>>) -> prometheus::Result<EngineCollector> {
+        let descs = ENGINE_SERIES
+            .iter()
+            .map(|(name, help, labels)| Desc::new(name.to_string(), help.to_string(), labels.iter().map(|l| l.to_string()).collect(), Default::default()))
+            .collect::<prometheus::Result<Vec<_>>>()?;
+        Ok(EngineCollector { models, descs })
+    }
+}
+
+impl Collector for EngineCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let models: Vec<&ServedModel> = self.models.iter().map(Arc::as_ref).collect();
+        // The encoder refuses a family without samples (e.g. no latency yet).
+        engine_families(&models).into_iter().filter(|f| !f.get_metric().is_empty()).collect()
     }
 }
 
@@ -192,12 +242,7 @@ fn engine_families(models: &[&ServedModel]) -> Vec<MetricFamily> {
             workers.push(gauge(vec![label("model", &m.name), label("device", &device)], n as f64));
         }
     }
-    vec![
-        family("tch_streams_engine_requests_total", "Engine requests by result, client requests only", MetricType::COUNTER, counts),
-        family("tch_streams_engine_latency_microseconds", "Engine latency (queue plus compute) quantiles since start", MetricType::GAUGE, quantiles),
-        family("tch_streams_queue_microseconds", "Engine queue time quantiles since start: submitted until a worker began the request's batch", MetricType::GAUGE, queue),
-        family("tch_streams_compute_microseconds", "Engine compute time quantiles since start: the batch's begin until the answer", MetricType::GAUGE, compute),
-        family("tch_streams_batch_size", "Requests per batch the engine ran", MetricType::HISTOGRAM, batches),
-        family("tch_streams_workers", "Engine worker threads per device", MetricType::GAUGE, workers),
-    ]
+    let kinds = [MetricType::COUNTER, MetricType::GAUGE, MetricType::GAUGE, MetricType::GAUGE, MetricType::HISTOGRAM, MetricType::GAUGE];
+    let samples = [counts, quantiles, queue, compute, batches, workers];
+    ENGINE_SERIES.iter().zip(kinds).zip(samples).map(|(((name, help, _), kind), metrics)| family(name, help, kind, metrics)).collect()
 }

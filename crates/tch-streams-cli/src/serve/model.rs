@@ -12,10 +12,10 @@ use super::request::{Data, InferRequest};
 use anyhow::{bail, Context};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use tch::{Device, Kind, Tensor};
-use tch_streams::engine::{Batching, Engine, EngineStats, InputSpec, Output, DEFAULT_MAX_WAIT};
+use tch_streams::engine::{Batching, Engine, EngineStats, InputSpec, Output};
 use tch_streams::models::{Builtin, Model, Outputs};
+use crate::engine_args::EngineArgs;
 use crate::inputs::InputArg;
 
 /// What a model is made from.
@@ -52,21 +52,12 @@ impl ModelEntry {
     }
 }
 
-/// The engine options `serve` passes through. `None`/`false` means "the engine's default": the
-/// builder is not called at all, so the engine's own choice (and any future automatic
-/// configuration) applies.
-#[derive(Debug, Clone, Default)]
+/// The engine options `serve` passes through: the shared engine flags (each left out keeps the
+/// engine's default, so its automatic configuration applies) and the queue capacity.
+#[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Devices to serve on.
-    pub devices: Vec<Device>,
-    /// `--workers`.
-    pub workers: Option<usize>,
-    /// `--batch-max`: dynamic batching up to this many samples.
-    pub batch_max: Option<usize>,
-    /// `--batch-wait-us` (only with `--batch-max`).
-    pub batch_wait_us: Option<u64>,
-    /// `--cuda-graphs`.
-    pub cuda_graphs: bool,
+    /// `--device`, `--workers`, `--batch-max`, ... as `run` has them.
+    pub engine: EngineArgs,
     /// Requests that may wait per device queue: the server's in-flight cap, so a request the
     /// server admitted always finds room.
     pub queue_capacity: usize,
@@ -223,25 +214,12 @@ impl ServedModel {
             }
         };
         let probe_model = model.clone();
-        let mut builder = Engine::builder(model)
-            .devices(opts.devices.clone())
+        let builder = opts
+            .engine
+            .configure(Engine::builder(model))
             .output(Output::Cpu)
             .queue_capacity(opts.queue_capacity)
             .inputs(inputs.iter().map(|t| InputSpec::new(t.dims.clone(), t.kind)).collect());
-        if let Some(w) = opts.workers {
-            builder = builder.workers(w);
-        }
-        match opts.batch_max {
-            Some(0) => builder = builder.batching(Batching::Off),
-            Some(max_batch) => {
-                let wait = opts.batch_wait_us.map_or(DEFAULT_MAX_WAIT, Duration::from_micros);
-                builder = builder.batching(Batching::Dynamic { max_batch, max_wait: wait });
-            }
-            None => {} // the engine's defaults
-        }
-        if opts.cuda_graphs {
-            builder = builder.cuda_graphs(true);
-        }
         let engine = builder.build().with_context(|| format!("model {name}"))?;
         // The probe runs the model directly, on the device of the engine's first worker, not
         // through the engine: the engine's counters and latencies then count client requests

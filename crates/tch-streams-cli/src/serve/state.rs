@@ -160,10 +160,13 @@ impl Drop for InFlight<'_> {
 }
 
 impl Server {
-    /// A server over `models` (names are unique: the caller checked).
-    pub fn new(models: Vec<ServedModel>, limits: Limits, metrics: Metrics) -> Server {
-        Server {
-            models: models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect(),
+    /// A server over `models` (names are unique: the caller checked), their engines' series
+    /// registered with `metrics`. Errors only on a programming mistake (a metric registered twice).
+    pub fn new(models: Vec<ServedModel>, limits: Limits, metrics: Metrics) -> prometheus::Result<Server> {
+        let models: BTreeMap<String, Arc<ServedModel>> = models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect();
+        metrics.watch(models.values().cloned().collect())?;
+        Ok(Server {
+            models,
             permits: Semaphore::new(limits.max_inflight),
             limits,
             draining: AtomicBool::new(false),
@@ -173,7 +176,7 @@ impl Server {
             answered_ok: AtomicU64::new(0),
             answered_err: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Every model, by name.

@@ -37,12 +37,12 @@ pub enum EngineError {
     /// The engine could not be built; the message says why and what to do.
     #[error("cannot build the engine: {0}")]
     Build(String),
-}
-
-impl From<crate::Error> for EngineError {
-    fn from(e: crate::Error) -> Self {
-        EngineError::Build(e.to_string())
-    }
+    /// The engine could not be built because the library refused something (a device index out
+    /// of range, a backend or capability missing, a model file that cannot be loaded). The
+    /// typed error is kept as this error's source, so a caller (e.g. the CLI's exit code) can
+    /// downcast it; the message is the same as [`Build`](EngineError::Build)'s would be.
+    #[error("cannot build the engine: {0}")]
+    Setup(#[from] crate::Error),
 }
 
 impl From<crate::models::ForwardError> for EngineError {
