@@ -321,7 +321,10 @@ fn build_errors_are_explained() {
         _ => panic!("CUDA graphs on CPU must not build"),
     }
     let bad_device = Engine::builder(affine()).devices(vec![Device::Cuda(9)]).build();
-    assert!(matches!(bad_device, Err(EngineError::Build(ref m)) if m.contains("out of range")), "{:?}", bad_device.err());
+    // The library's typed error is kept as the source, with its message.
+    let err = bad_device.err().expect("cuda:9 must not build");
+    assert!(matches!(err, EngineError::Setup(tch_streams::Error::DeviceIndex { index: 9, .. })), "{err:?}");
+    assert!(err.to_string().contains("out of range"), "{err}");
     let warmup_fails = Engine::builder(Model::closure(|_x: &Tensor| Err::<Tensor, _>("cannot run")))
         .devices(vec![Device::Cpu])
         .input_shape(vec![4])
