@@ -58,6 +58,7 @@ mod lanes;
 #[cfg(tss_cuda_graphs)]
 mod cuda_graph;
 mod metrics;
+mod plan;
 mod request;
 mod thread_caches;
 mod ticket;
@@ -68,7 +69,8 @@ pub use config::{
     Batching, EngineBuilder, InputSpec, Output, Replicas, SampleFn, DEFAULT_CALIBRATION_STEP_LIMIT, DEFAULT_MAX_WAIT, MAX_BATCH,
     MAX_BUCKETS, MAX_BUCKET_OVER_BATCH, MAX_CALIBRATION_STEP_LIMIT, MAX_GRAPHS, MAX_QUEUE_CAPACITY, MAX_WARMUP_ELEMENTS, MAX_WORKERS,
 };
-pub use core::{Engine, WorkerInfo, CUDA_GRAPHS_BUILT};
+pub use core::{Engine, WorkerInfo};
 pub use error::EngineError;
 pub use metrics::{EngineStats, StageStats};
+pub use plan::CUDA_GRAPHS_BUILT;
 pub use ticket::{OutputsTicket, Ticket};
