@@ -34,7 +34,8 @@ pub struct WorkerInfo {
 /// the device with the fewest requests waiting).
 ///
 /// `Engine` is `Send + Sync`: share it (e.g. in an `Arc`) between any number of client threads.
-/// Each request is answered exactly once. [`shutdown`](Engine::shutdown) (or drop) stops intake,
+/// Each request is answered exactly once, or skipped (counted as cancelled) when its ticket was
+/// dropped before a worker began it. [`shutdown`](Engine::shutdown) (or drop) stops intake,
 /// lets workers finish every accepted request, and fails explicitly any request left behind by a
 /// dead worker.
 ///
@@ -325,8 +326,9 @@ impl Engine {
             );
             drop(stuck); // detached
         }
-        // Anything still queued has no worker left: answer it explicitly.
-        for r in self.lanes.drain() {
+        // Anything still queued has no worker left: answer it explicitly (a request whose caller
+        // has gone is counted as cancelled instead).
+        for r in self.lanes.drain().into_iter().filter_map(Request::live) {
             self.metrics.failed.fetch_add(1, Ordering::Relaxed);
             r.promise.fulfil(Err(if timed_out { EngineError::ShutdownTimeout } else { EngineError::WorkerDied }));
         }

@@ -23,6 +23,9 @@
 //! - Bad input, a model error or a model panic fails only the requests concerned, with an
 //!   [`EngineError`]; a panicking worker is replaced. Nothing is dropped silently: on
 //!   shutdown every accepted request is completed or explicitly failed.
+//! - A request whose [`Ticket`] was dropped before a worker began it is skipped (the model never
+//!   runs for it) and counted in [`EngineStats::cancelled`]; once idle,
+//!   `submitted == completed + failed + cancelled`.
 //!
 //! ```
 //! use tch_streams::engine::{Batching, Engine, Output};
