@@ -7,6 +7,7 @@
 //!   interface;
 //! - [`runtime`]: which libtorch the process loaded, what it can do, and [`runtime::verify`];
 //! - [`stream`]: streams, guards, events, synchronisation, record-stream;
+//! - `graph` (private, builds with CUDA graphs): capture and replay of CUDA graphs;
 //! - [`models`]: TorchScript, built-in workloads, closures;
 //! - [`engine`]: workers with a stream each, dynamic batching, CUDA graphs, metrics.
 //!
@@ -24,6 +25,8 @@ mod ffi;
 pub mod runtime;
 mod status;
 pub mod stream;
+#[cfg(tss_cuda_graphs)]
+mod graph;
 pub mod models;
 pub mod engine;
 

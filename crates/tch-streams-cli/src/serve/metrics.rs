@@ -15,7 +15,7 @@
 //! | `tch_streams_inflight_requests` | gauge | model |
 //! | `tch_streams_buffered_bytes` | gauge | — : bytes held from the `--max-buffered-bytes` budget |
 //! | `tch_streams_open_connections` | gauge | — : connections open on the HTTP and gRPC ports |
-//! | `tch_streams_engine_requests_total` | counter | model, result (submitted, completed, failed) |
+//! | `tch_streams_engine_requests_total` | counter | model, result (submitted, completed, failed, cancelled) |
 //! | `tch_streams_engine_latency_microseconds` | gauge | model, quantile (0.5, 0.95, 0.99): the engine's own queue + compute latency |
 //! | `tch_streams_queue_microseconds` | gauge | model, quantile (0.5, 0.99): submitted until a worker began the request's batch (batching wait included) |
 //! | `tch_streams_compute_microseconds` | gauge | model, quantile (0.5, 0.99): the batch's begin until the answer (ordering, assembly, forward, completion) |
@@ -188,7 +188,12 @@ fn engine_families(models: &[&ServedModel]) -> Vec<MetricFamily> {
     for m in models {
         let s = m.engine.stats();
         let b = &m.baseline;
-        for (result, now, then) in [("submitted", s.submitted, b.submitted), ("completed", s.completed, b.completed), ("failed", s.failed, b.failed)] {
+        for (result, now, then) in [
+            ("submitted", s.submitted, b.submitted),
+            ("completed", s.completed, b.completed),
+            ("failed", s.failed, b.failed),
+            ("cancelled", s.cancelled, b.cancelled),
+        ] {
             counts.push(counter(vec![label("model", &m.name), label("result", result)], now.saturating_sub(then) as f64));
         }
         for (q, v) in [("0.5", s.latency_us_p50), ("0.95", s.latency_us_p95), ("0.99", s.latency_us_p99)] {

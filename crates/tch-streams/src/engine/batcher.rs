@@ -55,17 +55,25 @@ impl Held {
 
     /// Moves set-aside requests of `key` into `batch` (oldest first) while they fit in
     /// `max_batch` samples, counting them into `rows`.
+    /// Set-aside requests whose caller has gone are let go on the way (see [`Request::live`]).
     fn gather(&self, key: &BatchKey, rows: &mut i64, max_batch: i64, batch: &mut Vec<Request>) {
+        let mut gone = Vec::new();
         let mut st = self.state.lock();
         let mut i = 0;
         while i < st.aside.len() && *rows < max_batch {
-            if st.aside[i].key == *key && *rows + st.aside[i].rows <= max_batch {
+            if st.aside[i].is_cancelled() {
+                gone.push(st.aside.remove(i).expect("index in range"));
+            } else if st.aside[i].key == *key && *rows + st.aside[i].rows <= max_batch {
                 let r = st.aside.remove(i).expect("index in range");
                 *rows += r.rows;
                 batch.push(r);
             } else {
                 i += 1;
             }
+        }
+        drop(st);
+        for r in gone {
+            let _gone = r.live(); // counted as cancelled, outside the lock
         }
     }
 
@@ -108,7 +116,7 @@ impl Held {
 
     /// Counts and answers (outside the lock: answering runs the callers' wakers).
     fn fail(&self, requests: Vec<Request>) {
-        for r in requests {
+        for r in requests.into_iter().filter_map(Request::live) {
             self.metrics.failed.fetch_add(1, Ordering::Relaxed);
             r.promise.fulfil(Err(EngineError::ShutdownTimeout));
         }
@@ -129,11 +137,17 @@ impl Batcher {
     }
 
     /// The next batch (all requests in it share a batch key), or `None` once the queue is closed
-    /// and drained. Blocks while the queue is empty.
+    /// and drained. Blocks while the queue is empty. Requests whose caller has gone are let go as
+    /// they are taken (see [`Request::live`]): they take no room in a batch.
     pub(crate) fn next_batch(&mut self) -> Option<Vec<Request>> {
-        let first = match self.held.pop_aside() {
-            Some(r) => r,
-            None => self.rx.recv()?,
+        let first = loop {
+            let r = match self.held.pop_aside() {
+                Some(r) => r,
+                None => self.rx.recv()?,
+            };
+            if let Some(r) = r.live() {
+                break r;
+            }
         };
         let (max_batch, max_wait) = match self.policy {
             Batching::Off | Batching::Auto => return Some(vec![first]), // Auto is resolved before workers start
@@ -160,6 +174,7 @@ impl Batcher {
                     },
                 },
             };
+            let Some(next) = next.live() else { continue };
             if next.key == key && rows + next.rows <= max_batch {
                 rows += next.rows;
                 batch.push(next);

@@ -1,6 +1,5 @@
 //! [`EngineBuilder`]: every knob of the engine, each with a documented default.
 
-use super::core::Engine;
 use super::error::EngineError;
 use super::request::Expected;
 use crate::models::Model;
@@ -96,7 +95,7 @@ impl std::fmt::Display for InputSpec {
     }
 }
 
-/// Builds an [`Engine`]. Start with [`Engine::builder`].
+/// Builds an [`Engine`](super::Engine). Start with [`Engine::builder`](super::Engine::builder).
 ///
 /// ```
 /// use std::time::Duration;
@@ -431,12 +430,5 @@ impl EngineBuilder {
             }
         }
         Ok(())
-    }
-
-    /// Starts the workers. Errors: no devices or workers; a device index out of range; a GPU
-    /// backend without a stream pool under `require_stream_pool(true)`; CUDA graphs asked for
-    /// without the feature; a model that cannot be loaded.
-    pub fn build(self) -> Result<Engine, EngineError> {
-        Engine::start(self)
     }
 }

@@ -1,23 +1,18 @@
 //! [`Engine`]: intake, worker start-up, shutdown, and statistics.
 
-use super::auto::{self, EngineConfig};
-use super::buckets::Buckets;
-use super::config::{Batching, EngineBuilder, Replicas, MAX_BUCKET_OVER_BATCH, MAX_WARMUP_ELEMENTS, MAX_WORKERS};
-use super::independence;
-use super::thread_caches;
+use super::auto::EngineConfig;
+use super::config::EngineBuilder;
 use super::error::EngineError;
 use super::metrics::{EngineStats, Metrics};
 use super::lanes::Lanes;
+use super::plan::{plan, Plan};
 use super::request::{Admission, Request};
 use super::ticket::{counted_pair, Ticket};
 use super::worker::{self, WorkerSpec, WorkerThread};
-use crate::models::{Forward, Inputs, Model, Outputs};
-use crate::runtime::{check_capability, Capability, Report};
-use crate::stream::{Priority, Stream};
-use crate::Error;
+use crate::models::{Inputs, Model, Outputs};
+use crate::stream::Stream;
 use super::lanes::SendError;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +34,8 @@ pub struct WorkerInfo {
 /// the device with the fewest requests waiting).
 ///
 /// `Engine` is `Send + Sync`: share it (e.g. in an `Arc`) between any number of client threads.
-/// Each request is answered exactly once. [`shutdown`](Engine::shutdown) (or drop) stops intake,
+/// Each request is answered exactly once, or skipped (counted as cancelled) when its ticket was
+/// dropped before a worker began it. [`shutdown`](Engine::shutdown) (or drop) stops intake,
 /// lets workers finish every accepted request, and fails explicitly any request left behind by a
 /// dead worker.
 ///
@@ -69,11 +65,6 @@ pub struct Engine {
 /// The next engine's id (0 is no engine).
 static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
 
-/// Streams in the patched MPS pool (ids 1-32, as upstream's).
-const MPS_POOL_STREAMS: usize = 32;
-/// Whether this build has the CUDA graph code (compiled in when the build found the CUDA
-/// headers beside a CUDA libtorch; see the crate's build script).
-pub const CUDA_GRAPHS_BUILT: bool = cfg!(tss_cuda_graphs);
 
 impl Engine {
     /// Starts configuring an engine for `model`.
@@ -82,276 +73,42 @@ impl Engine {
         EngineBuilder::new(model)
     }
 
-    pub(crate) fn start(b: EngineBuilder) -> Result<Engine, EngineError> {
-        b.check()?;
-        if b.cuda_graphs == Some(true) {
-            if !CUDA_GRAPHS_BUILT {
-                return Err(EngineError::Build(
-                    "CUDA graphs were asked for, but this build has no CUDA graph code: it compiles in when the build finds the CUDA \
-                     headers beside a CUDA libtorch (scripts/setup.sh installs them); --features cuda-graphs makes a build fail without them"
-                        .into(),
-                ));
-            }
-            if !b.devices.iter().any(|d| matches!(d, Device::Cuda(_))) {
-                return Err(EngineError::Build("CUDA graphs need a CUDA device".into()));
-            }
-        }
-        // Which devices have a stream pool; the fallback for those that do not.
-        let mut has_pool = HashMap::new();
-        for &device in &b.devices {
-            Stream::default_for(device)?; // validates the index
-            let pool = match Stream::from_pool(device, Priority::Normal) {
-                Ok(_) => true, // CPU included: its one stream answers every pool request
-                Err(Error::Unsupported { backend, detail, .. }) => {
-                    if b.require_stream_pool {
-                        let why = Report::gather()
-                            .ok()
-                            .and_then(|r| check_capability(Capability::MpsPool, &r).err())
-                            .map(|e| e.to_string())
-                            .unwrap_or(detail);
-                        return Err(EngineError::Build(why));
-                    }
-                    if has_pool.values().all(|&p| p) {
-                        tracing::warn!(
-                            "{backend} has no stream pool in the loaded libtorch: serving {device:?} with a single worker \
-                             on its default stream (build the patched libtorch for per-worker streams)"
-                        );
-                    }
-                    false
-                }
-                Err(e) => return Err(e.into()),
-            };
-            has_pool.insert(device, pool);
-        }
-        let mut reasons = Vec::new();
-        let workers = match b.workers {
-            Some(n) => n,
-            None => {
-                let n = b.devices.iter().map(|&d| auto::workers_for(d, has_pool[&d])).sum::<usize>().min(MAX_WORKERS);
-                reasons.push(format!("workers: {n} (default: 4 per GPU with a stream pool, 1 without, 2 for the CPU)"));
-                n
-            }
-        };
-        // Round-robin assignment; a GPU device without a pool gets exactly one worker.
-        let mut assigned: Vec<Device> = Vec::new();
-        for i in 0..workers {
-            let d = b.devices[i % b.devices.len()];
-            if has_pool[&d] || !assigned.contains(&d) {
-                assigned.push(d);
-            }
-        }
-        let mps_workers = assigned.iter().filter(|d| **d == Device::Mps).count();
-        if mps_workers > MPS_POOL_STREAMS {
-            tracing::warn!(
-                "{mps_workers} workers on MPS, but its stream pool has {MPS_POOL_STREAMS} streams: workers beyond that share streams \
-                 (and their queues); use at most {MPS_POOL_STREAMS}"
-            );
-        }
-        let mut shared: HashMap<Device, Arc<dyn Forward>> = HashMap::new();
-        let mut models = Vec::with_capacity(assigned.len());
-        for &d in &assigned {
-            let m = match b.replicas {
-                Replicas::Shared => match shared.get(&d) {
-                    Some(m) => Arc::clone(m),
-                    None => {
-                        let m = b.model.instantiate(d)?;
-                        shared.insert(d, Arc::clone(&m));
-                        m
-                    }
-                },
-                Replicas::PerWorker => b.model.instantiate(d)?,
-            };
-            models.push(m);
-        }
-
-        // Every input's shape known (dtype defaults to float32): the warm-up, probe and
-        // calibration inputs.
-        let known: Option<Vec<(Vec<i64>, tch::Kind)>> = {
-            let n = b.arity.unwrap_or(1);
-            (0..n)
-                .map(|i| b.inputs.get(i).and_then(|e| e.sample_shape.clone().map(|s| (s, e.kind.unwrap_or(tch::Kind::Float)))))
-                .collect()
-        };
-        // The check and the calibration run the user's model on this thread. The check catches
-        // the model's panics itself; one caught here is the check's own.
-        let checked = |model: &Arc<dyn Forward>, specs: &[(Vec<i64>, tch::Kind)]| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                thread_caches::on_own_thread(assigned[0], "tch-streams-independence", || independence::check(&**model, assigned[0], specs, b.samples.as_ref()))
-            })).unwrap_or_else(|p| {
-                Err(independence::Refusal::Undecided(format!(
-                    "the check itself failed ({}; please report it as a tch-streams bug)",
-                    worker::panic_message(&*p)
-                )))
-            })
-        };
-        let mut calibration = Vec::new();
-        let mut calibration_spread = Vec::new();
-        let mut calibration_stopped = None;
-        let batching = match (b.batching, &known, models.first()) {
-            (Batching::Dynamic { .. }, Some(specs), Some(model)) => {
-                checked(model, specs).map_err(|refusal| EngineError::Build(refusal.to_string()))?;
-                b.batching
-            }
-            (Batching::Dynamic { .. }, None, _) => {
-                reasons.push(
-                    "batching: dynamic as given, unchecked (the inputs' shapes are unknown: give them with .inputs() so that \
-                     build() can check that the model keeps samples apart)"
-                        .into(),
-                );
-                b.batching
-            }
-            (Batching::Auto, Some(specs), Some(model)) if b.warmup => match checked(model, specs) {
-                Err(refusal) => {
-                    reasons.push(format!("batching: off ({refusal})"));
-                    Batching::Off
-                }
-                Ok(()) => {
-                    let calibrated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        auto::calibrate(Arc::clone(model), assigned[0], specs, b.samples.as_ref(), auto::AUTO_MAX_BATCH, b.calibration_step_limit)
-                    }))
-                    .ok()
-                    .flatten();
-                    match calibrated {
-                        Some(c) => {
-                            let shown: Vec<String> = c.readings.iter().map(|(n, us)| format!("{n}: {us:.0} us")).collect();
-                            let noisiest = c.spread.iter().copied().fold(0.0f64, f64::max);
-                            reasons.push(format!(
-                                "batching: dynamic, max {} samples, no wait beyond what is queued (calibrated on {:?}, fastest of 3 runs: {}; \
-                                 runs of one size differed by up to {:.0} %)",
-                                c.max_batch,
-                                assigned[0],
-                                shown.join(", "),
-                                noisiest * 100.0
-                            ));
-                            if let Some((size, limit)) = c.stopped {
-                                let why = format!(
-                                    "calibration stopped at {size} samples: that step took longer than {} ms (a model stuck or very slow \
-                                     at that size); kept the best of the sizes measured before",
-                                    limit.as_millis()
-                                );
-                                reasons.push(why.clone());
-                                calibration_stopped = Some(why);
-                            }
-                            calibration = c.readings;
-                            calibration_spread = c.spread;
-                            Batching::Dynamic { max_batch: c.max_batch, max_wait: Duration::ZERO }
-                        }
-                        None => {
-                            reasons.push(format!(
-                                "batching: off (the model failed on {} inputs during calibration)",
-                                super::config::SampleInputs::name(b.samples.as_ref())
-                            ));
-                            Batching::Off
-                        }
-                    }
-                }
-            },
-            (Batching::Auto, _, _) => {
-                reasons.push(if b.warmup {
-                    "batching: off (the inputs' shapes are unknown: give them with .inputs() to batch)".into()
-                } else {
-                    "batching: off (warm-up is off, so nothing is calibrated)".into()
-                });
-                Batching::Off
-            }
-            (other, _, _) => other,
-        };
-        let buckets = match batching {
-            Batching::Dynamic { max_batch, .. } => match &b.buckets {
-                // A bucket far larger than any batch pads batches up to it (and is warmed up on
-                // every worker). One a little larger serves a request of more rows than max_batch.
-                Some(sizes) if sizes.iter().any(|&s| s > max_batch.saturating_mul(MAX_BUCKET_OVER_BATCH)) => {
-                    let limit = max_batch.saturating_mul(MAX_BUCKET_OVER_BATCH);
-                    let over: Vec<usize> = sizes.iter().copied().filter(|&s| s > limit).collect();
-                    if matches!(b.batching, Batching::Dynamic { .. }) {
-                        return Err(EngineError::Build(format!(
-                            "buckets {over:?} are over {MAX_BUCKET_OVER_BATCH} x max_batch {max_batch}: batches would be padded up to \
-                             them; give bucket sizes of at most {limit} (CLI: --buckets no larger than {MAX_BUCKET_OVER_BATCH} x --batch-max)"
-                        )));
-                    }
-                    let kept: Vec<usize> = sizes.iter().copied().filter(|&s| s <= limit).collect();
-                    reasons.push(format!(
-                        "buckets: {over:?} dropped, over {MAX_BUCKET_OVER_BATCH} x the calibrated max_batch {max_batch} (batches would be padded up to them)"
-                    ));
-                    if kept.is_empty() { Buckets::powers_of_two(max_batch) } else { Buckets::from_sizes(kept) }
-                }
-                Some(sizes) => Buckets::from_sizes(sizes.clone()),
-                None => Buckets::powers_of_two(max_batch),
-            },
-            Batching::Off | Batching::Auto => Buckets::default(),
-        };
-        // Warm-up makes every bucket's inputs on every worker: bound the largest.
-        if let (Some(specs), Some(&largest)) = (&known, buckets.sizes().last()) {
-            for (i, (shape, _)) in specs.iter().enumerate() {
-                let per_sample: i64 = shape.iter().product();
-                if (largest as i64).checked_mul(per_sample).is_none_or(|n| n > MAX_WARMUP_ELEMENTS) {
-                    return Err(EngineError::Build(format!(
-                        "input {i}: the largest bucket, {largest} samples of {shape:?}, is over {MAX_WARMUP_ELEMENTS} elements, which warm-up \
-                         would allocate on every worker; lower max_batch or the bucket sizes"
-                    )));
-                }
-            }
-        }
-        let any_cuda = assigned.iter().any(|d| matches!(d, Device::Cuda(_)));
-        let cuda_graphs = match b.cuda_graphs {
-            Some(on) => on,
-            None => {
-                let on = CUDA_GRAPHS_BUILT && any_cuda && known.is_some() && b.warmup;
-                if any_cuda {
-                    reasons.push(match (on, CUDA_GRAPHS_BUILT) {
-                        (true, _) => "CUDA graphs: on (compiled in, CUDA device, input shapes known)".into(),
-                        (false, false) => "CUDA graphs: off (not compiled into this build)".into(),
-                        (false, true) => "CUDA graphs: off (input shapes unknown or warm-up off: nothing to capture up front)".into(),
-                    });
-                }
-                on
-            }
-        };
-        let config = EngineConfig {
-            workers: assigned.len(),
-            batching,
-            buckets: buckets.sizes().to_vec(),
-            cuda_graphs,
-            inputs_ready: b.inputs_ready,
-            calibration,
-            calibration_spread,
-            calibration_stopped,
-            reasons,
-        };
+    /// Spawns the workers `plan` describes and waits until each has bound its stream and warmed
+    /// up. The engine exists before the first worker starts: an early return drops it, and its
+    /// `Drop` stops and joins whatever was started (no detached threads, no half-built engine).
+    pub(crate) fn start(plan: Plan) -> Result<Engine, EngineError> {
+        let Plan { workers, batching, buckets, cuda_graphs, warmup, samples, output, queue_capacity, admission, config } = plan;
         tracing::debug!("engine configuration: {config}");
+        let devices: Vec<Device> = workers.iter().map(|w| w.device).collect();
+        let inputs_ready = config.inputs_ready;
         let metrics = Arc::new(Metrics::new(config));
-        let lanes = Lanes::new(&assigned, b.queue_capacity, &metrics);
-        let registry = Arc::new(Mutex::new(Vec::new()));
-        let buckets = Arc::new(buckets);
-        let warmup = if b.warmup { known } else { None };
-        // The engine exists before any worker starts: an early return below drops it, and its
-        // Drop stops and joins whatever was started (no detached threads, no half-built engine).
         let mut engine = Engine {
             id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
-            lanes,
-            registry,
+            lanes: Lanes::new(&devices, queue_capacity, &metrics),
+            registry: Arc::new(Mutex::new(Vec::new())),
             metrics,
-            spec: Admission { inputs: b.inputs, arity: b.arity, devices: b.devices },
+            spec: admission,
             workers: Vec::new(),
-            inputs_ready: b.inputs_ready,
+            inputs_ready,
             shutting_down: Mutex::new(()),
         };
+        let buckets = Arc::new(buckets);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-        for (index, (&device, model)) in assigned.iter().zip(models).enumerate() {
+        for (index, w) in workers.into_iter().enumerate() {
             let spec = WorkerSpec {
                 engine: engine.id,
                 index,
-                device,
-                model,
-                rx: engine.lanes.receiver(device),
+                device: w.device,
+                model: w.model,
+                rx: engine.lanes.receiver(w.device),
                 batching,
                 buckets: Arc::clone(&buckets),
-                output: b.output,
+                output,
                 metrics: Arc::clone(&engine.metrics),
                 warmup: warmup.clone(),
-                samples: b.samples.clone(),
+                samples: samples.clone(),
                 cuda_graphs,
-                use_pool: has_pool[&device] && device != Device::Cpu,
+                use_pool: w.use_pool,
                 registry: Arc::clone(&engine.registry),
             };
             let thread = worker::spawn(spec, Vec::new(), Some(ready_tx.clone()))
@@ -361,21 +118,15 @@ impl Engine {
         // Only the workers hold senders now: if every one of them exits, `recv` fails (no hang).
         drop(ready_tx);
         // Reports come in start-up order, not index order: each names its worker.
-        let mut streams: Vec<Option<Stream>> = vec![None; assigned.len()];
-        for _ in 0..assigned.len() {
+        let mut streams: Vec<Option<Stream>> = vec![None; devices.len()];
+        for _ in 0..devices.len() {
             match ready_rx.recv() {
                 Ok((index, Ok(stream))) => streams[index] = Some(stream),
-                Ok((_, Err(e))) => {
-                    engine.shutdown();
-                    return Err(EngineError::Build(format!("a worker could not start: {e}")));
-                }
-                Err(_) => {
-                    engine.shutdown();
-                    return Err(EngineError::Build("a worker exited during start-up".into()));
-                }
+                Ok((_, Err(e))) => return Err(EngineError::Build(format!("a worker could not start: {e}"))),
+                Err(_) => return Err(EngineError::Build("a worker exited during start-up".into())),
             }
         }
-        engine.workers = assigned
+        engine.workers = devices
             .iter()
             .zip(streams)
             .enumerate()
@@ -575,8 +326,9 @@ impl Engine {
             );
             drop(stuck); // detached
         }
-        // Anything still queued has no worker left: answer it explicitly.
-        for r in self.lanes.drain() {
+        // Anything still queued has no worker left: answer it explicitly (a request whose caller
+        // has gone is counted as cancelled instead).
+        for r in self.lanes.drain().into_iter().filter_map(Request::live) {
             self.metrics.failed.fetch_add(1, Ordering::Relaxed);
             r.promise.fulfil(Err(if timed_out { EngineError::ShutdownTimeout } else { EngineError::WorkerDied }));
         }
@@ -594,6 +346,17 @@ impl Engine {
     fn refuse(&self, e: EngineError) -> Ticket {
         self.metrics.failed.fetch_add(1, Ordering::Relaxed);
         Ticket::resolved(Err(e))
+    }
+}
+
+impl EngineBuilder {
+    /// Resolves every default (see [`Engine::config`] for what was chosen and why), then starts
+    /// the workers and waits until each has bound its stream and warmed up. Errors: no devices
+    /// or workers; a device index out of range; a GPU backend without a stream pool under
+    /// `require_stream_pool(true)`; CUDA graphs asked for without the feature; a model that
+    /// cannot be loaded; a worker that cannot start.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        Engine::start(plan(&self)?)
     }
 }
 

@@ -138,7 +138,7 @@ mod tests {
     }
 
     fn stream(backend: Backend, id: i64) -> Stream {
-        Stream::from_raw(crate::ffi::TssStream { id, device_index: 0, device_type: backend.c10_device_type() })
+        Stream::made_up(backend, 0, id)
     }
 
     #[test]

@@ -4,14 +4,12 @@
 //! Graph policy: every bucket size is captured at start-up, after its eager warm-up
 //! ([`Runner::prepare`]); any other set of input shapes is captured the second time it is seen
 //! (the first run is eager and doubles as warm-up on the worker's stream); at most
-//! [`MAX_GRAPHS`] shapes per worker; shapes never captured run eagerly. Capture uses
+//! [`MAX_GRAPHS`](super::MAX_GRAPHS) shapes per worker; shapes never captured run eagerly. Capture uses
 //! thread-local capture mode, so other workers keep running while one captures.
 
 use crate::models::{Forward, ForwardError, Outputs};
 use std::sync::Arc;
 use tch::Tensor;
-
-pub use super::config::MAX_GRAPHS;
 
 /// Runs a worker's model, eagerly or through captured graphs.
 pub(crate) struct Runner {

@@ -98,10 +98,12 @@ impl Lane {
         }
     }
 
-    /// Fails every request still queued here (a dead lane): each is counted and answered.
+    /// Fails every request still queued here (a dead lane): each is counted and answered (or,
+    /// its caller gone, counted as cancelled).
     fn fail_queued(&self) {
         for r in self.rx.try_iter() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
+            let Some(r) = r.live() else { continue };
             self.metrics.failed.fetch_add(1, Ordering::Relaxed);
             r.promise.fulfil(Err(EngineError::NoWorkers(self.no_workers())));
         }

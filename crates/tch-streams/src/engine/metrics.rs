@@ -68,6 +68,11 @@ impl LatencyHistogram {
 }
 
 /// A snapshot of the engine's counters (see [`Engine::stats`](super::Engine::stats)).
+///
+/// Every submitted request ends in exactly one of `completed`, `failed` and `cancelled`: once
+/// the engine is idle (nothing queued or running, e.g. after [`shutdown`](super::Engine::shutdown)),
+/// `submitted == completed + failed + cancelled`. While requests are in flight the sum is
+/// smaller (and the counters, read one by one, may be a moment apart).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EngineStats {
     /// Requests accepted by `submit`/`try_submit`/`infer` (including ones refused as invalid).
@@ -76,6 +81,9 @@ pub struct EngineStats {
     pub completed: u64,
     /// Requests answered with an error.
     pub failed: u64,
+    /// Requests skipped because their [`Ticket`](super::Ticket) was dropped before a worker began
+    /// them: the model never ran for them.
+    pub cancelled: u64,
     /// Completed samples (rows along dim 0) per second since the engine was built.
     pub samples_per_s: f64,
     /// Completed requests per second since the engine was built.
@@ -182,6 +190,7 @@ pub(crate) struct Metrics {
     pub(crate) submitted: AtomicU64,
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
     pub(crate) samples: AtomicU64,
     pub(crate) replaced: AtomicU64,
     pub(crate) detached: AtomicU64,
@@ -213,6 +222,7 @@ impl Metrics {
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
             detached: AtomicU64::new(0),
@@ -250,6 +260,7 @@ impl Metrics {
             submitted: self.submitted.load(Ordering::Relaxed),
             completed,
             failed: self.failed.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
             samples_per_s: self.samples.load(Ordering::Relaxed) as f64 / elapsed,
             requests_per_s: completed as f64 / elapsed,
             latency_us_p50: g.latency.quantile(0.50),

@@ -23,6 +23,9 @@
 //! - Bad input, a model error or a model panic fails only the requests concerned, with an
 //!   [`EngineError`]; a panicking worker is replaced. Nothing is dropped silently: on
 //!   shutdown every accepted request is completed or explicitly failed.
+//! - A request whose [`Ticket`] was dropped before a worker began it is skipped (the model never
+//!   runs for it) and counted in [`EngineStats::cancelled`]; once idle,
+//!   `submitted == completed + failed + cancelled`.
 //!
 //! ```
 //! use tch_streams::engine::{Batching, Engine, Output};
@@ -58,6 +61,7 @@ mod lanes;
 #[cfg(tss_cuda_graphs)]
 mod cuda_graph;
 mod metrics;
+mod plan;
 mod request;
 mod thread_caches;
 mod ticket;
@@ -68,7 +72,8 @@ pub use config::{
     Batching, EngineBuilder, InputSpec, Output, Replicas, SampleFn, DEFAULT_CALIBRATION_STEP_LIMIT, DEFAULT_MAX_WAIT, MAX_BATCH,
     MAX_BUCKETS, MAX_BUCKET_OVER_BATCH, MAX_CALIBRATION_STEP_LIMIT, MAX_GRAPHS, MAX_QUEUE_CAPACITY, MAX_WARMUP_ELEMENTS, MAX_WORKERS,
 };
-pub use core::{Engine, WorkerInfo, CUDA_GRAPHS_BUILT};
+pub use core::{Engine, WorkerInfo};
 pub use error::EngineError;
 pub use metrics::{EngineStats, StageStats};
+pub use plan::CUDA_GRAPHS_BUILT;
 pub use ticket::{OutputsTicket, Ticket};

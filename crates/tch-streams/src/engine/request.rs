@@ -30,6 +30,23 @@ impl Request {
         Request { inputs, promise, submitted: Instant::now(), ready, rows, key }
     }
 
+    /// The request, unless its caller has gone (its ticket was dropped): then it is let go here,
+    /// counted as cancelled, and never run. Workers call it when they take a request and again
+    /// on a gathered batch; every path that fails queued requests calls it first.
+    pub(crate) fn live(self) -> Option<Request> {
+        if self.promise.is_cancelled() {
+            self.promise.cancel();
+            None
+        } else {
+            Some(self)
+        }
+    }
+
+    /// Whether its caller has gone (one atomic load; see [`Request::live`]).
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.promise.is_cancelled()
+    }
+
     /// Where the request's data lies: the first GPU input's device, else the host.
     pub(crate) fn device(&self) -> Device {
         self.inputs.iter().map(Tensor::device).find(|d| *d != Device::Cpu).unwrap_or(Device::Cpu)

@@ -6,6 +6,7 @@ use super::metrics::Metrics;
 use parking_lot::{Condvar, Mutex};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -32,9 +33,17 @@ struct State {
 struct Slot {
     state: Mutex<State>,
     ready: Condvar,
+    /// Set once, when the ticket is dropped: nobody reads the answer any more. Read by workers
+    /// without the lock (see [`Promise::is_cancelled`]).
+    cancelled: AtomicBool,
 }
 
 /// The result of a submitted request, once a worker answers it.
+///
+/// Dropping a ticket before its answer cancels the request: a worker that has not begun it yet
+/// skips it without running the model (counted in [`EngineStats::cancelled`](super::EngineStats)).
+/// One already running finishes its batch; its answer is then freed at once. A ticket that is
+/// waited on, awaited to the end or given back by a timeout is not cancelled.
 ///
 /// Awaited, a ticket's waker is called on the engine thread that answers it: it should only
 /// schedule the task (as every runtime's waker does). A waker that panics is caught and logged;
@@ -139,6 +148,14 @@ impl Ticket {
     }
 }
 
+impl Drop for Ticket {
+    /// Marks the request cancelled: one store, no lock. Harmless once answered (only workers
+    /// read the mark, before they run a request).
+    fn drop(&mut self) {
+        self.slot.cancelled.store(true, Ordering::Release);
+    }
+}
+
 impl Future for Ticket {
     type Output = Result<Tensor, EngineError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -193,6 +210,21 @@ impl Promise {
         self.metrics = None;
     }
 
+    /// Whether the caller dropped its ticket: the answer would be read by nobody. One atomic
+    /// load; a ticket dropped just after it returns false is answered as usual.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.cancelled.load(Ordering::Acquire))
+    }
+
+    /// Lets go of a request whose ticket was dropped, unanswered, counting it as cancelled (not
+    /// failed) when it was accepted.
+    pub(crate) fn cancel(mut self) {
+        if let Some(m) = self.metrics.take() {
+            m.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        self.slot = None; // nobody waits on it: no wake-up
+    }
+
     /// Answers the ticket. If the caller already dropped its ticket, the outcome (and any device
     /// memory it holds) is freed right here, with the slot.
     pub(crate) fn fulfil(mut self, outcome: Outcome) {
@@ -226,7 +258,7 @@ impl Drop for Promise {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             if let Some(m) = &self.metrics {
-                m.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                m.failed.fetch_add(1, Ordering::Relaxed);
             }
             slot.settle(|st| st.abandoned = true);
         }
@@ -249,6 +281,22 @@ mod tests {
         promise.fulfil(Err(EngineError::ShutDown));
         assert_eq!(ticket.wait(), Err(EngineError::ShutDown));
         assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn a_dropped_ticket_marks_its_request_cancelled() {
+        let (promise, ticket) = pair();
+        assert!(!promise.is_cancelled());
+        let ticket = match ticket.wait_timeout(Duration::ZERO) {
+            Err(t) => t,
+            Ok(r) => panic!("answered without an answer: {r:?}"),
+        };
+        assert!(!promise.is_cancelled(), "a ticket given back by a timeout still waits");
+        drop(ticket.outputs());
+        assert!(promise.is_cancelled());
+        let weak = Arc::downgrade(promise.slot.as_ref().unwrap());
+        promise.cancel();
+        assert!(weak.upgrade().is_none(), "a cancelled request frees its slot");
     }
 
     #[test]

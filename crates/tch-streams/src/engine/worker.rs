@@ -3,7 +3,8 @@
 //! Invariants: the worker's stream is bound for the thread's whole life (every kernel it
 //! launches goes there); grad mode is off on the thread; every request it takes is answered
 //! exactly once (a result, an error, or — if the thread dies — `WorkerDied` through the
-//! promise's drop). A panic in the model fails only the requests that panic when re-run alone,
+//! promise's drop), or, when its ticket was dropped before the worker began it, let go without
+//! running the model and counted as cancelled. A panic in the model fails only the requests that panic when re-run alone,
 //! and the worker then hands its set-aside requests to a fresh replacement thread and exits.
 //!
 //! On CUDA with results left on the device, a launched batch goes to the worker's completion
@@ -219,15 +220,21 @@ fn order(spec: &WorkerSpec, stream: &Stream, events: &mut ReadyEvents, batch: &m
     }
 }
 
-/// Serves one batch; returns true if the model panicked.
+/// Serves one batch (less the requests whose caller has gone); returns true if the model
+/// panicked.
 fn serve(
     spec: &WorkerSpec,
     stream: &Stream,
     runner: &mut Runner,
     events: &mut ReadyEvents,
     completer: Option<&Completer>,
-    mut batch: Vec<Request>,
+    batch: Vec<Request>,
 ) -> bool {
+    // Callers may have gone while the batch was gathered: their requests are not run.
+    let mut batch: Vec<Request> = batch.into_iter().filter_map(Request::live).collect();
+    if batch.is_empty() {
+        return false;
+    }
     let t0 = Instant::now();
     order(spec, stream, events, &mut batch);
     Stages::lap(&spec.metrics.stages.order, t0);

@@ -135,6 +135,12 @@ impl Stream {
         let backend = Backend::ALL.into_iter().find(|b| b.c10_device_type() == raw.device_type).unwrap_or(Backend::Cpu);
         Stream { backend, index: raw.device_index.max(0) as usize, id: raw.id }
     }
+
+    /// A stream value made up for a test (nothing is asked of the backend).
+    #[cfg(test)]
+    pub(crate) fn made_up(backend: Backend, index: usize, id: i64) -> Stream {
+        Stream { backend, index, id }
+    }
 }
 
 /// Validates that a device index fits c10's `int8_t` before it crosses the FFI boundary.

@@ -1,0 +1,452 @@
+//! Resolve, then run: [`plan`] turns an [`EngineBuilder`] into a [`Plan`] — which workers run on
+//! which devices with which model instances, how requests are batched and padded, whether CUDA
+//! graphs are captured, and the [`EngineConfig`] with a reason for every automatic choice.
+//! [`Engine::start`](super::Engine) then only spawns what the plan says and waits for it.
+//!
+//! Invariants:
+//! - Planning starts no worker: it instantiates the model on the caller's thread, and checks
+//!   batch independence and calibrates on the first worker's device on short threads of their
+//!   own bound to the caller's stream; everything it decides is in the returned value.
+//! - Every error the builder's values can cause is returned here, before any worker starts.
+//! - A plan's batching is never [`Batching::Auto`]; its buckets are empty unless batching is
+//!   dynamic; it has at least one worker.
+
+use super::auto::{self, EngineConfig};
+use super::buckets::Buckets;
+use super::config::{Batching, EngineBuilder, Output, Replicas, SampleInputs, MAX_BUCKET_OVER_BATCH, MAX_WARMUP_ELEMENTS, MAX_WORKERS};
+use super::error::EngineError;
+use super::independence;
+use super::request::Admission;
+use super::thread_caches;
+use super::worker;
+use crate::models::Forward;
+use crate::runtime::{check_capability, Capability, Report};
+use crate::stream::{Priority, Stream};
+use crate::Error;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tch::{Device, Kind};
+
+/// Whether this build has the CUDA graph code (compiled in when the build found the CUDA
+/// headers beside a CUDA libtorch; see the crate's build script).
+pub const CUDA_GRAPHS_BUILT: bool = cfg!(tss_cuda_graphs);
+
+/// Streams in the patched MPS pool (ids 1-32, as upstream's).
+const MPS_POOL_STREAMS: usize = 32;
+
+/// Per-sample shape and dtype of every input.
+pub(crate) type Specs = Vec<(Vec<i64>, Kind)>;
+
+/// Everything an engine starts with, decided.
+pub(crate) struct Plan {
+    /// The workers to start, by index.
+    pub(crate) workers: Vec<WorkerPlan>,
+    /// Resolved: never `Auto`.
+    pub(crate) batching: Batching,
+    /// Sizes batches are padded to (empty without dynamic batching).
+    pub(crate) buckets: Buckets,
+    /// Whether workers on CUDA devices capture and replay graphs.
+    pub(crate) cuda_graphs: bool,
+    /// The inputs every worker warms up on (none with warm-up off or a shape unknown).
+    pub(crate) warmup: Option<Specs>,
+    pub(crate) samples: Option<SampleInputs>,
+    pub(crate) output: Output,
+    pub(crate) queue_capacity: usize,
+    /// What `submit` accepts.
+    pub(crate) admission: Admission,
+    /// What [`Engine::config`](super::Engine::config) reports.
+    pub(crate) config: EngineConfig,
+}
+
+/// One worker to start.
+pub(crate) struct WorkerPlan {
+    pub(crate) device: Device,
+    /// Its model instance (shared with the device's other workers under [`Replicas::Shared`]).
+    pub(crate) model: Arc<dyn Forward>,
+    /// Whether it takes a pool stream (a GPU with a stream pool) or the default stream.
+    pub(crate) use_pool: bool,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let workers: Vec<String> =
+            self.workers.iter().map(|w| format!("{:?}{}", w.device, if w.use_pool { " (pool stream)" } else { "" })).collect();
+        f.debug_struct("Plan")
+            .field("workers", &workers)
+            .field("batching", &self.batching)
+            .field("buckets", &self.buckets.sizes())
+            .field("cuda_graphs", &self.cuda_graphs)
+            .field("warmup", &self.warmup)
+            .field("reasons", &self.config.reasons)
+            .finish()
+    }
+}
+
+/// Decides what an engine built from `b` runs (see the module docs). Errors: a value out of
+/// range; CUDA graphs asked for without the code or a CUDA device; a device index out of range;
+/// a backend without a stream pool under `require_stream_pool(true)`; a model that cannot be
+/// instantiated; dynamic batching given for a model the independence check refuses; buckets or
+/// warm-up inputs too large.
+pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
+    b.check()?;
+    check_graphs_possible(b)?;
+    let has_pool = stream_pools(b)?;
+    let mut reasons = Vec::new();
+    let assigned = assign(b, &has_pool, &mut reasons);
+    let models = instantiate(b, &assigned)?;
+    let known = known_inputs(b);
+    let (batching, measured) = resolve_batching(b, known.as_ref(), &models[0], assigned[0], &mut reasons)?;
+    let buckets = resolve_buckets(b, batching, &mut reasons)?;
+    check_warmup_size(known.as_ref(), &buckets)?;
+    let cuda_graphs = resolve_graphs(b, &assigned, known.is_some(), &mut reasons);
+    let config = EngineConfig {
+        workers: assigned.len(),
+        batching,
+        buckets: buckets.sizes().to_vec(),
+        cuda_graphs,
+        inputs_ready: b.inputs_ready,
+        calibration: measured.readings,
+        calibration_spread: measured.spread,
+        calibration_stopped: measured.stopped,
+        reasons,
+    };
+    let workers = assigned
+        .iter()
+        .zip(models)
+        .map(|(&device, model)| WorkerPlan { device, model, use_pool: has_pool[&device] && device != Device::Cpu })
+        .collect();
+    Ok(Plan {
+        workers,
+        batching,
+        buckets,
+        cuda_graphs,
+        warmup: if b.warmup { known } else { None },
+        samples: b.samples.clone(),
+        output: b.output,
+        queue_capacity: b.queue_capacity,
+        admission: Admission { inputs: b.inputs.clone(), arity: b.arity, devices: b.devices.clone() },
+        config,
+    })
+}
+
+/// CUDA graphs asked for explicitly need the graph code and a CUDA device.
+fn check_graphs_possible(b: &EngineBuilder) -> Result<(), EngineError> {
+    if b.cuda_graphs != Some(true) {
+        return Ok(());
+    }
+    if !CUDA_GRAPHS_BUILT {
+        return Err(EngineError::Build(
+            "CUDA graphs were asked for, but this build has no CUDA graph code: it compiles in when the build finds the CUDA \
+             headers beside a CUDA libtorch (scripts/setup.sh installs them); --features cuda-graphs makes a build fail without them"
+                .into(),
+        ));
+    }
+    if !b.devices.iter().any(|d| matches!(d, Device::Cuda(_))) {
+        return Err(EngineError::Build("CUDA graphs need a CUDA device".into()));
+    }
+    Ok(())
+}
+
+/// Which devices have a stream pool (validating every device index on the way); a device
+/// without one is served by a single worker on its default stream, or refused under
+/// `require_stream_pool(true)`.
+fn stream_pools(b: &EngineBuilder) -> Result<HashMap<Device, bool>, EngineError> {
+    let mut has_pool = HashMap::new();
+    for &device in &b.devices {
+        Stream::default_for(device)?; // validates the index
+        let pool = match Stream::from_pool(device, Priority::Normal) {
+            Ok(_) => true, // CPU included: its one stream answers every pool request
+            Err(Error::Unsupported { backend, detail, .. }) => {
+                if b.require_stream_pool {
+                    let why = Report::gather()
+                        .ok()
+                        .and_then(|r| check_capability(Capability::MpsPool, &r).err())
+                        .map(|e| e.to_string())
+                        .unwrap_or(detail);
+                    return Err(EngineError::Build(why));
+                }
+                if has_pool.values().all(|&p| p) {
+                    tracing::warn!(
+                        "{backend} has no stream pool in the loaded libtorch: serving {device:?} with a single worker \
+                         on its default stream (build the patched libtorch for per-worker streams)"
+                    );
+                }
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
+        has_pool.insert(device, pool);
+    }
+    Ok(has_pool)
+}
+
+/// The device of every worker: round-robin over the builder's devices, a device without a
+/// stream pool getting exactly one.
+fn assign(b: &EngineBuilder, has_pool: &HashMap<Device, bool>, reasons: &mut Vec<String>) -> Vec<Device> {
+    let workers = match b.workers {
+        Some(n) => n,
+        None => {
+            let n = b.devices.iter().map(|&d| auto::workers_for(d, has_pool[&d])).sum::<usize>().min(MAX_WORKERS);
+            reasons.push(format!("workers: {n} (default: 4 per GPU with a stream pool, 1 without, 2 for the CPU)"));
+            n
+        }
+    };
+    let mut assigned: Vec<Device> = Vec::new();
+    for i in 0..workers {
+        let d = b.devices[i % b.devices.len()];
+        if has_pool[&d] || !assigned.contains(&d) {
+            assigned.push(d);
+        }
+    }
+    let mps_workers = assigned.iter().filter(|d| **d == Device::Mps).count();
+    if mps_workers > MPS_POOL_STREAMS {
+        tracing::warn!(
+            "{mps_workers} workers on MPS, but its stream pool has {MPS_POOL_STREAMS} streams: workers beyond that share streams \
+             (and their queues); use at most {MPS_POOL_STREAMS}"
+        );
+    }
+    assigned
+}
+
+/// One model instance per worker, or one per device shared by its workers.
+fn instantiate(b: &EngineBuilder, assigned: &[Device]) -> Result<Vec<Arc<dyn Forward>>, EngineError> {
+    let mut shared: HashMap<Device, Arc<dyn Forward>> = HashMap::new();
+    let mut models = Vec::with_capacity(assigned.len());
+    for &d in assigned {
+        let m = match b.replicas {
+            Replicas::Shared => match shared.get(&d) {
+                Some(m) => Arc::clone(m),
+                None => {
+                    let m = b.model.instantiate(d)?;
+                    shared.insert(d, Arc::clone(&m));
+                    m
+                }
+            },
+            Replicas::PerWorker => b.model.instantiate(d)?,
+        };
+        models.push(m);
+    }
+    Ok(models)
+}
+
+/// Every input's shape, when all are known (dtype defaults to float32): the warm-up, check and
+/// calibration inputs.
+fn known_inputs(b: &EngineBuilder) -> Option<Specs> {
+    (0..b.arity.unwrap_or(1))
+        .map(|i| b.inputs.get(i).and_then(|e| e.sample_shape.clone().map(|s| (s, e.kind.unwrap_or(Kind::Float)))))
+        .collect()
+}
+
+/// What the calibration measured, as the configuration reports it.
+#[derive(Default)]
+struct Measured {
+    readings: Vec<(usize, f64)>,
+    spread: Vec<f64>,
+    stopped: Option<String>,
+}
+
+/// The batch-independence check, on a short thread of its own bound to this thread's stream
+/// (which gains no cuBLAS workspaces). It catches the model's panics itself; one caught here is
+/// the check's own.
+fn checked(model: &Arc<dyn Forward>, device: Device, specs: &Specs, samples: Option<&SampleInputs>) -> Result<(), independence::Refusal> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        thread_caches::on_own_thread(device, "tch-streams-independence", || independence::check(&**model, device, specs, samples))
+    }))
+    .unwrap_or_else(|p| {
+        Err(independence::Refusal::Undecided(format!(
+            "the check itself failed ({}; please report it as a tch-streams bug)",
+            worker::panic_message(&*p)
+        )))
+    })
+}
+
+/// Batching as given, checked when the shapes are known; `Auto` becomes dynamic batching sized by
+/// the calibration (on `device`, this thread) or off, with the reason.
+fn resolve_batching(
+    b: &EngineBuilder,
+    known: Option<&Specs>,
+    model: &Arc<dyn Forward>,
+    device: Device,
+    reasons: &mut Vec<String>,
+) -> Result<(Batching, Measured), EngineError> {
+    let batching = match (b.batching, known) {
+        (Batching::Dynamic { .. }, Some(specs)) => {
+            checked(model, device, specs, b.samples.as_ref()).map_err(|refusal| EngineError::Build(refusal.to_string()))?;
+            b.batching
+        }
+        (Batching::Dynamic { .. }, None) => {
+            reasons.push(
+                "batching: dynamic as given, unchecked (the inputs' shapes are unknown: give them with .inputs() so that \
+                 build() can check that the model keeps samples apart)"
+                    .into(),
+            );
+            b.batching
+        }
+        (Batching::Auto, Some(specs)) if b.warmup => match checked(model, device, specs, b.samples.as_ref()) {
+            Err(refusal) => {
+                reasons.push(format!("batching: off ({refusal})"));
+                Batching::Off
+            }
+            Ok(()) => return Ok(calibrated(b, specs, model, device, reasons)),
+        },
+        (Batching::Auto, _) => {
+            reasons.push(if b.warmup {
+                "batching: off (the inputs' shapes are unknown: give them with .inputs() to batch)".into()
+            } else {
+                "batching: off (warm-up is off, so nothing is calibrated)".into()
+            });
+            Batching::Off
+        }
+        (other, _) => other,
+    };
+    Ok((batching, Measured::default()))
+}
+
+/// `Auto` for a model that passed the check: dynamic batching of the calibrated size and no
+/// wait, or off if the model failed during the calibration.
+fn calibrated(b: &EngineBuilder, specs: &Specs, model: &Arc<dyn Forward>, device: Device, reasons: &mut Vec<String>) -> (Batching, Measured) {
+    let calibration = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        auto::calibrate(Arc::clone(model), device, specs, b.samples.as_ref(), auto::AUTO_MAX_BATCH, b.calibration_step_limit)
+    }))
+    .ok()
+    .flatten();
+    let Some(c) = calibration else {
+        reasons.push(format!("batching: off (the model failed on {} inputs during calibration)", SampleInputs::name(b.samples.as_ref())));
+        return (Batching::Off, Measured::default());
+    };
+    let shown: Vec<String> = c.readings.iter().map(|(n, us)| format!("{n}: {us:.0} us")).collect();
+    let noisiest = c.spread.iter().copied().fold(0.0f64, f64::max);
+    reasons.push(format!(
+        "batching: dynamic, max {} samples, no wait beyond what is queued (calibrated on {:?}, fastest of 3 runs: {}; \
+         runs of one size differed by up to {:.0} %)",
+        c.max_batch,
+        device,
+        shown.join(", "),
+        noisiest * 100.0
+    ));
+    let stopped = c.stopped.map(|(size, limit)| {
+        let why = format!(
+            "calibration stopped at {size} samples: that step took longer than {} ms (a model stuck or very slow \
+             at that size); kept the best of the sizes measured before",
+            limit.as_millis()
+        );
+        reasons.push(why.clone());
+        why
+    });
+    let batching = Batching::Dynamic { max_batch: c.max_batch, max_wait: Duration::ZERO };
+    (batching, Measured { readings: c.readings, spread: c.spread, stopped })
+}
+
+/// The bucket sizes of dynamic batching: as given, or powers of two up to `max_batch`. A bucket
+/// far larger than any batch pads batches up to it (and is warmed up on every worker): an error
+/// for batching given explicitly, dropped with a reason for a calibrated one. One a little
+/// larger serves a request of more rows than `max_batch`.
+fn resolve_buckets(b: &EngineBuilder, batching: Batching, reasons: &mut Vec<String>) -> Result<Buckets, EngineError> {
+    let Batching::Dynamic { max_batch, .. } = batching else { return Ok(Buckets::default()) };
+    let limit = max_batch.saturating_mul(MAX_BUCKET_OVER_BATCH);
+    Ok(match &b.buckets {
+        Some(sizes) if sizes.iter().any(|&s| s > limit) => {
+            let over: Vec<usize> = sizes.iter().copied().filter(|&s| s > limit).collect();
+            if matches!(b.batching, Batching::Dynamic { .. }) {
+                return Err(EngineError::Build(format!(
+                    "buckets {over:?} are over {MAX_BUCKET_OVER_BATCH} x max_batch {max_batch}: batches would be padded up to \
+                     them; give bucket sizes of at most {limit} (CLI: --buckets no larger than {MAX_BUCKET_OVER_BATCH} x --batch-max)"
+                )));
+            }
+            let kept: Vec<usize> = sizes.iter().copied().filter(|&s| s <= limit).collect();
+            reasons.push(format!(
+                "buckets: {over:?} dropped, over {MAX_BUCKET_OVER_BATCH} x the calibrated max_batch {max_batch} (batches would be padded up to them)"
+            ));
+            if kept.is_empty() { Buckets::powers_of_two(max_batch) } else { Buckets::from_sizes(kept) }
+        }
+        Some(sizes) => Buckets::from_sizes(sizes.clone()),
+        None => Buckets::powers_of_two(max_batch),
+    })
+}
+
+/// Warm-up makes every bucket's inputs on every worker: bounds the largest.
+fn check_warmup_size(known: Option<&Specs>, buckets: &Buckets) -> Result<(), EngineError> {
+    let (Some(specs), Some(&largest)) = (known, buckets.sizes().last()) else { return Ok(()) };
+    for (i, (shape, _)) in specs.iter().enumerate() {
+        let per_sample: i64 = shape.iter().product();
+        if (largest as i64).checked_mul(per_sample).is_none_or(|n| n > MAX_WARMUP_ELEMENTS) {
+            return Err(EngineError::Build(format!(
+                "input {i}: the largest bucket, {largest} samples of {shape:?}, is over {MAX_WARMUP_ELEMENTS} elements, which warm-up \
+                 would allocate on every worker; lower max_batch or the bucket sizes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// CUDA graphs as given, or on by default where they can be captured up front: compiled in, a
+/// CUDA worker, every input's shape known and warm-up on.
+fn resolve_graphs(b: &EngineBuilder, assigned: &[Device], shapes_known: bool, reasons: &mut Vec<String>) -> bool {
+    if let Some(on) = b.cuda_graphs {
+        return on;
+    }
+    let any_cuda = assigned.iter().any(|d| matches!(d, Device::Cuda(_)));
+    let on = CUDA_GRAPHS_BUILT && any_cuda && shapes_known && b.warmup;
+    if any_cuda {
+        reasons.push(match (on, CUDA_GRAPHS_BUILT) {
+            (true, _) => "CUDA graphs: on (compiled in, CUDA device, input shapes known)".into(),
+            (false, false) => "CUDA graphs: off (not compiled into this build)".into(),
+            (false, true) => "CUDA graphs: off (input shapes unknown or warm-up off: nothing to capture up front)".into(),
+        });
+    }
+    on
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, InputSpec};
+    use crate::models::Model;
+
+    fn add_one() -> Model {
+        Model::closure(|x: &tch::Tensor| x.f_add_scalar(1.0))
+    }
+
+    #[test]
+    fn a_plan_spreads_workers_and_says_why() {
+        let b = Engine::builder(add_one()).devices(vec![Device::Cpu]).warmup(false);
+        let p = plan(&b).unwrap();
+        assert_eq!(p.workers.len(), 2);
+        assert!(p.workers.iter().all(|w| w.device == Device::Cpu && !w.use_pool));
+        assert_eq!(p.batching, Batching::Off);
+        assert!(p.buckets.sizes().is_empty());
+        assert_eq!(p.warmup, None);
+        assert_eq!(
+            p.config.reasons,
+            vec![
+                "workers: 2 (default: 4 per GPU with a stream pool, 1 without, 2 for the CPU)".to_string(),
+                "batching: off (warm-up is off, so nothing is calibrated)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn given_dynamic_batching_gets_power_of_two_buckets_and_shared_replicas() {
+        let b = Engine::builder(add_one())
+            .devices(vec![Device::Cpu])
+            .workers(3)
+            .inputs(vec![InputSpec::new([4], Kind::Float)])
+            .batching(Batching::Dynamic { max_batch: 8, max_wait: Duration::ZERO });
+        let p = plan(&b).unwrap();
+        assert_eq!(p.buckets.sizes(), &[1, 2, 4, 8]);
+        assert_eq!(p.warmup, Some(vec![(vec![4], Kind::Float)]));
+        assert!(Arc::ptr_eq(&p.workers[0].model, &p.workers[2].model), "one instance per device by default");
+        assert!(p.config.reasons.is_empty(), "{:?}", p.config.reasons);
+    }
+
+    #[test]
+    fn buckets_far_over_a_given_max_batch_are_refused() {
+        let b = Engine::builder(add_one())
+            .devices(vec![Device::Cpu])
+            .batching(Batching::Dynamic { max_batch: 2, max_wait: Duration::ZERO })
+            .buckets(vec![2, 64]);
+        let e = plan(&b).unwrap_err();
+        assert!(matches!(&e, EngineError::Build(m) if m.starts_with("buckets [64] are over 8 x max_batch 2")), "{e}");
+    }
+}
