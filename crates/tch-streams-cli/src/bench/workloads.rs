@@ -300,7 +300,7 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             let runs = measure(factories, timing);
             if stuck.load(Ordering::SeqCst) {
                 let st = engine.stats();
-                let unanswered = st.submitted.saturating_sub(st.completed + st.failed);
+                let unanswered = st.submitted.saturating_sub(st.completed + st.failed + st.cancelled);
                 // A stuck worker cannot be stopped, and dropping the engine would wait for it:
                 // close its queue and abandon it (its threads and memory stay until the process
                 // ends).

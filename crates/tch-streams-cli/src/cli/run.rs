@@ -306,7 +306,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             (answered, progress_at) = (now_answered, Instant::now());
         }
         let st = engine.stats();
-        let unanswered = st.submitted.saturating_sub(st.completed + st.failed);
+        let unanswered = st.submitted.saturating_sub(st.completed + st.failed + st.cancelled);
         let why = if give_up.is_some_and(|g| start.elapsed() > g) {
             Some(format!("{} s after the run's end", GRACE.as_secs()))
         } else if unanswered > 0 && progress_at.elapsed() > stall {
