@@ -6,13 +6,8 @@
 # Arguments go to `tch-streams serve` (e.g. --model m.pt --input 1x16:float32 --name m; the
 # request is then made from the model's metadata). Ports: SERVE_DEMO_PORTS="8000 8001 8002"
 # (default: any free ports).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
-scripts/setup.sh >/dev/null
-eval "$(scripts/setup.sh --print-env)"
-cargo build --release --quiet --bin tch-streams
-BIN="$CARGO_TARGET_DIR/release/tch-streams"
+. "$(dirname "$0")/lib.sh"
+build_tch_streams
 read -r HTTP_PORT GRPC_PORT METRICS_PORT <<<"${SERVE_DEMO_PORTS:-0 0 0}"
 MODEL_ARGS=("$@")
 [ ${#MODEL_ARGS[@]} -gt 0 ] || MODEL_ARGS=(--builtin small-mlp)
