@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The opening shared by the scripts that build and run tch-streams (run.sh, bench.sh,
 # preflight.sh, serve-demo.sh, multi-gpu.sh); sourced, never run:
 #   . "$(dirname "$0")/lib.sh"   strict mode (set -euo pipefail), the repository root as the working
@@ -15,5 +16,6 @@ build_tch_streams() {
   scripts/setup.sh >/dev/null
   eval "$(scripts/setup.sh --print-env)"
   cargo build --release --quiet --bin tch-streams
+  # shellcheck disable=SC2034  # BIN is the caller's
   BIN="$CARGO_TARGET_DIR/release/tch-streams"
 }

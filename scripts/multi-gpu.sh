@@ -12,6 +12,7 @@
 #                   (for a GPU machine without a Rust toolchain; build them elsewhere against
 #                   the same libtorch)
 # Needs two or more CUDA GPUs; with one it stops and says so.
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 OUT=results
 PREBUILT=""

@@ -4,6 +4,7 @@
 #   scripts/preflight.sh --require cuda-pool  # also require a working CUDA stream pool (exit 3 if not)
 #   scripts/preflight.sh --json
 # Exit codes are preflight's: 0 ok, 2 libtorch mismatch, 3 missing capability, 1 other failure.
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 build_tch_streams
 exec "$BIN" preflight "$@"

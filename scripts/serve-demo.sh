@@ -6,6 +6,7 @@
 # Arguments go to `tch-streams serve` (e.g. --model m.pt --input 1x16:float32 --name m; the
 # request is then made from the model's metadata). Ports: SERVE_DEMO_PORTS="8000 8001 8002"
 # (default: any free ports).
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 build_tch_streams
 read -r HTTP_PORT GRPC_PORT METRICS_PORT <<<"${SERVE_DEMO_PORTS:-0 0 0}"
