@@ -8,8 +8,8 @@
 #   5. libtorch 2.11.0 / tch 0.24: the library's tests and the examples again (scripts/compat.sh);
 #      TCH_STREAMS_COMPAT=0 skips this step; the shim is also compiled against 2.12.0's headers;
 #   6. the scripts' own tests: the serving comparison's report on a made-up run
-#      (scripts/serve-perf/test_report.py), the patch and lock parser (scripts/patchtools/
-#      test_patchtools.py), and no here-document longer than 10 lines (scripts/heredocs.py);
+#      (scripts/serve-perf/test_report.py) and its records (test_records.py), the patch and lock
+#      parser (scripts/patchtools/test_patchtools.py), no here-document over 10 lines (heredocs.py);
 #   7. the library as published: `cargo publish -p tch-streams --dry-run` packages it and builds
 #      the package on its own (nothing outside crates/tch-streams reaches it), timed;
 #   8. the library's docs as docs.rs builds them: feature doc-only, no libtorch in reach, every
@@ -49,6 +49,7 @@ fi
 
 step "scripts: serving comparison report, patch parser, here-documents"
 python3 scripts/serve-perf/test_report.py
+python3 scripts/serve-perf/test_records.py
 python3 scripts/patchtools/test_patchtools.py
 python3 scripts/heredocs.py --max 10 >/dev/null
 
