@@ -4,10 +4,7 @@
 # Arguments are passed to `tch-streams bench` (see `tch-streams bench --help`), e.g.:
 #   scripts/bench.sh --quick                    short CPU-sized sweep (threads 1,2; about a minute)
 #   scripts/bench.sh --device cuda:0            full sweep on the first GPU
-set -euo pipefail
-cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
-scripts/setup.sh >/dev/null
-eval "$(scripts/setup.sh --print-env)"
-cargo build --release --quiet --bin tch-streams
-exec "$CARGO_TARGET_DIR/release/tch-streams" bench --with-python "$@"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+build_tch_streams
+exec "$BIN" bench --with-python "$@"

@@ -98,36 +98,13 @@ oneline() { tr '\n' ' ' | cut -c1-400; }
 wheel_tag() { case "$1" in 2.11.*) echo macosx_11_0_arm64 ;; *) echo macosx_14_0_arm64 ;; esac; }
 find_wheel() { [ -d "$WHEELS" ] || return 0; find "$WHEELS" -maxdepth 1 -name "torch-$1-*-$(wheel_tag "$1").whl" | sort | head -n 1; }
 
-# "path new|old" per file of a patch: new when the patch creates it.
-patch_files() {
-  python3 - "$1" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-for block in re.split(r'^(?=diff --git )', text, flags=re.M)[1:]:
-    path = re.match(r'diff --git a/(\S+) b/', block).group(1)
-    print(path, 'new' if re.search(r'^--- /dev/null$', block, flags=re.M) else 'old')
-PY
-}
-
-# Rebuilds a pre-image of PATH from the hunks of a patch: each hunk's old lines at its stated line
-# numbers, unique filler lines in between.
-rebuild_preimage() {
-  python3 - "$1" "$2" <<'PY'
-import re, sys
-text, want = open(sys.argv[1]).read(), sys.argv[2]
-out = []
-for block in re.split(r'^(?=diff --git )', text, flags=re.M)[1:]:
-    if re.match(r'diff --git a/(\S+) b/', block).group(1) != want:
-        continue
-    for m in re.finditer(r'^@@ -(\d+)(?:,(\d+))? \+\S+ @@[^\n]*\n((?:[ +\\-][^\n]*\n?)*)', block, flags=re.M):
-        start = int(m.group(1))
-        while len(out) < start - 1:
-            out.append('/* pre-image gap %d */' % len(out))
-        out += [l[1:] for l in m.group(3).splitlines() if l[:1] in (' ', '-')]
-out += ['/* pre-image tail %d */' % i for i in range(3)]
-print('\n'.join(out))
-PY
-}
+# Patches and lock files are read by scripts/patchtools/patchtools.py (see its --help):
+#   pt files PATCH            "path new|old" per file of a patch: new when the patch creates it;
+#   pt preimage PATCH PATH    a pre-image of PATH rebuilt from the patch's hunks (each hunk's old
+#                             lines at its stated line numbers, unique filler lines in between);
+#   pt hunks PATCH PATH...    the number of hunks in those files;
+#   pt lock LOCK KEY [PATH]   a lock file's KEY= lines; pt drop-lines FILE SPEC.
+pt() { python3 "$ROOT/scripts/patchtools/patchtools.py" "$@"; }
 
 # tsan_run NAME SOURCE BIN INCLUDE_DIR [extra g++ args]: compiles and runs under TSan (without ASLR
 # if the kernel's mmap layout upsets TSan); sets TSAN_OUT and TSAN_RC.
@@ -185,21 +162,22 @@ check_version() {
     fi
   }
   local CTX_FILES=() DROPS=()
-  mapfile -t CTX_FILES < <(sed -n 's/^file=\([^ ]*\) .*/\1/p' "$ROOT/vendor/v$V/mps-context.lock")
+  local LOCK="$ROOT/vendor/v$V/mps-context.lock"
+  mapfile -t CTX_FILES < <(pt lock "$LOCK" file | cut -d' ' -f1)
   # compile-drop=PATH LINES REASON: lines (e.g. 6,68-73,75, numbered in the fetched, sha256-checked
   # file) that objc-syntax leaves out of a context file before patching and compiling it: a
   # change the copy carries that the release lacks. `context` still checks the whole file.
-  mapfile -t DROPS < <(sed -n 's/^compile-drop=\([^ ]*\) \([0-9,-]*\) .*/\1 \2/p' "$ROOT/vendor/v$V/mps-context.lock")
+  mapfile -t DROPS < <(pt lock "$LOCK" compile-drop)
   # standin=VERSION PATH REASON: objc-syntax also compiles PATH as that earlier version's window
   # text (its own lock, fetched and sha256-checked), patched by this version's patch, against this
   # version's headers: a stand-in where this version's window text was not found. `context`
   # ignores stand-ins (they are not this version's text).
   local STANDINS=() STANDIN_OK=1
-  mapfile -t STANDINS < <(sed -n 's/^standin=\([0-9.]*\) \([^ ]*\).*/\1 \2/p' "$ROOT/vendor/v$V/mps-context.lock")
+  mapfile -t STANDINS < <(pt lock "$LOCK" standin)
 
   # --- base tree: wheel headers (wrapper stripped) + context .mm + rebuilt pre-images ------------
   local BASE="$W/base"; mkdir -p "$BASE"
-  patch_files "$PATCH" > "$W/files"
+  pt files "$PATCH" > "$W/files"
   local WRAP_HEAD='#if !defined(TORCH_STABLE_ONLY) && !defined(TORCH_TARGET_VERSION)'
   local WRAP_TAIL
   WRAP_TAIL="$(printf '%s\n' '' '#else' \
@@ -221,7 +199,7 @@ check_version() {
         sed -n "2,$((n - 4))p" "$src" > "$BASE/$path" ;;
       *)
         if [ "$CTX_OK" = 1 ] && [ -f "$CTX/$path" ]; then cp "$CTX/$path" "$BASE/$path"
-        else rebuild_preimage "$PATCH" "$path" > "$BASE/$path"; fi ;;
+        else pt preimage "$PATCH" "$path" > "$BASE/$path"; fi ;;
     esac
   done < "$W/files"
   local out
@@ -277,17 +255,8 @@ check_version() {
     mkdir -p "$C"
     for f in "${CTX_FILES[@]}"; do mkdir -p "$C/$(dirname "$f")"; cp "$CTX/$f" "$C/$f"; inc+=(--include="$f"); done
     if out="$(cd "$C" && git apply --check --verbose "${inc[@]}" "$PATCH" 2>&1)"; then
-      local nh; nh="$(python3 - "$PATCH" "${CTX_FILES[@]}" <<'PY2'
-import re, sys
-text, want = open(sys.argv[1]).read(), set(sys.argv[2:])
-n = 0
-for block in re.split(r'^(?=diff --git )', text, flags=re.M)[1:]:
-    if re.match(r'diff --git a/(\S+) b/', block).group(1) in want:
-        n += len(re.findall(r'^@@ ', block, flags=re.M))
-print(n)
-PY2
-)"
-      pass context "all $nh hunks of ${#CTX_FILES[@]} .mm files apply to the upstream text ($(sed -n 's/^repo=//p' "$ROOT/vendor/v$V/mps-context.lock")@$(sed -n 's/^commit=//p' "$ROOT/vendor/v$V/mps-context.lock" | cut -c1-8), renames reversed)"
+      local nh; nh="$(pt hunks "$PATCH" "${CTX_FILES[@]}")"
+      pass context "all $nh hunks of ${#CTX_FILES[@]} .mm files apply to the upstream text ($(pt lock "$LOCK" repo)@$(pt lock "$LOCK" commit | cut -c1-8), renames reversed)"
     else
       fail context "$(grep -E '^error' <<<"$out" | head -n 3 | oneline)"
     fi
@@ -398,8 +367,7 @@ PY2
     if [ "$TREES_FAILED" = 0 ]; then
       for d in "${DROPS[@]}"; do
         read -r d_path d_lines <<<"$d"
-        awk -v spec="$d_lines" 'BEGIN { n = split(spec, parts, ","); for (i = 1; i <= n; i++) { m = split(parts[i], r, "-"); for (k = r[1]; k <= (m > 1 ? r[2] : r[1]); k++) drop[k] = 1 } }
-          !(FNR in drop)' "$BASE/$d_path" > "$OB/$d_path"
+        pt drop-lines "$BASE/$d_path" "$d_lines" > "$OB/$d_path"
         dropped+="; $(basename "$d_path"): upstream-copy lines $d_lines left out (vendor/v$V/mps-context.lock)"
       done
       cp -r "$OB" "$OA"

@@ -31,10 +31,11 @@ DEST="$CACHE/mps-context/v$VERSION"
 if [ "$PRINT_DIR" = 1 ]; then echo "$DEST"; exit 0; fi
 [ -f "$LOCK" ] || { echo "[fetch-mps-context] missing $LOCK" >&2; exit 1; }
 
-repo="$(sed -n 's/^repo=//p' "$LOCK")"
-commit="$(sed -n 's/^commit=//p' "$LOCK")"
-mapfile -t renames < <(sed -n 's/^rename=//p' "$LOCK")
-mapfile -t files < <(sed -n 's/^file=//p' "$LOCK")
+lock() { python3 "$ROOT/scripts/patchtools/patchtools.py" lock "$LOCK" "$1"; }  # the shared lock parser
+repo="$(lock repo)"
+commit="$(lock commit)"
+mapfile -t renames < <(lock rename)
+mapfile -t files < <(lock file)
 [ "${#files[@]}" -gt 0 ] || exit 0
 [[ "$commit" =~ ^[0-9a-f]{40}$ ]] || { echo "[fetch-mps-context] $LOCK: commit must be 40 hex digits" >&2; exit 1; }
 BASE="${TCH_STREAMS_GITHUB_RAW:-https://raw.githubusercontent.com}"

@@ -12,15 +12,15 @@
 #                   (for a GPU machine without a Rust toolchain; build them elsewhere against
 #                   the same libtorch)
 # Needs two or more CUDA GPUs; with one it stops and says so.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 OUT=results
 PREBUILT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift ;;
     --prebuilt) PREBUILT="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) echo "multi-gpu.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -37,15 +37,12 @@ if [ -n "$PREBUILT" ]; then
   TESTS="$PREBUILT/engine_gpu"
   BIN="$PREBUILT/tch-streams"
 else
-  scripts/setup.sh >/dev/null
-  eval "$(scripts/setup.sh --print-env)"
-  cargo build --release --quiet --bin tch-streams
+  build_tch_streams
   TESTS="$(cargo test --release --no-run --message-format=json --test engine_gpu 2>/dev/null \
     | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("executable"): print(m["executable"])' | tail -n 1)"
-  BIN="$CARGO_TARGET_DIR/release/tch-streams"
 fi
 
 echo "== engine stress over $DEVICES"

@@ -4,10 +4,7 @@
 #   scripts/preflight.sh --require cuda-pool  # also require a working CUDA stream pool (exit 3 if not)
 #   scripts/preflight.sh --json
 # Exit codes are preflight's: 0 ok, 2 libtorch mismatch, 3 missing capability, 1 other failure.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
-scripts/setup.sh >/dev/null
-eval "$(scripts/setup.sh --print-env)"
-cargo build --release --quiet --bin tch-streams
-exec "$CARGO_TARGET_DIR/release/tch-streams" preflight "$@"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+build_tch_streams
+exec "$BIN" preflight "$@"

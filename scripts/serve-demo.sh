@@ -6,13 +6,9 @@
 # Arguments go to `tch-streams serve` (e.g. --model m.pt --input 1x16:float32 --name m; the
 # request is then made from the model's metadata). Ports: SERVE_DEMO_PORTS="8000 8001 8002"
 # (default: any free ports).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
-scripts/setup.sh >/dev/null
-eval "$(scripts/setup.sh --print-env)"
-cargo build --release --quiet --bin tch-streams
-BIN="$CARGO_TARGET_DIR/release/tch-streams"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+build_tch_streams
 read -r HTTP_PORT GRPC_PORT METRICS_PORT <<<"${SERVE_DEMO_PORTS:-0 0 0}"
 MODEL_ARGS=("$@")
 [ ${#MODEL_ARGS[@]} -gt 0 ] || MODEL_ARGS=(--builtin small-mlp)
@@ -36,36 +32,7 @@ METRICS=$(sed 's/.*metrics=\([^ ]*\).*/\1/' <<<"$LINE")
 
 MODEL=$(sed -n 's/^model \([^:]*\):.*/\1/p' "$OUT/stderr" | head -1)
 
-python3 - "$HTTP" "$GRPC" "$MODEL" <<'PY'
-import sys
-import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
-
-http_addr, grpc_addr, model = sys.argv[1:4]
-h = httpclient.InferenceServerClient(http_addr)
-g = grpcclient.InferenceServerClient(grpc_addr)
-meta = h.get_model_metadata(model)
-print(f"model {model}: inputs {meta['inputs']}")
-rng = np.random.default_rng(0)
-arrays = []
-for t in meta["inputs"]:
-    shape = [1] + [int(d) for d in t["shape"][1:]]
-    dtype = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64,
-             "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "BOOL": bool}.get(t["datatype"], np.float32)
-    a = rng.integers(0, 100, size=shape) if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape)
-    arrays.append(a.astype(dtype) if dtype is not bool else a > 0)
-for client, mod, proto in [(h, httpclient, "HTTP"), (g, grpcclient, "gRPC")]:
-    inputs = []
-    for t, a in zip(meta["inputs"], arrays):
-        i = mod.InferInput(t["name"], list(a.shape), t["datatype"])
-        i.set_data_from_numpy(a)
-        inputs.append(i)
-    result = client.infer(model, inputs)
-    for o in meta["outputs"]:
-        y = result.as_numpy(o["name"])
-        print(f"{proto:4} {o['name']}: shape {list(y.shape)} {y.dtype}, first values {y.reshape(-1)[:4]}")
-PY
+python3 scripts/serve_demo_client.py "$HTTP" "$GRPC" "$MODEL"
 echo
 curl -s "http://$METRICS/metrics" 2>/dev/null | grep '^tch_streams_requests_total' || true
 kill -TERM "$PID"

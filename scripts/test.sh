@@ -7,7 +7,9 @@
 #   4. the example apps run as a user runs them (no LD_LIBRARY_PATH), output shown;
 #   5. libtorch 2.11.0 / tch 0.24: the library's tests and the examples again (scripts/compat.sh);
 #      TCH_STREAMS_COMPAT=0 skips this step; the shim is also compiled against 2.12.0's headers;
-#   6. the serving comparison's report on a made-up run (scripts/serve-perf/test_report.py);
+#   6. the scripts' own tests: the serving comparison's report on a made-up run
+#      (scripts/serve-perf/test_report.py) and its records (test_records.py), the patch and lock
+#      parser (scripts/patchtools/test_patchtools.py), no here-document over 10 lines (heredocs.py);
 #   7. the library as published: `cargo publish -p tch-streams --dry-run` packages it and builds
 #      the package on its own (nothing outside crates/tch-streams reaches it), timed;
 #   8. the library's docs as docs.rs builds them: feature doc-only, no libtorch in reach, every
@@ -17,7 +19,7 @@
 # Extra arguments go to cargo test, e.g. `scripts/test.sh stream_` to filter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 step() { printf '\n==> %s\n' "$*"; }
 START=$(date +%s)
 
@@ -45,8 +47,11 @@ if [ "${TCH_STREAMS_COMPAT:-1}" != 0 ]; then
   scripts/compat.sh 2.11.0 "$@"
 fi
 
-step "serving comparison report (scripts/serve-perf/report.py on a made-up run)"
+step "scripts: serving comparison report, patch parser, here-documents"
 python3 scripts/serve-perf/test_report.py
+python3 scripts/serve-perf/test_records.py
+python3 scripts/patchtools/test_patchtools.py
+python3 scripts/heredocs.py --max 10 >/dev/null
 
 step "the published crate: cargo publish -p tch-streams --dry-run (libtorch $TCH_STREAMS_TORCH)"
 # Packages the library and builds the package alone, in the warm target dir (dev profile).

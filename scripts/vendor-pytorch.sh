@@ -43,10 +43,10 @@ DEST="${DEST:-$ROOT/vendor/pytorch-$VERSION}"
 log() { echo "[vendor-pytorch] $*" >&2; }
 die() { echo "[vendor-pytorch] ERROR: $*" >&2; exit 1; }
 
-# Reads KEY=VALUE from the lock; blank lines and '#' comments are ignored.
+# Reads KEY=VALUE from the lock (scripts/patchtools/patchtools.py, the lock parser the scripts share).
 lock_value() {
   local key="$1" value
-  value="$(sed -n "s/^${key}=//p" "$LOCK" | head -n 1)"
+  value="$(python3 "$ROOT/scripts/patchtools/patchtools.py" lock "$LOCK" "$key" | head -n 1)"
   [ -n "$value" ] || die "$LOCK has no '${key}=' line"
   printf '%s\n' "$value"
 }

@@ -9,23 +9,26 @@ on a context or removed line of a .mm hunk must occur in it, every function defi
 line must be named in it, and every fact in FACTS must hold (see checks/mps/binary-facts-*.txt).
 Prints a one-line summary, then one line per problem; exits 1 when there is a problem.
 """
+import os
 import re
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'scripts', 'patchtools'))
+import patchtools  # noqa: E402  (the project's one diff parser)
 
 patch, dylib, facts_path = sys.argv[1:4]
 data = open(dylib, 'rb').read()
 problems, literals, functions = [], set(), set()
-for block in re.split(r'^(?=diff --git )', open(patch).read(), flags=re.M)[1:]:
-    path = re.match(r'diff --git a/(\S+) b/', block).group(1)
-    if not path.endswith('.mm') or re.search(r'^--- /dev/null$', block, flags=re.M):
+for f in patchtools.read_patch(patch):
+    path = f.path
+    if not path.endswith('.mm') or f.is_new:
         continue
-    for line in block.splitlines():
-        if line[:1] not in (' ', '-') or line.startswith('--- '):
-            continue
-        for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', line[1:]):
+    # the context and removed lines of its hunks
+    for text in (t for h in f.hunks for t in h.old_lines()):
+        for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', text):
             if '\\' not in lit and len(lit) >= 6:
                 literals.add((path, lit))
-        m = re.match(r'^(?:static\s+|inline\s+)*[\w:<>,*&\s]*?\b\w+::(\w+)\(|^(?:static\s+|inline\s+)*[\w:<>,*&]+[\s*&]+(\w+)\(', line[1:])
+        m = re.match(r'^(?:static\s+|inline\s+)*[\w:<>,*&\s]*?\b\w+::(\w+)\(|^(?:static\s+|inline\s+)*[\w:<>,*&]+[\s*&]+(\w+)\(', text)
         if m and (m.group(1) or m.group(2)) not in ('if', 'for', 'while', 'switch', 'return'):
             functions.add((path, m.group(1) or m.group(2)))
 for path, lit in sorted(literals):

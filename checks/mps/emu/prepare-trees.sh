@@ -37,17 +37,11 @@ rm -rf "$OUT/base" "$OUT/patched" "$OUT/wheel"
 mkdir -p "$OUT/base"
 unzip -q -o "$wheel" 'torch/include/ATen/mps/*' 'torch/include/ATen/native/mps/*' -d "$OUT/wheel"
 
-# path new|old for each file of the patch
-files="$(python3 - "$PATCH" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-for block in re.split(r'^(?=diff --git )', text, flags=re.M)[1:]:
-    path = re.match(r'diff --git a/(\S+) b/', block).group(1)
-    print(path, 'new' if re.search(r'^--- /dev/null$', block, flags=re.M) else 'old')
-PY
-)"
-standin_of() { sed -n "s#^standin=\([0-9.]*\) $1\( .*\)\{0,1\}\$#\1#p" "$LOCK"; }
-drops_of() { sed -n "s#^compile-drop=$1 \([0-9,-]*\) .*#\1#p" "$LOCK"; }
+# The patch and the lock are read by scripts/patchtools/patchtools.py, as check-patch reads them.
+pt() { python3 "$ROOT/scripts/patchtools/patchtools.py" "$@"; }
+files="$(pt files "$PATCH")"   # path new|old for each file of the patch
+standin_of() { pt lock "$LOCK" standin "$1"; }
+drops_of() { pt lock "$LOCK" compile-drop "$1"; }
 include=()
 while read -r path kind; do
   [ "$kind" = new ] && continue
@@ -65,8 +59,7 @@ while read -r path kind; do
       [ -f "$from" ] || continue
       mkdir -p "$OUT/base/$(dirname "$path")"
       d="$(drops_of "$path")"
-      awk -v spec="$d" 'BEGIN { n = split(spec, parts, ","); for (i = 1; i <= n; i++) { m = split(parts[i], r, "-"); for (k = r[1]; k <= (m > 1 ? r[2] : r[1]); k++) drop[k] = 1 } }
-        !(FNR in drop)' "$from" > "$OUT/base/$path"
+      pt drop-lines "$from" "$d" > "$OUT/base/$path"
       include+=(--include="$path") ;;
   esac
 done <<<"$files"
