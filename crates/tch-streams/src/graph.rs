@@ -65,9 +65,10 @@ struct Capturing<'h> {
 }
 
 impl<'h> Capturing<'h> {
-    fn begin(handle: &'h Handle) -> Result<Capturing<'h>> {
-        // SAFETY: a live graph, used on the thread that created it.
-        check(unsafe { ffi::tss_graph_capture_begin(handle.0) }, Backend::Cuda, 0, "CUDAGraph::capture_begin")?;
+    fn begin(handle: &'h Handle, pool: Option<PoolId>) -> Result<Capturing<'h>> {
+        let (hi, lo) = pool.map_or((0, 0), |p| (p.0, p.1));
+        // SAFETY: a live graph, used on the thread that created it; (0, 0) asks for a new pool.
+        check(unsafe { ffi::tss_graph_capture_begin_in(handle.0, hi, lo) }, Backend::Cuda, 0, "CUDAGraph::capture_begin")?;
         Ok(Capturing { handle, open: true })
     }
 
@@ -91,6 +92,17 @@ impl Drop for Capturing<'_> {
     }
 }
 
+/// A graph's memory pool (libtorch's pair of ids), to capture later graphs into the same memory.
+///
+/// Sharing one pool is what keeps several graphs' memory near that of the largest alone: a
+/// capture reuses what earlier captures freed (their intermediates). It is safe when the graphs
+/// are replayed one at a time and each replay's outputs are read (copied) before the next
+/// replay of the pool: a graph's static outputs stay allocated, so no later capture takes
+/// them, but they may lie in memory another graph uses as scratch. Capture the largest first,
+/// so that the smaller ones fit in what it freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PoolId(u64, u64);
+
 /// Why a capture produced no graph.
 pub(crate) enum CaptureError<E> {
     /// The captured work failed (its own error comes first: a failed capture usually follows).
@@ -106,7 +118,9 @@ impl<T> Graph<T> {
     /// static inputs; what it returns becomes its static outputs. The capture is ended whatever
     /// `work` does, panics included (the panic then continues); on any failure every tensor
     /// involved is freed under the lock.
+    /// `pool`: capture into that pool (see [`PoolId`] for when that is safe), or a new one.
     pub(crate) fn capture<E>(
+        pool: Option<PoolId>,
         inputs: Vec<Tensor>,
         work: impl FnOnce(&[Tensor]) -> std::result::Result<T, E>,
     ) -> std::result::Result<Graph<T>, CaptureError<E>> {
@@ -116,13 +130,21 @@ impl<T> Graph<T> {
         // SAFETY: `raw` is a valid out-pointer; on success it owns a graph freed by `Handle`.
         check(unsafe { ffi::tss_graph_new(&mut raw) }, Backend::Cuda, 0, "CUDAGraph::new").map_err(CaptureError::Graph)?;
         let handle = Handle(raw);
-        let capturing = Capturing::begin(&handle).map_err(CaptureError::Graph)?;
+        let capturing = Capturing::begin(&handle, pool).map_err(CaptureError::Graph)?;
         let out = work(&inputs);
         // Always end the capture, even if the work failed (and, through Drop, if it panicked).
         let ended = capturing.end();
         let outputs = out.map_err(CaptureError::Work)?;
         ended.map_err(CaptureError::Graph)?;
         Ok(Graph { handle, inputs, outputs: ManuallyDrop::new(outputs) })
+    }
+
+    /// The memory pool this graph was captured into.
+    pub(crate) fn pool(&self) -> Result<PoolId> {
+        let (mut hi, mut lo) = (0u64, 0u64);
+        // SAFETY: a live, captured graph; valid out-pointers.
+        check(unsafe { ffi::tss_graph_pool(self.handle.0, &mut hi, &mut lo) }, Backend::Cuda, 0, "CUDAGraph::pool")?;
+        Ok(PoolId(hi, lo))
     }
 
     /// The static inputs, one per input of the captured work.

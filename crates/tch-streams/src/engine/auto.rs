@@ -116,7 +116,7 @@ pub(crate) fn calibrate(
     let (tx, rx) = crossbeam_channel::unbounded::<Option<(usize, f64, f64)>>();
     let sizes: Vec<usize> = std::iter::successors(Some(1usize), |&b| b.checked_mul(2)).take_while(|&b| b <= cap.max(1)).collect();
     let planned = sizes.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("tch-streams-calibration".into())
         .spawn(move || {
             let _no_grad = tch::no_grad_guard();
@@ -168,6 +168,12 @@ pub(crate) fn calibrate(
                 break;
             }
         }
+    }
+    // Unless a size got stuck, the thread is done or about to be (it ends after its last reading):
+    // join it, so that the memory of its runs is free before it is given back.
+    if stopped.is_none() {
+        drop(rx);
+        let _ = thread.join();
     }
     Some(Calibration { max_batch: choose(&readings)?, readings, spread, stopped })
 }

@@ -132,6 +132,7 @@ impl Engine {
             .enumerate()
             .filter_map(|(index, (&device, stream))| stream.map(|stream| WorkerInfo { index, device, stream }))
             .collect();
+        engine.metrics.record_after_build(&devices);
         Ok(engine)
     }
 

@@ -9,7 +9,7 @@
 //! sees an answer, and drops the cache only after its last batch completed.
 
 use super::config::MAX_GRAPHS;
-use crate::graph::{CaptureError, Graph};
+use crate::graph::{CaptureError, Graph, PoolId};
 use crate::models::{Forward, ForwardError, Outputs};
 use std::collections::{HashMap, HashSet};
 use tch::{Kind, Tensor};
@@ -26,6 +26,10 @@ pub(crate) struct GraphCache {
     seen: HashMap<Key, u32>,
     graphs: HashMap<Key, Captured>,
     refused: HashSet<Key>,
+    /// The memory pool every graph of this worker is captured into (the first graph's): one
+    /// worker replays one graph at a time and copies its outputs out before the next (see
+    /// `replay`), which is what sharing needs. The worker warms its buckets largest first.
+    pool: Option<PoolId>,
 }
 
 impl GraphCache {
@@ -41,8 +45,11 @@ impl GraphCache {
     /// Captures `xs`'s shapes under `key`; a failure is logged and the key refused for good.
     /// Returns whether a graph now exists for it.
     fn try_capture(&mut self, model: &dyn Forward, xs: &[Tensor], key: Key) -> bool {
-        match capture(model, xs) {
+        match capture(model, xs, self.pool) {
             Ok(c) => {
+                if self.pool.is_none() {
+                    self.pool = c.pool().map_err(|e| tracing::warn!("CUDA graph pool unknown ({e}); later graphs get pools of their own")).ok();
+                }
                 self.graphs.insert(key, c);
                 true
             }
@@ -118,9 +125,9 @@ fn replay(c: &Captured, rows: Option<i64>) -> Result<Outputs, ForwardError> {
 
 /// Captures the model on copies of `xs` (the graph's static inputs); its outputs become the
 /// graph's static outputs.
-fn capture(model: &dyn Forward, xs: &[Tensor]) -> Result<Captured, String> {
+fn capture(model: &dyn Forward, xs: &[Tensor], pool: Option<PoolId>) -> Result<Captured, String> {
     let inputs = xs.iter().map(|x| x.f_detach_copy()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    Graph::capture(inputs, |inputs| model.run(inputs)).map_err(|e| match e {
+    Graph::capture(pool, inputs, |inputs| model.run(inputs)).map_err(|e| match e {
         CaptureError::Work(e) => e.to_string(),
         CaptureError::Graph(e) => e.to_string(),
     })

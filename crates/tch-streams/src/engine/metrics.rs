@@ -4,11 +4,14 @@
 //! consistent snapshot.
 
 use super::auto::EngineConfig;
+use crate::stream::MemoryStats;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use tch::Device;
 
 /// Log-linear latency histogram: 16 buckets per power of two of microseconds (≤ 6.25 % error).
 #[derive(Debug, Clone)]
@@ -116,6 +119,26 @@ pub struct EngineStats {
     pub stages: StageStats,
     /// The configuration the engine runs with (defaults resolved).
     pub config: EngineConfig,
+    /// Device memory of each GPU the engine runs on (empty on CPU): right after the build and
+    /// now, with the device's peak. See [`DeviceMemory`] for what the figures cover.
+    pub memory: Vec<DeviceMemory>,
+}
+
+/// One device's memory as its caching allocator sees it.
+///
+/// The figures are the device's, for the whole process: other engines and tensors on the same
+/// device count too. `now.peak_*` is the highest value since the process started or the last
+/// [`reset_peak_memory`](crate::stream::reset_peak_memory); call that before building the
+/// engine to read this engine's peak (start-up, calibration and serving) alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceMemory {
+    /// The device, e.g. `cuda:0`.
+    pub device: String,
+    /// Right after the build: workers started, warmed up, graphs captured, calibration's cached
+    /// memory given back.
+    pub after_build: MemoryStats,
+    /// When the statistics were taken, with the peak figures.
+    pub now: MemoryStats,
 }
 
 /// Where the workers' time goes: host time per stage summed over every batch (µs), and counts.
@@ -196,6 +219,8 @@ pub(crate) struct Metrics {
     pub(crate) detached: AtomicU64,
     pub(crate) stages: Stages,
     pub(crate) config: EngineConfig,
+    /// Device memory right after the build, per GPU; set once, when every worker is ready.
+    pub(crate) after_build: OnceLock<Vec<(Device, MemoryStats)>>,
     per_batch: Mutex<PerBatch>,
 }
 
@@ -228,6 +253,7 @@ impl Metrics {
             detached: AtomicU64::new(0),
             stages: Stages::default(),
             config,
+            after_build: OnceLock::new(),
             per_batch: Mutex::new(PerBatch {
                 latency: LatencyHistogram::new(),
                 queue: LatencyHistogram::new(),
@@ -276,7 +302,40 @@ impl Metrics {
             elapsed_s: elapsed,
             stages: self.stages.snapshot(),
             config: self.config.clone(),
+            memory: self.memory(),
         }
+    }
+
+    /// Reads every GPU's figures now (one allocator query each; skipped if the allocator cannot
+    /// say) next to those right after the build.
+    fn memory(&self) -> Vec<DeviceMemory> {
+        let Some(after) = self.after_build.get() else { return Vec::new() };
+        after
+            .iter()
+            .filter_map(|&(device, after_build)| {
+                let now = crate::stream::memory_stats(device).ok()?;
+                Some(DeviceMemory { device: device_name(device), after_build, now })
+            })
+            .collect()
+    }
+
+    /// Records the device memory of `devices`' GPUs once the engine is built.
+    pub(crate) fn record_after_build(&self, devices: &[Device]) {
+        let mut gpus: Vec<Device> = devices.iter().copied().filter(|&d| d != Device::Cpu).collect();
+        gpus.sort_by_key(|d| format!("{d:?}"));
+        gpus.dedup();
+        let figures = gpus.into_iter().filter_map(|d| crate::stream::memory_stats(d).ok().map(|m| (d, m))).collect();
+        let _ = self.after_build.set(figures);
+    }
+}
+
+/// `cuda:0`, `mps`, as users write devices.
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+        Device::Cpu => "cpu".into(),
     }
 }
 

@@ -74,6 +74,6 @@ pub use config::{
 };
 pub use core::{Engine, WorkerInfo};
 pub use error::EngineError;
-pub use metrics::{EngineStats, StageStats};
+pub use metrics::{DeviceMemory, EngineStats, StageStats};
 pub use plan::CUDA_GRAPHS_BUILT;
 pub use ticket::{OutputsTicket, Ticket};

@@ -305,12 +305,23 @@ fn resolve_batching(
 
 /// `Auto` for a model that passed the check: dynamic batching of the calibrated size and no
 /// wait, or off if the model failed during the calibration.
+///
+/// Calibration runs batches up to [`auto::AUTO_MAX_BATCH`] samples; their memory stays cached
+/// in the allocator (gigabytes on real models) unless given back, so it is given back here:
+/// the caching allocator's unused blocks on that device go to the driver (other engines' unused
+/// blocks too; they are cached again when next needed).
 fn calibrated(b: &EngineBuilder, specs: &Specs, model: &Arc<dyn Forward>, device: Device, reasons: &mut Vec<String>) -> (Batching, Measured) {
     let calibration = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         auto::calibrate(Arc::clone(model), device, specs, b.samples.as_ref(), auto::AUTO_MAX_BATCH, b.calibration_step_limit)
     }))
     .ok()
     .flatten();
+    if let Some(freed) = give_back_cached_memory(device) {
+        reasons.push(format!(
+            "calibration: {} MiB of cached device memory its largest batches left behind given back to the driver",
+            freed >> 20
+        ));
+    }
     let Some(c) = calibration else {
         reasons.push(format!("batching: off (the model failed on {} inputs during calibration)", SampleInputs::name(b.samples.as_ref())));
         return (Batching::Off, Measured::default());
@@ -449,4 +460,16 @@ mod tests {
         let e = plan(&b).unwrap_err();
         assert!(matches!(&e, EngineError::Build(m) if m.starts_with("buckets [64] are over 8 x max_batch 2")), "{e}");
     }
+}
+
+/// Returns the device allocator's unused cached blocks to the driver (CUDA and MPS); how many
+/// bytes that was, or `None` on CPU or when the allocator cannot say.
+fn give_back_cached_memory(device: Device) -> Option<i64> {
+    if device == Device::Cpu {
+        return None;
+    }
+    let before = crate::stream::memory_stats(device).ok()?.reserved;
+    crate::stream::empty_cache(device).ok()?;
+    let after = crate::stream::memory_stats(device).ok()?.reserved;
+    Some((before - after).max(0))
 }

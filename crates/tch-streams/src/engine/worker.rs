@@ -177,9 +177,11 @@ fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
             let v: Vec<String> = specs.iter().map(|(s, k)| crate::engine::InputSpec::new(s.clone(), *k).to_string()).collect();
             v.join(", ")
         };
+        // Largest first: graphs share one memory pool per worker, and the smaller ones then fit
+        // in what the largest freed.
         let sizes: Vec<i64> = match spec.buckets.sizes() {
             [] => vec![1],
-            b => b.iter().map(|&b| b as i64).collect(),
+            b => b.iter().rev().map(|&b| b as i64).collect(),
         };
         for (k, &rows) in sizes.iter().enumerate() {
             let xs = SampleInputs::make(spec.samples.as_ref(), specs, rows as usize, spec.device)
