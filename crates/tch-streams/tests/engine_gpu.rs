@@ -268,3 +268,32 @@ fn a_panic_during_graph_capture_ends_the_capture_and_the_engine_recovers() {
     assert_eq!(st.submitted, st.completed + st.failed);
     assert_eq!((st.completed, st.failed, st.workers_replaced), (6, 1, 1));
 }
+
+/// Random sample inputs (as `run --model` makes them) with CUDA graphs on 4 workers: every worker
+/// warms its buckets while others capture. Sample inputs drawn on the GPU would advance the
+/// default generator during another worker's capture and fail the build; the engine asks for them
+/// on the host. Also: graphs share one pool per worker, and memory is reported.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn random_sample_inputs_with_graphs_on_several_workers_build_and_serve() {
+    tch_streams::stream::reset_peak_memory(GPU).unwrap();
+    let engine = Engine::builder(Model::Builtin(Builtin::SmallMlp))
+        .devices(vec![GPU])
+        .workers(4)
+        .batching(Batching::Dynamic { max_batch: 64, max_wait: Duration::from_micros(100) })
+        .cuda_graphs(true)
+        .sample_inputs(|rows, device| Ok(vec![Tensor::f_rand([rows as i64, 512], (Kind::Float, device)).map_err(|e| e.to_string())?]))
+        .build()
+        .expect("random sample inputs must not fail the build");
+    let serial = Builtin::SmallMlp.build(GPU);
+    let x = Tensor::rand([3, 512], (Kind::Float, GPU));
+    let y = engine.infer(x.shallow_clone()).unwrap();
+    let want = tch::no_grad(|| serial.forward(&x).unwrap());
+    assert!(y.allclose(&want, 1e-3, 1e-4, false));
+    let st = engine.stats();
+    assert_eq!(st.memory.len(), 1, "{:?}", st.memory);
+    let m = &st.memory[0];
+    assert_eq!(m.device, "cuda:0");
+    assert!(m.after_build.allocated > 0 && m.now.peak_reserved >= m.after_build.reserved, "{m:?}");
+    println!("random sample inputs, graphs on 4 workers: {:?}", st.memory);
+}

@@ -184,14 +184,17 @@ impl SampleInputs {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string());
         };
-        let xs = (provider.0)(rows, device).map_err(|e| format!("the sample inputs could not be made: {e}"))?;
+        // Made on the host and copied: a provider drawing random numbers on a GPU would advance
+        // the device's default generator, which fails while another worker of the process
+        // captures a CUDA graph (the generator is registered with every capture under way).
+        let xs = (provider.0)(rows, Device::Cpu).map_err(|e| format!("the sample inputs could not be made: {e}"))?;
         if xs.len() != specs.len() {
             return Err(format!("the sample inputs hold {} tensor(s) where {} input(s) are declared", xs.len(), specs.len()));
         }
         for (i, (x, (shape, kind))) in xs.iter().zip(specs).enumerate() {
-            if x.size() != dims(shape) || x.kind() != *kind || x.device() != device {
+            if x.size() != dims(shape) || x.kind() != *kind || x.device() != Device::Cpu {
                 return Err(format!(
-                    "sample input {i} is {:?} {:?} on {:?} where {:?} {kind:?} on {device:?} was asked for",
+                    "sample input {i} is {:?} {:?} on {:?} where {:?} {kind:?} on Cpu was asked for",
                     x.size(),
                     x.kind(),
                     x.device(),
@@ -199,7 +202,10 @@ impl SampleInputs {
                 ));
             }
         }
-        Ok(xs)
+        if device == Device::Cpu {
+            return Ok(xs);
+        }
+        xs.iter().map(|x| x.f_to_device(device)).collect::<Result<Vec<_>, _>>().map_err(|e| format!("the sample inputs could not be copied to {device:?}: {e}"))
     }
 
     /// What the inputs are called in messages.
@@ -340,6 +346,8 @@ impl EngineBuilder {
     /// (e.g. ids that must be at least 1) or behaves differently on them. Each call must return
     /// one tensor per declared input ([`inputs`](Self::inputs)), `[rows, shape...]` of its dtype,
     /// on `device`; anything else is a build error that says what was asked for. Default: zeros.
+    /// The engine always asks for `Device::Cpu` and copies the result to the worker's device:
+    /// random numbers drawn on a GPU while another worker captures a CUDA graph would fail.
     ///
     /// ```
     /// use tch::{Device, Kind, Tensor};
