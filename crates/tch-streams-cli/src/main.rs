@@ -1,6 +1,7 @@
 //! `tch-streams`: preflight (prove which libtorch is loaded), and the inference tools built on it.
 
 mod cli;
+mod loadgen;
 
 
 fn main() {

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch to one module per subcommand.
 
 mod bench;
+mod loadgen;
 mod preflight;
 mod run;
 mod serve;
@@ -54,6 +55,13 @@ enum Command {
     /// Verifies the loaded libtorch first. Engine options left out take the engine's defaults.
     #[command(after_help = EXIT_CODES)]
     Serve(serve::Args),
+    /// Load a KServe v2 server (ours or any) over HTTP or gRPC at one or more concurrencies;
+    /// report infer/s, samples/s, latency percentiles and errors.
+    ///
+    /// Closed loop with exactly --concurrency requests in flight, each resending its encoded
+    /// bytes: memory does not grow with the run. Needs no libtorch at run time.
+    #[command(after_help = EXIT_CODES)]
+    Loadgen(loadgen::Args),
 }
 
 /// The exit code of a failed command: a libtorch mismatch or a missing capability keeps its own
@@ -91,6 +99,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let serve = matches.subcommand_matches("serve").ok_or_else(|| anyhow::anyhow!("serve: no arguments"))?;
             serve::run(args, serve)
         }
+        Command::Loadgen(args) => loadgen::run(args),
     }
 }
 

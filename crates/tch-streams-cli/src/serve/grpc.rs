@@ -17,6 +17,7 @@ use super::body::{self, Bounds};
 use super::listen::{Conn, Tracked};
 use super::protocol::{tensor_to_bytes, ApiError, ErrorKind};
 use super::request;
+use super::stages::{Stage, Stages};
 use prost::Message;
 use super::state::{Protocol, Recorder, Server};
 use hyper::body::Incoming;
@@ -42,6 +43,10 @@ pub struct Grpc(pub Arc<Server>);
 
 /// The path of ModelInfer, the one method counted in the request metrics.
 const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// When the front had read a request's whole message: its decode stage starts there.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageRead(pub Instant);
 
 /// The client's deadline (its `grpc-timeout` header), from when the request arrived.
 #[derive(Clone, Copy, Debug)]
@@ -187,6 +192,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
                 }
             };
             parts.extensions.insert(flag.clone());
+            parts.extensions.insert(MessageRead(Instant::now()));
             let req = hyper::Request::from_parts(parts, http_body_util::Full::new(bytes));
             let mut resp = call_ready(&mut inner, req).await.unwrap_or_else(|e| match e {});
             drop(held);
@@ -214,7 +220,7 @@ fn status(e: ApiError) -> Status {
 }
 
 impl Grpc {
-    async fn infer(&self, r: pb::ModelInferRequest, deadline: Option<Instant>) -> Result<pb::ModelInferResponse, ApiError> {
+    async fn infer(&self, r: pb::ModelInferRequest, deadline: Option<Instant>, stages: &mut Stages) -> Result<pb::ModelInferResponse, ApiError> {
         let s = &self.0;
         let model = Arc::clone(s.model(&r.model_name, Some(&r.model_version))?);
         let m = Arc::clone(&model);
@@ -226,7 +232,8 @@ impl Grpc {
                 Ok::<_, ApiError>((admitted, held))
             })
             .await??;
-        let outputs = s.infer(&model, admitted.tensors, &admitted.wanted, deadline).await?;
+        stages.end(Stage::Decode);
+        let outputs = s.infer(&model, admitted.tensors, &admitted.wanted, deadline, stages).await?;
         drop(held);
         let mut described = Vec::with_capacity(outputs.len());
         let mut raw = Vec::with_capacity(outputs.len());
@@ -235,14 +242,16 @@ impl Grpc {
             described.push(InferOutputTensor { name: name.clone(), datatype: datatype.into(), shape: t.size(), ..Default::default() });
             raw.push(tensor_to_bytes(t)?.into());
         }
-        Ok(pb::ModelInferResponse {
+        let response = pb::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: "1".into(),
             id: admitted.id.unwrap_or_default(),
             outputs: described,
             raw_output_contents: raw,
             ..Default::default()
-        })
+        };
+        stages.end(Stage::Encode);
+        Ok(response)
     }
 }
 
@@ -295,8 +304,9 @@ impl GrpcInferenceService for Grpc {
             flag.mark();
         }
         let deadline = r.extensions().get::<Deadline>().map(|d| d.0);
-        let result = self.infer(r.into_inner(), deadline).await;
-        rec.finish(result.as_ref().map(|_| ()).map_err(|e| e.kind));
+        let mut stages = Stages::starting(r.extensions().get::<MessageRead>().map_or_else(Instant::now, |m| m.0));
+        let result = self.infer(r.into_inner(), deadline, &mut stages).await;
+        rec.finish_with(result.as_ref().map(|_| ()).map_err(|e| e.kind), &stages);
         result.map(Response::new).map_err(status)
     }
 

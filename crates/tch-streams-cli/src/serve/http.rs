@@ -23,6 +23,7 @@ use super::json;
 use super::model::ServedModel;
 use super::protocol::{shown, tensor_to_bytes, ApiError, ErrorKind};
 use super::request;
+use super::stages::{Stage, Stages};
 use super::state::{Protocol, Recorder, Server};
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Path, State};
@@ -173,8 +174,9 @@ async fn model_config(State(s): State<Arc<Server>>, ModelRoute(p): ModelRoute) -
 async fn infer(State(s): State<Arc<Server>>, ModelRoute(p): ModelRoute, headers: HeaderMap, body: Body) -> Response {
     // Counted as cancelled if the client goes away and this future is dropped.
     let rec = Recorder::new(&s, &p.name, Protocol::Http);
-    let result = infer_inner(&s, &p, &headers, body).await;
-    rec.finish(result.as_ref().map(|_| ()).map_err(|e| e.kind));
+    let mut stages = Stages::starting_now();
+    let result = infer_inner(&s, &p, &headers, body, &mut stages).await;
+    rec.finish_with(result.as_ref().map(|_| ()).map_err(|e| e.kind), &stages);
     result.unwrap_or_else(|e| error(&e))
 }
 
@@ -224,10 +226,11 @@ async fn read_body(s: &Server, headers: &HeaderMap, body: Body) -> Result<(Bytes
     body::read(body, declared, bounds, &s.budget).await
 }
 
-async fn infer_inner(s: &Arc<Server>, p: &ModelPath, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn infer_inner(s: &Arc<Server>, p: &ModelPath, headers: &HeaderMap, body: Body, stages: &mut Stages) -> Result<Response, ApiError> {
     // The body first, even for an unknown model: a connection whose request body was left
     // unread cannot be reused, and the client's next request on it would fail.
     let (body, mut held) = read_body(s, headers, body).await?;
+    stages.restart();
     let encoding = content_encoding(headers)?;
     let model = Arc::clone(s.model(&p.name, p.version.as_deref())?);
     let max = s.limits.max_request_bytes;
@@ -266,12 +269,15 @@ async fn infer_inner(s: &Arc<Server>, p: &ModelPath, headers: &HeaderMap, body: 
             Ok::<_, ApiError>((admitted, held))
         })
         .await??;
-    let outputs = s.infer(&model, admitted.tensors, &admitted.wanted, None).await?;
+    stages.end(Stage::Decode);
+    let outputs = s.infer(&model, admitted.tensors, &admitted.wanted, None, stages).await?;
     drop(held);
     let bytes: usize = outputs.iter().map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes()).sum();
     let (binary, all_binary, id) = (admitted.binary, admitted.all_binary, admitted.id);
     let is_binary = move |name: &str| binary.iter().find(|(n, _)| n == name).map_or(all_binary, |(_, b)| *b);
-    s.offload(bytes, move || answer(&model, id, &outputs, is_binary)).await?
+    let response = s.offload(bytes, move || answer(&model, id, &outputs, is_binary)).await?;
+    stages.end(Stage::Encode);
+    response
 }
 
 /// The answer: a JSON head (outputs with their data, or with `binary_data_size` and their bytes

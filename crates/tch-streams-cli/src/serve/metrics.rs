@@ -12,6 +12,7 @@
 //! | `tch_streams_skipped_requests_total` | counter | model: requests whose client went away before they reached the engine (never run) |
 //! | `tch_streams_request_duration_seconds` | histogram | model, protocol: body received to answer encoded |
 //! | `tch_streams_engine_duration_seconds` | histogram | model: submitted to the engine until answered (queue + compute) |
+//! | `tch_streams_request_stage_seconds` | histogram | model, protocol, stage (decode, admission, engine, encode; see [`stages`](super::stages)): successful requests only |
 //! | `tch_streams_inflight_requests` | gauge | model |
 //! | `tch_streams_buffered_bytes` | gauge | — : bytes held from the `--max-buffered-bytes` budget |
 //! | `tch_streams_open_connections` | gauge | — : connections open on the HTTP and gRPC ports |
@@ -38,6 +39,8 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     /// Seconds from submission to the engine until its answer.
     pub engine_seconds: HistogramVec,
+    /// Seconds of each stage of a successful request (see [`stages`](super::stages)).
+    pub stage_seconds: HistogramVec,
     /// Requests being served now.
     pub inflight: IntGaugeVec,
     /// Bytes held by requests being read and decoded (the `--max-buffered-bytes` budget's use),
@@ -47,6 +50,11 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Requests whose client went away while they waited for their model's window: never run.
     pub skipped: IntCounterVec,
+}
+
+/// Stage buckets from 10 µs to about 10.5 s (21 powers of two).
+fn stage_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(10e-6, 2.0, 21).unwrap_or_else(|_| prometheus::DEFAULT_BUCKETS.to_vec())
 }
 
 /// Latency buckets from 50 µs to about 6.5 s.
@@ -70,6 +78,10 @@ impl Metrics {
             HistogramOpts::new("tch_streams_engine_duration_seconds", "Submitted to the engine until answered: queue plus compute").buckets(latency_buckets()),
             &["model"],
         )?;
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new("tch_streams_request_stage_seconds", "Seconds of each stage of a successful request: decode, admission, engine, encode").buckets(stage_buckets()),
+            &["model", "protocol", "stage"],
+        )?;
         let inflight = IntGaugeVec::new(Opts::new("tch_streams_inflight_requests", "Inference requests being served"), &["model"])?;
         let buffered = IntGauge::new("tch_streams_buffered_bytes", "Bytes held by request bodies being read and the tensors decoded from them")?;
         let connections = IntGauge::new("tch_streams_open_connections", "Connections open on the HTTP and gRPC ports")?;
@@ -83,8 +95,9 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(engine_seconds.clone()))?;
+        registry.register(Box::new(stage_seconds.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
-        Ok(Metrics { registry, requests, request_seconds, engine_seconds, inflight, buffered, connections, skipped })
+        Ok(Metrics { registry, requests, request_seconds, engine_seconds, stage_seconds, inflight, buffered, connections, skipped })
     }
 
     /// Registers the engine-side series of `models` (an [`EngineCollector`]). Errors only on a

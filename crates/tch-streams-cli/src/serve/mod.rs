@@ -33,6 +33,7 @@ pub mod model;
 pub mod protocol;
 pub mod request;
 pub mod shutdown;
+pub mod stages;
 pub mod state;
 
 use anyhow::Context;
@@ -101,6 +102,9 @@ pub fn serve(entries: &[ModelEntry], settings: Settings) -> anyhow::Result<i32> 
     }
     rt.shutdown_timeout(end.saturating_duration_since(std::time::Instant::now()).min(Duration::from_secs(1)));
     let (ok, failed, cancelled) = server.answered();
+    for line in server.stage_summary() {
+        eprintln!("{line}");
+    }
     eprintln!("drained: {} inference request(s): {ok} answered with a result, {failed} with an error, {cancelled} cancelled by their client", ok + failed + cancelled);
     Ok(if clean { 0 } else { 1 })
 }

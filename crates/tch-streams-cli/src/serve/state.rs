@@ -10,6 +10,7 @@ use super::budget::Budget;
 use super::metrics::Metrics;
 use super::model::{named_outputs, ServedModel};
 use super::protocol::{shown, ApiError, ErrorKind};
+use super::stages::{Stage, Stages, STAGES};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,7 +29,11 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn label(self) -> &'static str {
+    /// Both protocols.
+    pub const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
+
+    /// The metrics label: `http` or `grpc`.
+    pub fn label(self) -> &'static str {
         match self {
             Protocol::Http => "http",
             Protocol::Grpc => "grpc",
@@ -96,6 +101,16 @@ impl Recorder {
     pub fn finish(mut self, outcome: Result<(), ErrorKind>) {
         self.done = true;
         self.server.record(&self.model, self.protocol, self.started, outcome);
+    }
+
+    /// Counts the request with its outcome and, when it succeeded, the time of its stages.
+    pub fn finish_with(self, outcome: Result<(), ErrorKind>, stages: &Stages) {
+        if outcome.is_ok() && self.server.models.contains_key(&self.model) {
+            for (stage, secs) in STAGES.iter().zip(stages.seconds()) {
+                self.server.metrics.stage_seconds.with_label_values(&[&self.model, self.protocol.label(), stage]).observe(secs);
+            }
+        }
+        self.finish(outcome);
     }
 
     /// Leaves the counting to someone else (the handler that took the request over).
@@ -235,6 +250,24 @@ impl Server {
         self.metrics.request_seconds.with_label_values(&[model, protocol.label()]).observe(started.elapsed().as_secs_f64());
     }
 
+    /// One line per model and protocol that answered requests: the mean of each stage of its
+    /// successful requests (see [`stages`](super::stages)), for the exit summary.
+    pub fn stage_summary(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for m in self.models.keys() {
+            for p in Protocol::ALL {
+                let h: Vec<_> = STAGES.iter().map(|st| self.metrics.stage_seconds.with_label_values(&[m, p.label(), st])).collect();
+                let n = h[0].get_sample_count();
+                if n == 0 {
+                    continue;
+                }
+                let means: Vec<String> = STAGES.iter().zip(&h).map(|(st, h)| format!("{st} {:.1}", h.get_sample_sum() / n as f64 * 1e6)).collect();
+                lines.push(format!("stages of model {m} over {}: {n} successful request(s), mean µs: {}", p.label(), means.join(", ")));
+            }
+        }
+        lines
+    }
+
     /// Runs `job` (decoding a request, encoding an answer) on a blocking thread when it handles
     /// `bytes` of at least [`OFFLOAD_BYTES`], at most one such job per core at a time; smaller
     /// jobs run here. The async threads never parse a large body, so health and small requests
@@ -253,8 +286,8 @@ impl Server {
     /// [`window_size`](super::model::window_size)) and for the engine's answer, at most the
     /// request timeout or the client's `deadline` if sooner. A request whose handler is dropped
     /// while it waits for the window is never submitted (counted in
-    /// `tch_streams_skipped_requests_total`).
-    pub async fn infer(&self, model: &ServedModel, inputs: Vec<Tensor>, wanted: &[String], deadline: Option<Instant>) -> Result<Vec<(String, Tensor)>, ApiError> {
+    /// `tch_streams_skipped_requests_total`). Ends the admission and engine `stages`.
+    pub async fn infer(&self, model: &ServedModel, inputs: Vec<Tensor>, wanted: &[String], deadline: Option<Instant>, stages: &mut Stages) -> Result<Vec<(String, Tensor)>, ApiError> {
         model.check_outputs(wanted)?;
         let permit = self.permits.try_acquire().map_err(|_| {
             ApiError::new(
@@ -286,6 +319,7 @@ impl Server {
             Err(_) => return Err(late()),
         };
         waiting.0 = None;
+        stages.end(Stage::Admission);
         let ticket = model.engine.try_submit(inputs).map_err(engine_error)?;
         let submitted = Instant::now();
         let mut job = Submitted { ticket: Some(ticket.outputs()), place: Some(place) };
@@ -294,6 +328,7 @@ impl Server {
             tokio::time::timeout_at(until, ticket).await.map_err(|_| late())?
         };
         job.ticket = None; // answered: the place frees when `job` drops
+        stages.end(Stage::Engine);
         self.metrics.engine_seconds.with_label_values(&[&model.name]).observe(submitted.elapsed().as_secs_f64());
         let outputs = named_outputs(answer.map_err(|e| model_error(&model.name, e))?);
         Ok(if wanted.is_empty() { outputs } else { outputs.into_iter().filter(|(n, _)| wanted.contains(n)).collect() })
