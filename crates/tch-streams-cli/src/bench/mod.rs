@@ -61,6 +61,7 @@ mod csv;
 mod error;
 mod glyphs;
 mod measure;
+mod memory;
 mod modes;
 mod peer;
 mod plot;
@@ -71,6 +72,7 @@ mod workloads;
 pub use config::{BenchConfig, Workload};
 pub use csv::{to_csv, CSV_HEADER};
 pub use error::BenchError;
+pub use memory::{measured_devices, DeviceMemory, MemoryWatch};
 pub use modes::Mode;
 pub use peer::{find_script, read_peer, PeerRunner, PEER_SCRIPT};
 pub use plot::plot_png;
@@ -111,6 +113,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
             } else {
                 Vec::new()
             },
+            host_io: cfg.host_io,
         },
         results: sweep.results,
         skipped: sweep.skipped,
