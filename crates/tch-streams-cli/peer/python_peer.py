@@ -19,7 +19,12 @@ Modes, each measured for every thread count T:
   py-default  T Python threads call model(x) in a loop on the default stream.
   py-streams  as py-default, but each thread runs under its own torch.cuda.Stream.
   py-limit    the batched limit: one thread calls the model on T inputs
-              concatenated along dim 0 (T x batch samples per call).
+              concatenated along dim 0 (T x batch samples per call), inputs and
+              answer on the device.
+  py-limit-host  the batched limit of host-I/O serving: as py-limit, the input
+              in pinned host memory (plain on CPU), copied in with
+              non_blocking=True on a side stream, forward, copied out with
+              non_blocking=True into pinned host buffers, stream synchronized.
   py-graphs   each thread captures its own CUDA graph of model(x) on its own
               stream (warm-up and capture done serially under a lock before
               any timing) and replays it in a loop.
@@ -32,6 +37,15 @@ Modes, each measured for every thread count T:
               replaying a CUDA graph captured per bucket before any timing.
 py-streams, py-graphs and py-batcher-graphs need CUDA; elsewhere they are
 listed under "skipped" with the reason, as is any point that fails at run time.
+
+--host-io: the serving modes' inputs are made on the host and their answers
+end there: py-default/py-streams copy the input to the device, run and copy
+every output back (.to("cpu"), which synchronizes the thread's stream);
+py-graphs copies into its static inputs and copies the static outputs back;
+the batchers take host tensors, copy each batch in and its answer out. The
+limits are the same either way. On CPU it changes nothing. The JSON config
+records it as "host_io". On CUDA every result carries "memory": the device
+memory reserved after the point was set up and its peak (bytes).
 
 Protocol, per (workload, mode, T):
   1. The worker threads set up (stream, graph capture) and meet at a barrier.
@@ -63,7 +77,8 @@ import torch
 
 SCHEMA = "tch-streams-bench/1"
 ALL_WORKLOADS = ("small-mlp", "large-mlp", "transformer")
-ALL_MODES = ("py-default", "py-streams", "py-limit", "py-graphs", "py-batcher", "py-batcher-graphs")
+ALL_MODES = ("py-default", "py-streams", "py-limit", "py-limit-host", "py-graphs", "py-batcher", "py-batcher-graphs")
+LIMIT_MODES = ("py-limit", "py-limit-host")
 BATCHER_MODES = ("py-batcher", "py-batcher-graphs")
 CUDA_ONLY = {
     "py-streams": "CUDA streams need a CUDA device",
@@ -151,8 +166,8 @@ class Request:
 class Batcher:
     """One serving thread for a device: gathers what is queued, runs it as one batch, splits."""
 
-    def __init__(self, model, dev, example, max_batch, graphs):
-        self.model, self.dev, self.graphs = model, dev, graphs
+    def __init__(self, model, dev, example, max_batch, graphs, host_io=False):
+        self.model, self.dev, self.graphs, self.host_io = model, dev, graphs, host_io
         self.rows = example[0].shape[0]
         self.max_batch = max(max_batch, self.rows)
         self.queue = collections.deque()
@@ -194,7 +209,7 @@ class Batcher:
         """Per bucket: static inputs, a graph, its static output (warm-up and capture first)."""
         graphs = {}
         for b in self._buckets():
-            static = [x[:1].expand((b,) + tuple(x.shape[1:])).contiguous() for x in self.example]
+            static = [x[:1].to(self.dev).expand((b,) + tuple(x.shape[1:])).contiguous() for x in self.example]
             for _ in range(GRAPH_WARMUP_CALLS):
                 self.model(*static)
             stream.synchronize()
@@ -241,6 +256,8 @@ class Batcher:
                     n += r.rows
             parts = [torch.cat([r.xs[k] for r in batch]) if len(batch) > 1 else batch[0].xs[k]
                      for k in range(len(batch[0].xs))]
+            if self.host_io:
+                parts = [p.to(self.dev) for p in parts]  # pageable host memory to the device
             if graphs is not None:
                 bucket = next(b for b in sorted(graphs) if b >= n)
                 g, static, out = graphs[bucket]
@@ -250,6 +267,8 @@ class Batcher:
                 ys = [t[:n].clone() for t in tensors_of(out)]
             else:
                 ys = tensors_of(self.model(*parts))
+            if self.host_io:
+                ys = [y.to("cpu") for y in ys]  # waits for the stream: the answers are final
             if stream is not None:
                 stream.synchronize()
             elif self.dev.type == "mps":
@@ -296,18 +315,24 @@ class BatchClient:
 class Point:
     """Runs one (workload, mode, T) measurement with its own worker threads."""
 
-    def __init__(self, model, inputs, mode, dev, reps, warmup_s, duration_s, max_batch=256, window=8):
+    def __init__(self, model, inputs, mode, dev, reps, warmup_s, duration_s, max_batch=256, window=8,
+                 host_io=False):
         self.model, self.mode, self.dev = model, mode, dev
         self.window = window
+        # Inputs on the host, answers to the host: the serving modes with --host-io.
+        self.host_io = host_io and mode not in LIMIT_MODES
         self.batcher = None
         if mode in BATCHER_MODES:
-            self.batcher = Batcher(model, dev, inputs[0], max_batch, mode == "py-batcher-graphs")
+            self.batcher = Batcher(model, dev, inputs[0], max_batch, mode == "py-batcher-graphs",
+                                   self.host_io)
         self.reps, self.warmup_s, self.duration_s = reps, warmup_s, duration_s
         # inputs[i] is thread i's call: the model's positional inputs, batch first.
         batch = inputs[0][0].shape[0]
-        if mode == "py-limit":
+        if mode in LIMIT_MODES:
             self.inputs = [[torch.cat(parts, dim=0) for parts in zip(*inputs)]]
             self.samples_per_call = batch * len(inputs)
+            if mode == "py-limit-host" and dev.type == "cuda":
+                self.inputs = [[x.pin_memory() for x in self.inputs[0]]]
         else:
             self.inputs = inputs
             self.samples_per_call = batch
@@ -359,7 +384,7 @@ class Point:
                 stream = None
                 if self.dev.type == "cuda":
                     torch.cuda.set_device(self.dev)
-                    if self.mode in ("py-streams", "py-graphs"):
+                    if self.mode in ("py-streams", "py-graphs", "py-limit-host"):
                         stream = torch.cuda.Stream(self.dev)
                 ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
                 with ctx:
@@ -375,22 +400,57 @@ class Point:
             self.barrier.abort()
 
     def _prepare(self, i, stream):
-        model, xs = self.model, self.inputs[i]
+        model, xs, dev = self.model, self.inputs[i], self.dev
+        if self.mode == "py-limit-host":
+            return self._pinned_step(xs, stream)
         if self.mode != "py-graphs":
-            return lambda: model(*xs)
+            if not self.host_io:
+                return lambda: model(*xs)
+
+            def host_step():
+                ys = tensors_of(model(*[x.to(dev) for x in xs]))
+                return [y.to("cpu") for y in ys]  # waits for the stream: the answer is final
+            return host_step
         # Current stream is already `stream`, a side stream: warm up there, then
-        # capture. Serialized, since concurrent captures are unsafe.
+        # capture. Serialized, since concurrent captures are unsafe. With host I/O the
+        # graph's static inputs are device copies of the thread's host inputs.
+        static = [x.to(dev) for x in xs] if self.host_io else xs
         with self.capture_lock:
             stream.wait_stream(torch.cuda.default_stream(self.dev))
             for _ in range(GRAPH_WARMUP_CALLS):
-                model(*xs)
+                model(*static)
             stream.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream):
-                out = model(*xs)
+                out = model(*static)
             stream.synchronize()
-        self.keep.append((graph, out))
-        return graph.replay
+        self.keep.append((graph, out, static))
+        if not self.host_io:
+            return graph.replay
+        outs = tensors_of(out)
+
+        def host_replay():
+            for s_in, x in zip(static, xs):
+                s_in.copy_(x)
+            graph.replay()
+            return [y.to("cpu") for y in outs]
+        return host_replay
+
+    def _pinned_step(self, xs, stream):
+        """py-limit-host: copy in asynchronously, run, copy out asynchronously into pinned
+        buffers (made at the first call), synchronize the stream."""
+        model, dev, bufs = self.model, self.dev, []
+        if dev.type != "cuda":
+            return lambda: model(*xs)  # CPU: the input is already where it runs
+
+        def step():
+            ys = tensors_of(model(*[x.to(dev, non_blocking=True) for x in xs]))
+            if not bufs:
+                bufs.extend(torch.empty(y.shape, dtype=y.dtype, device="cpu").pin_memory() for y in ys)
+            for b, y in zip(bufs, ys):
+                b.copy_(y, non_blocking=True)
+            stream.synchronize()
+        return step
 
     def _sync_fn(self):
         if self.dev.type == "cuda":
@@ -530,6 +590,9 @@ def parse_args(argv=None):
     p.add_argument("--window", type=int, default=8,
                    help="requests each client keeps in flight in the batcher modes (default 8, as the engine's clients)")
     p.add_argument("--out", default="results/peer.json", help="JSON output path, parent dirs created (default results/peer.json)")
+    p.add_argument("--host-io", action="store_true",
+                   help="the serving modes take their inputs from host memory and deliver their "
+                        "answers to it (copies timed); recorded as \"host_io\" in the JSON config")
     p.add_argument("--quick", action="store_true",
                    help="short CPU smoke run; explicit flags override its values")
     args = p.parse_args(argv)
@@ -558,12 +621,12 @@ def parse_args(argv=None):
 
 
 def print_table(results, skipped):
-    head = f"{'workload':<12} {'mode':<11} {'threads':>7} {'median':>12} {'min':>12} {'max':>12}"
+    head = f"{'workload':<12} {'mode':<17} {'threads':>7} {'median':>12} {'min':>12} {'max':>12}"
     print(head)
     print("-" * len(head))
     for r in results:
         s = r["samples_per_s"]
-        print(f"{r['workload']:<12} {r['mode']:<11} {r['threads']:>7} "
+        print(f"{r['workload']:<12} {r['mode']:<17} {r['threads']:>7} "
               f"{s['median']:>12.1f} {s['min']:>12.1f} {s['max']:>12.1f}")
     print("(samples/s)")
     for s in skipped:
@@ -576,7 +639,7 @@ def main(argv=None):
     dev = resolve_device(args.device)
     torch.manual_seed(0)
     cfg = {"threads": args.threads, "reps": args.reps,
-           "warmup_s": args.warmup_s, "duration_s": args.duration_s}
+           "warmup_s": args.warmup_s, "duration_s": args.duration_s, "host_io": args.host_io}
     print(f"python-peer: torch {torch.__version__} on {dev} ({device_name(dev)}), "
           f"intra-op threads {torch.get_num_threads()}, config {cfg}", file=sys.stderr)
     results, skipped = [], []
@@ -601,14 +664,29 @@ def main(argv=None):
         for mode in modes:
             for t in args.threads:
                 done += 1
+                # Host inputs for py-limit-host, and for the serving modes with --host-io.
+                on_host = mode == "py-limit-host" or (args.host_io and mode != "py-limit")
+                where = torch.device("cpu") if on_host else dev
                 if args.data is not None:
-                    inputs = [[d.to(dev) for d in args.data] for _ in range(t)]
+                    inputs = [[d.to(where) for d in args.data] for _ in range(t)]
                 else:
-                    inputs = [make_inputs(specs, args.int_range, dev) for _ in range(t)]
+                    inputs = [make_inputs(specs, args.int_range, where) for _ in range(t)]
+                memory = None
                 try:
                     max_batch = MAX_BATCH.get(workload, 64 * batch)
-                    runs = Point(model, inputs, mode, dev, args.reps,
-                                 args.warmup_s, args.duration_s, max_batch, args.window).run()
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats(dev)
+                    point = Point(model, inputs, mode, dev, args.reps, args.warmup_s,
+                                  args.duration_s, max_batch, args.window, args.host_io)
+                    if dev.type == "cuda":
+                        built = (torch.cuda.memory_reserved(dev), torch.cuda.memory_allocated(dev))
+                    runs = point.run()
+                    if dev.type == "cuda":
+                        memory = {"after_build_bytes": built[0], "after_build_allocated_bytes": built[1],
+                                  "peak_bytes": torch.cuda.max_memory_reserved(dev),
+                                  "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev)}
+                    del point
                 except Exception as e:  # noqa: BLE001 - recorded, not dropped
                     reason = f"threads={t}: failed: {type(e).__name__}: {e}".splitlines()[0]
                     skipped.append({"workload": workload, "mode": mode, "reason": reason})
@@ -619,8 +697,11 @@ def main(argv=None):
                     if dev.type == "cuda":
                         torch.cuda.empty_cache()
                 stats = {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
-                results.append({"workload": workload, "mode": mode, "threads": t,
-                                "batch": batch, "samples_per_s": stats, "runs": runs})
+                result = {"workload": workload, "mode": mode, "threads": t,
+                          "batch": batch, "samples_per_s": stats, "runs": runs}
+                if memory is not None:
+                    result["memory"] = memory
+                results.append(result)
                 print(f"[{done}/{total}] {workload} {mode} T={t}: median {stats['median']:.1f} "
                       f"samples/s (min {stats['min']:.1f}, max {stats['max']:.1f})",
                       file=sys.stderr, flush=True)

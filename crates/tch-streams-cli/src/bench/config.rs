@@ -134,6 +134,14 @@ pub struct BenchConfig {
     /// point is then recorded as skipped and stuck, its engine is abandoned (a stuck worker
     /// cannot be stopped), and the sweep goes on. Seconds in (0, 3600]. Default 60.
     pub point_grace_s: f64,
+    /// Host I/O: the serving modes' inputs start on the host and their answers end on it (what
+    /// applications and `serve` have). `tch-default`/`tch-streams` copy each input to the device,
+    /// run, and copy the answer back (which synchronises the thread's stream); the engine modes
+    /// submit host tensors and ask for [`Output::Cpu`](tch_streams::engine::Output::Cpu). The
+    /// limits are what they are either way (`limit` on the device, `limit-host` from pinned
+    /// host memory); the ours/limit ratios then use `limit-host`. On CPU it changes nothing
+    /// but is recorded. Default false.
+    pub host_io: bool,
     /// Show a progress bar on stderr. Default false.
     pub progress: bool,
 }
@@ -153,6 +161,7 @@ impl BenchConfig {
             spread_devices: vec![device],
             window: 8,
             point_grace_s: 60.0,
+            host_io: false,
             progress: false,
         }
     }
@@ -169,7 +178,7 @@ impl BenchConfig {
             return bad("no workloads; name at least one (small-mlp, large-mlp, transformer or --model FILE.pt)");
         }
         if self.modes.is_empty() {
-            return bad("no modes; name at least one of tch-default, tch-streams, engine, engine-graphs, engine-spread, limit");
+            return bad("no modes; name at least one of tch-default, tch-streams, engine, engine-graphs, engine-spread, limit, limit-host");
         }
         if self.spread_devices.first() != Some(&self.device) {
             return bad("spread_devices must start with the sweep's device");

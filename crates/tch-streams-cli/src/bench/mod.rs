@@ -11,15 +11,29 @@
 //! | `tch-streams`   | as `tch-default`, each thread bound to its own pool stream (not on CPU: one stream) |
 //! | `engine`        | the [`Engine`](tch_streams::engine::Engine) on its defaults, CUDA graphs off, fed by T clients with 8 requests in flight each |
 //! | `engine-graphs` | the engine on its defaults with CUDA graphs on (its default on CUDA; CUDA only)     |
-//! | `limit`         | one thread, one call on the T inputs concatenated (T × batch samples per call)    |
+//! | `limit`         | one thread, one call on the T inputs concatenated (T × batch samples per call), inputs and answer on the device |
+//! | `limit-host`    | as `limit`, the input in pinned host memory (plain on CPU): copied in asynchronously on a stream, forward, copied out into pinned host memory, synchronised — the limit of host-I/O serving |
+//!
+//! With [`BenchConfig::host_io`] (`--host-io`) the serving modes take their inputs from host
+//! memory and deliver their answers to it: `tch-default`/`tch-streams` copy each input to the
+//! device, run, and copy every output back (which synchronises the thread's stream); the engine
+//! modes submit host tensors with [`Output::Cpu`](tch_streams::engine::Output::Cpu). The limits
+//! are the same either way; the ours/limit ratios then use `limit-host`. The JSON config records
+//! `"host_io"`; the peer gets the flag too. On CPU it changes nothing.
+//!
+//! Every engine point on CUDA (engine, engine-graphs, engine-spread, tune) also records its
+//! [`DeviceMemory`] under `"memory"`: the allocator's cached blocks are released and its peaks
+//! reset just before the engine is built; `after_build_bytes` is what it reserved right after the
+//! build, `peak_bytes` the most it reserved until the end of the point's timed phases (summed over
+//! the point's devices). Absent on CPU.
 //!
 //! Workloads: the built-ins with the peer's inputs, small-mlp `[1,512]`, large-mlp `[64,2048]`,
 //! transformer `[1,64,256]`, or a TorchScript file with a given shape. All threads share one
 //! model instance; grad is off in every thread. A mode the device or build cannot run, and a
 //! point that fails, are listed under `skipped` with the reason.
 //!
-//! The protocol is the peer's (see `crates/tch-streams-cli/peer/python_peer.py`): threads and inputs are made on the
-//! device before timing; barrier; warm-up; every thread synchronises; barrier; timed phase;
+//! The protocol is the peer's (see `crates/tch-streams-cli/peer/python_peer.py`): threads and inputs are made
+//! before timing (on the device, or on the host with `--host-io` and for `limit-host`); barrier; warm-up; every thread synchronises; barrier; timed phase;
 //! every thread synchronises its stream (engine clients: wait for their tickets, whose results
 //! are final); the elapsed time includes that synchronisation.
 //!
@@ -36,6 +50,8 @@
 //! tch-streams bench --device cuda:0 --with-python --out results/
 //! tch-streams bench --workloads small-mlp --modes tch-default,engine,limit --threads 1,4,16 --reps 5
 //! tch-streams bench --model net.pt --shape 8x3x224x224 --threads 1,2,4
+//! tch-streams bench --device cuda:0 --model bert_mini.pt --input 1x128:int64 --input 1x128:int64 \
+//!     --int-range 0..30522 --host-io --with-python
 //! ```
 //!
 //! # From Rust
@@ -61,6 +77,7 @@ mod csv;
 mod error;
 mod glyphs;
 mod measure;
+mod memory;
 mod modes;
 mod peer;
 mod plot;
@@ -71,6 +88,7 @@ mod workloads;
 pub use config::{BenchConfig, Workload};
 pub use csv::{to_csv, CSV_HEADER};
 pub use error::BenchError;
+pub use memory::{measured_devices, DeviceMemory, MemoryWatch};
 pub use modes::Mode;
 pub use peer::{find_script, read_peer, PeerRunner, PEER_SCRIPT};
 pub use plot::plot_png;
@@ -111,6 +129,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
             } else {
                 Vec::new()
             },
+            host_io: cfg.host_io,
         },
         results: sweep.results,
         skipped: sweep.skipped,

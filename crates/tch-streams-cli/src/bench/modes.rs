@@ -26,14 +26,20 @@ pub enum Mode {
     /// an input on the device it lies on). Compared with `Engine` at
     /// the same T, it gives the multi-device scaling ([`BenchReport::spread_ratios`](super::BenchReport::spread_ratios)).
     EngineSpread,
-    /// The batched limit: one thread, one call on the T threads' inputs concatenated along dim 0.
+    /// The batched limit: one thread, one call on the T threads' inputs concatenated along dim 0,
+    /// inputs and answers on the device.
     Limit,
+    /// The batched limit of host-I/O serving: one thread, one call on the T threads' inputs
+    /// concatenated along dim 0, held in pinned host memory (plain memory on CPU), copied to the
+    /// device asynchronously on the thread's stream, run, the answer copied back asynchronously
+    /// into pinned host memory, and the stream synchronised: both copies are timed.
+    LimitHost,
 }
 
 impl Mode {
     /// Every mode, in table and plot order.
-    pub const ALL: [Mode; 6] =
-        [Mode::TchDefault, Mode::TchStreams, Mode::Engine, Mode::EngineGraphs, Mode::EngineSpread, Mode::Limit];
+    pub const ALL: [Mode; 7] =
+        [Mode::TchDefault, Mode::TchStreams, Mode::Engine, Mode::EngineGraphs, Mode::EngineSpread, Mode::Limit, Mode::LimitHost];
 
     /// The CLI and JSON name.
     ///
@@ -51,6 +57,7 @@ impl Mode {
             Mode::EngineGraphs => "engine-graphs",
             Mode::EngineSpread => "engine-spread",
             Mode::Limit => "limit",
+            Mode::LimitHost => "limit-host",
         }
     }
 
@@ -64,7 +71,7 @@ impl Mode {
     /// ```
     pub fn unavailable(self, device: Device) -> Option<String> {
         match self {
-            Mode::TchDefault | Mode::Engine | Mode::EngineSpread | Mode::Limit => None,
+            Mode::TchDefault | Mode::Engine | Mode::EngineSpread | Mode::Limit | Mode::LimitHost => None,
             Mode::TchStreams if device == Device::Cpu => {
                 Some("CPU has a single stream, so tch-streams would measure tch-default again".into())
             }
@@ -98,10 +105,21 @@ impl Mode {
         self.unavailable(first)
     }
 
-    /// Whether the mode is a batched limit (ours `limit`, the peer's `py-limit`) rather than a
-    /// way of serving concurrent callers.
+    /// Whether the mode is a batched limit (ours `limit` and `limit-host`, the peer's `py-limit`
+    /// and `py-limit-host`) rather than a way of serving concurrent callers.
+    ///
+    /// ```
+    /// use tch_streams_cli::bench::Mode;
+    /// assert!(Mode::is_limit_name("limit-host") && Mode::is_limit_name("py-limit-host") && Mode::is_limit_name("py-limit"));
+    /// assert!(!Mode::is_limit_name("engine") && !Mode::is_limit_name("tune:w4-batch-graphs"));
+    /// ```
     pub fn is_limit_name(name: &str) -> bool {
-        name == "limit" || name.ends_with("-limit")
+        name.split('-').any(|part| part == "limit")
+    }
+
+    /// Whether the mode runs the [`Engine`](tch_streams::engine::Engine).
+    pub fn is_engine(self) -> bool {
+        matches!(self, Mode::Engine | Mode::EngineGraphs | Mode::EngineSpread)
     }
 }
 
@@ -115,7 +133,7 @@ impl FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Mode, String> {
         Mode::ALL.into_iter().find(|m| m.name() == s.trim()).ok_or_else(|| {
-            format!("unknown mode '{s}'; expected tch-default, tch-streams, engine, engine-graphs, engine-spread or limit")
+            format!("unknown mode '{s}'; expected tch-default, tch-streams, engine, engine-graphs, engine-spread, limit or limit-host")
         })
     }
 }

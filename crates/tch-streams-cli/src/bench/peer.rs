@@ -139,6 +139,9 @@ impl PeerRunner {
             "--out".into(),
             out.display().to_string(),
         ]);
+        if cfg.host_io {
+            args.push("--host-io".into());
+        }
         Ok(args)
     }
 

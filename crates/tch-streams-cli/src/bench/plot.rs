@@ -63,10 +63,12 @@ fn color_of(peer: bool, mode: &str) -> RGBColor {
         (false, "engine-graphs") => pal::PURPLE_600,
         (false, "engine-spread") => pal::RED_700,
         (false, "limit") => BLACK,
+        (false, "limit-host") => pal::BROWN_700,
         (true, "py-default") => pal::LIGHTBLUE_400,
         (true, "py-streams") => pal::LIGHTGREEN_600,
         (true, "py-graphs") => pal::PINK_300,
         (true, "py-limit") => pal::GREY_500,
+        (true, "py-limit-host") => pal::BROWN_300,
         (true, "py-batcher") => pal::AMBER_400,
         (true, "py-batcher-graphs") => pal::DEEPPURPLE_300,
         _ => {

@@ -64,7 +64,11 @@ pub struct LimitRatio {
     pub threads: usize,
     /// Our best mode (limits excluded) and its median samples/s.
     pub ours: (String, f64),
-    /// The `limit` median at the same T.
+    /// The limit compared with: `limit-host` when the serving modes had host I/O
+    /// ([`DocConfig::host_io`](super::DocConfig::host_io)), else `limit` (the other one when
+    /// only that one ran).
+    pub limit_mode: String,
+    /// That limit's median at the same T.
     pub limit: f64,
     /// ours / limit.
     pub ratio: f64,
@@ -308,18 +312,23 @@ impl BenchReport {
             .collect()
     }
 
-    /// Ours/limit at every (workload, T) with both a serving mode and `limit`.
+    /// Ours/limit at every (workload, T) with both a serving mode and a limit: `limit-host` when
+    /// the serving modes had host I/O, else `limit` (either falls back on the other).
     pub fn limit_ratios(&self) -> Vec<LimitRatio> {
+        let order = if self.ours.config.host_io { [Mode::LimitHost, Mode::Limit] } else { [Mode::Limit, Mode::LimitHost] };
         points(&self.ours)
             .into_iter()
             .filter_map(|(w, t)| {
                 let o = best(&self.ours, &w, t)?;
-                let l = self.ours.results.iter().find(|r| r.workload == w && r.threads == t && Mode::is_limit_name(&r.mode))?;
+                let l = order
+                    .iter()
+                    .find_map(|m| self.ours.results.iter().find(|r| r.workload == w && r.threads == t && r.mode == m.name()))?;
                 let lm = l.samples_per_s.median;
                 (lm > 0.0).then(|| LimitRatio {
                     workload: w.clone(),
                     threads: t,
                     ours: (o.mode.clone(), o.samples_per_s.median),
+                    limit_mode: l.mode.clone(),
                     limit: lm,
                     ratio: o.samples_per_s.median / lm,
                 })
@@ -333,13 +342,22 @@ impl BenchReport {
         for d in self.docs() {
             let _ = writeln!(
                 s,
-                "{}: torch {} on {} ({}), {}; threads {:?}, {} reps, warm-up {} s, timed {} s",
-                d.tool, d.torch_version, d.device, d.device_name, d.date, d.config.threads, d.config.reps, d.config.warmup_s, d.config.duration_s
+                "{}: torch {} on {} ({}), {}; threads {:?}, {} reps, warm-up {} s, timed {} s{}",
+                d.tool,
+                d.torch_version,
+                d.device,
+                d.device_name,
+                d.date,
+                d.config.threads,
+                d.config.reps,
+                d.config.warmup_s,
+                d.config.duration_s,
+                if d.config.host_io { "; host I/O (inputs from and answers to the host)" } else { "" }
             );
         }
         let head = format!(
-            "{:<14} {:<12} {:<14} {:>3} {:>13} {:>13} {:>13} {:>6} {:>17}",
-            "workload", "tool", "mode", "T", "median", "min", "max", "eff", "p50/p99 us"
+            "{:<14} {:<12} {:<14} {:>3} {:>13} {:>13} {:>13} {:>6} {:>17} {:>13}",
+            "workload", "tool", "mode", "T", "median", "min", "max", "eff", "p50/p99 us", "mem GB"
         );
         let _ = writeln!(s, "\n{head}\n{}", "-".repeat(head.len()));
         let mut all_workloads = workloads(&self.ours);
@@ -359,16 +377,18 @@ impl BenchReport {
                         let st = r.samples_per_s;
                         let eff = efficiency(d, r).map_or("-".into(), |e| format!("{e:.2}"));
                         let lat = r.latency_us.map_or("-".into(), |l| format!("{:.0}/{:.0}", l.p50, l.p99));
+                        let mem = r.memory.map_or("-".into(), |m| format!("{:.2}/{:.2}", m.after_build_gb(), m.peak_gb()));
                         let _ = writeln!(
                             s,
-                            "{:<14} {:<12} {:<14} {:>3} {:>13.1} {:>13.1} {:>13.1} {:>6} {:>17}",
-                            w, d.tool, m, r.threads, st.median, st.min, st.max, eff, lat
+                            "{:<14} {:<12} {:<14} {:>3} {:>13.1} {:>13.1} {:>13.1} {:>6} {:>17} {:>13}",
+                            w, d.tool, m, r.threads, st.median, st.min, st.max, eff, lat, mem
                         );
                     }
                 }
             }
         }
-        let _ = writeln!(s, "(samples/s over the repetitions; eff = throughput(T) / (T x throughput(1)) of the same mode)");
+        let _ = writeln!(s, "(samples/s over the repetitions; eff = throughput(T) / (T x throughput(1)) of the same mode;");
+        let _ = writeln!(s, " mem GB = device memory reserved after the engine's build / at its peak, engine points on CUDA)");
         if self.peer.is_some() {
             let _ = writeln!(s, "\nours / peer (best serving mode of each side; limits excluded):");
             let ratios = self.peer_ratios();
@@ -387,7 +407,11 @@ impl BenchReport {
         if !limits.is_empty() {
             let _ = writeln!(s, "\nours / limit (best serving mode vs one batched call of T x batch samples):");
             for r in limits {
-                let _ = writeln!(s, "  {:<14} T={:<3} {:>6.2}   {} {:.1} vs limit {:.1}", r.workload, r.threads, r.ratio, r.ours.0, r.ours.1, r.limit);
+                let _ = writeln!(
+                    s,
+                    "  {:<14} T={:<3} {:>6.2}   {} {:.1} vs {} {:.1}",
+                    r.workload, r.threads, r.ratio, r.ours.0, r.ours.1, r.limit_mode, r.limit
+                );
             }
         }
         let tune = self.tune_best();

@@ -1,6 +1,7 @@
 //! The `tch-streams-bench/1` JSON document, shared with `crates/tch-streams-cli/peer/python_peer.py`: one type per
 //! object, field names exactly as the peer writes them.
 
+use super::memory::DeviceMemory;
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,6 +65,10 @@ pub struct DocConfig {
     /// The devices `engine-spread` ran over (ours only; absent when it did not run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spread_devices: Vec<String>,
+    /// `--host-io`: the serving modes took their inputs from the host and delivered their
+    /// answers to it (always written; documents from before it read as false).
+    #[serde(default)]
+    pub host_io: bool,
 }
 
 /// One measured point.
@@ -71,7 +76,8 @@ pub struct DocConfig {
 pub struct PointResult {
     /// Workload name (`small-mlp`, `large-mlp`, `transformer`, or a TorchScript file's stem).
     pub workload: String,
-    /// Mode name (ours: `tch-default`, `tch-streams`, `engine`, `engine-graphs`, `engine-spread`, `limit`).
+    /// Mode name (ours: `tch-default`, `tch-streams`, `engine`, `engine-graphs`, `engine-spread`,
+    /// `limit`, `limit-host`).
     pub mode: String,
     /// Thread count T.
     pub threads: usize,
@@ -88,6 +94,9 @@ pub struct PointResult {
     /// `4 worker(s), batching dynamic (max 1024 samples, wait 0 us), ...`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_config: Option<String>,
+    /// Device memory of the point's engine (engine points on CUDA only; absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<DeviceMemory>,
 }
 
 /// Latency percentiles of one point, microseconds: from a request's submission to the moment

@@ -1,9 +1,11 @@
 //! Running the sweep: for each workload, one model instance; for each (mode, T), one point with
-//! its own threads, inputs made on the device before timing, and the protocol of
+//! its own threads, inputs made before timing (on the device, or on the host with `--host-io`
+//! and for `limit-host`), and the protocol of
 //! [`measure`](super::measure).
 
 use super::config::{BenchConfig, Workload};
 use super::measure::{measure, Client, Factory, Timing};
+use super::memory::{DeviceMemory, MemoryWatch};
 use super::modes::Mode;
 use super::schema::{Latency, PointResult, Skipped, Stats};
 use parking_lot::Mutex;
@@ -127,6 +129,7 @@ pub(crate) fn sweep(cfg: &BenchConfig) -> Sweep {
                         runs: measured.runs,
                         latency_us: measured.latency,
                         engine_config: measured.engine_config,
+                        memory: measured.memory,
                     };
                     if tuned.is_some() {
                         out.tune.push(result);
@@ -185,11 +188,12 @@ struct Measured {
     runs: Vec<f64>,
     latency: Option<Latency>,
     engine_config: Option<String>,
+    memory: Option<DeviceMemory>,
 }
 
 impl From<Vec<f64>> for Measured {
     fn from(runs: Vec<f64>) -> Measured {
-        Measured { runs, latency: None, engine_config: None }
+        Measured { runs, latency: None, engine_config: None, memory: None }
     }
 }
 
@@ -219,13 +223,16 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
         devices: devices.clone(),
     };
     // Client i's input lies on devices[i mod D] (one device except for engine-spread, whose
-    // engine serves each input on the device it lies on).
+    // engine serves each input on the device it lies on), or on the host: with --host-io for
+    // the serving modes, and always for limit-host. `limit` keeps its inputs on the device.
     // Real data is read once and copied to each client's device; otherwise each client gets
     // inputs of its own.
+    let on_host = mode == Mode::LimitHost || (cfg.host_io && mode != Mode::Limit);
+    let input_device = |i: usize| if on_host { Device::Cpu } else { devices[i % devices.len()] };
     let files: Vec<Tensor> = w.data().iter().map(|p| inputs::read_npy(p)).collect::<Result<_, _>>()?;
     let inputs: Vec<Vec<Tensor>> = (0..t)
         .map(|i| {
-            let device = devices[i % devices.len()];
+            let device = input_device(i);
             if files.is_empty() {
                 specs.iter().map(|s| inputs::generate(s, w.int_range(), device)).collect::<Result<Vec<_>, _>>()
             } else {
@@ -234,19 +241,29 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
         })
         .collect::<Result<_, _>>()?;
     let rows = w.batch().max(1) as u64;
+    let io = if cfg.host_io { Io::Host(device) } else { Io::Device };
     match mode {
         Mode::TchDefault | Mode::TchStreams => {
-            let factories = inputs.into_iter().map(|x| direct(model, x, rows, device, mode == Mode::TchStreams)).collect();
+            let factories = inputs.into_iter().map(|x| direct(model, x, rows, device, mode == Mode::TchStreams, io)).collect();
             ready(device)?;
             Ok(measure(factories, timing).map(Measured::from)?)
         }
-        Mode::Limit => {
-            let x = (0..specs.len())
+        Mode::Limit | Mode::LimitHost => {
+            let mut x = (0..specs.len())
                 .map(|k| Tensor::f_cat(&inputs.iter().map(|xs| &xs[k]).collect::<Vec<_>>(), 0))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             drop(inputs);
-            let factories = vec![direct(model, x, rows * t as u64, device, false)];
+            let (io, own_stream) = if mode == Mode::LimitHost {
+                // Pinned host memory where there is a device to pin for; plain memory on CPU.
+                if matches!(device, Device::Cuda(_)) {
+                    x = x.iter().map(|t| t.f_pin_memory(device)).collect::<Result<Vec<_>, _>>().map_err(|e| format!("could not pin the input: {}", inputs::one_line(&e)))?;
+                }
+                (Io::Pinned(device), matches!(device, Device::Cuda(_)))
+            } else {
+                (Io::Device, false)
+            };
+            let factories = vec![direct(model, x, rows * t as u64, device, own_stream, io)];
             ready(device)?;
             Ok(measure(factories, timing).map(Measured::from)?)
         }
@@ -259,12 +276,21 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
                 Model::instance(Arc::clone(model))
             };
             // The engine's defaults: only what the harness must say (devices, inputs, room for
-            // every client's window) and what the mode or tune point sets.
+            // every client's window, where answers go) and what the mode or tune point sets.
             let mut builder = Engine::builder(recipe)
                 .devices(devices.clone())
-                .output(Output::OnDevice)
+                .output(if cfg.host_io { Output::Cpu } else { Output::OnDevice })
                 .queue_capacity((t * cfg.window).max(1024))
                 .inputs(specs.iter().map(|s| InputSpec::new(&s.shape[1..], s.kind)).collect());
+            if let Workload::TorchScript { .. } = w {
+                // Warm-up and calibration run on inputs like the requests' (integer ranges, real
+                // data), as `run` does: not zeros, which a model may refuse.
+                builder = if files.is_empty() {
+                    builder.sample_inputs(inputs::sample_maker(specs.clone(), w.int_range()))
+                } else {
+                    builder.sample_inputs(inputs::sample_rows(&files)?)
+                };
+            }
             match (mode, tuned) {
                 (_, Some(c)) => {
                     builder = builder
@@ -276,7 +302,9 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
                 (Mode::EngineGraphs, None) => builder = builder.cuda_graphs(true),
                 _ => {}
             }
+            let mut memory = MemoryWatch::start(&devices);
             let engine = builder.build().map_err(|e| format!("could not build the engine: {e}"))?;
+            memory.after_build();
             // The point's deadline: its own time plus the grace. A client still waiting for an
             // answer then gives up, which fails the point (every thread passes every barrier).
             let grace = Duration::from_secs_f64(cfg.point_grace_s);
@@ -298,6 +326,7 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
                 ready(d)?;
             }
             let runs = measure(factories, timing);
+            let memory = memory.finish();
             if stuck.load(Ordering::SeqCst) {
                 let st = engine.stats();
                 let unanswered = st.submitted.saturating_sub(st.completed + st.failed + st.cancelled);
@@ -314,7 +343,7 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             engine.shutdown();
             let engine_config = engine.config().to_string();
             let latency = Latency::of(&mut latencies.into_inner());
-            Ok(runs.map(|runs| Measured { runs, latency, engine_config: Some(engine_config) })?)
+            Ok(runs.map(|runs| Measured { runs, latency, engine_config: Some(engine_config), memory })?)
         }
     }
 }
@@ -324,7 +353,22 @@ fn ready(device: Device) -> Result<(), String> {
     tch_streams::stream::synchronize_device(device).map_err(|e| e.to_string())
 }
 
-fn direct<'a>(model: &Arc<dyn Forward>, x: Vec<Tensor>, rows: u64, device: Device, own_stream: bool) -> Factory<'a> {
+/// Where a direct client's inputs and answers live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Io {
+    /// Both on the device: a call is the forward alone.
+    Device,
+    /// Both on the host, in pageable memory (what an application has): a call copies the
+    /// inputs to this device, runs, and copies every output back, which synchronises the
+    /// thread's stream. On CPU the copies are no-ops.
+    Host(Device),
+    /// Inputs in pinned host memory, copied to this device asynchronously on the thread's
+    /// stream; outputs copied back asynchronously into pinned host memory; then the stream is
+    /// synchronised, so each call ends with its answer on the host.
+    Pinned(Device),
+}
+
+fn direct<'a>(model: &Arc<dyn Forward>, x: Vec<Tensor>, rows: u64, device: Device, own_stream: bool, io: Io) -> Factory<'a> {
     let model = Arc::clone(model);
     Box::new(move || {
         let stream = if own_stream {
@@ -334,7 +378,7 @@ fn direct<'a>(model: &Arc<dyn Forward>, x: Vec<Tensor>, rows: u64, device: Devic
         } else {
             Stream::current(device).map_err(|e| e.to_string())?
         };
-        Ok(Box::new(DirectClient { model, x, rows, stream }) as Box<dyn Client + 'a>)
+        Ok(Box::new(DirectClient { model, x, rows, stream, io }) as Box<dyn Client + 'a>)
     })
 }
 
@@ -344,11 +388,32 @@ struct DirectClient {
     x: Vec<Tensor>,
     rows: u64,
     stream: Stream,
+    io: Io,
 }
 
 impl Client for DirectClient {
     fn step(&mut self) -> Result<u64, String> {
-        drop(self.model.run(&self.x).map_err(|e| e.to_string())?);
+        let err = |e: tch::TchError| inputs::one_line(&e);
+        match self.io {
+            Io::Device => drop(self.model.run(&self.x).map_err(|e| e.to_string())?),
+            Io::Host(device) => {
+                let x = self.x.iter().map(|t| t.f_to_device(device)).collect::<Result<Vec<_>, _>>().map_err(err)?;
+                let y = self.model.run(&x).map_err(|e| e.to_string())?;
+                // A copy to pageable host memory waits for the stream: the answer is final.
+                for t in y.tensors() {
+                    drop(t.f_to_device(Device::Cpu).map_err(err)?);
+                }
+            }
+            Io::Pinned(device) => {
+                let x = self.x.iter().map(|t| t.f_to_device_(device, t.kind(), true, false)).collect::<Result<Vec<_>, _>>().map_err(err)?;
+                let y = self.model.run(&x).map_err(|e| e.to_string())?;
+                // Asynchronous copies out land in pinned host memory (libtorch's caching host
+                // allocator gives the buffers); the synchronisation below makes them final.
+                let host = y.tensors().into_iter().map(|t| t.f_to_device_(Device::Cpu, t.kind(), true, false)).collect::<Result<Vec<_>, _>>().map_err(err)?;
+                self.stream.synchronize().map_err(|e| e.to_string())?;
+                drop((x, y, host));
+            }
+        }
         Ok(self.rows)
     }
     fn settle(&mut self) -> Result<u64, String> {

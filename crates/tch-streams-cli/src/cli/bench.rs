@@ -21,13 +21,23 @@ Modes, each run for every thread count T:
   engine-spread  the Engine on its defaults over every device of --device (needs two or more,
                  e.g. cuda:0,cuda:1; client i's input on device i mod D); the report gives
                  engine-spread/engine
-  limit          one thread, one call on the T inputs concatenated (T x batch samples per call)
+  limit          one thread, one call on the T inputs concatenated (T x batch samples per call),
+                 inputs and answer on the device
+  limit-host     as limit, the input in pinned host memory (plain on CPU): copied in
+                 asynchronously on a stream, forward, copied out to pinned host memory,
+                 synchronised; the limit of serving with host I/O
 Workloads (the Python peer's inputs): small-mlp [1,512], large-mlp [64,2048], transformer [1,64,256].
 
 Protocol (the peer's): threads and inputs are made on the device before timing; per repetition
 a warm-up, then a timed phase; every thread synchronises its stream and the elapsed time
 includes that. Reported: samples/s, median with min-max over the repetitions, and the
-efficiency throughput(T) / (T x throughput(1)) per mode.
+efficiency throughput(T) / (T x throughput(1)) per mode; for engine points on CUDA, the device
+memory reserved after the engine's build and at its peak (JSON \"memory\").
+
+--host-io: the serving modes' inputs are made on the host and their answers end there (both
+tools): tch-default/tch-streams copy in, run and copy out per call; the engine gets host
+tensors and delivers on the host (Output::Cpu). The ours/limit ratios then use limit-host.
+Recorded as \"host_io\" in the JSON config. On CPU it changes nothing.
 
 Writes <out>/<date>-<device>.json (schema tch-streams-bench/1; the peer's document under
 \"peer\"), .csv (tool,workload,mode,threads,batch,median,min,max,efficiency) and .png
@@ -42,6 +52,7 @@ Examples:
   tch-streams bench --workloads small-mlp --modes tch-default,engine,limit --threads 1,4,16 --reps 5
   tch-streams bench --model net.pt --shape 8x3x224x224 --threads 1,2,4
   tch-streams bench --model bert.pt --input 1x128:int64 --input 1x128:int64 --int-range 0..30522
+  tch-streams bench --device cuda:0 --model resnet18.pt --shape 1x3x224x224 --host-io --with-python
   tch-streams bench --device cuda:0,cuda:1 --workloads large-mlp --modes engine,engine-spread")]
 #[command(mut_arg("device", |a| a.help("Device: auto, cpu, mps or cuda:N (auto: cuda:0 if a GPU is visible, else mps, else cpu). A list (cuda:0,cuda:1) adds the devices engine-spread spreads over; every other mode runs on the first")))]
 pub struct Args {
@@ -68,7 +79,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE.npy", requires = "model", conflicts_with_all = ["input", "shape"])]
     input_file: Vec<PathBuf>,
     /// Modes, comma-separated: tch-default, tch-streams, engine, engine-graphs, engine-spread,
-    /// limit [default: all; those the device or build cannot run are listed as skipped].
+    /// limit, limit-host [default: all; those the device or build cannot run are listed as
+    /// skipped].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Mode>())]
     modes: Vec<Mode>,
     /// Thread counts, comma-separated [default: 1,4,16,64; --quick: 1,2].
@@ -119,6 +131,11 @@ pub struct Args {
     /// sweep goes on, the other results are written and the exit code is 1 [default: 60].
     #[arg(long, value_name = "SECONDS")]
     point_grace_s: Option<f64>,
+    /// Host I/O: the serving modes (ours and the peer's) take their inputs from host memory and
+    /// deliver their answers to it, copies included in the time; ours/limit ratios use
+    /// limit-host. Recorded in the JSON config as "host_io".
+    #[arg(long)]
+    host_io: bool,
     /// Thread counts of the --tune sweep, comma-separated [default: 16].
     #[arg(long, value_delimiter = ',', requires = "tune")]
     tune_threads: Vec<usize>,
@@ -162,6 +179,7 @@ impl Args {
         cfg.duration_s = self.duration_s.unwrap_or(cfg.duration_s);
         cfg.window = self.window;
         cfg.point_grace_s = self.point_grace_s.unwrap_or(cfg.point_grace_s);
+        cfg.host_io = self.host_io;
         if self.tune {
             cfg.tune_threads = if self.tune_threads.is_empty() { vec![16] } else { self.tune_threads.clone() };
         }
@@ -190,14 +208,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let names: Vec<String> = cfg.workloads.iter().map(Workload::name).collect();
     let modes: Vec<&str> = cfg.modes.iter().map(|m| m.name()).collect();
     println!(
-        "bench on {}: workloads {}; modes {}; threads {:?}; {} reps, warm-up {} s, timed {} s",
+        "bench on {}: workloads {}; modes {}; threads {:?}; {} reps, warm-up {} s, timed {} s{}",
         cfg.spread_devices.iter().map(|&d| bench::device_label(d)).collect::<Vec<_>>().join(","),
         names.join(","),
         modes.join(","),
         cfg.threads,
         cfg.reps,
         cfg.warmup_s,
-        cfg.duration_s
+        cfg.duration_s,
+        if cfg.host_io { "; host I/O" } else { "" }
     );
     let sweep_started = std::time::Instant::now();
     let mut report = bench::run(&cfg)?;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tch_streams::engine::{Engine, InputSpec, Output, Ticket};
 use tch_streams::models::{Builtin, Model};
+use tch_streams_cli::bench::MemoryWatch;
 use tch_streams_cli::inputs::{self, format_input, parse_input, parse_int_range, InputArg, IntRange};
 use tch_streams_cli::engine_args::EngineArgs;
 use tch_streams_cli::parse::parse_shape;
@@ -207,7 +208,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             builder.sample_inputs(inputs::sample_rows(&request).map_err(anyhow::Error::msg)?)
         };
     }
+    // Device memory (CUDA): the peak counts from just before the build.
+    let mut memory = MemoryWatch::start(a.engine.devices());
     let engine = Arc::new(builder.build()?);
+    memory.after_build();
+    let built_memory = memory.finish();
     // One trial request with the declared inputs: inputs that can only fail are refused here,
     // once, instead of failing every request of the run.
     match engine.submit(request.iter().map(Tensor::shallow_clone).collect::<Vec<_>>()).wait_outputs_timeout(TRIAL_LIMIT) {
@@ -231,6 +236,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         for w in engine.workers() {
             println!("  worker {} on {:?}: {}", w.index, w.device, w.stream);
+        }
+        if let Some(m) = built_memory {
+            println!(
+                "memory      after build {:.2} GB reserved ({:.2} GB allocated)",
+                m.after_build_gb(),
+                m.after_build_allocated_bytes as f64 / 1e9
+            );
         }
     }
     tch_streams::stream::synchronize_device(input_device)?;
@@ -342,8 +354,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let failures = failed.load(Ordering::Relaxed);
     let samples_per_s = completed as f64 * rows as f64 / wall;
     let errors = std::mem::take(&mut *errors.lock());
+    let memory = memory.finish();
     if a.json {
-        let doc = json!({
+        let mut doc = json!({
             "model": name, "inputs": shown, "devices": a.engine.devices().iter().map(|d| format!("{d:?}")).collect::<Vec<_>>(),
             "workers": engine.workers().iter().map(|w| json!({"index": w.index, "device": format!("{:?}", w.device), "stream": w.stream.id()})).collect::<Vec<_>>(),
             "config": engine.config(),
@@ -351,6 +364,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "completed": completed, "failed": failures, "samples_per_s": samples_per_s,
             "requests_per_s": completed as f64 / wall, "stats": stats, "errors": errors,
         });
+        // Device memory: CUDA only, absent elsewhere.
+        if let (Some(m), Some(map)) = (memory, doc.as_object_mut()) {
+            map.insert("memory".into(), serde_json::to_value(m)?);
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("completed {completed} requests ({} samples) in {wall:.2} s, failed {failures}", completed * rows);
@@ -375,6 +392,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             per(st.deliver_us),
             st.padded_samples
         );
+        if let Some(m) = memory {
+            println!(
+                "memory      after build {:.2} GB reserved ({:.2} GB allocated); peak {:.2} GB reserved ({:.2} GB allocated) since before the build",
+                m.after_build_gb(),
+                m.after_build_allocated_bytes as f64 / 1e9,
+                m.peak_gb(),
+                m.peak_allocated_bytes as f64 / 1e9
+            );
+        }
     }
     // Every distinct failure, with its count, on stderr (also in --json mode, where stdout is
     // the document).
