@@ -157,8 +157,13 @@ impl Drop for LiveWorker {
 pub(crate) struct LaneRx(Arc<Lane>);
 
 impl LaneRx {
-    /// Blocks for the next request; `None` once the lane is closed and empty.
+    /// Blocks for the next request; `None` once the lane is closed and empty. Polls for a moment
+    /// before parking (see [`handoff`](super::handoff)).
     pub(crate) fn recv(&self) -> Option<Request> {
+        if let Some(r) = super::handoff::spin(super::handoff::SPIN, || self.0.rx.try_recv().ok()) {
+            self.0.release();
+            return Some(r);
+        }
         let r = self.0.rx.recv().ok()?;
         self.0.release();
         Some(r)

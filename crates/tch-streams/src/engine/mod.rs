@@ -56,6 +56,7 @@ mod core;
 mod error;
 mod events;
 mod graphs;
+mod handoff;
 mod independence;
 mod lanes;
 #[cfg(tss_cuda_graphs)]

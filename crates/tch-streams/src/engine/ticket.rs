@@ -36,6 +36,8 @@ struct Slot {
     /// Set once, when the ticket is dropped: nobody reads the answer any more. Read by workers
     /// without the lock (see [`Promise::is_cancelled`]).
     cancelled: AtomicBool,
+    /// Set once the outcome (or abandonment) is in `state`: lets a waiter poll without the lock.
+    settled: AtomicBool,
 }
 
 /// The result of a submitted request, once a worker answers it.
@@ -101,6 +103,8 @@ impl Ticket {
 
     /// Blocks until the request is answered; the model's outputs in its own structure.
     pub fn wait_outputs(self) -> Outcome {
+        // An answer due within microseconds is polled for before parking (see `handoff`).
+        let _ = super::handoff::spin(super::handoff::SPIN, || self.slot.settled.load(Ordering::Acquire).then_some(()));
         let mut st = self.slot.state.lock();
         loop {
             if let Some(outcome) = st.outcome.take() {
@@ -245,6 +249,7 @@ impl Slot {
         update(&mut st);
         let waker = st.waker.take();
         drop(st);
+        self.settled.store(true, Ordering::Release);
         self.ready.notify_all();
         if let Some(w) = waker {
             if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())) {
