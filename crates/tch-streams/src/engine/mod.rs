@@ -64,6 +64,7 @@ mod cuda_graph;
 mod metrics;
 mod plan;
 mod request;
+mod staging;
 mod thread_caches;
 mod ticket;
 mod worker;

@@ -22,6 +22,7 @@ use super::metrics::{Metrics, Stages};
 use super::request::Request;
 use super::ticket::Outcome;
 use crate::models::{Forward, Outputs};
+use super::staging::{self, Staging};
 use super::thread_caches::ThreadWorkspaces;
 use crate::stream::{bind_thread, Priority, Stream};
 use super::lanes::{LaneRx, LiveWorker};
@@ -141,6 +142,7 @@ fn run(spec: WorkerSpec, held: Arc<Held>, ready: Option<Sender<(usize, Result<St
         None
     };
     let mut events = ReadyEvents::default();
+    let mut staging = Staging::default();
     loop {
         let batch = match held.next_inherited() {
             Some(r) => vec![r],
@@ -149,7 +151,7 @@ fn run(spec: WorkerSpec, held: Arc<Held>, ready: Option<Sender<(usize, Result<St
                 None => return, // queue closed and drained
             },
         };
-        if serve(&spec, &stream, &mut runner, &mut events, completer.as_ref(), batch) {
+        if serve(&spec, &stream, &mut runner, &mut staging, &mut events, completer.as_ref(), batch) {
             // A panic: hand what this worker set aside to a replacement and stop.
             spec.metrics.replaced.fetch_add(1, Ordering::Relaxed);
             match spawn(spec.clone(), held.take_all(), None) {
@@ -228,6 +230,7 @@ fn serve(
     spec: &WorkerSpec,
     stream: &Stream,
     runner: &mut Runner,
+    staging: &mut Staging,
     events: &mut ReadyEvents,
     completer: Option<&Completer>,
     batch: Vec<Request>,
@@ -242,7 +245,7 @@ fn serve(
     Stages::lap(&spec.metrics.stages.order, t0);
     let inputs: Vec<&[Tensor]> = batch.iter().map(|r| r.inputs.as_slice()).collect();
     let rows: Vec<i64> = batch.iter().map(|r| r.rows).collect();
-    let attempt = catch_unwind(AssertUnwindSafe(|| run_batch(spec, runner, &inputs, &rows)));
+    let attempt = catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, staging, &inputs, &rows)));
     let outcomes: Vec<Outcome> = match attempt {
         Ok(Ok(outs)) => outs.into_iter().map(Ok).collect(),
         Ok(Err(e)) if batch.len() == 1 => vec![Err(e)],
@@ -251,7 +254,7 @@ fn serve(
         _ => inputs
             .iter()
             .zip(&rows)
-            .map(|(x, r)| match catch_unwind(AssertUnwindSafe(|| run_batch(spec, runner, &[*x], &[*r]))) {
+            .map(|(x, r)| match catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, staging, &[*x], &[*r]))) {
                 Ok(Ok(mut o)) => Ok(o.remove(0)),
                 Ok(Err(e)) => Err(e),
                 Err(p) => Err(EngineError::ModelPanicked(panic_message(&*p))),
@@ -287,7 +290,14 @@ fn serve(
 /// checks that every output carries the (padded) batch along dim 0, delivers, and splits every
 /// output back per request, dropping the padding. Results may still be in the making on the
 /// worker's stream (the caller waits for it) unless they were copied to the host.
-fn run_batch(spec: &WorkerSpec, runner: &mut Runner, requests: &[&[Tensor]], rows: &[i64]) -> Result<Vec<Outputs>, EngineError> {
+fn run_batch(
+    spec: &WorkerSpec,
+    stream: &Stream,
+    runner: &mut Runner,
+    staging: &mut Staging,
+    requests: &[&[Tensor]],
+    rows: &[i64],
+) -> Result<Vec<Outputs>, EngineError> {
     let torch = |e: tch::TchError| EngineError::Model(crate::models::torch_message(&e));
     let st = &spec.metrics.stages;
     let t0 = Instant::now();
@@ -309,7 +319,13 @@ fn run_batch(spec: &WorkerSpec, runner: &mut Runner, requests: &[&[Tensor]], row
         }
         None => {
             // Always the engine's own tensors: the model never sees a caller's (see `join_padded`).
-            let xs = parts.iter().map(|p| join_padded(p, pad, spec.device)).collect::<Result<Vec<_>, _>>().map_err(torch)?;
+            // Host inputs for a CUDA worker go through its pinned staging (one asynchronous copy
+            // per input), unless pinned memory cannot be had.
+            let staged = if staging.applies(spec.device, &parts) { staging.stage(&parts, pad, spec.device, stream) } else { None };
+            let xs = match staged {
+                Some(xs) => xs.map_err(torch)?,
+                None => parts.iter().map(|p| join_padded(p, pad, spec.device)).collect::<Result<Vec<_>, _>>().map_err(torch)?,
+            };
             let t1 = Stages::lap(&st.assemble, t0);
             let y = runner.forward(&xs)?;
             drop(xs);
@@ -331,7 +347,8 @@ fn run_batch(spec: &WorkerSpec, runner: &mut Runner, requests: &[&[Tensor]], row
         }
     }
     let y = match spec.output {
-        Output::Cpu => y.try_map(|t| t.f_to_device(Device::Cpu)).map_err(torch)?,
+        // Asynchronous, into pinned memory: `serve` synchronises the stream before it answers.
+        Output::Cpu => y.try_map(|t| staging::to_host(&t)).map_err(torch)?,
         Output::OnDevice => y,
     };
     let padding = out_rows - total;
