@@ -44,16 +44,17 @@ impl Devices {
 pub const MAX_WAIT_US: u64 = 10_000_000;
 
 /// `--device`, the one engine flag every command takes.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct DeviceArgs {
     /// Devices: auto, cpu, mps, cuda:N, or a list like cuda:0,cuda:1 (workers go round-robin).
     #[arg(long, default_value = "auto", value_parser = |s: &str| parse_devices(s).map(Devices))]
     pub device: Devices,
 }
 
-/// The engine's flags as `run` and `serve` take them. `None`/`false` leaves the builder's own
-/// default (and so any automatic choice of the engine) in place.
-#[derive(Debug, Clone, clap::Args)]
+/// The engine's flags as `run`, `serve` and `bench` take them. `None`/`false` leaves the
+/// builder's own default (and so any automatic choice of the engine) in place. `bench` applies
+/// them to its engine modes and refuses the graph flags (its modes decide graphs).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct EngineArgs {
     #[command(flatten)]
     pub devices: DeviceArgs,
@@ -144,7 +145,12 @@ impl EngineArgs {
     /// The one mapping of these flags onto a builder: devices always; every other setting only
     /// when its flag was given.
     pub fn configure(&self, builder: EngineBuilder) -> EngineBuilder {
-        let mut b = builder.devices(self.devices().to_vec());
+        self.configure_settings(builder.devices(self.devices().to_vec()))
+    }
+
+    /// As [`configure`](Self::configure), without the devices (`bench` sets them per mode).
+    pub fn configure_settings(&self, builder: EngineBuilder) -> EngineBuilder {
+        let mut b = builder;
         if let Some(w) = self.workers {
             b = b.workers(w);
         }
@@ -161,5 +167,35 @@ impl EngineArgs {
             b = b.replicas(Replicas::PerWorker);
         }
         b
+    }
+}
+
+impl EngineArgs {
+    /// The flags given beyond `--device`, as they would be typed (`--workers 8 --batch-max 0`);
+    /// `None` when none was given (the engine's defaults).
+    pub fn given(&self) -> Option<String> {
+        let mut v: Vec<String> = Vec::new();
+        if let Some(w) = self.workers {
+            v.push(format!("--workers {w}"));
+        }
+        if let Some(b) = self.batch_max {
+            v.push(format!("--batch-max {b}"));
+        }
+        if let Some(w) = self.batch_wait_us {
+            v.push(format!("--batch-wait-us {w}"));
+        }
+        if !self.buckets.is_empty() {
+            v.push(format!("--buckets {}", self.buckets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",")));
+        }
+        if self.cuda_graphs {
+            v.push("--cuda-graphs".into());
+        }
+        if self.no_cuda_graphs {
+            v.push("--no-cuda-graphs".into());
+        }
+        if self.per_worker_replicas {
+            v.push("--per-worker-replicas".into());
+        }
+        (!v.is_empty()).then(|| v.join(" "))
     }
 }

@@ -1,7 +1,8 @@
 //! `bench --host-io`, the `limit-host` mode, device memory and real-model-shaped workloads, on
 //! CPU: the flag is accepted and recorded in both tools' documents, limit-host is measured and
 //! taken as the limit of host-I/O serving, the memory key is absent (no device allocator), and a
-//! two-input int64 TorchScript model is fed through `--input`/`--int-range`. No timing thresholds.
+//! two-input int64 TorchScript model is fed through `--input`/`--int-range`; engine flags given
+//! to bench reach its engine modes and are recorded. No timing thresholds.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -186,6 +187,7 @@ fn bench_feeds_a_two_input_int64_model_with_host_io() {
     let json = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).expect("a JSON report");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(doc["config"]["host_io"], Value::Bool(true));
+    assert!(doc["config"].get("engine_flags").is_none(), "no engine flag given: {doc}");
     assert_eq!(doc["skipped"], serde_json::json!([]), "{doc}");
     let results = doc["results"].as_array().unwrap();
     assert_eq!(results.len(), 8, "{doc}");
@@ -210,4 +212,34 @@ fn help_names_the_new_mode_and_flag_and_run_leaves_memory_out_on_cpu() {
     let out = cli(&["run", "--device", "cpu", "--builtin", "small-mlp", "--requests", "20", "--clients", "2"], 120);
     assert_eq!(out.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("memory "), "no memory line on CPU");
+}
+
+#[test]
+fn engine_flags_reach_the_engine_modes_and_are_recorded_and_graph_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out = cli(
+        &[
+            "bench", "--device", "cpu", "--workloads", "small-mlp", "--modes", "engine", "--threads", "1", "--reps", "1",
+            "--warmup-s", "0.02", "--duration-s", "0.05", "--workers", "1", "--batch-max", "0", "--out", out_dir.to_str().unwrap(),
+        ],
+        300,
+    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let json = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).expect("a JSON report");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(doc["config"]["engine_flags"], "--workers 1 --batch-max 0", "{doc}");
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{doc}");
+    assert_eq!(results[0]["mode"], "engine");
+    assert!(results[0]["samples_per_s"]["median"].as_f64().unwrap() > 0.0, "{doc}");
+
+    let refused = cli(&["bench", "--device", "cpu", "--workloads", "small-mlp", "--no-cuda-graphs", "--out", out_dir.to_str().unwrap()], 60);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bench decides CUDA graphs per mode"), "{stderr}");
+    let out_of_range = cli(&["bench", "--device", "cpu", "--workers", "0", "--out", out_dir.to_str().unwrap()], 60);
+    let stderr = String::from_utf8_lossy(&out_of_range.stderr);
+    assert!(stderr.contains("--workers 0 is out of range: expected 1..=1024"), "{stderr}");
 }

@@ -3,6 +3,7 @@
 use super::error::BenchError;
 use super::modes::Mode;
 use tch_streams::models::{Builtin, Model};
+use crate::engine_args::EngineArgs;
 use crate::inputs::{InputArg, IntRange};
 use std::path::PathBuf;
 use tch::Device;
@@ -142,6 +143,10 @@ pub struct BenchConfig {
     /// host memory); the ours/limit ratios then use `limit-host`. On CPU it changes nothing
     /// but is recorded. Default false.
     pub host_io: bool,
+    /// Engine flags for the engine modes (`bench --workers 8 --batch-max 0 …`), applied on top of
+    /// the engine's defaults before the mode sets graphs; not to `--tune`'s grid. `None` (the
+    /// default): the engine's defaults.
+    pub engine: Option<EngineArgs>,
     /// Show a progress bar on stderr. Default false.
     pub progress: bool,
 }
@@ -162,6 +167,7 @@ impl BenchConfig {
             window: 8,
             point_grace_s: 60.0,
             host_io: false,
+            engine: None,
             progress: false,
         }
     }

@@ -130,6 +130,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
                 Vec::new()
             },
             host_io: cfg.host_io,
+            engine_flags: cfg.engine.as_ref().and_then(|e| e.given()),
         },
         results: sweep.results,
         skipped: sweep.skipped,

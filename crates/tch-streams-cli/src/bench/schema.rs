@@ -69,6 +69,10 @@ pub struct DocConfig {
     /// answers to it (always written; documents from before it read as false).
     #[serde(default)]
     pub host_io: bool,
+    /// Engine flags the engine modes ran with beyond `--device` (`--workers 8 --batch-max 0`);
+    /// absent: the engine's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_flags: Option<String>,
 }
 
 /// One measured point.

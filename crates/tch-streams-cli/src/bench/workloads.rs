@@ -298,9 +298,16 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
                         .batching(if c.batching { Batching::Auto } else { Batching::Off })
                         .cuda_graphs(c.graphs)
                 }
-                (Mode::Engine, None) => builder = builder.cuda_graphs(false),
-                (Mode::EngineGraphs, None) => builder = builder.cuda_graphs(true),
-                _ => {}
+                (_, None) => {
+                    if let Some(e) = &cfg.engine {
+                        builder = e.configure_settings(builder);
+                    }
+                    match mode {
+                        Mode::Engine => builder = builder.cuda_graphs(false),
+                        Mode::EngineGraphs => builder = builder.cuda_graphs(true),
+                        _ => {}
+                    }
+                }
             }
             let mut memory = MemoryWatch::start(&devices);
             let engine = builder.build().map_err(|e| format!("could not build the engine: {e}"))?;

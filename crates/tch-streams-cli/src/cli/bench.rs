@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tch_streams_cli::bench::{self, BenchConfig, Mode, PeerRunner, Workload};
 use tch_streams::models::Builtin;
 use tch_streams_cli::inputs::{parse_input, parse_int_range, InputArg, IntRange};
-use tch_streams_cli::engine_args::DeviceArgs;
+use tch_streams_cli::engine_args::EngineArgs;
 use tch_streams_cli::parse::parse_shape;
 
 #[derive(Debug, clap::Args)]
@@ -43,6 +43,11 @@ Writes <out>/<date>-<device>.json (schema tch-streams-bench/1; the peer's docume
 \"peer\"), .csv (tool,workload,mode,threads,batch,median,min,max,efficiency) and .png
 (throughput vs threads per workload; the peer's lines are py-*, limits dashed).
 
+Engine flags (--workers, --batch-max, --batch-wait-us, --buckets, --per-worker-replicas, as
+`run` and `serve` take them) apply to every engine mode, on top of the engine's defaults, and
+are recorded as \"engine_flags\" in the JSON config; without them the engine modes run on the
+defaults. The modes decide CUDA graphs, so --cuda-graphs/--no-cuda-graphs are refused.
+
 --tune adds the engine on hand-set configurations (workers 1,2,4,8,16 x batching off/on x
 graphs off/on) at the --tune-threads counts, and reports the best beside the defaults.
 
@@ -53,7 +58,8 @@ Examples:
   tch-streams bench --model net.pt --shape 8x3x224x224 --threads 1,2,4
   tch-streams bench --model bert.pt --input 1x128:int64 --input 1x128:int64 --int-range 0..30522
   tch-streams bench --device cuda:0 --model resnet18.pt --shape 1x3x224x224 --host-io --with-python
-  tch-streams bench --device cuda:0,cuda:1 --workloads large-mlp --modes engine,engine-spread")]
+  tch-streams bench --device cuda:0,cuda:1 --workloads large-mlp --modes engine,engine-spread
+  tch-streams bench --device cuda:0 --model resnet18.pt --shape 1x3x224x224 --host-io --batch-max 0 --workers 8")]
 #[command(mut_arg("device", |a| a.help("Device: auto, cpu, mps or cuda:N (auto: cuda:0 if a GPU is visible, else mps, else cpu). A list (cuda:0,cuda:1) adds the devices engine-spread spreads over; every other mode runs on the first")))]
 pub struct Args {
     /// Built-in workloads, comma-separated: small-mlp, large-mlp, transformer [default: all].
@@ -99,10 +105,11 @@ pub struct Args {
     /// override its values.
     #[arg(long)]
     quick: bool,
-    // --device, as `run` and `serve` have it (bench takes no other engine flag: its engine
-    // points run on the engine's defaults); its help is bench's own (see `Args`).
+    // The engine flags, as `run` and `serve` have them (--device's help is bench's own, see
+    // `Args`). Without any beyond --device the engine modes run on the engine's defaults; given,
+    // they apply to every engine mode (not to --tune's grid) and are recorded in the JSON.
     #[command(flatten)]
-    devices: DeviceArgs,
+    engine: EngineArgs,
     /// Directory for the JSON, CSV and PNG (created if needed).
     #[arg(long, value_name = "DIR", default_value = "results")]
     out: PathBuf,
@@ -143,10 +150,10 @@ pub struct Args {
 
 impl Args {
     fn config(&self) -> anyhow::Result<BenchConfig> {
-        let device = self.devices.device.0.first().copied().unwrap_or(tch::Device::Cpu);
+        let device = self.engine.devices.device.0.first().copied().unwrap_or(tch::Device::Cpu);
         let mut cfg = if self.quick { BenchConfig::quick(device) } else { BenchConfig::full(device) };
-        if !self.devices.device.0.is_empty() {
-            cfg.spread_devices = self.devices.device.0.clone();
+        if !self.engine.devices.device.0.is_empty() {
+            cfg.spread_devices = self.engine.devices.device.0.clone();
         }
         if let Some(path) = &self.model {
             let inputs = match &self.shape {
@@ -180,6 +187,11 @@ impl Args {
         cfg.window = self.window;
         cfg.point_grace_s = self.point_grace_s.unwrap_or(cfg.point_grace_s);
         cfg.host_io = self.host_io;
+        self.engine.check()?;
+        if self.engine.cuda_graphs || self.engine.no_cuda_graphs {
+            anyhow::bail!("bench decides CUDA graphs per mode (engine: off, engine-graphs: on); leave out --cuda-graphs/--no-cuda-graphs and pick the modes with --modes");
+        }
+        cfg.engine = self.engine.given().is_some().then(|| self.engine.clone());
         if self.tune {
             cfg.tune_threads = if self.tune_threads.is_empty() { vec![16] } else { self.tune_threads.clone() };
         }
