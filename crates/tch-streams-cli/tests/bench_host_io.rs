@@ -4,44 +4,15 @@
 //! two-input int64 TorchScript model is fed through `--input`/`--int-range`; engine flags given
 //! to bench reach its engine modes and are recorded. No timing thresholds.
 
+mod cli_common;
+
+use cli_common::{cli, fixture};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 use tch_streams::models::Builtin;
 use tch_streams_cli::bench::{self, BenchConfig, BenchReport, Mode, PeerRunner, Workload};
-
-fn bin() -> String {
-    std::env::var("TCH_STREAMS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tch-streams").to_string())
-}
-
-/// The TorchScript fixtures, written once per test process by scripts/fixtures/make_models.py.
-fn fixture(name: &str) -> String {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        if let Some(d) = std::env::var_os("TCH_STREAMS_FIXTURES") {
-            return PathBuf::from(d);
-        }
-        let dir = std::env::temp_dir().join(format!("tch-streams-host-io-fixtures-{}", std::process::id()));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures/make_models.py");
-        let out = Command::new("python3").arg(&script).arg(&dir).output().expect("python3 on PATH");
-        assert!(out.status.success(), "fixture script failed: {}", String::from_utf8_lossy(&out.stderr));
-        dir
-    });
-    dir.join(name).display().to_string()
-}
-
-/// Runs the CLI with a watchdog of `secs`.
-fn cli(args: &[&str], secs: u64) -> Output {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).env("TCH_STREAMS_LOG", "error");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.output());
-    });
-    rx.recv_timeout(Duration::from_secs(secs)).expect("watchdog: the CLI did not finish in time").expect("the CLI started")
-}
 
 /// Runs `f` on another thread; fails the test if it takes longer than `secs` (a hang).
 fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -3,47 +3,12 @@
 //! Every child runs under a watchdog (killed when it outlives it). The peer is a stand-in shell
 //! script playing `python3`, so these tests need no torch in Python.
 
+mod cli_common;
+
+use cli_common::{bin, cli, cli_env, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin() -> String {
-    std::env::var("TCH_STREAMS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tch-streams").to_string())
-}
-
-/// Runs the CLI with `envs`; panics (after killing it) if it outlives `secs`.
-fn cli_env(args: &[&str], envs: &[(&str, &str)], secs: u64) -> Output {
-    let child = Command::new(bin())
-        .args(args)
-        .envs(envs.iter().copied())
-        .env("TCH_STREAMS_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the CLI");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(out) => out.expect("wait for the CLI"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("watchdog: {args:?} did not finish in {secs} s");
-        }
-    }
-}
-
-fn cli(args: &[&str], secs: u64) -> Output {
-    cli_env(args, &[], secs)
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 /// A `.npy` file (version 1.0) of float32 `values` with `shape`.
 fn write_npy(path: &Path, shape: &[usize], values: &[f32]) {

@@ -2,44 +2,19 @@
 //! naming the flag, never a panic (exit 101), an abort (134) or a signal. Each child runs under a
 //! watchdog. The last test fuzzes the numeric and shape flags with proptest.
 
+mod cli_common;
+
+use cli_common::{bin, text, try_cli};
 use proptest::prelude::*;
 use std::process::{Command, Output};
-use std::sync::mpsc;
-use std::time::Duration;
-
-fn bin() -> String {
-    std::env::var("TCH_STREAMS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tch-streams").to_string())
-}
 
 /// Runs the CLI; `None` if it outlived `secs` (then it is killed).
 fn cli(args: &[String], secs: u64) -> Option<Output> {
-    let child = Command::new(bin())
-        .args(args)
-        .env("TCH_STREAMS_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the CLI");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(out) => Some(out.expect("wait for the CLI")),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            None
-        }
-    }
+    try_cli(args, &[], secs)
 }
 
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Runs and checks: exit `code`, no panic, and `needle` in the output.

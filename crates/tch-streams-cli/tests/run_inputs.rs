@@ -3,44 +3,12 @@
 //! Each run has a watchdog; `TCH_STREAMS_BIN` and `TCH_STREAMS_FIXTURES` override the binary
 //! and the fixture directory on another machine.
 
+mod cli_common;
+
+use cli_common::{cli, fixture};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{mpsc, OnceLock};
-use std::time::Duration;
-
-fn bin() -> String {
-    std::env::var("TCH_STREAMS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tch-streams").to_string())
-}
-
-fn fixtures() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(d) = std::env::var_os("TCH_STREAMS_FIXTURES") {
-            return PathBuf::from(d);
-        }
-        let dir = std::env::temp_dir().join(format!("tch-streams-cli-fixtures-{}", std::process::id()));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures/make_models.py");
-        let out = Command::new("python3").arg(&script).arg(&dir).output().expect("python3 on PATH");
-        assert!(out.status.success(), "fixture script failed: {}", String::from_utf8_lossy(&out.stderr));
-        dir
-    })
-}
-
-fn fixture(name: &str) -> String {
-    fixtures().join(name).display().to_string()
-}
-
-/// Runs the CLI with a watchdog of `secs`.
-fn cli(args: &[&str], secs: u64) -> Output {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).env("TCH_STREAMS_LOG", "error");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.output());
-    });
-    rx.recv_timeout(Duration::from_secs(secs)).expect("watchdog: the CLI did not finish in time").expect("the CLI started")
-}
 
 fn json_of(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON on stdout ({e}): {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))

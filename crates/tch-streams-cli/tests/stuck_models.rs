@@ -3,53 +3,10 @@
 //! of waiting forever. Every child runs under a watchdog (killed when it outlives it).
 //! `TCH_STREAMS_BIN` and `TCH_STREAMS_FIXTURES` override the binary and the fixture directory.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{mpsc, OnceLock};
-use std::time::Duration;
+mod cli_common;
 
-fn bin() -> String {
-    std::env::var("TCH_STREAMS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tch-streams").to_string())
-}
-
-fn stuck_model() -> String {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        if let Some(d) = std::env::var_os("TCH_STREAMS_FIXTURES") {
-            return PathBuf::from(d);
-        }
-        let dir = std::env::temp_dir().join(format!("tch-streams-stuck-fixtures-{}", std::process::id()));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures/make_models.py");
-        let out = Command::new("python3").arg(&script).arg(&dir).output().expect("python3 on PATH");
-        assert!(out.status.success(), "fixture script failed: {}", String::from_utf8_lossy(&out.stderr));
-        dir
-    });
-    dir.join("stuck.pt").display().to_string()
-}
-
-/// Runs the CLI; panics (after killing it) if it outlives `secs`.
-fn cli(args: &[&str], secs: u64) -> Output {
-    let child = Command::new(bin())
-        .args(args)
-        .env("TCH_STREAMS_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the CLI");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(out) => out.expect("wait for the CLI"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("watchdog: {args:?} did not finish in {secs} s");
-        }
-    }
-}
+use cli_common::{cli, fixture};
+use std::process::Output;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -60,7 +17,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn run_with_a_duration_reports_requests_stuck_past_its_grace_and_exits_1() {
-    let model = stuck_model();
+    let model = fixture("stuck.pt");
     let out = cli(&["run", "--device", "cpu", "--model", &model, "--input", "1x8", "--batch-max", "0", "--duration", "1", "--json"], 120);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -73,7 +30,7 @@ fn run_with_a_duration_reports_requests_stuck_past_its_grace_and_exits_1() {
 
 #[test]
 fn run_of_a_request_count_stops_after_the_stall_timeout_and_exits_1() {
-    let model = stuck_model();
+    let model = fixture("stuck.pt");
     let out = cli(&["run", "--device", "cpu", "--model", &model, "--input", "1x8", "--batch-max", "0", "--requests", "3000", "--stall-timeout-s", "2", "--json"], 120);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -94,7 +51,7 @@ fn run_refuses_a_stall_timeout_out_of_range() {
 
 #[test]
 fn bench_reports_a_stuck_engine_point_writes_the_others_and_exits_1() {
-    let model = stuck_model();
+    let model = fixture("stuck.pt");
     let dir = std::env::temp_dir().join(format!("tch-streams-stuck-bench-{}", std::process::id()));
     let out_dir = dir.display().to_string();
     // The 300th call hangs during the first point (T=1); the second point (T=2) builds its own
