@@ -56,7 +56,7 @@ impl Completer {
             .spawn({
                 let metrics = Arc::clone(&metrics);
                 move || {
-                    super::worker::mark_thread(engine);
+                    super::threads::mark_thread(engine);
                     complete_all(rx, spare_tx, metrics)
                 }
             })?;

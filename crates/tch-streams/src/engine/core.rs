@@ -8,6 +8,7 @@ use super::lanes::Lanes;
 use super::plan::{plan, Plan};
 use super::request::{Admission, Request};
 use super::ticket::{counted_pair, Ticket};
+use super::threads;
 use super::worker::{self, WorkerSpec, WorkerThread};
 use crate::models::{Inputs, Model, Outputs};
 use crate::stream::Stream;
@@ -50,7 +51,7 @@ pub struct WorkerInfo {
 /// # Ok::<(), tch_streams::engine::EngineError>(())
 /// ```
 pub struct Engine {
-    /// Tells this engine's threads apart from others (see [`worker::on_engine_thread`]).
+    /// Tells this engine's threads apart from others (see [`threads::on_engine_thread`]).
     id: u64,
     lanes: Lanes,
     registry: Arc<Mutex<Vec<WorkerThread>>>,
@@ -278,7 +279,7 @@ impl Engine {
     }
 
     fn shutdown_within(&self, timeout: Option<Duration>) -> bool {
-        if worker::on_engine_thread(self.id) {
+        if threads::on_engine_thread(self.id) {
             // A waker or the model, on a worker or completion thread: joining the workers would
             // join this thread itself (and a shutdown in progress elsewhere may be joining it).
             self.lanes.close();

@@ -22,7 +22,7 @@
 //! batching is a build error and the defaults leave batching off, saying why.
 
 use super::config::SampleInputs;
-use super::worker::panic_message;
+use super::threads::panic_message;
 use crate::models::{Forward, Outputs};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};

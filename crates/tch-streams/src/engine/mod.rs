@@ -66,6 +66,7 @@ mod plan;
 mod request;
 mod staging;
 mod thread_caches;
+mod threads;
 mod ticket;
 mod worker;
 

@@ -18,7 +18,6 @@ use super::error::EngineError;
 use super::independence;
 use super::request::Admission;
 use super::thread_caches;
-use super::worker;
 use crate::models::Forward;
 use crate::runtime::{check_capability, Capability, Report};
 use crate::stream::{Priority, Stream};
@@ -256,7 +255,7 @@ fn checked(model: &Arc<dyn Forward>, device: Device, specs: &Specs, samples: Opt
     .unwrap_or_else(|p| {
         Err(independence::Refusal::Undecided(format!(
             "the check itself failed ({}; please report it as a tch-streams bug)",
-            worker::panic_message(&*p)
+            super::threads::panic_message(&*p)
         )))
     })
 }

@@ -253,7 +253,7 @@ impl Slot {
         self.ready.notify_all();
         if let Some(w) = waker {
             if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())) {
-                tracing::error!("a ticket's waker panicked (the answer is delivered; the task may not be woken): {}", super::worker::panic_message(&*p));
+                tracing::error!("a ticket's waker panicked (the answer is delivered; the task may not be woken): {}", super::threads::panic_message(&*p));
             }
         }
     }

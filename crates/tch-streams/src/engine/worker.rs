@@ -24,6 +24,7 @@ use super::ticket::Outcome;
 use crate::models::{Forward, Outputs};
 use super::staging::{self, Staging};
 use super::thread_caches::ThreadWorkspaces;
+use super::threads::{mark_thread, panic_message};
 use crate::stream::{bind_thread, Priority, Stream};
 use super::lanes::{LaneRx, LiveWorker};
 use crossbeam_channel::Sender;
@@ -35,26 +36,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-thread_local! {
-    /// The engine this thread works for (as a worker or a completion thread); 0 elsewhere.
-    static ENGINE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the current thread as one of engine `id`'s own threads.
-pub(crate) fn mark_thread(id: u64) {
-    ENGINE.with(|e| e.set(id));
-}
-
-/// Whether the current thread is one of engine `id`'s own threads: code the engine calls there
-/// (a ticket's waker, the model) must not wait for that engine's workers.
-pub(crate) fn on_engine_thread(id: u64) -> bool {
-    ENGINE.with(|e| e.get() == id)
-}
-
 /// Everything a worker needs; cloned for its replacement.
 #[derive(Clone)]
 pub(crate) struct WorkerSpec {
-    /// The engine's id (see [`mark_thread`]).
+    /// The engine's id (see [`mark_thread`](super::threads::mark_thread)).
     pub(crate) engine: u64,
     pub(crate) index: usize,
     pub(crate) device: Device,
@@ -371,11 +356,4 @@ fn run_batch(
     let out = per_request.into_iter().map(|parts| y.rebuild_like(parts)).collect();
     Stages::lap(&st.deliver, t2);
     Ok(out)
-}
-
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".into())
 }
