@@ -12,7 +12,7 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{grpc_frame, sample, Grpc, Http, Served};
+use serve_common::{good_mlp_json, good_mlp_grpc, grpc_frame, sample, Grpc, Http, Served};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -163,7 +163,7 @@ fn http_case(r: &mut Rng) -> (Vec<u8>, Vec<(&'static str, String)>) {
 
 /// One generated gRPC ModelInfer request body (framed, or not quite).
 fn grpc_case(r: &mut Rng) -> Vec<u8> {
-    let good = good_grpc();
+    let good = good_mlp_grpc();
     match r.below(6) {
         0 => r.some_bytes(300),
         1 => {
@@ -209,19 +209,6 @@ fn grpc_case(r: &mut Rng) -> Vec<u8> {
     }
 }
 
-fn good_json() -> Value {
-    json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [1, 512], "data": vec![0.25f32; 512]}]})
-}
-
-fn good_grpc() -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "small-mlp".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor { name: "input0".into(), datatype: "FP32".into(), shape: vec![1, 512], ..Default::default() }],
-        raw_input_contents: vec![vec![0u8; 2048].into()],
-        ..Default::default()
-    }
-}
-
 /// A raw request line the generator garbles: method, path, version; answered by a route, by
 /// axum's extractors or by hyper itself, always with a JSON error body.
 fn raw_line(r: &mut Rng) -> Vec<u8> {
@@ -261,7 +248,7 @@ fn generated_requests_never_break_the_server_and_the_counters_add_up() {
         if reply.header("connection") == Some("close") {
             conn = Http::connect(&server.http);
         }
-        let good = conn.send("POST", "/v2/models/small-mlp/infer", &[], good_json().to_string().as_bytes());
+        let good = conn.send("POST", "/v2/models/small-mlp/infer", &[], good_mlp_json().to_string().as_bytes());
         assert_eq!(good.status, 200, "seed {seed}: the good request after HTTP case {i}: {}", good.text());
         http_counted += 1.0;
     }
@@ -286,7 +273,7 @@ fn generated_requests_never_break_the_server_and_the_counters_add_up() {
         if status >= 400 {
             assert!(text.to_ascii_lowercase().contains("content-type: application/json"), "seed {seed} request line {i}: {text:.300}");
         }
-        let good = Http::connect(&server.http).send("POST", "/v2/models/small-mlp/infer", &[], good_json().to_string().as_bytes());
+        let good = Http::connect(&server.http).send("POST", "/v2/models/small-mlp/infer", &[], good_mlp_json().to_string().as_bytes());
         assert_eq!(good.status, 200);
         http_counted += 1.0;
     }
@@ -306,7 +293,7 @@ fn generated_requests_never_break_the_server_and_the_counters_add_up() {
                 g = Grpc::connect(&server.grpc);
             }
         }
-        let good = g.call("ModelInfer", &good_grpc(), Duration::from_secs(30)).unwrap_or_else(|e| panic!("seed {seed}: the good gRPC request after case {i}: {e}"));
+        let good = g.call("ModelInfer", &good_mlp_grpc(), Duration::from_secs(30)).unwrap_or_else(|e| panic!("seed {seed}: the good gRPC request after case {i}: {e}"));
         assert_eq!(good.code, Some(0), "seed {seed}: the good gRPC request after case {i}: {}", good.message);
         grpc_counted += 1.0;
     }

@@ -7,7 +7,7 @@
 mod serve_common;
 
 use serde_json::json;
-use serve_common::{eventually, health, infer_json, memory_kib, open_fds, sample, Grpc, Http, Served};
+use serve_common::{good_mlp_json, good_mlp_grpc, eventually, health, infer_json, memory_kib, open_fds, sample, Grpc, Http, Served};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,13 +17,8 @@ use tch_streams_cli::serve::grpc::pb;
 
 const MIB: u64 = 1 << 20;
 
-/// A request the small MLP accepts.
-fn good_mlp() -> serde_json::Value {
-    json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [1, 512], "data": vec![0.25f32; 512]}]})
-}
-
 fn assert_good(server: &Served) {
-    let r = infer_json(&mut Http::connect(&server.http), "small-mlp", &good_mlp());
+    let r = infer_json(&mut Http::connect(&server.http), "small-mlp", &good_mlp_json());
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["outputs"][0]["shape"], json!([1, 512]));
 }
@@ -167,13 +162,13 @@ fn stalled_grpc_streams_are_capped_and_refused_beyond_the_budget() {
     // One good call first on this connection: its answer arrives after the server's SETTINGS, so
     // the client knows the stream cap before it opens the streams below (otherwise a loaded
     // machine can open a 17th before learning it, and the server refuses that stream instead).
-    let first = g.call("ModelInfer", &good_grpc(), wait).expect("a good request before the stalls");
+    let first = g.call("ModelInfer", &good_mlp_grpc(), wait).expect("a good request before the stalls");
     assert_eq!(first.code, Some(0), "{}", first.message);
     // The stream cap.
     let partial: Vec<_> = (0..16).map(|_| g.stall(vec![0u8, 0, 0], Duration::from_secs(5)).expect("a stream under the cap")).collect();
     // A 17th, complete and good, waits for a free stream: it is answered only after a stalled
     // one ended (without the cap it would be answered at once).
-    let ok = g.call("ModelInfer", &good_grpc(), wait).expect("the 17th request");
+    let ok = g.call("ModelInfer", &good_mlp_grpc(), wait).expect("the 17th request");
     assert_eq!(ok.code, Some(0), "{}", ok.message);
     let ended = metric(&server, "tch_streams_requests_total", &[("model", ""), ("protocol", "grpc"), ("outcome", "body_timeout")]);
     assert!(ended >= 1.0, "the 17th stream was served while 16 were open (--max-streams 16)");
@@ -203,19 +198,9 @@ fn stalled_grpc_streams_are_capped_and_refused_beyond_the_budget() {
     assert_eq!((n("exhausted"), n("body_timeout")), (42.0, 22.0), "{t}");
     assert_eq!(sample(&t, "tch_streams_buffered_bytes", &[]), Some(0.0), "{t}");
     // The connection still serves a good request.
-    let ok = g.call("ModelInfer", &good_grpc(), Duration::from_secs(30)).expect("a good gRPC request");
+    let ok = g.call("ModelInfer", &good_mlp_grpc(), Duration::from_secs(30)).expect("a good gRPC request");
     assert_eq!(ok.code, Some(0), "{}", ok.message);
     assert_good(&server);
-}
-
-/// A ModelInfer request the small MLP accepts, raw contents.
-fn good_grpc() -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "small-mlp".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor { name: "input0".into(), datatype: "FP32".into(), shape: vec![1, 512], ..Default::default() }],
-        raw_input_contents: vec![vec![0u8; 2048].into()],
-        ..Default::default()
-    }
 }
 
 /// A `data` array of `rows` x 512 FP32 values `0.25` whose last value is a string: the server

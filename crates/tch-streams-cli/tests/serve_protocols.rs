@@ -6,7 +6,7 @@
 mod serve_common;
 
 use serde_json::json;
-use serve_common::{fixture, infer_json, tritonclient, Http, Served};
+use serve_common::{good_mlp_json, fixture, infer_json, tritonclient, Http, Served};
 use std::time::Duration;
 use tch::{Device, IValue, Kind};
 use tch_streams::models::Builtin;
@@ -105,17 +105,12 @@ fn tritonclient_answers_equal_the_models_run_directly_and_metadata_is_complete()
     assert_eq!((count("two_inputs", "http"), count("two_inputs", "grpc")), (Some(2.0), Some(1.0)), "{text}");
 }
 
-/// A request the small MLP accepts.
-fn good_mlp() -> serde_json::Value {
-    json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [1, 512], "data": vec![0.25f32; 512]}]})
-}
-
 #[test]
 fn every_bad_request_gets_its_status_and_message_and_the_server_keeps_serving() {
     let server = start(&["--max-request-bytes", "262144", "--max-batch-size", "64"]);
     let mut conn = Http::connect(&server.http);
     let good = |conn: &mut Http| {
-        let r = infer_json(conn, "small-mlp", &good_mlp());
+        let r = infer_json(conn, "small-mlp", &good_mlp_json());
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["outputs"][0]["shape"], json!([1, 512]));
     };
@@ -132,7 +127,7 @@ fn every_bad_request_gets_its_status_and_message_and_the_server_keeps_serving() 
     expect(&mut conn, r, 400, "malformed inference request JSON");
     let r = post(&mut conn, "small-mlp", b"[1, 2]", &[]);
     expect(&mut conn, r, 400, "malformed inference request JSON");
-    let r = infer_json(&mut conn, "nope", &good_mlp());
+    let r = infer_json(&mut conn, "nope", &good_mlp_json());
     expect(&mut conn, r, 404, "unknown model \"nope\"; this server serves small-mlp, two_inputs");
     let r = infer_json(&mut conn, "small-mlp", &json!({"inputs": [{"name": "input0", "datatype": "FP64", "shape": [1, 512], "data": vec![0.0; 512]}]}));
     expect(&mut conn, r, 400, "input \"input0\": datatype FP64 but the model takes FP32");
@@ -150,7 +145,7 @@ fn every_bad_request_gets_its_status_and_message_and_the_server_keeps_serving() 
     expect(&mut conn, r, 400, "unknown input \"x\" for model small-mlp: its inputs are input0");
     let r = infer_json(&mut conn, "two_inputs", &json!({"inputs": [{"name": "input0", "datatype": "INT64", "shape": [1, 16], "data": vec![1; 16]}]}));
     expect(&mut conn, r, 400, "input \"input1\" is missing");
-    let r = infer_json(&mut conn, "small-mlp", &json!({"inputs": good_mlp()["inputs"], "outputs": [{"name": "logits"}]}));
+    let r = infer_json(&mut conn, "small-mlp", &json!({"inputs": good_mlp_json()["inputs"], "outputs": [{"name": "logits"}]}));
     expect(&mut conn, r, 400, "unknown output \"logits\" for model small-mlp: its outputs are output0");
     // Binary extension: a byte count that does not fit the shape, and a header past the body.
     let head = json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [1, 512], "parameters": {"binary_data_size": 2044}}]}).to_string();

@@ -6,24 +6,11 @@
 mod serve_common;
 
 use serde_json::json;
-use serve_common::{eventually, grpc_frame, infer_json, sample, Grpc, Http, Served};
+use serve_common::{good_mlp_json, good_mlp_grpc, eventually, grpc_frame, infer_json, sample, Grpc, Http, Served};
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use tch_streams_cli::serve::grpc::pb;
-
-fn good_mlp() -> serde_json::Value {
-    json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [1, 512], "data": vec![0.25f32; 512]}]})
-}
-
-fn good_grpc() -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "small-mlp".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor { name: "input0".into(), datatype: "FP32".into(), shape: vec![1, 512], ..Default::default() }],
-        raw_input_contents: vec![vec![0u8; 2048].into()],
-        ..Default::default()
-    }
-}
 
 /// Sends `head` and `body` on a new connection and leaves it open (the caller drops it).
 fn send_raw(addr: &str, head: &str, body: &[u8]) -> TcpStream {
@@ -56,12 +43,12 @@ fn every_request_is_counted_once_in_the_metrics_and_the_drain_line() {
     let mut server = Served::start(&["--builtin", "small-mlp", "--builtin", "large-mlp", "--workers", "1", "--batch-max", "0", "--max-request-bytes", "16777216"]);
     let mut conn = Http::connect(&server.http);
     for _ in 0..3 {
-        assert_eq!(infer_json(&mut conn, "small-mlp", &good_mlp()).status, 200);
+        assert_eq!(infer_json(&mut conn, "small-mlp", &good_mlp_json()).status, 200);
     }
     assert_eq!(infer_json(&mut conn, "small-mlp", &json!({"inputs": []})).status, 400);
     let g = Grpc::connect(&server.grpc);
     for _ in 0..2 {
-        assert_eq!(g.call("ModelInfer", &good_grpc(), Duration::from_secs(30)).expect("gRPC").code, Some(0));
+        assert_eq!(g.call("ModelInfer", &good_mlp_grpc(), Duration::from_secs(30)).expect("gRPC").code, Some(0));
     }
     let malformed = g.call_raw("ModelInfer", grpc_frame(&[0xff, 0xff, 0xff]), &[], Duration::from_secs(30)).expect("gRPC");
     assert_ne!(malformed.code, Some(0), "{}", malformed.message);
@@ -107,10 +94,10 @@ fn slow_grpc() -> pb::ModelInferRequest {
 fn half_sent_headers_and_idle_connections_do_not_hold_the_drain() {
     let mut server = Served::start(&["--builtin", "small-mlp", "--drain-timeout-s", "30"]);
     let mut idle = Http::connect(&server.http);
-    assert_eq!(infer_json(&mut idle, "small-mlp", &good_mlp()).status, 200);
+    assert_eq!(infer_json(&mut idle, "small-mlp", &good_mlp_json()).status, 200);
     let half: Vec<_> = (0..3).map(|_| send_raw(&server.http, "POST /v2/models/small-mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-le", b"")).collect();
     let g = Grpc::connect(&server.grpc);
-    assert_eq!(g.call("ModelInfer", &good_grpc(), Duration::from_secs(30)).expect("gRPC").code, Some(0));
+    assert_eq!(g.call("ModelInfer", &good_mlp_grpc(), Duration::from_secs(30)).expect("gRPC").code, Some(0));
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
     server.sigterm();

@@ -8,30 +8,19 @@
 
 mod serve_common;
 
-use serde_json::json;
-use serve_common::{eventually, health, memory_kib, open_fds, sample, Grpc, Http, Served};
+use serve_common::{good_mlp_grpc, good_mlp_json, eventually, health, memory_kib, open_fds, sample, Grpc, Http, Served};
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tch_streams_cli::serve::grpc::pb;
 
 const MIB: u64 = 1 << 20;
 const ATTACK: Duration = Duration::from_secs(8);
 
 fn good_json() -> Vec<u8> {
-    json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [1, 512], "data": vec![0.25f32; 512]}]}).to_string().into_bytes()
-}
-
-fn good_grpc() -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "small-mlp".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor { name: "input0".into(), datatype: "FP32".into(), shape: vec![1, 512], ..Default::default() }],
-        raw_input_contents: vec![vec![0u8; 2048].into()],
-        ..Default::default()
-    }
+    good_mlp_json().to_string().into_bytes()
 }
 
 /// Runs `f` in a loop on its own thread until `stop`.
@@ -172,10 +161,10 @@ fn a_mixed_siege_keeps_memory_bounded_health_quick_and_honest_clients_answered()
         threads.push(std::thread::spawn(move || {
             let mut g = Grpc::connect(&addr);
             while !stop.load(Ordering::SeqCst) {
-                let mut r = g.call("ModelInfer", &good_grpc(), Duration::from_secs(30));
+                let mut r = g.call("ModelInfer", &good_mlp_grpc(), Duration::from_secs(30));
                 if r.is_err() {
                     g = Grpc::connect(&addr);
-                    r = g.call("ModelInfer", &good_grpc(), Duration::from_secs(30));
+                    r = g.call("ModelInfer", &good_mlp_grpc(), Duration::from_secs(30));
                 }
                 match r {
                     Ok(reply) if reply.code == Some(0) => {

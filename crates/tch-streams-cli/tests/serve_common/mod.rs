@@ -475,3 +475,19 @@ impl Grpc {
         })
     }
 }
+
+/// A JSON inference request the built-in small MLP accepts: one sample of 512 floats.
+pub fn good_mlp_json() -> serde_json::Value {
+    serde_json::json!({"inputs": [{"name": "input0", "datatype": "FP32", "shape": [1, 512], "data": vec![0.25f32; 512]}]})
+}
+
+/// A gRPC ModelInfer request the built-in small MLP accepts, as raw contents.
+pub fn good_mlp_grpc() -> tch_streams_cli::serve::grpc::pb::ModelInferRequest {
+    use tch_streams_cli::serve::grpc::pb;
+    pb::ModelInferRequest {
+        model_name: "small-mlp".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor { name: "input0".into(), datatype: "FP32".into(), shape: vec![1, 512], ..Default::default() }],
+        raw_input_contents: vec![vec![0u8; 2048].into()],
+        ..Default::default()
+    }
+}
