@@ -23,11 +23,11 @@
 //! assert!(parse(&["--workers", "0"]).check().unwrap_err().to_string().contains("--workers 0 is out of range: expected 1..=1024"));
 //! ```
 
-use crate::parse::parse_devices;
+use crate::parse::{parse_devices, parse_memory};
 use anyhow::bail;
 use std::time::Duration;
 use tch::Device;
-use tch_streams::engine::{Batching, EngineBuilder, Replicas, DEFAULT_MAX_WAIT, MAX_BATCH, MAX_BUCKETS, MAX_BUCKET_OVER_BATCH, MAX_WORKERS};
+use tch_streams::engine::{Batching, EngineBuilder, MemoryBudget, Replicas, DEFAULT_MAX_WAIT, MAX_BATCH, MAX_BUCKETS, MAX_BUCKET_OVER_BATCH, MAX_WORKERS};
 
 /// A parsed `--device` list (one clap value): never empty.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +79,17 @@ pub struct EngineArgs {
     /// One model instance per worker instead of one per device.
     #[arg(long)]
     pub per_worker_replicas: bool,
+    /// Most GPU memory the engine may hold per device (weights, CUDA graphs, the working memory
+    /// of its largest batches): a size like 8GiB, 512MiB or 2GB, or a share of the free memory
+    /// like 50%. The calibrated largest batch, then (when --workers is not given) the workers,
+    /// are lowered to fit, and start-up fails if the engine holds more after warm-up. `serve`
+    /// divides it between its models [default: 80% of the free memory].
+    #[arg(long, value_parser = parse_memory, value_name = "SIZE|PCT%")]
+    pub gpu_memory: Option<MemoryBudget>,
+    /// With CUDA graphs: give every worker its own graph memory for every batch size, instead of
+    /// one pool per GPU for the large batches (which then take turns; less memory).
+    #[arg(long)]
+    pub no_shared_graph_pool: bool,
 }
 
 impl EngineArgs {
@@ -166,6 +177,12 @@ impl EngineArgs {
         if self.per_worker_replicas {
             b = b.replicas(Replicas::PerWorker);
         }
+        if let Some(m) = self.gpu_memory {
+            b = b.memory_budget(m);
+        }
+        if self.no_shared_graph_pool {
+            b = b.shared_graph_pool(false);
+        }
         b
     }
 }
@@ -195,6 +212,15 @@ impl EngineArgs {
         }
         if self.per_worker_replicas {
             v.push("--per-worker-replicas".into());
+        }
+        if let Some(m) = self.gpu_memory {
+            v.push(match m {
+                MemoryBudget::Bytes(n) => format!("--gpu-memory {n}"),
+                MemoryBudget::FractionOfFree(f) => format!("--gpu-memory {}%", f * 100.0),
+            });
+        }
+        if self.no_shared_graph_pool {
+            v.push("--no-shared-graph-pool".into());
         }
         (!v.is_empty()).then(|| v.join(" "))
     }

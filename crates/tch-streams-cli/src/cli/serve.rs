@@ -5,6 +5,7 @@ use anyhow::{bail, Context};
 use clap::ArgMatches;
 use std::path::PathBuf;
 use std::time::Duration;
+use tch_streams::engine::MemoryBudget;
 use tch_streams::models::Builtin;
 use tch_streams_cli::engine_args::EngineArgs;
 use tch_streams_cli::inputs::{parse_input, InputArg};
@@ -216,6 +217,28 @@ pub fn entries(args: &Args, matches: &ArgMatches) -> anyhow::Result<Vec<ModelEnt
     Ok(out)
 }
 
+/// The engine flags each model's engine gets: `--gpu-memory` (default: the engine's default
+/// share of the free memory), resolved once on the first GPU before any model loads and divided
+/// evenly between the `models`, so that they share one budget instead of each taking a share of
+/// what the models before it left.
+fn shared_memory(engine: &EngineArgs, models: usize) -> EngineArgs {
+    let mut engine = engine.clone();
+    let Some(&gpu) = engine.devices().iter().find(|d| **d != tch::Device::Cpu) else { return engine };
+    let total = match engine.gpu_memory.unwrap_or_default() {
+        MemoryBudget::Bytes(n) => n,
+        MemoryBudget::FractionOfFree(share) => match tch_streams::stream::device_capacity(gpu) {
+            Ok(c) => (c.free as f64 * share) as u64,
+            Err(_) => return engine, // the engine's own default then applies per model
+        },
+    };
+    let each = (total / models.max(1) as u64).max(1);
+    if models > 1 {
+        eprintln!("GPU memory: {} MiB for each of {models} models ({} MiB in all)", each >> 20, total >> 20);
+    }
+    engine.gpu_memory = Some(MemoryBudget::Bytes(each));
+    engine
+}
+
 /// Runs the server until SIGTERM or Ctrl-C; returns the exit code (0 after a full drain).
 pub fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<i32> {
     args.check()?;
@@ -239,7 +262,7 @@ pub fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<i32> {
     };
     let settings = Settings {
         // The in-flight cap: a request the server admitted always finds room in its engine.
-        engine: EngineOptions { engine: args.engine.clone(), queue_capacity: args.max_inflight.min(1 << 24) },
+        engine: EngineOptions { engine: shared_memory(&args.engine, entries.len()), queue_capacity: args.max_inflight.min(1 << 24) },
         max_batch_size: args.max_batch_size,
         limits,
         host: args.host.clone(),

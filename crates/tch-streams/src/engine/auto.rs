@@ -44,6 +44,14 @@ pub struct EngineConfig {
     /// Why the calibration stopped before its last size, when a step ran out of time (the
     /// choice is then the best of the sizes measured before).
     pub calibration_stopped: Option<String>,
+    /// The memory budget per GPU, in bytes (`None` on the CPU or where it could not be resolved).
+    pub memory_budget: Option<i64>,
+    /// The estimated peak bytes per GPU, from the calibration's measurements (`None` without
+    /// them).
+    pub memory_estimate: Option<i64>,
+    /// With CUDA graphs on a GPU of several workers: buckets from this size up share one graph
+    /// memory pool per GPU and are replayed one at a time.
+    pub shared_graphs_from: Option<usize>,
     /// How each automatic choice was made, one line each.
     pub reasons: Vec<String>,
 }
@@ -85,6 +93,10 @@ pub(crate) struct Calibration {
     pub(crate) spread: Vec<f64>,
     /// Set when a step ran out of time: the size it was measuring, and the limit.
     pub(crate) stopped: Option<(usize, Duration)>,
+    /// (samples per batch, device bytes one forward of that size held at its peak, inputs and
+    /// outputs included), one per size measured; empty on the CPU or where the allocator cannot
+    /// say.
+    pub(crate) working: Vec<(usize, i64)>,
 }
 
 /// Timed runs per size; the reading is the fastest of them (other work on the machine only ever
@@ -98,6 +110,10 @@ const RUNS: usize = 3;
 /// [`NEAR_BEST`] of the best measured: past it, a bigger batch buys little throughput and costs
 /// latency. Errors (the model fails on the inputs, out of memory) end the search at the last size
 /// that worked; `None` when even one sample failed.
+///
+/// Each size's working memory is the rise of the device's peak allocated bytes over what was
+/// allocated before its inputs were made (the device's peak figures are reset for it: anything
+/// else measuring peaks on that device sees them reset).
 ///
 /// The runs happen on a thread of their own, bound to the caller's current stream; each size
 /// (a first run and [`RUNS`] timed ones) has `step_limit`. A size that outlives it (a model stuck
@@ -113,7 +129,7 @@ pub(crate) fn calibrate(
 ) -> Option<Calibration> {
     let stream = crate::stream::Stream::current(device).ok()?;
     let (specs, samples) = (specs.to_vec(), samples.cloned());
-    let (tx, rx) = crossbeam_channel::unbounded::<Option<(usize, f64, f64)>>();
+    let (tx, rx) = crossbeam_channel::unbounded::<Option<(usize, f64, f64, Option<i64>)>>();
     let sizes: Vec<usize> = std::iter::successors(Some(1usize), |&b| b.checked_mul(2)).take_while(|&b| b <= cap.max(1)).collect();
     let planned = sizes.clone();
     let thread = std::thread::Builder::new()
@@ -126,7 +142,15 @@ pub(crate) fn calibrate(
             }
             // Dropped as the thread ends: frees the cuBLAS workspaces its runs made.
             let _workspaces = super::thread_caches::ThreadWorkspaces::new(device, stream);
-            let time = |b: usize| -> Option<(f64, f64)> {
+            // The device's allocated bytes now, its peak figures restarted from here.
+            let mark = || -> Option<i64> {
+                stream.synchronize().ok()?;
+                let base = crate::stream::memory_stats(device).ok()?.allocated;
+                crate::stream::reset_peak_memory(device).ok()?;
+                Some(base)
+            };
+            let time = |b: usize| -> Option<(f64, f64, Option<i64>)> {
+                let base = mark();
                 let xs = SampleInputs::make(samples.as_ref(), &specs, b, device).ok()?;
                 let run = || -> Option<f64> {
                     let t0 = Instant::now();
@@ -138,15 +162,17 @@ pub(crate) fn calibrate(
                 run()?; // first sight of the shape: kernels chosen, memory cached
                 let mut v: Vec<f64> = (0..RUNS).map(|_| run()).collect::<Option<Vec<_>>>()?;
                 v.sort_by(f64::total_cmp);
-                Some((v[0], v[RUNS - 1]))
+                drop(xs);
+                let working = base.and_then(|base| Some(crate::stream::memory_stats(device).ok()?.peak_allocated - base));
+                Some((v[0], v[RUNS - 1], working))
             };
             for b in planned {
                 let reading = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| time(b))).ok().flatten();
-                let Some((fastest, slowest)) = reading else {
+                let Some((fastest, slowest, working)) = reading else {
                     let _ = tx.send(None);
                     return;
                 };
-                if tx.send(Some((b, fastest, slowest))).is_err() || fastest > LATENCY_CAP.as_secs_f64() * 1e6 {
+                if tx.send(Some((b, fastest, slowest, working))).is_err() || fastest > LATENCY_CAP.as_secs_f64() * 1e6 {
                     return;
                 }
             }
@@ -155,10 +181,12 @@ pub(crate) fn calibrate(
     let mut readings: Vec<(usize, f64)> = Vec::new();
     let mut spread = Vec::new();
     let mut stopped = None;
+    let mut working = Vec::new();
     for &b in &sizes {
         match rx.recv_timeout(step_limit) {
-            Ok(Some((n, fastest, slowest))) => {
+            Ok(Some((n, fastest, slowest, bytes))) => {
                 readings.push((n, fastest));
+                working.extend(bytes.map(|w| (n, w.max(0))));
                 spread.push(if fastest > 0.0 { (slowest - fastest) / fastest } else { 0.0 });
             }
             // The model failed at this size, or the thread ended (over the latency cap).
@@ -175,7 +203,7 @@ pub(crate) fn calibrate(
         drop(rx);
         let _ = thread.join();
     }
-    Some(Calibration { max_batch: choose(&readings)?, readings, spread, stopped })
+    Some(Calibration { max_batch: choose(&readings)?, readings, spread, stopped, working })
 }
 
 /// The smallest size whose samples per µs reach [`NEAR_BEST`] of the best, among readings

@@ -1,5 +1,6 @@
 //! [`EngineBuilder`]: every knob of the engine, each with a documented default.
 
+use super::budget::MemoryBudget;
 use super::error::EngineError;
 use super::request::Expected;
 use crate::models::Model;
@@ -130,6 +131,8 @@ pub struct EngineBuilder {
     pub(crate) inputs_ready: bool,
     pub(crate) samples: Option<SampleInputs>,
     pub(crate) calibration_step_limit: Duration,
+    pub(crate) memory_budget: MemoryBudget,
+    pub(crate) shared_graph_pool: bool,
 }
 
 // The engine's limits: what the builder accepts. The CLI validates its flags against these.
@@ -234,6 +237,8 @@ impl EngineBuilder {
             inputs_ready: false,
             samples: None,
             calibration_step_limit: DEFAULT_CALIBRATION_STEP_LIMIT,
+            memory_budget: MemoryBudget::default(),
+            shared_graph_pool: true,
         }
     }
 
@@ -388,6 +393,40 @@ impl EngineBuilder {
         self
     }
 
+    /// Most device memory the engine may hold on each of its GPUs: its weights, graph memory
+    /// and the working memory of its workers' largest batches. Automatic choices are fitted
+    /// into it: the calibrated `max_batch` is halved, then (when not given) workers dropped,
+    /// until the estimate from the calibration's measurements fits; the configuration's
+    /// reasons say what was fitted. After start-up the engine checks what it really holds on
+    /// each GPU (memory reserved since `build()` began, warm-up's cached blocks given back) and
+    /// refuses to start over the budget, naming both figures. Engines built at the same time
+    /// on one device see each other's memory in that check: build them one after the other.
+    /// Not applied on the CPU. Default: [`MemoryBudget::FractionOfFree`] of
+    /// [`DEFAULT_MEMORY_FRACTION`](super::DEFAULT_MEMORY_FRACTION) (share a device between engines by giving each its bytes).
+    ///
+    /// ```
+    /// use tch_streams::engine::{Engine, MemoryBudget};
+    /// use tch_streams::models::{Builtin, Model};
+    /// let builder = Engine::builder(Model::Builtin(Builtin::SmallMlp)).memory_budget(MemoryBudget::Bytes(4 << 30));
+    /// # let _ = builder;
+    /// ```
+    pub fn memory_budget(mut self, budget: MemoryBudget) -> Self {
+        self.memory_budget = budget;
+        self
+    }
+
+    /// With CUDA graphs on a GPU of several workers, capture the large buckets (those from
+    /// which one batch keeps the GPU busy by itself, found by the calibration; a quarter of
+    /// `max_batch` without one) into one memory pool per GPU, replayed one at a time in stream
+    /// order, instead of one pool per worker: their memory is held once instead of once per
+    /// worker, at the cost of large batches of different workers not overlapping on the GPU.
+    /// [`EngineConfig::shared_graphs_from`](super::EngineConfig::shared_graphs_from) says
+    /// from which size. Default true.
+    pub fn shared_graph_pool(mut self, on: bool) -> Self {
+        self.shared_graph_pool = on;
+        self
+    }
+
     /// Every value in range, with an error that names it and the accepted range.
     pub(crate) fn check(&self) -> Result<(), EngineError> {
         let bad = |m: String| Err(EngineError::Build(m));
@@ -423,6 +462,9 @@ impl EngineBuilder {
                 "calibration_step_limit({:?}) is out of range: expected 1 ms..=1 h",
                 self.calibration_step_limit
             ));
+        }
+        if let Err(m) = self.memory_budget.check() {
+            return bad(m);
         }
         if self.arity == Some(0) {
             return bad("inputs(vec![]): a model needs at least one input".into());

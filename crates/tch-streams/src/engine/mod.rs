@@ -49,6 +49,7 @@
 
 mod auto;
 mod batcher;
+mod budget;
 mod buckets;
 mod completion;
 mod config;
@@ -71,6 +72,7 @@ mod ticket;
 mod worker;
 
 pub use auto::{EngineConfig, AUTO_MAX_BATCH};
+pub use budget::{MemoryBudget, DEFAULT_MEMORY_FRACTION};
 pub use config::{
     Batching, EngineBuilder, InputSpec, Output, Replicas, SampleFn, DEFAULT_CALIBRATION_STEP_LIMIT, DEFAULT_MAX_WAIT, MAX_BATCH,
     MAX_BUCKETS, MAX_BUCKET_OVER_BATCH, MAX_CALIBRATION_STEP_LIMIT, MAX_GRAPHS, MAX_QUEUE_CAPACITY, MAX_WARMUP_ELEMENTS, MAX_WORKERS,

@@ -12,6 +12,7 @@
 //!   dynamic; it has at least one worker.
 
 use super::auto::{self, EngineConfig};
+use super::budget::{self, Footprint, Layout};
 use super::buckets::Buckets;
 use super::config::{Batching, EngineBuilder, Output, Replicas, SampleInputs, MAX_BUCKET_OVER_BATCH, MAX_WARMUP_ELEMENTS, MAX_WORKERS};
 use super::error::EngineError;
@@ -56,6 +57,12 @@ pub(crate) struct Plan {
     pub(crate) admission: Admission,
     /// What [`Engine::config`](super::Engine::config) reports.
     pub(crate) config: EngineConfig,
+    /// With graphs on a device of several workers: the smallest bucket captured into the
+    /// device's shared graph pool (see `budget` and `cuda_graph`).
+    pub(crate) shared_from: Option<usize>,
+    /// Per GPU: its memory budget (bytes) and the bytes reserved on it when planning began,
+    /// for the check after start-up.
+    pub(crate) budgets: Vec<(Device, i64, i64)>,
 }
 
 /// One worker to start.
@@ -92,13 +99,75 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     check_graphs_possible(b)?;
     let has_pool = stream_pools(b)?;
     let mut reasons = Vec::new();
-    let assigned = assign(b, &has_pool, &mut reasons);
-    let models = instantiate(b, &assigned)?;
+    let budgets = budgets(b, &mut reasons);
+    let mut assigned = assign(b, &has_pool, &mut reasons);
+    let allocated_before = crate::stream::memory_stats(assigned[0]).ok().map(|m| m.allocated);
+    let mut models = instantiate(b, &assigned)?;
+    let instances = |assigned: &[Device]| match b.replicas {
+        Replicas::Shared => 1,
+        Replicas::PerWorker => assigned.iter().filter(|&&d| d == assigned[0]).count(),
+    };
+    let weights = allocated_before
+        .and_then(|before| Some((crate::stream::memory_stats(assigned[0]).ok()?.allocated - before).max(0) / instances(&assigned) as i64));
     let known = known_inputs(b);
-    let (batching, measured) = resolve_batching(b, known.as_ref(), &models[0], assigned[0], &mut reasons)?;
+    let (mut batching, measured) = resolve_batching(b, known.as_ref(), &models[0], assigned[0], &mut reasons)?;
+    let cuda_graphs = resolve_graphs(b, &assigned, known.is_some(), &mut reasons);
+    let footprint = Footprint { weights: weights.unwrap_or(0), working: measured.working.clone() };
+    let on_first = |assigned: &[Device]| assigned.iter().filter(|&&d| d == assigned[0]).count();
+    let shared_from = shared_from(b, batching, cuda_graphs, on_first(&assigned), &measured.readings);
+    let mut estimate = None;
+    if let (Batching::Dynamic { max_batch, max_wait }, Some(&(_, limit, _)), Some(_)) = (batching, budgets.first(), weights) {
+        let layout = Layout { workers: on_first(&assigned), instances: instances(&assigned), largest: max_batch, graphs: cuda_graphs, shared_from };
+        let auto_batch = b.batching == Batching::Auto && b.buckets.is_none();
+        match budget::fit(&footprint, layout, limit, b.workers.is_none()) {
+            Some(Ok(f)) if auto_batch => {
+                if f.max_batch < max_batch || f.workers < layout.workers {
+                    reasons.push(format!(
+                        "memory: max_batch {max_batch} -> {}, workers per GPU {} -> {}, to fit the budget of {} MiB (estimate {} MiB)",
+                        f.max_batch,
+                        layout.workers,
+                        f.workers,
+                        budget::mib(limit),
+                        budget::mib(f.estimate)
+                    ));
+                    batching = Batching::Dynamic { max_batch: f.max_batch, max_wait };
+                    let keep = (f.workers * budgets.len().max(1)).min(assigned.len());
+                    assigned.truncate(keep);
+                    models.truncate(keep);
+                }
+                estimate = Some(f.estimate);
+            }
+            Some(Err(smallest)) if auto_batch => {
+                return Err(EngineError::Build(format!(
+                    "memory: even {} worker(s) with batches of 1 need an estimated {} MiB on {:?}, over the budget of {} MiB; \
+                     raise the budget (memory_budget, --gpu-memory) or give fewer workers",
+                    if b.workers.is_none() { 1 } else { layout.workers },
+                    budget::mib(smallest),
+                    assigned[0],
+                    budget::mib(limit)
+                )));
+            }
+            _ => estimate = footprint.estimate(layout),
+        }
+    }
+    if let (Some(e), Some(&(_, limit, _))) = (estimate, budgets.first()) {
+        let eager = footprint.working(batching_max(batching)).unwrap_or(0) + footprint.weights;
+        reasons.push(format!(
+            "memory: estimated {} MiB per GPU at the peak (one forward of the largest batch plus weights: {} MiB), budget {} MiB",
+            budget::mib(e),
+            budget::mib(eager),
+            budget::mib(limit)
+        ));
+    }
     let buckets = resolve_buckets(b, batching, &mut reasons)?;
     check_warmup_size(known.as_ref(), &buckets)?;
-    let cuda_graphs = resolve_graphs(b, &assigned, known.is_some(), &mut reasons);
+    let shared_from = shared_from.filter(|&s| buckets.sizes().last().is_some_and(|&l| l >= s));
+    if let Some(from) = shared_from {
+        reasons.push(format!(
+            "CUDA graphs: buckets from {from} samples up share one memory pool per GPU and take turns (from that size one batch \
+             keeps the GPU busy by itself); smaller ones keep a pool per worker"
+        ));
+    }
     let config = EngineConfig {
         workers: assigned.len(),
         batching,
@@ -108,6 +177,9 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
         calibration: measured.readings,
         calibration_spread: measured.spread,
         calibration_stopped: measured.stopped,
+        memory_budget: budgets.first().map(|&(_, limit, _)| limit),
+        memory_estimate: estimate,
+        shared_graphs_from: shared_from,
         reasons,
     };
     let workers = assigned
@@ -126,7 +198,68 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
         queue_capacity: b.queue_capacity,
         admission: Admission { inputs: b.inputs.clone(), arity: b.arity, devices: b.devices.clone() },
         config,
+        shared_from,
+        budgets,
     })
+}
+
+/// The largest batch of a resolved batching (1 when off).
+fn batching_max(batching: Batching) -> usize {
+    match batching {
+        Batching::Dynamic { max_batch, .. } => max_batch,
+        _ => 1,
+    }
+}
+
+/// Per GPU of the builder: its budget in bytes and the bytes reserved on it now. A GPU whose
+/// budget cannot be resolved (a fraction where the backend cannot say what is free) is left
+/// out, with the reason.
+fn budgets(b: &EngineBuilder, reasons: &mut Vec<String>) -> Vec<(Device, i64, i64)> {
+    let mut out = Vec::new();
+    for &d in b.devices.iter().filter(|&&d| d != Device::Cpu) {
+        let reserved = crate::stream::memory_stats(d).map(|m| m.reserved);
+        match (b.memory_budget.bytes_on(d), reserved) {
+            (Some(limit), Ok(reserved)) => out.push((d, limit, reserved)),
+            _ => reasons.push(format!("memory: no budget applied on {d:?} (its allocator does not report free or reserved memory)")),
+        }
+    }
+    out
+}
+
+/// Share of the best calibrated throughput from which a batch is taken to keep the GPU busy by
+/// itself (see [`budget::saturating_size`]).
+const SATURATED: f64 = 0.75;
+
+/// With graphs on a GPU of several workers and dynamic batching: the smallest bucket captured
+/// into the device's shared graph pool, where batches that large take turns. From the
+/// calibration (the first size within [`SATURATED`] of the best throughput), else a quarter of
+/// `max_batch`; at least 2 (single samples never take turns). `None` when sharing is off
+/// (`shared_graph_pool(false)`), does not apply, or no bucket reaches it.
+fn shared_from(
+    b: &EngineBuilder,
+    batching: Batching,
+    graphs: bool,
+    workers_on_first: usize,
+    readings: &[(usize, f64)],
+) -> Option<usize> {
+    let Batching::Dynamic { max_batch, .. } = batching else { return None };
+    if !graphs || workers_on_first < 2 || !b.shared_graph_pool {
+        return None;
+    }
+    let from = budget::saturating_size(readings, SATURATED).unwrap_or(max_batch / 4).max(2);
+    let from = buckets_from(b, from);
+    if from > max_batch.saturating_mul(MAX_BUCKET_OVER_BATCH) {
+        return None;
+    }
+    Some(from)
+}
+
+/// `from`, or the smallest given bucket at or above it.
+fn buckets_from(b: &EngineBuilder, from: usize) -> usize {
+    match &b.buckets {
+        Some(sizes) => sizes.iter().copied().filter(|&s| s >= from).min().unwrap_or(usize::MAX),
+        None => from,
+    }
 }
 
 /// CUDA graphs asked for explicitly need the graph code and a CUDA device.
@@ -243,6 +376,8 @@ struct Measured {
     readings: Vec<(usize, f64)>,
     spread: Vec<f64>,
     stopped: Option<String>,
+    /// Working bytes per size (see [`auto::Calibration::working`]).
+    working: Vec<(usize, i64)>,
 }
 
 /// The batch-independence check, on a short thread of its own bound to this thread's stream
@@ -345,7 +480,7 @@ fn calibrated(b: &EngineBuilder, specs: &Specs, model: &Arc<dyn Forward>, device
         why
     });
     let batching = Batching::Dynamic { max_batch: c.max_batch, max_wait: Duration::ZERO };
-    (batching, Measured { readings: c.readings, spread: c.spread, stopped })
+    (batching, Measured { readings: c.readings, spread: c.spread, stopped, working: c.working })
 }
 
 /// The bucket sizes of dynamic batching: as given, or powers of two up to `max_batch`. A bucket

@@ -44,4 +44,15 @@ int32_t tss_memory_empty_cache(int8_t device_type) {
   return tss::guarded([&] { device_allocator(device_type).emptyCache(); });
 }
 
+int32_t tss_memory_info(int8_t device_type, int8_t device_index, int64_t* free_bytes, int64_t* total_bytes) {
+  return tss::guarded([&] {
+    tss::require_out(free_bytes, "free_bytes");
+    tss::require_out(total_bytes, "total_bytes");
+    auto device = tss::checked_device(device_type, device_index);
+    auto [free, total] = device_allocator(device_type).getMemoryInfo(device.index());
+    *free_bytes = static_cast<int64_t>(free);
+    *total_bytes = static_cast<int64_t>(total);
+  });
+}
+
 }  // extern "C"

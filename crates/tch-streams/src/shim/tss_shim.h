@@ -102,6 +102,8 @@ int32_t tss_memory_stats(int8_t device_type, int8_t device_index, int64_t* alloc
 int32_t tss_memory_reset_peak(int8_t device_type, int8_t device_index);
 /* Returns the allocator's cached, unused blocks to the driver. */
 int32_t tss_memory_empty_cache(int8_t device_type);
+/* The driver's free and total bytes on that device (free memory counts what every process holds). */
+int32_t tss_memory_info(int8_t device_type, int8_t device_index, int64_t* free_bytes, int64_t* total_bytes);
 
 /* ---- events ---- */
 

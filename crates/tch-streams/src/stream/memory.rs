@@ -54,6 +54,36 @@ pub fn reset_peak_memory(device: tch::Device) -> Result<()> {
     check(unsafe { ffi::tss_memory_reset_peak(backend.c10_device_type(), idx) }, backend, index, "resetPeakStats")
 }
 
+/// The driver's view of one device: bytes free (to this process and every other) and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceCapacity {
+    /// Bytes the driver could still hand out (memory the caching allocator holds, used or
+    /// cached, is not free).
+    pub free: i64,
+    /// The device's memory.
+    pub total: i64,
+}
+
+/// Free and total memory of `device`, from the driver. CPU: `InvalidArgument`; a backend whose
+/// allocator cannot say (MPS in the libtorch versions supported): `Unsupported`-like failure
+/// from the shim.
+///
+/// ```
+/// assert!(tch_streams::stream::device_capacity(tch::Device::Cpu).is_err());
+/// ```
+pub fn device_capacity(device: tch::Device) -> Result<DeviceCapacity> {
+    let (backend, index) = Backend::of(device);
+    if backend == Backend::Cpu {
+        return Err(Error::InvalidArgument("CPU has no caching device allocator".into()));
+    }
+    let idx = device_index(backend, index)?;
+    let (mut free, mut total) = (0i64, 0i64);
+    // SAFETY: valid out-pointers for the duration of the call.
+    let status = unsafe { ffi::tss_memory_info(backend.c10_device_type(), idx, &mut free, &mut total) };
+    check(status, backend, index, "getMemoryInfo")?;
+    Ok(DeviceCapacity { free, total })
+}
+
 /// Returns the device allocator's cached free blocks to the driver (does not touch live tensors).
 pub fn empty_cache(device: tch::Device) -> Result<()> {
     let (backend, index) = Backend::of(device);

@@ -38,6 +38,6 @@ mod sync;
 pub use event::Event;
 pub use guard::{bind_thread, with_stream, StreamGuard};
 pub use handle::{Priority, Stream};
-pub use memory::{empty_cache, memory_stats, release_thread_workspaces, reset_peak_memory, MemoryStats};
+pub use memory::{device_capacity, empty_cache, memory_stats, DeviceCapacity, release_thread_workspaces, reset_peak_memory, MemoryStats};
 pub use rayon_pool::StreamThreadPool;
 pub use sync::{record_stream, synchronize_device};

@@ -1,0 +1,263 @@
+//! The device memory one engine may hold: the [`MemoryBudget`] a builder gives, what the
+//! calibration measured of the model's memory ([`Footprint`]), and how the plan keeps its
+//! automatic choices (largest batch, workers) inside the budget.
+//!
+//! What an engine holds on a device, per device:
+//! - the weights: one model instance ([`Replicas::Shared`](super::Replicas::Shared)) or one per
+//!   worker;
+//! - per worker, the working memory of the largest batch it runs (inputs, activations, outputs):
+//!   without CUDA graphs it is cached by the allocator for the worker's stream; with graphs it
+//!   is the worker's graph memory pool;
+//! - with graphs on a device of several workers, buckets from [`Layout::shared_from`] up are
+//!   captured into one memory pool of the device and replayed one at a time: their working
+//!   memory is held once, not once per worker.
+//!
+//! Everything here is arithmetic on measured figures; measuring is the calibration's job (see
+//! `auto::calibrate`), and the engine checks what it really holds after start-up.
+
+use serde::Serialize;
+use tch::Device;
+
+/// Share of the device's free memory an engine may hold by default.
+pub const DEFAULT_MEMORY_FRACTION: f64 = 0.8;
+
+/// How much device memory an engine may hold on each of its devices: weights, graph memory and
+/// the working memory of its workers' largest batches.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum MemoryBudget {
+    /// At most this many bytes per device.
+    Bytes(u64),
+    /// This share (0 < share <= 1) of the memory free on each device when `build()` starts
+    /// (free as the driver sees it: other processes' memory and this process's cached blocks
+    /// are not free). Default: [`DEFAULT_MEMORY_FRACTION`].
+    FractionOfFree(f64),
+}
+
+impl Default for MemoryBudget {
+    fn default() -> Self {
+        MemoryBudget::FractionOfFree(DEFAULT_MEMORY_FRACTION)
+    }
+}
+
+impl MemoryBudget {
+    /// The budget in bytes on `device`; `None` on the CPU, and for a fraction where the backend
+    /// cannot say how much is free.
+    pub(crate) fn bytes_on(&self, device: Device) -> Option<i64> {
+        if device == Device::Cpu {
+            return None;
+        }
+        match *self {
+            MemoryBudget::Bytes(n) => Some(n.min(i64::MAX as u64) as i64),
+            MemoryBudget::FractionOfFree(share) => {
+                let free = crate::stream::device_capacity(device).ok()?.free;
+                Some((free as f64 * share) as i64)
+            }
+        }
+    }
+
+    /// Whether the value is usable: a share in (0, 1], or at least one byte.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        match *self {
+            MemoryBudget::Bytes(0) => Err("memory_budget(Bytes(0)): give at least one byte".into()),
+            MemoryBudget::FractionOfFree(s) if !(s > 0.0 && s <= 1.0) => {
+                Err(format!("memory_budget(FractionOfFree({s})) is out of range: expected a share in (0, 1]"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What the model costs in device memory, as the calibration measured it on one device.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Footprint {
+    /// One instance's weights and buffers (bytes).
+    pub(crate) weights: i64,
+    /// (samples per batch, bytes one forward of that size holds at its peak, its inputs and
+    /// outputs included), in increasing size.
+    pub(crate) working: Vec<(usize, i64)>,
+}
+
+/// The layout of one device whose memory is estimated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Layout {
+    /// Workers on the device.
+    pub(crate) workers: usize,
+    /// Model instances on the device (1 when shared).
+    pub(crate) instances: usize,
+    /// The largest batch a worker runs (the largest bucket).
+    pub(crate) largest: usize,
+    /// Whether the workers capture CUDA graphs.
+    pub(crate) graphs: bool,
+    /// With graphs: the smallest bucket captured into the device's shared pool (`None`: every
+    /// bucket in the worker's own pool).
+    pub(crate) shared_from: Option<usize>,
+}
+
+impl Footprint {
+    /// Working bytes of one forward of `rows` samples: measured, or scaled per sample from the
+    /// nearest measured size below (from the smallest when none is below). `None` without
+    /// readings.
+    pub(crate) fn working(&self, rows: usize) -> Option<i64> {
+        if let Some(&(_, w)) = self.working.iter().find(|&&(b, _)| b == rows) {
+            return Some(w);
+        }
+        let &(b, w) = self.working.iter().rev().find(|&&(b, _)| b < rows).or(self.working.first())?;
+        Some(((w as f64) * rows as f64 / b.max(1) as f64).ceil() as i64)
+    }
+
+    /// Bytes the engine holds on a device laid out as `l` at its peak (see the module docs).
+    pub(crate) fn estimate(&self, l: Layout) -> Option<i64> {
+        let weights = self.weights * l.instances as i64;
+        let workers = l.workers as i64;
+        let working = match (l.graphs, l.shared_from) {
+            (true, Some(from)) if l.largest >= from => {
+                // The shared pool holds the largest bucket once; each worker's own pool the
+                // largest bucket below `from` (buckets are powers of two or given, so the one
+                // just below is at most `from - 1`).
+                let own = if from > 1 { workers * self.working(from - 1)? } else { 0 };
+                self.working(l.largest)? + own
+            }
+            _ => workers * self.working(l.largest)?,
+        };
+        Some(weights + working)
+    }
+}
+
+/// The smallest calibrated size whose throughput reaches `share` of the best: from there on a
+/// batch keeps the device busy by itself, so workers' batches that large lose little by taking
+/// turns (and can share one graph memory pool). `None` without readings.
+pub(crate) fn saturating_size(readings: &[(usize, f64)], share: f64) -> Option<usize> {
+    let rate = |&(b, t): &(usize, f64)| if t > 0.0 { b as f64 / t } else { 0.0 };
+    let best = readings.iter().map(rate).fold(0.0f64, f64::max);
+    readings.iter().find(|r| best > 0.0 && rate(r) >= share * best).map(|&(b, _)| b)
+}
+
+/// Automatic choices after fitting them into the budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Fitted {
+    pub(crate) max_batch: usize,
+    pub(crate) workers: usize,
+    pub(crate) estimate: i64,
+}
+
+/// The largest `max_batch` (halving from `max_batch`) and then, when `workers_free`, the most
+/// workers (from `l.workers` down) whose estimate fits `budget`. Err: the estimate of the
+/// smallest configuration allowed, over the budget. `None` without readings.
+pub(crate) fn fit(fp: &Footprint, l: Layout, budget: i64, workers_free: bool) -> Option<Result<Fitted, i64>> {
+    let mut layout = l;
+    loop {
+        let bounded = Layout { shared_from: l.shared_from.filter(|&s| s <= layout.largest), ..layout };
+        let estimate = fp.estimate(bounded)?;
+        if estimate <= budget {
+            return Some(Ok(Fitted { max_batch: layout.largest, workers: layout.workers, estimate }));
+        }
+        if layout.largest > 1 {
+            layout.largest /= 2;
+        } else if workers_free && layout.workers > 1 {
+            layout.workers -= 1;
+            layout.instances = layout.instances.min(layout.workers);
+        } else {
+            return Some(Err(estimate));
+        }
+    }
+}
+
+/// After start-up, per GPU of `budgets` (device, budget, bytes reserved when planning began):
+/// gives the allocator's unused cached blocks back (what warm-up's eager runs left; the graphs'
+/// pools and live tensors stay), then refuses an engine holding more than its budget: the rise
+/// of the device's reserved bytes since planning began.
+pub(crate) fn check_after_start(budgets: &[(Device, i64, i64)]) -> Result<(), super::EngineError> {
+    for &(device, limit, before) in budgets {
+        let _ = crate::stream::empty_cache(device);
+        let Ok(now) = crate::stream::memory_stats(device) else { continue };
+        let held = now.reserved - before;
+        if held > limit {
+            return Err(super::EngineError::Build(format!(
+                "memory: the engine holds {} MiB on {device:?} after start-up, over its budget of {} MiB; lower the largest batch \
+                 or bucket sizes, the workers, use a shared model instance or turn CUDA graphs off, or raise the budget \
+                 (memory_budget, --gpu-memory)",
+                mib(held),
+                mib(limit)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes in MiB, for messages.
+pub(crate) fn mib(bytes: i64) -> i64 {
+    bytes >> 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: i64 = 1 << 20;
+
+    fn fp() -> Footprint {
+        // Weights 50 MiB; 10 MiB per sample.
+        Footprint { weights: 50 * MB, working: (0..8).map(|k| (1usize << k, (10 << k) * MB)).collect() }
+    }
+
+    fn layout(largest: usize) -> Layout {
+        Layout { workers: 4, instances: 1, largest, graphs: false, shared_from: None }
+    }
+
+    #[test]
+    fn working_memory_is_read_or_scaled_from_the_nearest_size_below() {
+        let f = fp();
+        assert_eq!(f.working(16), Some(160 * MB));
+        assert_eq!(f.working(24), Some(240 * MB), "scaled from 16");
+        assert_eq!(f.working(1024), Some(10240 * MB), "scaled from 128");
+        assert_eq!(Footprint::default().working(4), None);
+    }
+
+    #[test]
+    fn a_shared_pool_holds_the_large_buckets_once() {
+        let f = fp();
+        // Without sharing: 4 workers x 128 samples x 10 MiB + weights.
+        assert_eq!(f.estimate(layout(128)), Some(50 * MB + 4 * 1280 * MB));
+        // Buckets from 32 up shared: 128 once, plus each worker's 31-sample pool (scaled from 16).
+        let shared = Layout { graphs: true, shared_from: Some(32), ..layout(128) };
+        assert_eq!(f.estimate(shared), Some(50 * MB + 1280 * MB + 4 * 310 * MB));
+        // Sharing asked for but graphs off: no effect.
+        assert_eq!(f.estimate(Layout { graphs: false, ..shared }), f.estimate(layout(128)));
+        // Per-worker instances count their weights once each.
+        assert_eq!(f.estimate(Layout { instances: 4, ..layout(1) }), Some(200 * MB + 40 * MB));
+    }
+
+    #[test]
+    fn fitting_halves_the_batch_then_drops_workers_then_gives_up() {
+        let f = fp();
+        let fitted = fit(&f, layout(128), 2000 * MB, true).unwrap().unwrap();
+        assert_eq!((fitted.max_batch, fitted.workers), (32, 4));
+        assert_eq!(fitted.estimate, 50 * MB + 4 * 320 * MB);
+        // 1 sample on 4 workers is 90 MiB: only 2 workers fit 75 MiB.
+        let fitted = fit(&f, layout(128), 75 * MB, true).unwrap().unwrap();
+        assert_eq!((fitted.max_batch, fitted.workers), (1, 2));
+        // Workers given by the user are not dropped: the smallest estimate comes back.
+        assert_eq!(fit(&f, layout(128), 75 * MB, false).unwrap(), Err(90 * MB));
+        assert_eq!(fit(&f, layout(128), 10 * MB, true).unwrap(), Err(60 * MB));
+        assert_eq!(fit(&Footprint::default(), layout(8), MB, true), None);
+    }
+
+    #[test]
+    fn the_saturating_size_is_the_first_near_the_best_rate() {
+        let r = [(1, 100.0), (2, 100.0), (4, 110.0), (8, 120.0), (16, 200.0), (32, 400.0)];
+        // Rates: 0.01, 0.02, 0.036, 0.067, 0.08, 0.08.
+        assert_eq!(saturating_size(&r, 0.75), Some(8));
+        assert_eq!(saturating_size(&r, 1.0), Some(16));
+        assert_eq!(saturating_size(&[], 0.75), None);
+    }
+
+    #[test]
+    fn budgets_out_of_range_are_refused() {
+        assert!(MemoryBudget::Bytes(0).check().is_err());
+        assert!(MemoryBudget::FractionOfFree(0.0).check().is_err());
+        assert!(MemoryBudget::FractionOfFree(1.5).check().is_err());
+        assert!(MemoryBudget::FractionOfFree(f64::NAN).check().is_err());
+        assert!(MemoryBudget::FractionOfFree(0.5).check().is_ok());
+        assert_eq!(MemoryBudget::Bytes(8).bytes_on(Device::Cpu), None);
+    }
+}
