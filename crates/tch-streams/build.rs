@@ -104,7 +104,7 @@ fn torch_libraries(lib_dir: &Path) -> Vec<(PathBuf, String)> {
     let mut libs: Vec<(PathBuf, String)> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_torch_library(n)))
+        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(is_torch_library))
         .map(|p| {
             println!("cargo:rerun-if-changed={}", p.display());
             let sha = sha256_file(&p).unwrap_or_else(|e| panic!("cannot hash {}: {e}", p.display()));
