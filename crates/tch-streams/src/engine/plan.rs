@@ -586,6 +586,16 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_out_of_range_is_refused_and_none_applies_on_the_cpu() {
+        use crate::engine::MemoryBudget;
+        let e = plan(&Engine::builder(add_one()).devices(vec![Device::Cpu]).memory_budget(MemoryBudget::FractionOfFree(1.5))).unwrap_err();
+        assert!(matches!(&e, EngineError::Build(m) if m.contains("FractionOfFree(1.5)) is out of range")), "{e}");
+        let p = plan(&Engine::builder(add_one()).devices(vec![Device::Cpu]).memory_budget(MemoryBudget::Bytes(1)).warmup(false)).unwrap();
+        assert_eq!((p.config.memory_budget, p.config.memory_estimate, p.config.shared_graphs_from), (None, None, None));
+        assert!(p.budgets.is_empty());
+    }
+
+    #[test]
     fn buckets_far_over_a_given_max_batch_are_refused() {
         let b = Engine::builder(add_one())
             .devices(vec![Device::Cpu])
