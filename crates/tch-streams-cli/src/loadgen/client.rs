@@ -9,6 +9,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use serde_json::{json, Value};
+use tch_streams_cli::serve::coalesce::Coalesced;
 use tch_streams_cli::serve::grpc::pb;
 use tokio::net::TcpStream;
 
@@ -127,19 +128,19 @@ pub enum Conn {
     Grpc(http2::SendRequest<Full<Bytes>>),
 }
 
-async fn tcp(authority: &str) -> anyhow::Result<TokioIo<TcpStream>> {
+async fn tcp(authority: &str) -> anyhow::Result<TcpStream> {
     let tcp = TcpStream::connect(authority).await.with_context(|| format!("cannot connect to {authority}"))?;
     let _ = tcp.set_nodelay(true);
-    Ok(TokioIo::new(tcp))
+    Ok(tcp)
 }
 
 impl Conn {
     /// Opens a connection of `protocol` to `authority`.
     pub async fn open(protocol: Protocol, authority: &str) -> anyhow::Result<Conn> {
-        let io = tcp(authority).await?;
+        let tcp = tcp(authority).await?;
         Ok(match protocol {
             Protocol::Http => {
-                let (send, conn) = http1::handshake(io).await.with_context(|| format!("HTTP handshake with {authority}"))?;
+                let (send, conn) = http1::handshake(TokioIo::new(tcp)).await.with_context(|| format!("HTTP handshake with {authority}"))?;
                 tokio::spawn(conn);
                 Conn::Http(send)
             }
@@ -147,7 +148,8 @@ impl Conn {
                 let mut b = http2::Builder::new(TokioExecutor::new());
                 // Windows large enough that a request or answer never waits for a window update.
                 b.initial_stream_window_size(4 << 20).initial_connection_window_size(16 << 20);
-                let (send, conn) = b.handshake(io).await.with_context(|| format!("HTTP/2 handshake with {authority} (is it the gRPC port?)"))?;
+                // Requests sent together leave in one write, as the server's answers do.
+                let (send, conn) = b.handshake(TokioIo::new(Coalesced::new(tcp))).await.with_context(|| format!("HTTP/2 handshake with {authority} (is it the gRPC port?)"))?;
                 tokio::spawn(conn);
                 Conn::Grpc(send)
             }

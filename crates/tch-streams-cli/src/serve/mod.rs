@@ -23,6 +23,7 @@
 
 pub mod body;
 pub mod budget;
+pub mod coalesce;
 pub mod grpc;
 pub mod h1;
 pub mod http;

@@ -7,6 +7,7 @@
 //! queues, all at once ([`super::run`]). One deadline, `--drain-timeout-s` from the signal,
 //! bounds all of it. A second signal during the drain exits at once (code 1).
 
+use super::coalesce::Coalesced;
 use super::listen::{accept_loop, drive, Conns};
 use super::state::Server;
 use super::{grpc, h1, http, listening_line};
@@ -101,7 +102,8 @@ pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grp
         let (rx, server) = (rx.clone(), Arc::clone(&server));
         move |tcp, conn| {
             let front = grpc::Front::new(Arc::clone(&server), grpc_service.clone(), Arc::clone(&conn));
-            let c = h2.serve_connection(TokioIo::new(tcp), front);
+            // Answers ready together leave in one write (see `coalesce`).
+            let c = h2.serve_connection(TokioIo::new(Coalesced::new(tcp)), front);
             let rx = rx.clone();
             async move {
                 tokio::pin!(c);
