@@ -44,6 +44,10 @@ pub struct EngineConfig {
     /// Why the calibration stopped before its last size, when a step ran out of time (the
     /// choice is then the best of the sizes measured before).
     pub calibration_stopped: Option<String>,
+    /// The start-up trial of batching off against batching at the calibrated `max_batch`, on
+    /// the engine's own workers (see [`Trial`](super::Trial)), when it ran: `Auto` batching, the
+    /// calibration found a `max_batch` of 2 or more. The faster of the two is what the engine runs.
+    pub trial: Option<super::Trial>,
     /// How each automatic choice was made, one line each.
     pub reasons: Vec<String>,
 }

@@ -68,6 +68,7 @@ mod staging;
 mod thread_caches;
 mod threads;
 mod ticket;
+mod trial;
 mod worker;
 
 pub use auto::{EngineConfig, AUTO_MAX_BATCH};
@@ -80,3 +81,4 @@ pub use error::EngineError;
 pub use metrics::{DeviceMemory, EngineStats, StageStats};
 pub use plan::CUDA_GRAPHS_BUILT;
 pub use ticket::{OutputsTicket, Ticket};
+pub use trial::Trial;

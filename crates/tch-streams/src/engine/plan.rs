@@ -18,6 +18,7 @@ use super::error::EngineError;
 use super::independence;
 use super::request::Admission;
 use super::thread_caches;
+use super::trial::{self, Trial};
 use crate::models::Forward;
 use crate::runtime::{check_capability, Capability, Report};
 use crate::stream::{Priority, Stream};
@@ -94,11 +95,20 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     let mut reasons = Vec::new();
     let assigned = assign(b, &has_pool, &mut reasons);
     let models = instantiate(b, &assigned)?;
+    let workers: Vec<WorkerPlan> = assigned
+        .iter()
+        .zip(models)
+        .map(|(&device, model)| WorkerPlan { device, model, use_pool: has_pool[&device] && device != Device::Cpu })
+        .collect();
     let known = known_inputs(b);
-    let (batching, measured) = resolve_batching(b, known.as_ref(), &models[0], assigned[0], &mut reasons)?;
+    // Graphs before batching, whose trial runs the workers as they will run; the reason keeps
+    // its place after batching's.
+    let mut graph_reasons = Vec::new();
+    let cuda_graphs = resolve_graphs(b, &assigned, known.is_some(), &mut graph_reasons);
+    let (batching, measured) = resolve_batching(b, known.as_ref(), &workers, cuda_graphs, &mut reasons)?;
     let buckets = resolve_buckets(b, batching, &mut reasons)?;
     check_warmup_size(known.as_ref(), &buckets)?;
-    let cuda_graphs = resolve_graphs(b, &assigned, known.is_some(), &mut reasons);
+    reasons.extend(graph_reasons);
     let config = EngineConfig {
         workers: assigned.len(),
         batching,
@@ -108,13 +118,9 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
         calibration: measured.readings,
         calibration_spread: measured.spread,
         calibration_stopped: measured.stopped,
+        trial: measured.trial,
         reasons,
     };
-    let workers = assigned
-        .iter()
-        .zip(models)
-        .map(|(&device, model)| WorkerPlan { device, model, use_pool: has_pool[&device] && device != Device::Cpu })
-        .collect();
     Ok(Plan {
         workers,
         batching,
@@ -243,6 +249,7 @@ struct Measured {
     readings: Vec<(usize, f64)>,
     spread: Vec<f64>,
     stopped: Option<String>,
+    trial: Option<Trial>,
 }
 
 /// The batch-independence check, on a short thread of its own bound to this thread's stream
@@ -260,15 +267,17 @@ fn checked(model: &Arc<dyn Forward>, device: Device, specs: &Specs, samples: Opt
     })
 }
 
-/// Batching as given, checked when the shapes are known; `Auto` becomes dynamic batching sized by
-/// the calibration (on `device`, this thread) or off, with the reason.
+/// Batching as given, checked when the shapes are known (on the first worker's device and
+/// model); `Auto` becomes dynamic batching sized by the calibration and kept if the trial on
+/// `workers` (with CUDA graphs as `graphs` says) finds it faster, or off, with the reason.
 fn resolve_batching(
     b: &EngineBuilder,
     known: Option<&Specs>,
-    model: &Arc<dyn Forward>,
-    device: Device,
+    workers: &[WorkerPlan],
+    graphs: bool,
     reasons: &mut Vec<String>,
 ) -> Result<(Batching, Measured), EngineError> {
+    let (model, device) = (&workers[0].model, workers[0].device);
     let batching = match (b.batching, known) {
         (Batching::Dynamic { .. }, Some(specs)) => {
             checked(model, device, specs, b.samples.as_ref()).map_err(|refusal| EngineError::Build(refusal.to_string()))?;
@@ -287,7 +296,7 @@ fn resolve_batching(
                 reasons.push(format!("batching: off ({refusal})"));
                 Batching::Off
             }
-            Ok(()) => return Ok(calibrated(b, specs, model, device, reasons)),
+            Ok(()) => return Ok(calibrated(b, specs, workers, graphs, reasons)),
         },
         (Batching::Auto, _) => {
             reasons.push(if b.warmup {
@@ -303,13 +312,17 @@ fn resolve_batching(
 }
 
 /// `Auto` for a model that passed the check: dynamic batching of the calibrated size and no
-/// wait, or off if the model failed during the calibration.
+/// wait, unless the trial ([`trial::compare`] on `workers`, CUDA graphs as `graphs` says) serves
+/// at least as many requests per second with batching off; off if the model failed during the
+/// calibration. A trial that cannot finish (the model fails or panics, a step outlives the
+/// calibration's step limit) keeps the calibration's choice, and the reasons say why.
 ///
 /// Calibration runs batches up to [`auto::AUTO_MAX_BATCH`] samples; their memory stays cached
-/// in the allocator (gigabytes on real models) unless given back, so it is given back here:
-/// the caching allocator's unused blocks on that device go to the driver (other engines' unused
-/// blocks too; they are cached again when next needed).
-fn calibrated(b: &EngineBuilder, specs: &Specs, model: &Arc<dyn Forward>, device: Device, reasons: &mut Vec<String>) -> (Batching, Measured) {
+/// in the allocator (gigabytes on real models) unless given back, so it is given back here, and
+/// again after the trial: the caching allocator's unused blocks on that device go to the driver
+/// (other engines' unused blocks too; they are cached again when next needed).
+fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool, reasons: &mut Vec<String>) -> (Batching, Measured) {
+    let (model, device) = (&workers[0].model, workers[0].device);
     let calibration = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         auto::calibrate(Arc::clone(model), device, specs, b.samples.as_ref(), auto::AUTO_MAX_BATCH, b.calibration_step_limit)
     }))
@@ -325,27 +338,55 @@ fn calibrated(b: &EngineBuilder, specs: &Specs, model: &Arc<dyn Forward>, device
         reasons.push(format!("batching: off (the model failed on {} inputs during calibration)", SampleInputs::name(b.samples.as_ref())));
         return (Batching::Off, Measured::default());
     };
+    let stopped = c.stopped.map(|(size, limit)| {
+        format!(
+            "calibration stopped at {size} samples: that step took longer than {} ms (a model stuck or very slow \
+             at that size); kept the best of the sizes measured before",
+            limit.as_millis()
+        )
+    });
+    let setup = trial::TrialSetup { specs, samples: b.samples.as_ref(), output: b.output, graphs, max_batch: c.max_batch };
+    let trial = (c.max_batch > 1).then(|| trial::compare(workers, &setup, trial::WINDOW, b.calibration_step_limit));
+    let mut devices: Vec<Device> = Vec::new();
+    for w in workers {
+        if !devices.contains(&w.device) {
+            devices.push(w.device);
+        }
+    }
+    let freed: i64 = devices.iter().filter_map(|&d| give_back_cached_memory(d)).sum();
+    let off = matches!(&trial, Some(Ok(t)) if t.off_per_s >= t.batched_per_s);
     let shown: Vec<String> = c.readings.iter().map(|(n, us)| format!("{n}: {us:.0} us")).collect();
     let noisiest = c.spread.iter().copied().fold(0.0f64, f64::max);
     reasons.push(format!(
-        "batching: dynamic, max {} samples, no wait beyond what is queued (calibrated on {:?}, fastest of 3 runs: {}; \
-         runs of one size differed by up to {:.0} %)",
-        c.max_batch,
+        "{} (calibrated on {:?}, fastest of 3 runs: {}; runs of one size differed by up to {:.0} %)",
+        if off {
+            format!("calibration: best batch {} samples", c.max_batch)
+        } else {
+            format!("batching: dynamic, max {} samples, no wait beyond what is queued", c.max_batch)
+        },
         device,
         shown.join(", "),
         noisiest * 100.0
     ));
-    let stopped = c.stopped.map(|(size, limit)| {
-        let why = format!(
-            "calibration stopped at {size} samples: that step took longer than {} ms (a model stuck or very slow \
-             at that size); kept the best of the sizes measured before",
-            limit.as_millis()
-        );
-        reasons.push(why.clone());
-        why
-    });
-    let batching = Batching::Dynamic { max_batch: c.max_batch, max_wait: Duration::ZERO };
-    (batching, Measured { readings: c.readings, spread: c.spread, stopped })
+    reasons.extend(stopped.clone());
+    match &trial {
+        Some(Ok(t)) if off => reasons.push(format!(
+            "batching: off (measured with {} workers: unbatched {:.0}/s >= batched at max {} {:.0}/s)",
+            t.workers, t.off_per_s, t.max_batch, t.batched_per_s
+        )),
+        Some(Ok(t)) => reasons.push(format!(
+            "batching trial: batched at max {} {:.0}/s > unbatched {:.0}/s (measured with {} workers)",
+            t.max_batch, t.batched_per_s, t.off_per_s, t.workers
+        )),
+        Some(Err(why)) => reasons.push(format!("batching trial: no answer ({why}); kept the calibration's choice")),
+        None => {}
+    }
+    if trial.is_some() && devices.iter().any(|&d| d != Device::Cpu) {
+        reasons.push(format!("batching trial: {} MiB of cached device memory given back to the driver", freed >> 20));
+    }
+    let batching = if off { Batching::Off } else { Batching::Dynamic { max_batch: c.max_batch, max_wait: Duration::ZERO } };
+    let trial = trial.and_then(Result::ok);
+    (batching, Measured { readings: c.readings, spread: c.spread, stopped, trial })
 }
 
 /// The bucket sizes of dynamic batching: as given, or powers of two up to `max_batch`. A bucket
