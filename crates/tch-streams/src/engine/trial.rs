@@ -133,13 +133,14 @@ pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Du
     }
     drop(tx);
     let n = workers.len();
-    let outcome = coordinate(&rx, &go, setup.max_batch, window, limit);
+    let ended = std::cell::Cell::new(0);
+    let outcome = coordinate(&rx, &go, &ended, setup.max_batch, window, limit);
     drop(go); // threads waiting for a phase end
     if outcome.is_ok() {
         // Each is about to end, its memory freed: wait for that, so that the caller can give the
         // memory back. (After a failure or a timeout, threads may be stuck in the model: not waited for.)
         let deadline = Instant::now() + limit;
-        let mut ended = 0;
+        let mut ended = ended.get();
         while ended < n {
             match rx.recv_deadline(deadline) {
                 Ok((_, Report::Ended)) => ended += 1,
@@ -152,16 +153,29 @@ pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Du
 }
 
 /// Waits for every thread to be ready, then starts each phase on all of them and adds up their
-/// rates; the best of each mode's rounds.
-fn coordinate(rx: &Receiver<(usize, Report)>, go: &[Sender<()>], max_batch: usize, window: Duration, limit: Duration) -> Result<Trial, String> {
+/// rates; the best of each mode's rounds. Counts in `ended` the threads that ended meanwhile
+/// (one may end after its last report while the others' are awaited).
+fn coordinate(
+    rx: &Receiver<(usize, Report)>,
+    go: &[Sender<()>],
+    ended: &std::cell::Cell<usize>,
+    max_batch: usize,
+    window: Duration,
+    limit: Duration,
+) -> Result<Trial, String> {
     let n = go.len();
     let wait = |deadline: Instant, what: &str| -> Result<(usize, Report), String> {
-        match rx.recv_deadline(deadline) {
-            Ok((i, Report::Failed(why))) => Err(format!("trial thread {i}: {why}")),
-            Ok((i, Report::Ended)) => Err(format!("trial thread {i} ended early")),
-            Ok(r) => Ok(r),
-            Err(RecvTimeoutError::Timeout) => Err(format!("{what} took longer than {} ms", limit.as_millis())),
-            Err(RecvTimeoutError::Disconnected) => Err("every trial thread ended".into()),
+        loop {
+            return match rx.recv_deadline(deadline) {
+                Ok((i, Report::Failed(why))) => Err(format!("trial thread {i}: {why}")),
+                Ok((_, Report::Ended)) => {
+                    ended.set(ended.get() + 1);
+                    continue;
+                }
+                Ok(r) => Ok(r),
+                Err(RecvTimeoutError::Timeout) => Err(format!("{what} took longer than {} ms", limit.as_millis())),
+                Err(RecvTimeoutError::Disconnected) => Err("every trial thread ended".into()),
+            };
         }
     };
     let deadline = Instant::now() + limit;
@@ -318,5 +332,125 @@ impl Ahead {
         stream.synchronize().map_err(|e| e.to_string())?;
         self.spare.extend(self.pending.drain(..));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Model, Outputs};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tch::Kind;
+
+    /// Runs `f` on a thread of its own; fails if it takes longer than `secs` (a hang).
+    fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
+        });
+        match rx.recv_timeout(Duration::from_secs(secs)) {
+            Ok(Ok(v)) => v,
+            Ok(Err(p)) => std::panic::resume_unwind(p),
+            Err(_) => panic!("watchdog: did not finish within {secs} s (a hang)"),
+        }
+    }
+
+    fn cpu_workers(model: &Model, n: usize) -> Vec<WorkerPlan> {
+        let m = model.instantiate(Device::Cpu).unwrap();
+        (0..n).map(|_| WorkerPlan { device: Device::Cpu, model: Arc::clone(&m), use_pool: false }).collect()
+    }
+
+    fn trial(model: &Model, max_batch: usize, limit: Duration) -> Result<Trial, String> {
+        let specs: Specs = vec![(vec![4], Kind::Float)];
+        let setup = TrialSetup { specs: &specs, samples: None, output: Output::OnDevice, graphs: false, max_batch };
+        compare(&cpu_workers(model, 2), &setup, WINDOW, limit)
+    }
+
+    fn sleep_ms(ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    fn rates_are_sane(t: &Trial) {
+        eprintln!("{t:?}");
+        assert!(t.off_per_s.is_finite() && t.off_per_s > 0.0, "{t:?}");
+        assert!(t.batched_per_s.is_finite() && t.batched_per_s > 0.0, "{t:?}");
+        assert_eq!(t.workers, 2, "{t:?}");
+    }
+
+    /// 2 ms a call whatever the rows (a launch-bound model): batches of 16 serve ~16x more.
+    #[test]
+    fn a_fixed_cost_per_call_makes_batching_win() {
+        let t = watchdog(60, || {
+            let fixed = Model::closure(|x: &Tensor| {
+                sleep_ms(2);
+                x.f_mul_scalar(2.0)
+            });
+            trial(&fixed, 16, Duration::from_secs(30)).expect("a trial")
+        });
+        rates_are_sane(&t);
+        assert_eq!(t.max_batch, 16);
+        assert!(t.batched_per_s > 3.0 * t.off_per_s, "{t:?}");
+    }
+
+    /// rows² ms a call, and a dict of two outputs split per request: one at a time serves ~8x
+    /// more than batches of 8.
+    #[test]
+    fn a_cost_that_grows_faster_than_the_rows_makes_batching_off_win() {
+        let t = watchdog(60, || {
+            let superlinear = Model::closure_many(|xs: &[Tensor]| -> Result<Outputs, tch::TchError> {
+                let rows = xs[0].size()[0] as u64;
+                sleep_ms(rows * rows);
+                Ok(Outputs::Dict(vec![("double".into(), xs[0].f_mul_scalar(2.0)?), ("sum".into(), xs[0].f_sum_dim_intlist(1, true, None)?)]))
+            });
+            trial(&superlinear, 8, Duration::from_secs(30)).expect("a trial")
+        });
+        rates_are_sane(&t);
+        assert!(t.off_per_s > 3.0 * t.batched_per_s, "{t:?}");
+    }
+
+    #[test]
+    fn a_model_that_fails_or_panics_in_a_batch_gives_no_answer() {
+        watchdog(60, || {
+            let failing = Model::closure(|x: &Tensor| -> Result<Tensor, String> {
+                if x.size()[0] > 1 { Err("no batches here".into()) } else { Ok(x.shallow_clone()) }
+            });
+            let e = trial(&failing, 4, Duration::from_secs(30)).unwrap_err();
+            assert!(e.contains("no batches here"), "{e}");
+            let panicking = Model::closure(|x: &Tensor| -> Result<Tensor, String> {
+                assert!(x.size()[0] == 1, "batch of {}", x.size()[0]);
+                Ok(x.shallow_clone())
+            });
+            let e = trial(&panicking, 4, Duration::from_secs(30)).unwrap_err();
+            assert!(e.contains("panicked") && e.contains("batch of 4"), "{e}");
+            assert!(trial(&failing, 1, Duration::from_secs(30)).is_err(), "a batch of 1 is not compared");
+        });
+    }
+
+    /// A model stuck in a batch holds the trial no longer than the limit beyond the window.
+    #[test]
+    fn a_model_stuck_in_the_trial_is_given_up_on_after_the_limit() {
+        let release = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&release);
+        let outcome = watchdog(60, move || {
+            let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            // Warm-up: 2 calls at 4 rows and 1 at 1 row, per thread; untimed runs: 1 + 1. The
+            // first timed batch of 4 sticks.
+            let stuck = Model::closure(move |x: &Tensor| {
+                if x.size()[0] == 4 && calls.fetch_add(1, Ordering::SeqCst) >= 6 {
+                    while !r.load(Ordering::SeqCst) {
+                        sleep_ms(5);
+                    }
+                }
+                x.f_mul_scalar(2.0)
+            });
+            let t0 = Instant::now();
+            let e = trial(&stuck, 4, Duration::from_millis(500)).unwrap_err();
+            (e, t0.elapsed())
+        });
+        release.store(true, Ordering::SeqCst);
+        let (e, took) = outcome;
+        assert!(e.contains("took longer than 500 ms"), "{e}");
+        assert!(took < Duration::from_secs(20), "{took:?}");
     }
 }
