@@ -312,7 +312,7 @@ fn resolve_batching(
 }
 
 /// `Auto` for a model that passed the check: dynamic batching of the calibrated size and no
-/// wait, unless the trial ([`trial::compare`] on `workers`, CUDA graphs as `graphs` says) serves
+/// wait, unless that size is 1 or the trial ([`trial::compare`] on `workers`, CUDA graphs as `graphs` says) serves
 /// at least as many requests per second with batching off; off if the model failed during the
 /// calibration. A trial that cannot finish (the model fails or panics, a step outlives the
 /// calibration's step limit) keeps the calibration's choice, and the reasons say why.
@@ -345,16 +345,9 @@ fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: 
             limit.as_millis()
         )
     });
-    let setup = trial::TrialSetup { specs, samples: b.samples.as_ref(), output: b.output, graphs, max_batch: c.max_batch };
-    let trial = (c.max_batch > 1).then(|| trial::compare(workers, &setup, trial::WINDOW, b.calibration_step_limit));
-    let mut devices: Vec<Device> = Vec::new();
-    for w in workers {
-        if !devices.contains(&w.device) {
-            devices.push(w.device);
-        }
-    }
-    let freed: i64 = devices.iter().filter_map(|&d| give_back_cached_memory(d)).sum();
-    let off = matches!(&trial, Some(Ok(t)) if t.off_per_s >= t.batched_per_s);
+    let trial = (c.max_batch > 1).then(|| tried(b, specs, workers, graphs, c.max_batch));
+    // A best batch of one sample batches nothing: off, as the trial would find it.
+    let off = c.max_batch == 1 || matches!(&trial, Some(Ok(t)) if t.off_per_s >= t.batched_per_s);
     let shown: Vec<String> = c.readings.iter().map(|(n, us)| format!("{n}: {us:.0} us")).collect();
     let noisiest = c.spread.iter().copied().fold(0.0f64, f64::max);
     reasons.push(format!(
@@ -369,24 +362,42 @@ fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: 
         noisiest * 100.0
     ));
     reasons.extend(stopped.clone());
-    match &trial {
-        Some(Ok(t)) if off => reasons.push(format!(
-            "batching: off (measured with {} workers: unbatched {:.0}/s >= batched at max {} {:.0}/s)",
-            t.workers, t.off_per_s, t.max_batch, t.batched_per_s
-        )),
-        Some(Ok(t)) => reasons.push(format!(
-            "batching trial: batched at max {} {:.0}/s > unbatched {:.0}/s (measured with {} workers)",
-            t.max_batch, t.batched_per_s, t.off_per_s, t.workers
-        )),
-        Some(Err(why)) => reasons.push(format!("batching trial: no answer ({why}); kept the calibration's choice")),
-        None => {}
-    }
-    if trial.is_some() && devices.iter().any(|&d| d != Device::Cpu) {
-        reasons.push(format!("batching trial: {} MiB of cached device memory given back to the driver", freed >> 20));
-    }
+    reasons.push(trial_reason(trial.as_ref()));
     let batching = if off { Batching::Off } else { Batching::Dynamic { max_batch: c.max_batch, max_wait: Duration::ZERO } };
     let trial = trial.and_then(Result::ok);
     (batching, Measured { readings: c.readings, spread: c.spread, stopped, trial })
+}
+
+/// The trial of batching off against batches of `max_batch` on the planned `workers` (see
+/// [`trial::compare`]); afterwards the devices' cached memory is given back, as after the
+/// calibration.
+fn tried(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool, max_batch: usize) -> Result<Trial, String> {
+    let setup = trial::TrialSetup { specs, samples: b.samples.as_ref(), output: b.output, graphs, max_batch };
+    let trial = trial::compare(workers, &setup, trial::WINDOW, b.calibration_step_limit);
+    let mut devices: Vec<Device> = Vec::new();
+    for w in workers {
+        if !devices.contains(&w.device) {
+            devices.push(w.device);
+            give_back_cached_memory(w.device);
+        }
+    }
+    trial
+}
+
+/// What the trial decided, or why there was none (`None`: not run, the best batch was 1).
+fn trial_reason(trial: Option<&Result<Trial, String>>) -> String {
+    match trial {
+        Some(Ok(t)) if t.off_per_s >= t.batched_per_s => format!(
+            "batching: off (measured with {} workers: unbatched {:.0}/s >= batched at max {} {:.0}/s)",
+            t.workers, t.off_per_s, t.max_batch, t.batched_per_s
+        ),
+        Some(Ok(t)) => format!(
+            "batching trial: batched at max {} {:.0}/s > unbatched {:.0}/s (measured with {} workers)",
+            t.max_batch, t.batched_per_s, t.off_per_s, t.workers
+        ),
+        Some(Err(why)) => format!("batching trial: no answer ({why}); kept the calibration's choice"),
+        None => "batching: off (one sample per forward pass served the most samples per second: nothing to batch)".into(),
+    }
 }
 
 /// The bucket sizes of dynamic batching: as given, or powers of two up to `max_batch`. A bucket
