@@ -386,14 +386,21 @@ fn tried(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool,
 
 /// What the trial decided, or why there was none (`None`: not run, the best batch was 1).
 fn trial_reason(trial: Option<&Result<Trial, String>>) -> String {
+    let workers = |n: usize| if n == 1 { "worker" } else { "workers" };
     match trial {
         Some(Ok(t)) if t.off_per_s >= t.batched_per_s => format!(
-            "batching: off (measured with {} workers: unbatched {:.0}/s >= batched at max {} {:.0}/s)",
-            t.workers, t.off_per_s, t.max_batch, t.batched_per_s
+            "batching: off (measured with {} {}: unbatched {:.0}/s >= batched at max {} {:.0}/s)",
+            t.workers,
+            workers(t.workers),
+            t.off_per_s, t.max_batch, t.batched_per_s
         ),
         Some(Ok(t)) => format!(
-            "batching trial: batched at max {} {:.0}/s > unbatched {:.0}/s (measured with {} workers)",
-            t.max_batch, t.batched_per_s, t.off_per_s, t.workers
+            "batching trial: batched at max {} {:.0}/s > unbatched {:.0}/s (measured with {} {})",
+            t.max_batch,
+            t.batched_per_s,
+            t.off_per_s,
+            t.workers,
+            workers(t.workers)
         ),
         Some(Err(why)) => format!("batching trial: no answer ({why}); kept the calibration's choice"),
         None => "batching: off (one sample per forward pass served the most samples per second: nothing to batch)".into(),
