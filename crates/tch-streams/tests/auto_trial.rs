@@ -69,7 +69,6 @@ fn serves_doubles(engine: &Arc<Engine>) {
 #[test]
 fn the_defaults_turn_batching_off_where_the_workers_serve_more_unbatched() {
     watchdog(120, || {
-        let t0 = std::time::Instant::now();
         let engine = Arc::new(
             Engine::builder(lanes_device(8))
                 .devices(vec![Device::Cpu])
@@ -78,9 +77,7 @@ fn the_defaults_turn_batching_off_where_the_workers_serve_more_unbatched() {
                 .build()
                 .expect("starts"),
         );
-        eprintln!("build: {:?}", t0.elapsed());
         let cfg = engine.config().clone();
-        eprintln!("{:#?}", cfg.reasons);
         assert_eq!(cfg.batching, Batching::Off, "{:?}", cfg.reasons);
         assert!(cfg.buckets.is_empty(), "{cfg:?}");
         // The calibration, alone on one thread, would have batched.
@@ -109,7 +106,6 @@ fn the_defaults_keep_batching_where_batches_serve_more() {
             Engine::builder(fixed_cost()).devices(vec![Device::Cpu]).inputs(vec![InputSpec::new([4], Kind::Float)]).build().expect("starts"),
         );
         let cfg = engine.config().clone();
-        eprintln!("{:#?}", cfg.reasons);
         let Batching::Dynamic { max_batch, .. } = cfg.batching else { panic!("expected dynamic batching: {:?}", cfg.reasons) };
         let trial = cfg.trial.expect("the trial ran");
         assert_eq!((trial.workers, trial.max_batch), (2, max_batch), "{trial:?}");

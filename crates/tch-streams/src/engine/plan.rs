@@ -6,7 +6,9 @@
 //! Invariants:
 //! - Planning starts no worker: it instantiates the model on the caller's thread, and checks
 //!   batch independence and calibrates on the first worker's device on short threads of their
-//!   own bound to the caller's stream; everything it decides is in the returned value.
+//!   own bound to the caller's stream; the batching trial runs one short thread per planned
+//!   worker, each on a stream of its own (see [`trial`]); everything it decides is in the
+//!   returned value.
 //! - Every error the builder's values can cause is returned here, before any worker starts.
 //! - A plan's batching is never [`Batching::Auto`]; its buckets are empty unless batching is
 //!   dynamic; it has at least one worker.

@@ -372,7 +372,6 @@ mod tests {
     }
 
     fn rates_are_sane(t: &Trial) {
-        eprintln!("{t:?}");
         assert!(t.off_per_s.is_finite() && t.off_per_s > 0.0, "{t:?}");
         assert!(t.batched_per_s.is_finite() && t.batched_per_s > 0.0, "{t:?}");
         assert_eq!(t.workers, 2, "{t:?}");
