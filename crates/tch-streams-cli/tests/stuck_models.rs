@@ -55,10 +55,11 @@ fn bench_reports_a_stuck_engine_point_writes_the_others_and_exits_1() {
     let dir = std::env::temp_dir().join(format!("tch-streams-stuck-bench-{}", std::process::id()));
     let out_dir = dir.display().to_string();
     // The 300th call hangs during the first point (T=1); the second point (T=2) builds its own
-    // engine over the same instance, whose counter is past the hang, and measures.
+    // engine over the same instance, whose counter is past the hang, and measures. Batching off:
+    // the defaults' calibration and trial would make the 300th call at start-up.
     let args = [
         "bench", "--device", "cpu", "--model", &model, "--shape", "1x8", "--modes", "engine", "--threads", "1,2", "--reps", "2", "--warmup-s", "0",
-        "--duration-s", "1", "--point-grace-s", "2", "--out", &out_dir,
+        "--duration-s", "1", "--point-grace-s", "2", "--batch-max", "0", "--out", &out_dir,
     ];
     let out = cli(&args, 180);
     let err = stderr(&out);

@@ -129,7 +129,9 @@ fn a_model_stuck_at_batch_4_cannot_hold_calibration_forever() {
                 .build()
                 .expect("starts with what calibration measured before the stuck size");
             let config = engine.config().clone();
-            assert!(matches!(config.batching, Batching::Dynamic { max_batch: 1 | 2, .. }), "{config:?}");
+            // A best batch of 1 is batching off; at 2 the trial against batching off decides (a
+            // near tie for a model this cheap).
+            assert!(matches!(config.batching, Batching::Dynamic { max_batch: 2, .. } | Batching::Off), "{config:?}");
             assert_eq!(config.calibration.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2], "{config:?}");
             let stopped = config.calibration_stopped.clone().expect("says why it stopped");
             assert!(stopped.contains("calibration stopped at 4 samples: that step took longer than 1000 ms"), "{stopped}");

@@ -52,6 +52,10 @@ pub struct EngineConfig {
     /// With CUDA graphs on a GPU of several workers: buckets from this size up share one graph
     /// memory pool per GPU and are replayed one at a time.
     pub shared_graphs_from: Option<usize>,
+    /// The start-up trial of batching off against batching at the calibrated `max_batch`, on
+    /// the engine's own workers (see [`Trial`](super::Trial)), when it ran: `Auto` batching, the
+    /// calibration found a `max_batch` of 2 or more. The faster of the two is what the engine runs.
+    pub trial: Option<super::Trial>,
     /// How each automatic choice was made, one line each.
     pub reasons: Vec<String>,
 }

@@ -31,8 +31,11 @@ pub enum Batching {
     /// refuses or cannot decide on is served unbatched, with the reason in the configuration), with `max_batch` from a short calibration at
     /// build time (forward times at 1, 2, 4, … samples up to
     /// [`AUTO_MAX_BATCH`](super::AUTO_MAX_BATCH); the smallest size within 90 % of the best
-    /// throughput measured) and no wait beyond what is already queued; otherwise off. [`Engine::config`](super::Engine::config)
-    /// says what was chosen.
+    /// throughput measured) and no wait beyond what is already queued, kept only if a short trial
+    /// on the engine's own workers (each on its stream, concurrently, with CUDA graphs where they
+    /// are on, requests joined and answers split) serves more requests per second batched at
+    /// that size than unbatched; otherwise off. [`Engine::config`](super::Engine::config)
+    /// says what was chosen, with both rates.
     #[default]
     Auto,
     /// Each request runs alone.

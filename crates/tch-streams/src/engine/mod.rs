@@ -69,6 +69,7 @@ mod staging;
 mod thread_caches;
 mod threads;
 mod ticket;
+mod trial;
 mod worker;
 
 pub use auto::{EngineConfig, AUTO_MAX_BATCH};
@@ -82,3 +83,4 @@ pub use error::EngineError;
 pub use metrics::{DeviceMemory, EngineStats, StageStats};
 pub use plan::CUDA_GRAPHS_BUILT;
 pub use ticket::{OutputsTicket, Ticket};
+pub use trial::Trial;

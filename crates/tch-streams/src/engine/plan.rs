@@ -6,7 +6,9 @@
 //! Invariants:
 //! - Planning starts no worker: it instantiates the model on the caller's thread, and checks
 //!   batch independence and calibrates on the first worker's device on short threads of their
-//!   own bound to the caller's stream; everything it decides is in the returned value.
+//!   own bound to the caller's stream; the batching trial runs one short thread per planned
+//!   worker, each on a stream of its own (see [`trial`]); everything it decides is in the
+//!   returned value.
 //! - Every error the builder's values can cause is returned here, before any worker starts.
 //! - A plan's batching is never [`Batching::Auto`]; its buckets are empty unless batching is
 //!   dynamic; it has at least one worker.
@@ -19,6 +21,7 @@ use super::error::EngineError;
 use super::independence;
 use super::request::Admission;
 use super::thread_caches;
+use super::trial::{self, Trial};
 use crate::models::Forward;
 use crate::runtime::{check_capability, Capability, Report};
 use crate::stream::{Priority, Stream};
@@ -102,16 +105,24 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     let budgets = budgets(b, &mut reasons);
     let mut assigned = assign(b, &has_pool, &mut reasons);
     let allocated_before = crate::stream::memory_stats(assigned[0]).ok().map(|m| m.allocated);
-    let mut models = instantiate(b, &assigned)?;
+    let models = instantiate(b, &assigned)?;
     let instances = |assigned: &[Device]| match b.replicas {
         Replicas::Shared => 1,
         Replicas::PerWorker => assigned.iter().filter(|&&d| d == assigned[0]).count(),
     };
     let weights = allocated_before
         .and_then(|before| Some((crate::stream::memory_stats(assigned[0]).ok()?.allocated - before).max(0) / instances(&assigned) as i64));
+    let mut workers: Vec<WorkerPlan> = assigned
+        .iter()
+        .zip(models)
+        .map(|(&device, model)| WorkerPlan { device, model, use_pool: has_pool[&device] && device != Device::Cpu })
+        .collect();
     let known = known_inputs(b);
-    let (mut batching, measured) = resolve_batching(b, known.as_ref(), &models[0], assigned[0], &mut reasons)?;
-    let cuda_graphs = resolve_graphs(b, &assigned, known.is_some(), &mut reasons);
+    // Graphs before batching, whose trial runs the workers as they will run; the reason keeps
+    // its place after batching's.
+    let mut graph_reasons = Vec::new();
+    let cuda_graphs = resolve_graphs(b, &assigned, known.is_some(), &mut graph_reasons);
+    let (mut batching, measured) = resolve_batching(b, known.as_ref(), &workers, cuda_graphs, &mut reasons)?;
     let footprint = Footprint { weights: weights.unwrap_or(0), working: measured.working.clone() };
     let on_first = |assigned: &[Device]| assigned.iter().filter(|&&d| d == assigned[0]).count();
     let shared_from = shared_from(b, batching, cuda_graphs, on_first(&assigned), &measured.readings);
@@ -133,7 +144,7 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
                     batching = Batching::Dynamic { max_batch: f.max_batch, max_wait };
                     let keep = (f.workers * budgets.len().max(1)).min(assigned.len());
                     assigned.truncate(keep);
-                    models.truncate(keep);
+                    workers.truncate(keep);
                 }
                 estimate = Some(f.estimate);
             }
@@ -161,6 +172,7 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     }
     let buckets = resolve_buckets(b, batching, &mut reasons)?;
     check_warmup_size(known.as_ref(), &buckets)?;
+    reasons.extend(graph_reasons);
     let shared_from = shared_from.filter(|&s| buckets.sizes().last().is_some_and(|&l| l >= s));
     if let Some(from) = shared_from {
         reasons.push(format!(
@@ -180,13 +192,9 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
         memory_budget: budgets.first().map(|&(_, limit, _)| limit),
         memory_estimate: estimate,
         shared_graphs_from: shared_from,
+        trial: measured.trial,
         reasons,
     };
-    let workers = assigned
-        .iter()
-        .zip(models)
-        .map(|(&device, model)| WorkerPlan { device, model, use_pool: has_pool[&device] && device != Device::Cpu })
-        .collect();
     Ok(Plan {
         workers,
         batching,
@@ -378,6 +386,7 @@ struct Measured {
     stopped: Option<String>,
     /// Working bytes per size (see [`auto::Calibration::working`]).
     working: Vec<(usize, i64)>,
+    trial: Option<Trial>,
 }
 
 /// The batch-independence check, on a short thread of its own bound to this thread's stream
@@ -395,15 +404,17 @@ fn checked(model: &Arc<dyn Forward>, device: Device, specs: &Specs, samples: Opt
     })
 }
 
-/// Batching as given, checked when the shapes are known; `Auto` becomes dynamic batching sized by
-/// the calibration (on `device`, this thread) or off, with the reason.
+/// Batching as given, checked when the shapes are known (on the first worker's device and
+/// model); `Auto` becomes dynamic batching sized by the calibration and kept if the trial on
+/// `workers` (with CUDA graphs as `graphs` says) finds it faster, or off, with the reason.
 fn resolve_batching(
     b: &EngineBuilder,
     known: Option<&Specs>,
-    model: &Arc<dyn Forward>,
-    device: Device,
+    workers: &[WorkerPlan],
+    graphs: bool,
     reasons: &mut Vec<String>,
 ) -> Result<(Batching, Measured), EngineError> {
+    let (model, device) = (&workers[0].model, workers[0].device);
     let batching = match (b.batching, known) {
         (Batching::Dynamic { .. }, Some(specs)) => {
             checked(model, device, specs, b.samples.as_ref()).map_err(|refusal| EngineError::Build(refusal.to_string()))?;
@@ -422,7 +433,7 @@ fn resolve_batching(
                 reasons.push(format!("batching: off ({refusal})"));
                 Batching::Off
             }
-            Ok(()) => return Ok(calibrated(b, specs, model, device, reasons)),
+            Ok(()) => return Ok(calibrated(b, specs, workers, graphs, reasons)),
         },
         (Batching::Auto, _) => {
             reasons.push(if b.warmup {
@@ -438,13 +449,17 @@ fn resolve_batching(
 }
 
 /// `Auto` for a model that passed the check: dynamic batching of the calibrated size and no
-/// wait, or off if the model failed during the calibration.
+/// wait, unless that size is 1 or the trial ([`trial::compare`] on `workers`, CUDA graphs as `graphs` says) serves
+/// at least as many requests per second with batching off; off if the model failed during the
+/// calibration. A trial that cannot finish (the model fails or panics, a step outlives the
+/// calibration's step limit) keeps the calibration's choice, and the reasons say why.
 ///
 /// Calibration runs batches up to [`auto::AUTO_MAX_BATCH`] samples; their memory stays cached
-/// in the allocator (gigabytes on real models) unless given back, so it is given back here:
-/// the caching allocator's unused blocks on that device go to the driver (other engines' unused
-/// blocks too; they are cached again when next needed).
-fn calibrated(b: &EngineBuilder, specs: &Specs, model: &Arc<dyn Forward>, device: Device, reasons: &mut Vec<String>) -> (Batching, Measured) {
+/// in the allocator (gigabytes on real models) unless given back, so it is given back here, and
+/// again after the trial: the caching allocator's unused blocks on that device go to the driver
+/// (other engines' unused blocks too; they are cached again when next needed).
+fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool, reasons: &mut Vec<String>) -> (Batching, Measured) {
+    let (model, device) = (&workers[0].model, workers[0].device);
     let calibration = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         auto::calibrate(Arc::clone(model), device, specs, b.samples.as_ref(), auto::AUTO_MAX_BATCH, b.calibration_step_limit)
     }))
@@ -460,27 +475,73 @@ fn calibrated(b: &EngineBuilder, specs: &Specs, model: &Arc<dyn Forward>, device
         reasons.push(format!("batching: off (the model failed on {} inputs during calibration)", SampleInputs::name(b.samples.as_ref())));
         return (Batching::Off, Measured::default());
     };
+    let stopped = c.stopped.map(|(size, limit)| {
+        format!(
+            "calibration stopped at {size} samples: that step took longer than {} ms (a model stuck or very slow \
+             at that size); kept the best of the sizes measured before",
+            limit.as_millis()
+        )
+    });
+    let trial = (c.max_batch > 1).then(|| tried(b, specs, workers, graphs, c.max_batch));
+    // A best batch of one sample batches nothing: off, as the trial would find it.
+    let off = c.max_batch == 1 || matches!(&trial, Some(Ok(t)) if t.off_per_s >= t.batched_per_s);
     let shown: Vec<String> = c.readings.iter().map(|(n, us)| format!("{n}: {us:.0} us")).collect();
     let noisiest = c.spread.iter().copied().fold(0.0f64, f64::max);
     reasons.push(format!(
-        "batching: dynamic, max {} samples, no wait beyond what is queued (calibrated on {:?}, fastest of 3 runs: {}; \
-         runs of one size differed by up to {:.0} %)",
-        c.max_batch,
+        "{} (calibrated on {:?}, fastest of 3 runs: {}; runs of one size differed by up to {:.0} %)",
+        if off {
+            format!("calibration: best batch {} samples", c.max_batch)
+        } else {
+            format!("batching: dynamic, max {} samples, no wait beyond what is queued", c.max_batch)
+        },
         device,
         shown.join(", "),
         noisiest * 100.0
     ));
-    let stopped = c.stopped.map(|(size, limit)| {
-        let why = format!(
-            "calibration stopped at {size} samples: that step took longer than {} ms (a model stuck or very slow \
-             at that size); kept the best of the sizes measured before",
-            limit.as_millis()
-        );
-        reasons.push(why.clone());
-        why
-    });
-    let batching = Batching::Dynamic { max_batch: c.max_batch, max_wait: Duration::ZERO };
-    (batching, Measured { readings: c.readings, spread: c.spread, stopped, working: c.working })
+    reasons.extend(stopped.clone());
+    reasons.push(trial_reason(trial.as_ref()));
+    let batching = if off { Batching::Off } else { Batching::Dynamic { max_batch: c.max_batch, max_wait: Duration::ZERO } };
+    let trial = trial.and_then(Result::ok);
+    (batching, Measured { readings: c.readings, spread: c.spread, stopped, trial, working: c.working })
+}
+
+/// The trial of batching off against batches of `max_batch` on the planned `workers` (see
+/// [`trial::compare`]); afterwards the devices' cached memory is given back, as after the
+/// calibration.
+fn tried(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool, max_batch: usize) -> Result<Trial, String> {
+    let setup = trial::TrialSetup { specs, samples: b.samples.as_ref(), output: b.output, graphs, max_batch };
+    let trial = trial::compare(workers, &setup, trial::WINDOW, b.calibration_step_limit);
+    let mut devices: Vec<Device> = Vec::new();
+    for w in workers {
+        if !devices.contains(&w.device) {
+            devices.push(w.device);
+            give_back_cached_memory(w.device);
+        }
+    }
+    trial
+}
+
+/// What the trial decided, or why there was none (`None`: not run, the best batch was 1).
+fn trial_reason(trial: Option<&Result<Trial, String>>) -> String {
+    let workers = |n: usize| if n == 1 { "worker" } else { "workers" };
+    match trial {
+        Some(Ok(t)) if t.off_per_s >= t.batched_per_s => format!(
+            "batching: off (measured with {} {}: unbatched {:.0}/s >= batched at max {} {:.0}/s)",
+            t.workers,
+            workers(t.workers),
+            t.off_per_s, t.max_batch, t.batched_per_s
+        ),
+        Some(Ok(t)) => format!(
+            "batching trial: batched at max {} {:.0}/s > unbatched {:.0}/s (measured with {} {})",
+            t.max_batch,
+            t.batched_per_s,
+            t.off_per_s,
+            t.workers,
+            workers(t.workers)
+        ),
+        Some(Err(why)) => format!("batching trial: no answer ({why}); kept the calibration's choice"),
+        None => "batching: off (one sample per forward pass served the most samples per second: nothing to batch)".into(),
+    }
 }
 
 /// The bucket sizes of dynamic batching: as given, or powers of two up to `max_batch`. A bucket

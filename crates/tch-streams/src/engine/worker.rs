@@ -162,32 +162,46 @@ fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
     std::mem::forget(tch::no_grad_guard()); // grad mode is per thread; this one never needs it
     let mut runner = Runner::new(spec.model.clone(), spec.cuda_graphs && matches!(spec.device, Device::Cuda(_)), spec.shared.clone());
     if let Some(specs) = &spec.warmup {
-        let described = || {
-            let v: Vec<String> = specs.iter().map(|(s, k)| crate::engine::InputSpec::new(s.clone(), *k).to_string()).collect();
-            v.join(", ")
-        };
         // Largest first: graphs share one memory pool per worker, and the smaller ones then fit
         // in what the largest freed.
-        let sizes: Vec<i64> = match spec.buckets.sizes() {
+        let sizes: Vec<usize> = match spec.buckets.sizes() {
             [] => vec![1],
-            b => b.iter().rev().map(|&b| b as i64).collect(),
+            b => b.iter().rev().copied().collect(),
         };
-        for (k, &rows) in sizes.iter().enumerate() {
-            let xs = SampleInputs::make(spec.samples.as_ref(), specs, rows as usize, spec.device)
-                .map_err(|e| format!("warm-up inputs of {rows} sample(s): {e}"))?;
-            let which = SampleInputs::name(spec.samples.as_ref());
-            // The first shape twice (one-time initialisation, then the shape's own first run).
-            let of = if rows == 1 { String::new() } else { format!(" (a batch of {rows})") };
-            for _ in 0..if k == 0 { 2 } else { 1 } {
-                let _warm = catch_unwind(AssertUnwindSafe(|| spec.model.run(&xs)))
-                    .map_err(|p| format!("warm-up with {which} inputs {} panicked: {}{of}", described(), panic_message(&*p)))?
-                    .map_err(|e| format!("warm-up with {which} inputs {} failed: {e}{of}", described()))?;
-            }
-            runner.prepare(&xs);
-        }
+        warm_up(&spec.model, &mut runner, specs, spec.samples.as_ref(), &sizes, spec.device)?;
         stream.synchronize().map_err(|e| e.to_string())?;
     }
     Ok((stream, runner))
+}
+
+/// Runs the model on `sizes` samples of every input in `specs` (in that order; the first size
+/// twice: one-time initialisation, then the shape's own first run) on the calling thread's
+/// stream, and has `runner` capture each size after its eager run. What a worker does before it
+/// serves, and what the start-up trial ([`super::trial`]) does on its threads.
+pub(crate) fn warm_up(
+    model: &Arc<dyn Forward>,
+    runner: &mut Runner,
+    specs: &[(Vec<i64>, Kind)],
+    samples: Option<&SampleInputs>,
+    sizes: &[usize],
+    device: Device,
+) -> Result<(), String> {
+    let described = || {
+        let v: Vec<String> = specs.iter().map(|(s, k)| crate::engine::InputSpec::new(s.clone(), *k).to_string()).collect();
+        v.join(", ")
+    };
+    let which = SampleInputs::name(samples);
+    for (k, &rows) in sizes.iter().enumerate() {
+        let xs = SampleInputs::make(samples, specs, rows, device).map_err(|e| format!("warm-up inputs of {rows} sample(s): {e}"))?;
+        let of = if rows == 1 { String::new() } else { format!(" (a batch of {rows})") };
+        for _ in 0..if k == 0 { 2 } else { 1 } {
+            let _warm = catch_unwind(AssertUnwindSafe(|| model.run(&xs)))
+                .map_err(|p| format!("warm-up with {which} inputs {} panicked: {}{of}", described(), panic_message(&*p)))?
+                .map_err(|e| format!("warm-up with {which} inputs {} failed: {e}{of}", described()))?;
+        }
+        runner.prepare(&xs);
+    }
+    Ok(())
 }
 
 /// Orders the worker's stream after the streams that produced the batch's inputs: one event per
@@ -232,7 +246,8 @@ fn serve(
     Stages::lap(&spec.metrics.stages.order, t0);
     let inputs: Vec<&[Tensor]> = batch.iter().map(|r| r.inputs.as_slice()).collect();
     let rows: Vec<i64> = batch.iter().map(|r| r.rows).collect();
-    let attempt = catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, staging, &inputs, &rows)));
+    let setup = BatchSetup { device: spec.device, buckets: &spec.buckets, output: spec.output, stages: &spec.metrics.stages };
+    let attempt = catch_unwind(AssertUnwindSafe(|| run_batch(&setup, stream, runner, staging, &inputs, &rows)));
     let outcomes: Vec<Outcome> = match attempt {
         Ok(Ok(outs)) => outs.into_iter().map(Ok).collect(),
         Ok(Err(e)) if batch.len() == 1 => vec![Err(e)],
@@ -241,7 +256,7 @@ fn serve(
         _ => inputs
             .iter()
             .zip(&rows)
-            .map(|(x, r)| match catch_unwind(AssertUnwindSafe(|| run_batch(spec, stream, runner, staging, &[*x], &[*r]))) {
+            .map(|(x, r)| match catch_unwind(AssertUnwindSafe(|| run_batch(&setup, stream, runner, staging, &[*x], &[*r]))) {
                 Ok(Ok(mut o)) => Ok(o.remove(0)),
                 Ok(Err(e)) => Err(e),
                 Err(p) => Err(EngineError::ModelPanicked(panic_message(&*p))),
@@ -273,12 +288,22 @@ fn serve(
     panicked
 }
 
+/// What [`run_batch`] needs of a worker besides its stream, runner and staging. The start-up
+/// trial ([`super::trial`]) fills it in too, and so runs its batches exactly as a worker does.
+pub(crate) struct BatchSetup<'a> {
+    pub(crate) device: Device,
+    pub(crate) buckets: &'a Buckets,
+    pub(crate) output: Output,
+    /// Where the stage times go.
+    pub(crate) stages: &'a Stages,
+}
+
 /// Joins each input along dim 0, pads to the bucket size, moves them to the device, runs,
 /// checks that every output carries the (padded) batch along dim 0, delivers, and splits every
 /// output back per request, dropping the padding. Results may still be in the making on the
 /// worker's stream (the caller waits for it) unless they were copied to the host.
-fn run_batch(
-    spec: &WorkerSpec,
+pub(crate) fn run_batch(
+    spec: &BatchSetup<'_>,
     stream: &Stream,
     runner: &mut Runner,
     staging: &mut Staging,
@@ -286,7 +311,7 @@ fn run_batch(
     rows: &[i64],
 ) -> Result<Vec<Outputs>, EngineError> {
     let torch = |e: tch::TchError| EngineError::Model(crate::models::torch_message(&e));
-    let st = &spec.metrics.stages;
+    let st = spec.stages;
     let t0 = Instant::now();
     let arity = requests[0].len();
     let total: i64 = rows.iter().sum();
