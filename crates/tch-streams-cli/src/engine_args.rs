@@ -86,10 +86,6 @@ pub struct EngineArgs {
     /// divides it between its models [default: 80% of the free memory].
     #[arg(long, value_parser = parse_memory, value_name = "SIZE|PCT%")]
     pub gpu_memory: Option<MemoryBudget>,
-    /// With CUDA graphs: give every worker its own graph memory for every batch size, instead of
-    /// one pool per GPU for the large batches (which then take turns; less memory).
-    #[arg(long)]
-    pub no_shared_graph_pool: bool,
 }
 
 impl EngineArgs {
@@ -180,9 +176,6 @@ impl EngineArgs {
         if let Some(m) = self.gpu_memory {
             b = b.memory_budget(m);
         }
-        if self.no_shared_graph_pool {
-            b = b.shared_graph_pool(false);
-        }
         b
     }
 }
@@ -219,9 +212,7 @@ impl EngineArgs {
                 MemoryBudget::FractionOfFree(f) => format!("--gpu-memory {}%", f * 100.0),
             });
         }
-        if self.no_shared_graph_pool {
-            v.push("--no-shared-graph-pool".into());
-        }
+
         (!v.is_empty()).then(|| v.join(" "))
     }
 }

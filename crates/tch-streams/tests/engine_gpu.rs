@@ -298,62 +298,6 @@ fn random_sample_inputs_with_graphs_on_several_workers_build_and_serve() {
     println!("random sample inputs, graphs on 4 workers: {:?}", st.memory);
 }
 
-/// Large batches of every worker replay the device's shared graphs in turn: answers stay exact
-/// under 16 clients sending requests of 8 to 24 rows (batches reach the shared buckets of 32
-/// and 64), with sharing on and off; the configuration says where sharing starts.
-#[test]
-#[ignore = "needs a CUDA GPU (and CUDA graphs in the build)"]
-fn shared_graph_pool_turns_keep_answers_exact() {
-    if !tch_streams::engine::CUDA_GRAPHS_BUILT {
-        println!("built without CUDA graphs: nothing to check");
-        return;
-    }
-    let watchdog = std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(240));
-        eprintln!("shared_graph_pool_turns_keep_answers_exact: still running after 240 s");
-        std::process::exit(3);
-    });
-    let _ = watchdog;
-    for shared in [true, false] {
-        let engine = Arc::new(
-            Engine::builder(affine())
-                .devices(vec![GPU])
-                .workers(4)
-                .input_shape(vec![256])
-                .batching(Batching::Dynamic { max_batch: 64, max_wait: Duration::from_micros(100) })
-                .cuda_graphs(true)
-                .shared_graph_pool(shared)
-                .output(Output::Cpu)
-                .build()
-                .unwrap(),
-        );
-        let config = engine.config();
-        // No calibration: sharing starts at a quarter of max_batch.
-        assert_eq!(config.shared_graphs_from, if shared { Some(16) } else { None }, "{config:?}");
-        std::thread::scope(|s| {
-            for c in 0..16usize {
-                let engine = Arc::clone(&engine);
-                s.spawn(move || {
-                    for i in 0..200usize {
-                        let rows = 8 + ((c + i) % 17) as i64;
-                        let x = Tensor::arange(rows * 256, (Kind::Float, Device::Cpu)).reshape([rows, 256]) * 1e-4
-                            + ((c * 1000 + i) as f64) * 1e-3;
-                        let y = engine.infer(x.shallow_clone()).unwrap_or_else(|e| panic!("client {c}: {e}"));
-                        let want = (&x * 3.0 + 1.0) * &x;
-                        assert!(y.equal(&want), "client {c} request {i} ({rows} rows, shared {shared}): differs");
-                    }
-                });
-            }
-        });
-        let st = engine.stats();
-        assert_eq!(st.completed, 16 * 200);
-        // Two requests or more make at least 16 rows: the shared buckets.
-        let large = st.batch_sizes.iter().filter(|(requests, _)| **requests >= 2).map(|(_, n)| n).sum::<u64>();
-        assert!(large > 0, "no batch reached the shared buckets: {:?}", st.batch_sizes);
-        report(&format!("shared pool {shared}"), &engine);
-    }
-}
-
 /// A budget smaller than the engine's memory is refused after start-up with both figures; a
 /// calibrated engine under a tight budget lowers its batch and says so.
 #[test]

@@ -31,6 +31,10 @@ pub struct DeviceMemory {
     pub peak_bytes: i64,
     /// Highest allocated since just before the build.
     pub peak_allocated_bytes: i64,
+    /// Highest reserved after the build: what serving itself needed (the build's calibration
+    /// and trial can need more for a moment; `peak_bytes` counts them).
+    #[serde(default)]
+    pub serving_peak_bytes: i64,
 }
 
 impl DeviceMemory {
@@ -91,9 +95,13 @@ impl MemoryWatch {
         MemoryWatch { devices: if ok { devices } else { Vec::new() }, after_build: None }
     }
 
-    /// Call right after the build: notes what the devices hold now.
+    /// Call right after the build: notes what the devices hold now and the peak so far, then
+    /// starts the peak figures afresh for the serving peak.
     pub fn after_build(&mut self) {
         self.after_build = self.read();
+        for &d in &self.devices {
+            let _ = reset_peak_memory(d);
+        }
     }
 
     /// Call after the measurement: the figures, or `None` on CPU (or when a reading failed).
@@ -102,8 +110,9 @@ impl MemoryWatch {
         Some(DeviceMemory {
             after_build_bytes: built.reserved,
             after_build_allocated_bytes: built.allocated,
-            peak_bytes: end.peak_reserved,
-            peak_allocated_bytes: end.peak_allocated,
+            peak_bytes: end.peak_reserved.max(built.peak_reserved),
+            peak_allocated_bytes: end.peak_allocated.max(built.peak_allocated),
+            serving_peak_bytes: end.peak_reserved,
         })
     }
 

@@ -455,11 +455,12 @@ fn report(a: &Args, name: &str, shown: &[String], engine: &Engine, memory: Optio
         );
         if let Some(m) = memory {
             println!(
-                "memory      after build {:.2} GB reserved ({:.2} GB allocated); peak {:.2} GB reserved ({:.2} GB allocated) since before the build",
+                "memory      after build {:.2} GB reserved ({:.2} GB allocated); peak {:.2} GB reserved ({:.2} GB allocated) since before the build, {:.2} GB while serving",
                 m.after_build_gb(),
                 m.after_build_allocated_bytes as f64 / 1e9,
                 m.peak_gb(),
-                m.peak_allocated_bytes as f64 / 1e9
+                m.peak_allocated_bytes as f64 / 1e9,
+                m.serving_peak_bytes as f64 / 1e9
             );
         }
     }

@@ -49,9 +49,6 @@ pub struct EngineConfig {
     /// The estimated peak bytes per GPU, from the calibration's measurements (`None` without
     /// them).
     pub memory_estimate: Option<i64>,
-    /// With CUDA graphs on a GPU of several workers: buckets from this size up share one graph
-    /// memory pool per GPU and are replayed one at a time.
-    pub shared_graphs_from: Option<usize>,
     /// The start-up trial of batching off against batching at the calibrated `max_batch`, on
     /// the engine's own workers (see [`Trial`](super::Trial)), when it ran: `Auto` batching, the
     /// calibration found a `max_batch` of 2 or more. The faster of the two is what the engine runs.
@@ -115,7 +112,8 @@ const RUNS: usize = 3;
 /// latency. Errors (the model fails on the inputs, out of memory) end the search at the last size
 /// that worked; `None` when even one sample failed.
 ///
-/// Each size's working memory is the rise of the device's peak allocated bytes over what was
+/// Sizes stop after one whose working memory is over `working_cap` (a larger one could not fit
+/// the memory budget). Each size's working memory is the rise of the device's peak allocated bytes over what was
 /// allocated before its inputs were made (the device's peak figures are reset for it: anything
 /// else measuring peaks on that device sees them reset).
 ///
@@ -130,6 +128,7 @@ pub(crate) fn calibrate(
     samples: Option<&SampleInputs>,
     cap: usize,
     step_limit: Duration,
+    working_cap: Option<i64>,
 ) -> Option<Calibration> {
     let stream = crate::stream::Stream::current(device).ok()?;
     let (specs, samples) = (specs.to_vec(), samples.cloned());
@@ -176,7 +175,8 @@ pub(crate) fn calibrate(
                     let _ = tx.send(None);
                     return;
                 };
-                if tx.send(Some((b, fastest, slowest, working))).is_err() || fastest > LATENCY_CAP.as_secs_f64() * 1e6 {
+                let over_memory = working.zip(working_cap).is_some_and(|(w, cap)| w > cap);
+                if tx.send(Some((b, fastest, slowest, working))).is_err() || fastest > LATENCY_CAP.as_secs_f64() * 1e6 || over_memory {
                     return;
                 }
             }

@@ -7,10 +7,7 @@
 //!   worker;
 //! - per worker, the working memory of the largest batch it runs (inputs, activations, outputs):
 //!   without CUDA graphs it is cached by the allocator for the worker's stream; with graphs it
-//!   is the worker's graph memory pool;
-//! - with graphs on a device of several workers, buckets from [`Layout::shared_from`] up are
-//!   captured into one memory pool of the device and replayed one at a time: their working
-//!   memory is held once, not once per worker.
+//!   is the worker's graph memory pool (its buckets share one pool, largest captured first).
 //!
 //! Everything here is arithmetic on measured figures; measuring is the calibration's job (see
 //! `auto::calibrate`), and the engine checks what it really holds after start-up.
@@ -86,11 +83,6 @@ pub(crate) struct Layout {
     pub(crate) instances: usize,
     /// The largest batch a worker runs (the largest bucket).
     pub(crate) largest: usize,
-    /// Whether the workers capture CUDA graphs.
-    pub(crate) graphs: bool,
-    /// With graphs: the smallest bucket captured into the device's shared pool (`None`: every
-    /// bucket in the worker's own pool).
-    pub(crate) shared_from: Option<usize>,
 }
 
 impl Footprint {
@@ -107,29 +99,8 @@ impl Footprint {
 
     /// Bytes the engine holds on a device laid out as `l` at its peak (see the module docs).
     pub(crate) fn estimate(&self, l: Layout) -> Option<i64> {
-        let weights = self.weights * l.instances as i64;
-        let workers = l.workers as i64;
-        let working = match (l.graphs, l.shared_from) {
-            (true, Some(from)) if l.largest >= from => {
-                // The shared pool holds the largest bucket once; each worker's own pool the
-                // largest bucket below `from` (buckets are powers of two or given, so the one
-                // just below is at most `from - 1`).
-                let own = if from > 1 { workers * self.working(from - 1)? } else { 0 };
-                self.working(l.largest)? + own
-            }
-            _ => workers * self.working(l.largest)?,
-        };
-        Some(weights + working)
+        Some(self.weights * l.instances as i64 + l.workers as i64 * self.working(l.largest)?)
     }
-}
-
-/// The smallest calibrated size whose throughput reaches `share` of the best: from there on a
-/// batch keeps the device busy by itself, so workers' batches that large lose little by taking
-/// turns (and can share one graph memory pool). `None` without readings.
-pub(crate) fn saturating_size(readings: &[(usize, f64)], share: f64) -> Option<usize> {
-    let rate = |&(b, t): &(usize, f64)| if t > 0.0 { b as f64 / t } else { 0.0 };
-    let best = readings.iter().map(rate).fold(0.0f64, f64::max);
-    readings.iter().find(|r| best > 0.0 && rate(r) >= share * best).map(|&(b, _)| b)
 }
 
 /// Automatic choices after fitting them into the budget.
@@ -146,8 +117,7 @@ pub(crate) struct Fitted {
 pub(crate) fn fit(fp: &Footprint, l: Layout, budget: i64, workers_free: bool) -> Option<Result<Fitted, i64>> {
     let mut layout = l;
     loop {
-        let bounded = Layout { shared_from: l.shared_from.filter(|&s| s <= layout.largest), ..layout };
-        let estimate = fp.estimate(bounded)?;
+        let estimate = fp.estimate(layout)?;
         if estimate <= budget {
             return Some(Ok(Fitted { max_batch: layout.largest, workers: layout.workers, estimate }));
         }
@@ -201,7 +171,7 @@ mod tests {
     }
 
     fn layout(largest: usize) -> Layout {
-        Layout { workers: 4, instances: 1, largest, graphs: false, shared_from: None }
+        Layout { workers: 4, instances: 1, largest }
     }
 
     #[test]
@@ -214,15 +184,10 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_pool_holds_the_large_buckets_once() {
+    fn the_estimate_is_weights_plus_each_workers_largest_batch() {
         let f = fp();
-        // Without sharing: 4 workers x 128 samples x 10 MiB + weights.
+        // 4 workers x 128 samples x 10 MiB + weights.
         assert_eq!(f.estimate(layout(128)), Some(50 * MB + 4 * 1280 * MB));
-        // Buckets from 32 up shared: 128 once, plus each worker's 31-sample pool (scaled from 16).
-        let shared = Layout { graphs: true, shared_from: Some(32), ..layout(128) };
-        assert_eq!(f.estimate(shared), Some(50 * MB + 1280 * MB + 4 * 310 * MB));
-        // Sharing asked for but graphs off: no effect.
-        assert_eq!(f.estimate(Layout { graphs: false, ..shared }), f.estimate(layout(128)));
         // Per-worker instances count their weights once each.
         assert_eq!(f.estimate(Layout { instances: 4, ..layout(1) }), Some(200 * MB + 40 * MB));
     }
@@ -240,15 +205,6 @@ mod tests {
         assert_eq!(fit(&f, layout(128), 75 * MB, false).unwrap(), Err(90 * MB));
         assert_eq!(fit(&f, layout(128), 10 * MB, true).unwrap(), Err(60 * MB));
         assert_eq!(fit(&Footprint::default(), layout(8), MB, true), None);
-    }
-
-    #[test]
-    fn the_saturating_size_is_the_first_near_the_best_rate() {
-        let r = [(1, 100.0), (2, 100.0), (4, 110.0), (8, 120.0), (16, 200.0), (32, 400.0)];
-        // Rates: 0.01, 0.02, 0.036, 0.067, 0.08, 0.08.
-        assert_eq!(saturating_size(&r, 0.75), Some(8));
-        assert_eq!(saturating_size(&r, 1.0), Some(16));
-        assert_eq!(saturating_size(&[], 0.75), None);
     }
 
     #[test]

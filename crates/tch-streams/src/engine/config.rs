@@ -135,7 +135,6 @@ pub struct EngineBuilder {
     pub(crate) samples: Option<SampleInputs>,
     pub(crate) calibration_step_limit: Duration,
     pub(crate) memory_budget: MemoryBudget,
-    pub(crate) shared_graph_pool: bool,
 }
 
 // The engine's limits: what the builder accepts. The CLI validates its flags against these.
@@ -241,7 +240,6 @@ impl EngineBuilder {
             samples: None,
             calibration_step_limit: DEFAULT_CALIBRATION_STEP_LIMIT,
             memory_budget: MemoryBudget::default(),
-            shared_graph_pool: true,
         }
     }
 
@@ -415,18 +413,6 @@ impl EngineBuilder {
     /// ```
     pub fn memory_budget(mut self, budget: MemoryBudget) -> Self {
         self.memory_budget = budget;
-        self
-    }
-
-    /// With CUDA graphs on a GPU of several workers, capture the large buckets (those from
-    /// which one batch keeps the GPU busy by itself, found by the calibration; a quarter of
-    /// `max_batch` without one) into one memory pool per GPU, replayed one at a time in stream
-    /// order, instead of one pool per worker: their memory is held once instead of once per
-    /// worker, at the cost of large batches of different workers not overlapping on the GPU.
-    /// [`EngineConfig::shared_graphs_from`](super::EngineConfig::shared_graphs_from) says
-    /// from which size. Default true.
-    pub fn shared_graph_pool(mut self, on: bool) -> Self {
-        self.shared_graph_pool = on;
         self
     }
 

@@ -3,7 +3,6 @@
 use super::auto::EngineConfig;
 use super::config::EngineBuilder;
 use super::error::EngineError;
-use super::graphs::SharedGraphs;
 use super::metrics::{EngineStats, Metrics};
 use super::lanes::Lanes;
 use super::plan::{plan, Plan};
@@ -16,7 +15,6 @@ use crate::stream::Stream;
 use super::lanes::SendError;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
@@ -80,7 +78,7 @@ impl Engine {
     /// up. The engine exists before the first worker starts: an early return drops it, and its
     /// `Drop` stops and joins whatever was started (no detached threads, no half-built engine).
     pub(crate) fn start(plan: Plan) -> Result<Engine, EngineError> {
-        let Plan { workers, batching, buckets, cuda_graphs, warmup, samples, output, queue_capacity, admission, config, shared_from, budgets } =
+        let Plan { workers, batching, buckets, cuda_graphs, warmup, samples, output, queue_capacity, admission, config, budgets } =
             plan;
         tracing::debug!("engine configuration: {config}");
         let devices: Vec<Device> = workers.iter().map(|w| w.device).collect();
@@ -97,15 +95,6 @@ impl Engine {
             shutting_down: Mutex::new(()),
         };
         let buckets = Arc::new(buckets);
-        // One set of shared large-batch graphs per GPU of several workers.
-        let mut shared: HashMap<Device, Arc<SharedGraphs>> = HashMap::new();
-        if let (true, Some(from)) = (cuda_graphs, shared_from) {
-            for &d in &devices {
-                if matches!(d, Device::Cuda(_)) && devices.iter().filter(|&&x| x == d).count() > 1 {
-                    shared.entry(d).or_insert_with(|| Arc::new(SharedGraphs::new(from)));
-                }
-            }
-        }
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         for (index, w) in workers.into_iter().enumerate() {
             let spec = WorkerSpec {
@@ -121,7 +110,6 @@ impl Engine {
                 warmup: warmup.clone(),
                 samples: samples.clone(),
                 cuda_graphs,
-                shared: shared.get(&w.device).cloned(),
                 use_pool: w.use_pool,
                 registry: Arc::clone(&engine.registry),
             };

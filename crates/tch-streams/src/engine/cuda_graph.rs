@@ -9,12 +9,9 @@
 //! sees an answer, and drops the cache only after its last batch completed.
 
 use super::config::MAX_GRAPHS;
-use super::graphs::SharedGraphs;
 use crate::graph::{CaptureError, Graph, PoolId};
 use crate::models::{Forward, ForwardError, Outputs};
-use crate::stream::{Event, Stream};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Shapes and dtypes of every input.
@@ -33,68 +30,12 @@ pub(crate) struct GraphCache {
     /// worker replays one graph at a time and copies its outputs out before the next (see
     /// `replay`), which is what sharing needs. The worker warms its buckets largest first.
     pool: Option<PoolId>,
-    /// The device's shared graphs of large batches, if its workers share them.
-    shared: Option<Arc<SharedGraphs>>,
 }
-
-/// The shared graphs of one GPU, behind [`SharedGraphs::turns`]' lock: by shape, the shapes
-/// whose capture failed, their pool, and the event the last turn recorded.
-#[derive(Default)]
-pub(crate) struct Turns {
-    graphs: HashMap<Key, SharedGraph>,
-    refused: HashSet<Key>,
-    pool: Option<PoolId>,
-    last: Option<Event>,
-}
-
-/// A graph that every worker of its device replays in turn.
-struct SharedGraph(Captured);
-
-// SAFETY: a `Graph` is kept to one thread because its replays must not overlap on the host and
-// its outputs must be read before the next replay. A `SharedGraph` lives only inside `Turns`,
-// behind the device's mutex: whichever worker holds the lock captures, writes, replays and
-// copies out on its own current stream, ordered after the previous turn by an event, and
-// nothing of it escapes the lock but copies. It is dropped with the last runner holding the
-// `Arc`, after every worker's batches completed.
-unsafe impl Send for SharedGraph {}
 
 impl GraphCache {
-    pub(crate) fn new(shared: Option<Arc<SharedGraphs>>) -> GraphCache {
-        GraphCache { shared, ..Default::default() }
-    }
-
-    /// The shared graphs, when batches of these shapes take the shared path.
-    fn shared_for(&self, key: &Key) -> Option<Arc<SharedGraphs>> {
-        let rows = key.first().and_then(|(s, _)| s.first()).copied().unwrap_or(0);
-        self.shared.as_ref().filter(|s| rows >= s.from as i64).cloned()
-    }
-
     /// Captures these shapes now (the worker's warm-up, through `Runner::prepare`).
     pub(crate) fn prepare(&mut self, model: &dyn Forward, xs: &[Tensor]) {
         let key: Key = xs.iter().map(|x| (x.size(), x.kind())).collect();
-        if let Some(shared) = self.shared_for(&key) {
-            let mut turns = shared.turns.lock();
-            if turns.graphs.contains_key(&key) || turns.refused.contains(&key) {
-                return;
-            }
-            // Captured on this stream; the previous turn may still run on another: wait for it.
-            if let Some(last) = &turns.last {
-                let _ = last.synchronize();
-            }
-            match capture(model, xs, turns.pool) {
-                Ok(c) => {
-                    if turns.pool.is_none() {
-                        turns.pool = c.pool().ok();
-                    }
-                    turns.graphs.insert(key, SharedGraph(c));
-                }
-                Err(e) => {
-                    tracing::warn!("CUDA graph capture (shared pool) failed for input shapes {:?}; running them eagerly: {e}", key);
-                    turns.refused.insert(key);
-                }
-            }
-            return;
-        }
         if self.graphs.contains_key(&key) || self.refused.contains(&key) || self.graphs.len() >= MAX_GRAPHS {
             return;
         }
@@ -134,38 +75,20 @@ impl GraphCache {
                 (size, p[0].kind())
             })
             .collect();
-        if let Some(shared) = self.shared_for(&key) {
-            let mut turns = shared.turns.lock();
-            let Some(SharedGraph(c)) = turns.graphs.get(&key) else { return Ok(None) };
-            let stream = begin_turn(c, turns.last.as_ref())?;
-            // The turn's event is recorded whatever happened: the next turn waits for this
-            // one's work, even a part of it.
-            let out = write_parts(c, parts, rows).and_then(|()| replay(c, Some(rows)));
-            end_turn(&mut turns, &stream)?;
-            return out.map(Some);
-        }
         let Some(c) = self.graphs.get(&key) else { return Ok(None) };
-        write_parts(c, parts, rows)?;
+        for (stat, p) in c.inputs().iter().zip(parts) {
+            let target = stat.f_narrow(0, 0, rows)?;
+            if p.len() == 1 {
+                target.shallow_clone().f_copy_(p[0])?;
+            } else {
+                let _written = Tensor::f_cat_out(&target, p, 0)?; // returns `target` itself
+            }
+        }
         replay(c, Some(rows)).map(Some)
     }
 
     pub(crate) fn forward(&mut self, model: &dyn Forward, xs: &[Tensor]) -> Result<Outputs, ForwardError> {
         let key: Key = xs.iter().map(|x| (x.size(), x.kind())).collect();
-        if let Some(shared) = self.shared_for(&key) {
-            // Large shapes: the device's graph if warm-up captured one, else eager (no capture
-            // into the shared pool while serving).
-            let mut turns = shared.turns.lock();
-            let Some(SharedGraph(c)) = turns.graphs.get(&key) else {
-                drop(turns);
-                return model.run(xs);
-            };
-            let stream = begin_turn(c, turns.last.as_ref())?;
-            let written: Result<(), ForwardError> =
-                c.inputs().iter().zip(xs).try_for_each(|(stat, x)| stat.shallow_clone().f_copy_(x).map_err(Into::into));
-            let out = written.and_then(|()| replay(c, None));
-            end_turn(&mut turns, &stream)?;
-            return out;
-        }
         if !self.graphs.contains_key(&key) {
             let n = self.seen.entry(key.clone()).or_insert(0);
             *n += 1;
@@ -182,44 +105,6 @@ impl GraphCache {
         }
         replay(c, None)
     }
-}
-
-/// Writes a batch's parts into the first `rows` rows of the graph's static inputs (one kernel
-/// per input; the rows past `rows` keep whatever an earlier batch left there: rows are
-/// independent, and those outputs are never handed out).
-fn write_parts(c: &Captured, parts: &[Vec<&Tensor>], rows: i64) -> Result<(), ForwardError> {
-    for (stat, p) in c.inputs().iter().zip(parts) {
-        let target = stat.f_narrow(0, 0, rows)?;
-        if p.len() == 1 {
-            target.shallow_clone().f_copy_(p[0])?;
-        } else {
-            let _written = Tensor::f_cat_out(&target, p, 0)?; // returns `target` itself
-        }
-    }
-    Ok(())
-}
-
-/// Starts a turn on a shared graph (lock held): orders this thread's current stream after the
-/// previous turn's work; returns that stream.
-fn begin_turn(c: &Captured, last: Option<&Event>) -> Result<Stream, ForwardError> {
-    let device = c.inputs().first().map(|t| t.device()).unwrap_or(tch::Device::Cuda(0));
-    let stream = Stream::current(device).map_err(|e| ForwardError::Other(e.to_string()))?;
-    if let Some(last) = last {
-        last.wait(&stream).map_err(|e| ForwardError::Other(e.to_string()))?;
-    }
-    Ok(stream)
-}
-
-/// Ends a turn (lock held): records, on `stream`, the event the next turn waits for, after this
-/// turn's replay and copies.
-fn end_turn(turns: &mut Turns, stream: &Stream) -> Result<(), ForwardError> {
-    let mut event = match turns.last.take() {
-        Some(e) => e,
-        None => Event::new(stream.device()).map_err(|e| ForwardError::Other(e.to_string()))?,
-    };
-    let recorded = event.record(stream).map_err(|e| ForwardError::Other(e.to_string()));
-    turns.last = Some(event);
-    recorded
 }
 
 /// Replays (static inputs already written) and copies out the first `rows` rows of every output,

@@ -11,34 +11,6 @@ use crate::models::{Forward, ForwardError, Outputs};
 use std::sync::Arc;
 use tch::Tensor;
 
-/// The graphs of one GPU's large buckets, shared by all its workers: batches of
-/// [`from`](Self::from) rows or more (as padded) replay one graph per shape captured once for
-/// the device, into one memory pool, instead of one graph and pool per worker.
-///
-/// Invariants: a worker holds the device's lock while it waits (on its own stream) for the
-/// previous turn's event, writes the static inputs, replays, copies the outputs out and records
-/// the event for the next turn; so replays of the device's shared graphs run one after the other
-/// on the GPU, each reading inputs and leaving outputs no other turn touches meanwhile, which is
-/// what one shared pool needs (see `crate::graph::PoolId`). Capture happens under the same lock,
-/// on the capturing worker's stream, largest bucket first. The graphs are dropped with the last
-/// worker's runner, after every worker completed its batches.
-pub(crate) struct SharedGraphs {
-    /// Smallest batch (rows, as padded) that takes the shared path.
-    pub(crate) from: usize,
-    #[cfg(tss_cuda_graphs)]
-    pub(crate) turns: parking_lot::Mutex<super::cuda_graph::Turns>,
-}
-
-impl SharedGraphs {
-    pub(crate) fn new(from: usize) -> SharedGraphs {
-        SharedGraphs {
-            from,
-            #[cfg(tss_cuda_graphs)]
-            turns: parking_lot::Mutex::new(Default::default()),
-        }
-    }
-}
-
 /// Runs a worker's model, eagerly or through captured graphs.
 pub(crate) struct Runner {
     model: Arc<dyn Forward>,
@@ -47,13 +19,12 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
-    /// `shared`: the device's shared graphs, when its large buckets share one pool.
-    pub(crate) fn new(model: Arc<dyn Forward>, graphs: bool, shared: Option<Arc<SharedGraphs>>) -> Runner {
+    pub(crate) fn new(model: Arc<dyn Forward>, graphs: bool) -> Runner {
         #[cfg(tss_cuda_graphs)]
-        return Runner { model, graphs: graphs.then(|| super::cuda_graph::GraphCache::new(shared)) };
+        return Runner { model, graphs: graphs.then(super::cuda_graph::GraphCache::default) };
         #[cfg(not(tss_cuda_graphs))]
         {
-            let _ = (graphs, shared);
+            let _ = graphs;
             Runner { model }
         }
     }

@@ -60,9 +60,6 @@ pub(crate) struct Plan {
     pub(crate) admission: Admission,
     /// What [`Engine::config`](super::Engine::config) reports.
     pub(crate) config: EngineConfig,
-    /// With graphs on a device of several workers: the smallest bucket captured into the
-    /// device's shared graph pool (see `budget` and `cuda_graph`).
-    pub(crate) shared_from: Option<usize>,
     /// Per GPU: its memory budget (bytes) and the bytes reserved on it when planning began,
     /// for the check after start-up.
     pub(crate) budgets: Vec<(Device, i64, i64)>,
@@ -122,13 +119,25 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     // its place after batching's.
     let mut graph_reasons = Vec::new();
     let cuda_graphs = resolve_graphs(b, &assigned, known.is_some(), &mut graph_reasons);
-    let (mut batching, measured) = resolve_batching(b, known.as_ref(), &workers, cuda_graphs, &mut reasons)?;
-    let footprint = Footprint { weights: weights.unwrap_or(0), working: measured.working.clone() };
     let on_first = |assigned: &[Device]| assigned.iter().filter(|&&d| d == assigned[0]).count();
-    let shared_from = shared_from(b, batching, cuda_graphs, on_first(&assigned), &measured.readings);
+    // The calibrated max_batch, lowered to fit the budget before the trial runs it on every worker.
+    let fit_batch = |max_batch: usize, working: &[(usize, i64)]| -> usize {
+        let (Some(&(_, limit, _)), Some(weights)) = (budgets.first(), weights) else { return max_batch };
+        let fp = Footprint { weights, working: working.to_vec() };
+        let layout = Layout { workers: on_first(&assigned), instances: instances(&assigned), largest: max_batch };
+        match budget::fit(&fp, layout, limit, false) {
+            Some(Ok(f)) => f.max_batch,
+            _ => max_batch,
+        }
+    };
+    // No calibration size whose one forward cannot fit beside the others: calibration stops there.
+    let working_cap = budgets.first().zip(weights).map(|(&(_, limit, _), w)| (limit - w * instances(&assigned) as i64) / on_first(&assigned) as i64);
+    let fit = Fit { batch: &fit_batch, working_cap };
+    let (mut batching, measured) = resolve_batching(b, known.as_ref(), &workers, cuda_graphs, &fit, &mut reasons)?;
+    let footprint = Footprint { weights: weights.unwrap_or(0), working: measured.working.clone() };
     let mut estimate = None;
     if let (Batching::Dynamic { max_batch, max_wait }, Some(&(_, limit, _)), Some(_)) = (batching, budgets.first(), weights) {
-        let layout = Layout { workers: on_first(&assigned), instances: instances(&assigned), largest: max_batch, graphs: cuda_graphs, shared_from };
+        let layout = Layout { workers: on_first(&assigned), instances: instances(&assigned), largest: max_batch };
         let auto_batch = b.batching == Batching::Auto && b.buckets.is_none();
         match budget::fit(&footprint, layout, limit, b.workers.is_none()) {
             Some(Ok(f)) if auto_batch => {
@@ -173,13 +182,6 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     let buckets = resolve_buckets(b, batching, &mut reasons)?;
     check_warmup_size(known.as_ref(), &buckets)?;
     reasons.extend(graph_reasons);
-    let shared_from = shared_from.filter(|&s| buckets.sizes().last().is_some_and(|&l| l >= s));
-    if let Some(from) = shared_from {
-        reasons.push(format!(
-            "CUDA graphs: buckets from {from} samples up share one memory pool per GPU and take turns (from that size one batch \
-             keeps the GPU busy by itself); smaller ones keep a pool per worker"
-        ));
-    }
     let config = EngineConfig {
         workers: assigned.len(),
         batching,
@@ -191,7 +193,6 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
         calibration_stopped: measured.stopped,
         memory_budget: budgets.first().map(|&(_, limit, _)| limit),
         memory_estimate: estimate,
-        shared_graphs_from: shared_from,
         trial: measured.trial,
         reasons,
     };
@@ -206,7 +207,6 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
         queue_capacity: b.queue_capacity,
         admission: Admission { inputs: b.inputs.clone(), arity: b.arity, devices: b.devices.clone() },
         config,
-        shared_from,
         budgets,
     })
 }
@@ -232,42 +232,6 @@ fn budgets(b: &EngineBuilder, reasons: &mut Vec<String>) -> Vec<(Device, i64, i6
         }
     }
     out
-}
-
-/// Share of the best calibrated throughput from which a batch is taken to keep the GPU busy by
-/// itself (see [`budget::saturating_size`]).
-const SATURATED: f64 = 0.75;
-
-/// With graphs on a GPU of several workers and dynamic batching: the smallest bucket captured
-/// into the device's shared graph pool, where batches that large take turns. From the
-/// calibration (the first size within [`SATURATED`] of the best throughput), else a quarter of
-/// `max_batch`; at least 2 (single samples never take turns). `None` when sharing is off
-/// (`shared_graph_pool(false)`), does not apply, or no bucket reaches it.
-fn shared_from(
-    b: &EngineBuilder,
-    batching: Batching,
-    graphs: bool,
-    workers_on_first: usize,
-    readings: &[(usize, f64)],
-) -> Option<usize> {
-    let Batching::Dynamic { max_batch, .. } = batching else { return None };
-    if !graphs || workers_on_first < 2 || !b.shared_graph_pool {
-        return None;
-    }
-    let from = budget::saturating_size(readings, SATURATED).unwrap_or(max_batch / 4).max(2);
-    let from = buckets_from(b, from);
-    if from > max_batch.saturating_mul(MAX_BUCKET_OVER_BATCH) {
-        return None;
-    }
-    Some(from)
-}
-
-/// `from`, or the smallest given bucket at or above it.
-fn buckets_from(b: &EngineBuilder, from: usize) -> usize {
-    match &b.buckets {
-        Some(sizes) => sizes.iter().copied().filter(|&s| s >= from).min().unwrap_or(usize::MAX),
-        None => from,
-    }
 }
 
 /// CUDA graphs asked for explicitly need the graph code and a CUDA device.
@@ -412,6 +376,7 @@ fn resolve_batching(
     known: Option<&Specs>,
     workers: &[WorkerPlan],
     graphs: bool,
+    fit: &Fit,
     reasons: &mut Vec<String>,
 ) -> Result<(Batching, Measured), EngineError> {
     let (model, device) = (&workers[0].model, workers[0].device);
@@ -433,7 +398,7 @@ fn resolve_batching(
                 reasons.push(format!("batching: off ({refusal})"));
                 Batching::Off
             }
-            Ok(()) => return Ok(calibrated(b, specs, workers, graphs, reasons)),
+            Ok(()) => return Ok(calibrated(b, specs, workers, graphs, fit, reasons)),
         },
         (Batching::Auto, _) => {
             reasons.push(if b.warmup {
@@ -458,10 +423,19 @@ fn resolve_batching(
 /// in the allocator (gigabytes on real models) unless given back, so it is given back here, and
 /// again after the trial: the caching allocator's unused blocks on that device go to the driver
 /// (other engines' unused blocks too; they are cached again when next needed).
-fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool, reasons: &mut Vec<String>) -> (Batching, Measured) {
+/// What the memory budget allows the calibration (see `plan`).
+struct Fit<'a> {
+    /// Lowers a calibrated `max_batch` to what the budget holds, given the working memory
+    /// measured per size.
+    batch: &'a dyn Fn(usize, &[(usize, i64)]) -> usize,
+    /// Most working bytes one forward may need; the calibration stops after a size over it.
+    working_cap: Option<i64>,
+}
+
+fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool, fit: &Fit, reasons: &mut Vec<String>) -> (Batching, Measured) {
     let (model, device) = (&workers[0].model, workers[0].device);
     let calibration = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        auto::calibrate(Arc::clone(model), device, specs, b.samples.as_ref(), auto::AUTO_MAX_BATCH, b.calibration_step_limit)
+        auto::calibrate(Arc::clone(model), device, specs, b.samples.as_ref(), auto::AUTO_MAX_BATCH, b.calibration_step_limit, fit.working_cap)
     }))
     .ok()
     .flatten();
@@ -471,10 +445,15 @@ fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: 
             freed >> 20
         ));
     }
-    let Some(c) = calibration else {
+    let Some(mut c) = calibration else {
         reasons.push(format!("batching: off (the model failed on {} inputs during calibration)", SampleInputs::name(b.samples.as_ref())));
         return (Batching::Off, Measured::default());
     };
+    let fitted = (fit.batch)(c.max_batch, &c.working);
+    if fitted < c.max_batch {
+        reasons.push(format!("memory: the calibrated max_batch {} lowered to {fitted} to fit the memory budget", c.max_batch));
+        c.max_batch = fitted;
+    }
     let stopped = c.stopped.map(|(size, limit)| {
         format!(
             "calibration stopped at {size} samples: that step took longer than {} ms (a model stuck or very slow \
@@ -652,7 +631,7 @@ mod tests {
         let e = plan(&Engine::builder(add_one()).devices(vec![Device::Cpu]).memory_budget(MemoryBudget::FractionOfFree(1.5))).unwrap_err();
         assert!(matches!(&e, EngineError::Build(m) if m.contains("FractionOfFree(1.5)) is out of range")), "{e}");
         let p = plan(&Engine::builder(add_one()).devices(vec![Device::Cpu]).memory_budget(MemoryBudget::Bytes(1)).warmup(false)).unwrap();
-        assert_eq!((p.config.memory_budget, p.config.memory_estimate, p.config.shared_graphs_from), (None, None, None));
+        assert_eq!((p.config.memory_budget, p.config.memory_estimate), (None, None));
         assert!(p.budgets.is_empty());
     }
 

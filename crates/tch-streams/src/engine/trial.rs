@@ -227,7 +227,7 @@ impl Job {
         // Declared first, dropped last: frees this thread's cuBLAS workspaces once nothing
         // (graphs, queued work) can use them.
         let _workspaces = ThreadWorkspaces::new(self.device, stream);
-        let mut runner = Runner::new(self.model.clone(), self.graphs, None);
+        let mut runner = Runner::new(self.model.clone(), self.graphs);
         // Largest first, as a worker does (its graphs share one memory pool).
         worker::warm_up(&self.model, &mut runner, &self.specs, self.samples.as_ref(), &[self.max_batch, 1], self.device)?;
         // Requests as they reach a worker: single-sample inputs on the host, each its own.

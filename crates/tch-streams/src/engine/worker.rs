@@ -57,8 +57,6 @@ pub(crate) struct WorkerSpec {
     pub(crate) samples: Option<SampleInputs>,
     /// Resolved: graphs are used on a CUDA device.
     pub(crate) cuda_graphs: bool,
-    /// The device's shared graphs of large batches (graphs on, several workers on the GPU).
-    pub(crate) shared: Option<Arc<super::graphs::SharedGraphs>>,
     pub(crate) use_pool: bool,
     pub(crate) registry: Arc<Mutex<Vec<WorkerThread>>>,
 }
@@ -160,7 +158,7 @@ fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
     };
     bind_thread(&stream).map_err(|e| e.to_string())?;
     std::mem::forget(tch::no_grad_guard()); // grad mode is per thread; this one never needs it
-    let mut runner = Runner::new(spec.model.clone(), spec.cuda_graphs && matches!(spec.device, Device::Cuda(_)), spec.shared.clone());
+    let mut runner = Runner::new(spec.model.clone(), spec.cuda_graphs && matches!(spec.device, Device::Cuda(_)));
     if let Some(specs) = &spec.warmup {
         // Largest first: graphs share one memory pool per worker, and the smaller ones then fit
         // in what the largest freed.

@@ -1,6 +1,7 @@
 // The device caching allocator's statistics, through c10's device-generic DeviceAllocator.
 #include "guarded.hpp"
 
+#include <ATen/Context.h>
 #include <c10/core/CachingDeviceAllocator.h>
 
 namespace {
@@ -10,6 +11,9 @@ c10::DeviceAllocator& device_allocator(int8_t device_type) {
   if (type == c10::DeviceType::CPU) {
     throw tss::Failure{TSS_ERR_INVALID_ARGUMENT, "CPU has no caching device allocator"};
   }
+  // The allocator sizes its per-device state when the backend first initialises: before any
+  // tensor was made on the device, its statistics would be refused as for a device out of range.
+  at::globalContext().lazyInitDevice(type);
   return *c10::getDeviceAllocator(type);
 }
 }  // namespace
