@@ -91,12 +91,17 @@ fn the_defaults_turn_batching_off_where_the_workers_serve_more_unbatched() {
             line.contains(&format!("unbatched {:.0}/s >= batched at max {} {:.0}/s", trial.off_per_s, trial.max_batch, trial.batched_per_s)),
             "{line}"
         );
-        serves_doubles(&engine);
-        engine.shutdown();
-        let st = engine.stats();
-        assert_eq!((st.completed, st.failed), (12, 0), "{st:?}");
-        accounted(&st);
+        serves_then_shuts_down(&engine);
     });
+}
+
+/// Serves the 12 requests of `serves_doubles`, shuts down, and checks every request is counted.
+fn serves_then_shuts_down(engine: &Arc<Engine>) {
+    serves_doubles(engine);
+    engine.shutdown();
+    let st = engine.stats();
+    assert_eq!((st.completed, st.failed), (12, 0), "{st:?}");
+    accounted(&st);
 }
 
 #[test]
@@ -116,11 +121,7 @@ fn the_defaults_keep_batching_where_batches_serve_more() {
             "{line}"
         );
         assert!(cfg.reasons.iter().any(|r| r.starts_with("batching: dynamic")), "{:?}", cfg.reasons);
-        serves_doubles(&engine);
-        engine.shutdown();
-        let st = engine.stats();
-        assert_eq!((st.completed, st.failed), (12, 0), "{st:?}");
-        accounted(&st);
+        serves_then_shuts_down(&engine);
     });
 }
 
