@@ -134,51 +134,7 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     let working_cap = budgets.first().zip(weights).map(|(&(_, limit, _), w)| (limit - w * instances(&assigned) as i64) / on_first(&assigned) as i64);
     let fit = Fit { batch: &fit_batch, working_cap };
     let (mut batching, measured) = resolve_batching(b, known.as_ref(), &workers, cuda_graphs, &fit, &mut reasons)?;
-    let footprint = Footprint { weights: weights.unwrap_or(0), working: measured.working.clone() };
-    let mut estimate = None;
-    if let (Batching::Dynamic { max_batch, max_wait }, Some(&(_, limit, _)), Some(_)) = (batching, budgets.first(), weights) {
-        let layout = Layout { workers: on_first(&assigned), instances: instances(&assigned), largest: max_batch };
-        let auto_batch = b.batching == Batching::Auto && b.buckets.is_none();
-        match budget::fit(&footprint, layout, limit, b.workers.is_none()) {
-            Some(Ok(f)) if auto_batch => {
-                if f.max_batch < max_batch || f.workers < layout.workers {
-                    reasons.push(format!(
-                        "memory: max_batch {max_batch} -> {}, workers per GPU {} -> {}, to fit the budget of {} MiB (estimate {} MiB)",
-                        f.max_batch,
-                        layout.workers,
-                        f.workers,
-                        budget::mib(limit),
-                        budget::mib(f.estimate)
-                    ));
-                    batching = Batching::Dynamic { max_batch: f.max_batch, max_wait };
-                    let keep = (f.workers * budgets.len().max(1)).min(assigned.len());
-                    assigned.truncate(keep);
-                    workers.truncate(keep);
-                }
-                estimate = Some(f.estimate);
-            }
-            Some(Err(smallest)) if auto_batch => {
-                return Err(EngineError::Build(format!(
-                    "memory: even {} worker(s) with batches of 1 need an estimated {} MiB on {:?}, over the budget of {} MiB; \
-                     raise the budget (memory_budget, --gpu-memory) or give fewer workers",
-                    if b.workers.is_none() { 1 } else { layout.workers },
-                    budget::mib(smallest),
-                    assigned[0],
-                    budget::mib(limit)
-                )));
-            }
-            _ => estimate = footprint.estimate(layout),
-        }
-    }
-    if let (Some(e), Some(&(_, limit, _))) = (estimate, budgets.first()) {
-        let eager = footprint.working(batching_max(batching)).unwrap_or(0) + footprint.weights;
-        reasons.push(format!(
-            "memory: estimated {} MiB per GPU at the peak (one forward of the largest batch plus weights: {} MiB), budget {} MiB",
-            budget::mib(e),
-            budget::mib(eager),
-            budget::mib(limit)
-        ));
-    }
+    let estimate = fit_to_budget(b, &budgets, weights, &measured.working, &mut batching, &mut assigned, &mut workers, &mut reasons)?;
     let buckets = resolve_buckets(b, batching, &mut reasons)?;
     check_warmup_size(known.as_ref(), &buckets)?;
     reasons.extend(graph_reasons);
@@ -209,6 +165,71 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
         config,
         budgets,
     })
+}
+
+/// Fits the resolved automatic choices into the first GPU's budget (see `budget`): lowers
+/// `max_batch`, then drops workers when the builder did not give them (truncating `assigned`
+/// and `workers` alike), or refuses the build when even one worker with batches of 1 cannot
+/// fit. Returns the estimate the configuration reports (`None` without a budget or the
+/// calibration's measurements) and adds the reason lines.
+#[allow(clippy::too_many_arguments)]
+fn fit_to_budget(
+    b: &EngineBuilder,
+    budgets: &[(Device, i64, i64)],
+    weights: Option<i64>,
+    working: &[(usize, i64)],
+    batching: &mut Batching,
+    assigned: &mut Vec<Device>,
+    workers: &mut Vec<WorkerPlan>,
+    reasons: &mut Vec<String>,
+) -> Result<Option<i64>, EngineError> {
+    let (Some(&(_, limit, _)), Some(weights)) = (budgets.first(), weights) else { return Ok(None) };
+    let Batching::Dynamic { max_batch, max_wait } = *batching else { return Ok(None) };
+    let footprint = Footprint { weights, working: working.to_vec() };
+    let on_first = assigned.iter().filter(|&&d| d == assigned[0]).count();
+    let instances = if b.replicas == Replicas::Shared { 1 } else { on_first };
+    let layout = Layout { workers: on_first, instances, largest: max_batch };
+    let auto_batch = b.batching == Batching::Auto && b.buckets.is_none();
+    let estimate = match budget::fit(&footprint, layout, limit, b.workers.is_none()) {
+        Some(Ok(f)) if auto_batch => {
+            if f.max_batch < max_batch || f.workers < layout.workers {
+                reasons.push(format!(
+                    "memory: max_batch {max_batch} -> {}, workers per GPU {} -> {}, to fit the budget of {} MiB (estimate {} MiB)",
+                    f.max_batch,
+                    layout.workers,
+                    f.workers,
+                    budget::mib(limit),
+                    budget::mib(f.estimate)
+                ));
+                *batching = Batching::Dynamic { max_batch: f.max_batch, max_wait };
+                let keep = (f.workers * budgets.len().max(1)).min(assigned.len());
+                assigned.truncate(keep);
+                workers.truncate(keep);
+            }
+            Some(f.estimate)
+        }
+        Some(Err(smallest)) if auto_batch => {
+            return Err(EngineError::Build(format!(
+                "memory: even {} worker(s) with batches of 1 need an estimated {} MiB on {:?}, over the budget of {} MiB; \
+                 raise the budget (memory_budget, --gpu-memory) or give fewer workers",
+                if b.workers.is_none() { 1 } else { layout.workers },
+                budget::mib(smallest),
+                assigned[0],
+                budget::mib(limit)
+            )));
+        }
+        _ => footprint.estimate(layout),
+    };
+    if let Some(e) = estimate {
+        let eager = footprint.working(batching_max(*batching)).unwrap_or(0) + footprint.weights;
+        reasons.push(format!(
+            "memory: estimated {} MiB per GPU at the peak (one forward of the largest batch plus weights: {} MiB), budget {} MiB",
+            budget::mib(e),
+            budget::mib(eager),
+            budget::mib(limit)
+        ));
+    }
+    Ok(estimate)
 }
 
 /// The largest batch of a resolved batching (1 when off).
