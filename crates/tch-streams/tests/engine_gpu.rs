@@ -305,6 +305,12 @@ fn random_sample_inputs_with_graphs_on_several_workers_build_and_serve() {
 #[ignore = "needs a CUDA GPU"]
 fn a_memory_budget_is_fitted_or_refused_with_the_figures() {
     use tch_streams::engine::MemoryBudget;
+    // Three builds with calibration and trial: a watchdog in case one never returns.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(300));
+        eprintln!("a_memory_budget_is_fitted_or_refused_with_the_figures: still running after 300 s");
+        std::process::exit(3);
+    });
     let err = Engine::builder(Model::Builtin(Builtin::LargeMlp))
         .devices(vec![GPU])
         .workers(2)
