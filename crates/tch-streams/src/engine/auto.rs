@@ -105,17 +105,25 @@ pub(crate) struct Calibration {
 const RUNS: usize = 3;
 
 /// Times `model` on inputs of 1, 2, 4, … samples (the builder's sample inputs, else zeros), up
-/// to `cap` or until a size is over [`LATENCY_CAP`] on every one of its [`RUNS`] runs (one slow
-/// run, from other work on the machine, does not stop the search); returns the choice, the
-/// readings and how noisy they were. The choice is the smallest size whose throughput reaches
-/// [`NEAR_BEST`] of the best measured: past it, a bigger batch buys little throughput and costs
-/// latency. Errors (the model fails on the inputs, out of memory) end the search at the last size
-/// that worked; `None` when even one sample failed.
+/// to `cap`, and returns the choice, the readings and how noisy they were. The choice is the
+/// smallest size whose throughput reaches [`NEAR_BEST`] of the best measured: past it, a bigger
+/// batch buys little throughput and costs latency and memory. Sizes stop growing:
+/// - after a size over [`LATENCY_CAP`] on every one of its [`RUNS`] runs (one slow run, from
+///   other work on the machine, does not stop the search);
+/// - after a size that is [`saturated`]: doubling the batch gained less than the choice rule
+///   can use, so the size measured last is at most twice the choice and calibration never holds
+///   the memory of batches four or more times the one it picks. One noisy reading does not end
+///   the search: both sizes are timed again first, each keeping its fastest run;
+/// - after a size whose working memory is over `working_cap` (a larger one could not fit the
+///   memory budget).
 ///
-/// Sizes stop after one whose working memory is over `working_cap` (a larger one could not fit
-/// the memory budget). Each size's working memory is the rise of the device's peak allocated bytes over what was
+/// Errors (the model fails on the inputs, out of memory) end the search at the last size that
+/// worked; `None` when even one sample failed.
+///
+/// Each size's working memory is the rise of the device's peak allocated bytes over what was
 /// allocated before its inputs were made (the device's peak figures are reset for it: anything
-/// else measuring peaks on that device sees them reset).
+/// else measuring peaks on that device sees them reset). The allocator's unused blocks go back
+/// to the driver after every size, so that the device holds one size's memory at a time.
 ///
 /// The runs happen on a thread of their own, bound to the caller's current stream; each size
 /// (a first run and [`RUNS`] timed ones) has `step_limit`. A size that outlives it (a model stuck
@@ -132,15 +140,14 @@ pub(crate) fn calibrate(
 ) -> Option<Calibration> {
     let stream = crate::stream::Stream::current(device).ok()?;
     let (specs, samples) = (specs.to_vec(), samples.cloned());
-    let (tx, rx) = crossbeam_channel::unbounded::<Option<(usize, f64, f64, Option<i64>)>>();
+    let (tx, rx) = crossbeam_channel::unbounded::<Step>();
     let sizes: Vec<usize> = std::iter::successors(Some(1usize), |&b| b.checked_mul(2)).take_while(|&b| b <= cap.max(1)).collect();
-    let planned = sizes.clone();
     let thread = std::thread::Builder::new()
         .name("tch-streams-calibration".into())
         .spawn(move || {
             let _no_grad = tch::no_grad_guard();
             if device != Device::Cpu && crate::stream::bind_thread(&stream).is_err() {
-                let _ = tx.send(None);
+                let _ = tx.send(Step::Failed);
                 return;
             }
             // Dropped as the thread ends: frees the cuBLAS workspaces its runs made.
@@ -152,7 +159,7 @@ pub(crate) fn calibrate(
                 crate::stream::reset_peak_memory(device).ok()?;
                 Some(base)
             };
-            let time = |b: usize| -> Option<(f64, f64, Option<i64>)> {
+            let time = |b: usize| -> Option<Reading> {
                 let base = mark();
                 let xs = SampleInputs::make(samples.as_ref(), &specs, b, device).ok()?;
                 let run = || -> Option<f64> {
@@ -167,36 +174,61 @@ pub(crate) fn calibrate(
                 v.sort_by(f64::total_cmp);
                 drop(xs);
                 let working = base.and_then(|base| Some(crate::stream::memory_stats(device).ok()?.peak_allocated - base));
-                Some((v[0], v[RUNS - 1], working))
+                if device != Device::Cpu {
+                    let _ = crate::stream::empty_cache(device);
+                }
+                Some(Reading { size: b, fastest: v[0], slowest: v[RUNS - 1], working })
             };
-            for b in planned {
-                let reading = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| time(b))).ok().flatten();
-                let Some((fastest, slowest, working)) = reading else {
-                    let _ = tx.send(None);
+            let guarded = |b: usize| {
+                if tx.send(Step::Timing(b)).is_err() {
+                    return None;
+                }
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| time(b))).ok().flatten()
+            };
+            let mut last: Option<Reading> = None;
+            for b in sizes {
+                let Some(mut r) = guarded(b) else {
+                    let _ = tx.send(Step::Failed);
                     return;
                 };
-                let over_memory = working.zip(working_cap).is_some_and(|(w, cap)| w > cap);
-                if tx.send(Some((b, fastest, slowest, working))).is_err() || fastest > LATENCY_CAP.as_secs_f64() * 1e6 || over_memory {
+                if let Some(prev) = last.filter(|p| saturated(p, &r)) {
+                    // Timed again, each keeping its fastest run: one noisy reading decides nothing.
+                    let (Some(p2), Some(r2)) = (guarded(prev.size), guarded(b)) else {
+                        let _ = tx.send(Step::Failed);
+                        return;
+                    };
+                    let prev = prev.merge(&p2);
+                    r = r.merge(&r2);
+                    if tx.send(Step::Read(prev)).is_err() {
+                        return;
+                    }
+                    if saturated(&prev, &r) {
+                        let _ = tx.send(Step::Read(r));
+                        return;
+                    }
+                }
+                let over_memory = r.working.zip(working_cap).is_some_and(|(w, cap)| w > cap);
+                if tx.send(Step::Read(r)).is_err() || r.fastest > LATENCY_CAP.as_secs_f64() * 1e6 || over_memory {
                     return;
                 }
+                last = Some(r);
             }
         })
         .ok()?;
-    let mut readings: Vec<(usize, f64)> = Vec::new();
-    let mut spread = Vec::new();
+    let mut got: Vec<Reading> = Vec::new();
     let mut stopped = None;
-    let mut working = Vec::new();
-    for &b in &sizes {
+    let mut current = 1;
+    loop {
         match rx.recv_timeout(step_limit) {
-            Ok(Some((n, fastest, slowest, bytes))) => {
-                readings.push((n, fastest));
-                working.extend(bytes.map(|w| (n, w.max(0))));
-                spread.push(if fastest > 0.0 { (slowest - fastest) / fastest } else { 0.0 });
-            }
-            // The model failed at this size, or the thread ended (over the latency cap).
-            Ok(None) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Ok(Step::Timing(n)) => current = n,
+            Ok(Step::Read(r)) => match got.iter_mut().find(|g| g.size == r.size) {
+                Some(g) => *g = r,
+                None => got.push(r),
+            },
+            // The model failed at this size, or the thread ended (its last size read).
+            Ok(Step::Failed) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                stopped = Some((b, step_limit));
+                stopped = Some((current, step_limit));
                 break;
             }
         }
@@ -207,7 +239,56 @@ pub(crate) fn calibrate(
         drop(rx);
         let _ = thread.join();
     }
+    let readings: Vec<(usize, f64)> = got.iter().map(|r| (r.size, r.fastest)).collect();
+    let spread = got.iter().map(|r| if r.fastest > 0.0 { (r.slowest - r.fastest) / r.fastest } else { 0.0 }).collect();
+    let working = got.iter().filter_map(|r| r.working.map(|w| (r.size, w.max(0)))).collect();
     Some(Calibration { max_batch: choose(&readings)?, readings, spread, stopped, working })
+}
+
+/// One calibration size's timings (µs) and working memory (bytes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reading {
+    size: usize,
+    fastest: f64,
+    slowest: f64,
+    working: Option<i64>,
+}
+
+impl Reading {
+    /// Two timings of one size as one: the fastest and slowest of both, the larger memory.
+    fn merge(&self, other: &Reading) -> Reading {
+        Reading {
+            size: self.size,
+            fastest: self.fastest.min(other.fastest),
+            slowest: self.slowest.max(other.slowest),
+            working: match (self.working, other.working) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
+/// What the calibration thread tells the planner.
+enum Step {
+    /// It starts timing this size.
+    Timing(usize),
+    /// A size's reading (a size timed again replaces its earlier reading).
+    Read(Reading),
+    /// The model failed (or panicked) at the size last started.
+    Failed,
+}
+
+/// Whether `cur` (the next size after `prev`) served less than `1 / NEAR_BEST` times `prev`'s
+/// samples per µs: then `prev` already reaches [`NEAR_BEST`] of `cur`'s throughput, and a
+/// larger size would only be chosen if it gained that back later (which models seldom do once
+/// their kernels fill the device), at the cost of its memory.
+fn saturated(prev: &Reading, cur: &Reading) -> bool {
+    if prev.fastest <= 0.0 || cur.fastest <= 0.0 {
+        return false;
+    }
+    let rate = |r: &Reading| r.size as f64 / r.fastest;
+    rate(cur) * NEAR_BEST < rate(prev)
 }
 
 /// The smallest size whose samples per µs reach [`NEAR_BEST`] of the best, among readings
@@ -225,7 +306,7 @@ pub(crate) fn choose(readings: &[(usize, f64)]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::choose;
+    use super::{choose, saturated, Reading};
 
     #[test]
     fn the_choice_is_the_smallest_batch_near_the_best_throughput() {
@@ -239,5 +320,32 @@ mod tests {
         let slow = [(1, 1_000.0), (2, 1_500.0), (4, 30_000.0)];
         assert_eq!(choose(&slow), Some(2));
         assert_eq!(choose(&[]), None);
+    }
+
+    fn reading(size: usize, fastest: f64) -> Reading {
+        Reading { size, fastest, slowest: fastest * 1.1, working: Some(size as i64 * 100) }
+    }
+
+    #[test]
+    fn a_doubling_that_gains_less_than_the_choice_rule_uses_is_saturated() {
+        // 64 -> 128: 1.8x the rate, still growing.
+        assert!(!saturated(&reading(64, 100.0), &reading(128, 111.0)));
+        // 128 -> 256 at 1.05x the rate: 128 is within 90 % of it.
+        assert!(saturated(&reading(128, 200.0), &reading(256, 381.0)));
+        // Launch-bound: 1.2x the rate for twice the samples is growth enough.
+        assert!(!saturated(&reading(1, 90.0), &reading(2, 150.0)));
+        assert!(!saturated(&reading(1, 0.0), &reading(2, 10.0)), "a zero time says nothing");
+        // The choice among the readings kept is never larger than half the last size then.
+        let (prev, cur) = (reading(128, 200.0), reading(256, 381.0));
+        assert_eq!(choose(&[(64, 111.0), (prev.size, prev.fastest), (cur.size, cur.fastest)]), Some(128));
+    }
+
+    #[test]
+    fn timings_of_one_size_merge_to_the_fastest_and_slowest_and_the_larger_memory() {
+        let a = Reading { size: 8, fastest: 10.0, slowest: 30.0, working: Some(5) };
+        let b = Reading { size: 8, fastest: 12.0, slowest: 14.0, working: None };
+        assert_eq!(a.merge(&b), Reading { size: 8, fastest: 10.0, slowest: 30.0, working: Some(5) });
+        let c = Reading { fastest: 9.0, working: Some(7), ..b };
+        assert_eq!(a.merge(&c), Reading { size: 8, fastest: 9.0, slowest: 30.0, working: Some(7) });
     }
 }

@@ -134,6 +134,11 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     let working_cap = budgets.first().zip(weights).map(|(&(_, limit, _), w)| (limit - w * instances(&assigned) as i64) / on_first(&assigned) as i64);
     let fit = Fit { batch: &fit_batch, working_cap };
     let (mut batching, measured) = resolve_batching(b, known.as_ref(), &workers, cuda_graphs, &fit, &mut reasons)?;
+    if let Some(n) = measured.trial.as_ref().and_then(Trial::fewer_suffice) {
+        // Round-robin assignment: the first n workers spread over the devices as all did.
+        assigned.truncate(n);
+        workers.truncate(n);
+    }
     let estimate = fit_to_budget(b, &budgets, weights, &measured.working, &mut batching, &mut assigned, &mut workers, &mut reasons)?;
     let buckets = resolve_buckets(b, batching, &mut reasons)?;
     check_warmup_size(known.as_ref(), &buckets)?;
@@ -509,7 +514,11 @@ fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: 
 /// [`trial::compare`]); afterwards the devices' cached memory is given back, as after the
 /// calibration.
 fn tried(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool, max_batch: usize) -> Result<Trial, String> {
-    let setup = trial::TrialSetup { specs, samples: b.samples.as_ref(), output: b.output, graphs, max_batch };
+    // Half the workers are tried too where their memory is what they cost: GPU workers the
+    // builder did not count.
+    let on_gpus = workers.iter().all(|w| w.device != Device::Cpu);
+    let fewer = (b.workers.is_none() && on_gpus && workers.len() >= 2).then_some(workers.len() / 2);
+    let setup = trial::TrialSetup { specs, samples: b.samples.as_ref(), output: b.output, graphs, max_batch, fewer };
     let trial = trial::compare(workers, &setup, trial::WINDOW, b.calibration_step_limit);
     let mut devices: Vec<Device> = Vec::new();
     for w in workers {
@@ -531,14 +540,31 @@ fn trial_reason(trial: Option<&Result<Trial, String>>) -> String {
             workers(t.workers),
             t.off_per_s, t.max_batch, t.batched_per_s
         ),
-        Some(Ok(t)) => format!(
-            "batching trial: batched at max {} {:.0}/s > unbatched {:.0}/s (measured with {} {})",
-            t.max_batch,
-            t.batched_per_s,
-            t.off_per_s,
-            t.workers,
-            workers(t.workers)
-        ),
+        Some(Ok(t)) => {
+            let fewer = match (t.fewer_workers, t.fewer_per_s, t.fewer_suffice()) {
+                (Some(n), Some(r), Some(_)) => format!(
+                    "; {n} {} batched {r:.0}/s, at least {:.0} % of that: workers {} -> {n}, whose graphs and cached batches are not held",
+                    workers(n),
+                    trial::FEWER_KEEPS * 100.0,
+                    t.workers
+                ),
+                (Some(n), Some(r), None) => format!(
+                    "; {n} {} batched only {r:.0}/s, under {:.0} % of that: all {} kept",
+                    workers(n),
+                    trial::FEWER_KEEPS * 100.0,
+                    t.workers
+                ),
+                _ => String::new(),
+            };
+            format!(
+                "batching trial: batched at max {} {:.0}/s > unbatched {:.0}/s (measured with {} {}){fewer}",
+                t.max_batch,
+                t.batched_per_s,
+                t.off_per_s,
+                t.workers,
+                workers(t.workers)
+            )
+        }
         Some(Err(why)) => format!("batching trial: no answer ({why}); kept the calibration's choice"),
         None => "batching: off (one sample per forward pass served the most samples per second: nothing to batch)".into(),
     }

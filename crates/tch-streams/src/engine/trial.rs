@@ -50,9 +50,15 @@ use tch::{Device, Tensor};
 /// second to `build()`.
 pub(crate) const WINDOW: Duration = Duration::from_millis(150);
 
-/// Rounds of each mode, alternating (off, batched, off, batched): the best rate of each mode
-/// counts, so a burst of other work on the machine during one phase does not decide the choice.
+/// Rounds of each mode, alternating (off, batched[, fewer], off, batched[, fewer]): the best
+/// rate of each mode counts, so a burst of other work on the machine during one phase does not
+/// decide the choice.
 const ROUNDS: usize = 2;
+
+/// Share of all the workers' batched rate that the fewer workers must reach for the engine to
+/// start only them: the memory of the others' graphs and cached batches is worth more than the
+/// last few percent, which are within the trial's own noise.
+pub(crate) const FEWER_KEEPS: f64 = 0.95;
 
 /// What the trial measured: requests served per second by all the workers together, with
 /// batching off and with batches of `max_batch` requests.
@@ -66,6 +72,26 @@ pub struct Trial {
     pub off_per_s: f64,
     /// Single-sample requests per second in batches of `max_batch` (best of the rounds).
     pub batched_per_s: f64,
+    /// Workers that ran the third mode, batches of `max_batch` on only the first of them (the
+    /// others idle), when it ran: GPU workers the builder did not count, two or more.
+    pub fewer_workers: Option<usize>,
+    /// Single-sample requests per second in batches of `max_batch` on `fewer_workers`.
+    pub fewer_per_s: Option<f64>,
+}
+
+impl Trial {
+    /// Whether batching served more than batching off.
+    pub fn batching_wins(&self) -> bool {
+        self.batched_per_s > self.off_per_s
+    }
+
+    /// The workers to start when fewer of them batch nearly as fast as all ([`FEWER_KEEPS`]):
+    /// `Some(fewer_workers)`; `None` to start all (or batching off, which the third mode does
+    /// not measure).
+    pub fn fewer_suffice(&self) -> Option<usize> {
+        let (n, rate) = (self.fewer_workers?, self.fewer_per_s?);
+        (self.batching_wins() && rate >= FEWER_KEEPS * self.batched_per_s).then_some(n)
+    }
 }
 
 /// What the trial runs, besides the workers.
@@ -78,6 +104,9 @@ pub(crate) struct TrialSetup<'a> {
     pub(crate) graphs: bool,
     /// Requests per batch in the batched runs; at least 2.
     pub(crate) max_batch: usize,
+    /// Workers of the third mode (batched on only the first of them), when it runs: 1 or more
+    /// and fewer than the workers.
+    pub(crate) fewer: Option<usize>,
 }
 
 /// A trial thread's report to the coordinator.
@@ -101,6 +130,7 @@ pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Du
     if setup.max_batch < 2 {
         return Err(format!("a batch of {} is no batch", setup.max_batch));
     }
+    let fewer = setup.fewer.filter(|&f| f >= 1 && f < workers.len());
     let (tx, rx) = unbounded::<(usize, Report)>();
     let mut go = Vec::with_capacity(workers.len());
     for (i, w) in workers.iter().enumerate() {
@@ -115,6 +145,8 @@ pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Du
             graphs: setup.graphs && matches!(w.device, Device::Cuda(_)),
             max_batch: setup.max_batch,
             window,
+            modes: if fewer.is_some() { 3 } else { 2 },
+            idle_in_fewer: fewer.is_some_and(|f| i >= f),
         };
         let tx = tx.clone();
         let spawned = std::thread::Builder::new().name(format!("tch-streams-trial-{i}")).spawn(move || {
@@ -134,7 +166,7 @@ pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Du
     drop(tx);
     let n = workers.len();
     let ended = std::cell::Cell::new(0);
-    let outcome = coordinate(&rx, &go, &ended, setup.max_batch, window, limit);
+    let outcome = coordinate(&rx, &go, &ended, setup.max_batch, fewer, window, limit);
     drop(go); // threads waiting for a phase end
     if outcome.is_ok() {
         // Each is about to end, its memory freed: wait for that, so that the caller can give the
@@ -160,6 +192,7 @@ fn coordinate(
     go: &[Sender<()>],
     ended: &std::cell::Cell<usize>,
     max_batch: usize,
+    fewer: Option<usize>,
     window: Duration,
     limit: Duration,
 ) -> Result<Trial, String> {
@@ -182,8 +215,9 @@ fn coordinate(
     for _ in 0..n {
         wait(deadline, "setting up (warm-up, graph capture)")?;
     }
-    let (mut off, mut batched) = (0.0f64, 0.0f64);
-    for phase in 0..2 * ROUNDS {
+    let modes = if fewer.is_some() { 3 } else { 2 };
+    let mut best = [0.0f64; 3]; // off, batched, fewer
+    for phase in 0..modes * ROUNDS {
         for g in go {
             g.send(()).map_err(|_| "a trial thread ended early".to_string())?;
         }
@@ -195,13 +229,21 @@ fn coordinate(
                 (i, _) => return Err(format!("trial thread {i} reported no time")),
             }
         }
-        let best = if phase % 2 == 0 { &mut off } else { &mut batched };
-        *best = best.max(rate);
+        best[phase % modes] = best[phase % modes].max(rate);
     }
-    if !(off.is_finite() && batched.is_finite() && off > 0.0 && batched > 0.0) {
-        return Err(format!("no usable rates (unbatched {off}/s, batched {batched}/s)"));
+    let [off, batched, on_fewer] = best;
+    let usable = |r: f64| r.is_finite() && r > 0.0;
+    if !(usable(off) && usable(batched) && (fewer.is_none() || usable(on_fewer))) {
+        return Err(format!("no usable rates (unbatched {off}/s, batched {batched}/s, on fewer workers {on_fewer}/s)"));
     }
-    Ok(Trial { workers: n, max_batch, off_per_s: off, batched_per_s: batched })
+    Ok(Trial {
+        workers: n,
+        max_batch,
+        off_per_s: off,
+        batched_per_s: batched,
+        fewer_workers: fewer,
+        fewer_per_s: fewer.map(|_| on_fewer),
+    })
 }
 
 /// One trial thread's work.
@@ -215,6 +257,10 @@ struct Job {
     graphs: bool,
     max_batch: usize,
     window: Duration,
+    /// Modes per round: off and batched, and the third (batched on fewer workers) when 3.
+    modes: usize,
+    /// Whether this thread idles in the third mode (it is not among the fewer workers).
+    idle_in_fewer: bool,
 }
 
 impl Job {
@@ -261,11 +307,17 @@ impl Job {
         }
         ahead.drain(&stream)?;
         let _ = tx.send((index, Report::Ready));
-        for phase in 0..2 * ROUNDS {
+        for phase in 0..self.modes * ROUNDS {
             if go.recv().is_err() {
                 return Ok(()); // the coordinator gave up
             }
-            let mode = &modes[phase % 2];
+            // The third mode batches as the second does, on the first threads only.
+            let kind = phase % self.modes;
+            if kind == 2 && self.idle_in_fewer {
+                let _ = tx.send((index, Report::Phase { requests: 0, secs: self.window.as_secs_f64() }));
+                continue;
+            }
+            let mode = &modes[kind.min(1)];
             let t0 = Instant::now();
             let mut iterations = 0u64;
             while iterations == 0 || t0.elapsed() < self.window {
@@ -363,7 +415,7 @@ mod tests {
 
     fn trial(model: &Model, max_batch: usize, limit: Duration) -> Result<Trial, String> {
         let specs: Specs = vec![(vec![4], Kind::Float)];
-        let setup = TrialSetup { specs: &specs, samples: None, output: Output::OnDevice, graphs: false, max_batch };
+        let setup = TrialSetup { specs: &specs, samples: None, output: Output::OnDevice, graphs: false, max_batch, fewer: None };
         compare(&cpu_workers(model, 2), &setup, WINDOW, limit)
     }
 
@@ -390,6 +442,47 @@ mod tests {
         rates_are_sane(&t);
         assert_eq!(t.max_batch, 16);
         assert!(t.batched_per_s > 3.0 * t.off_per_s, "{t:?}");
+    }
+
+    /// A model that holds a lock for its whole call: one worker serves as much as three, and the
+    /// third mode says so; a model that sleeps without one is served three times faster by three.
+    #[test]
+    fn fewer_workers_are_kept_only_when_they_serve_nearly_as_much() {
+        let (serial, parallel) = watchdog(60, || {
+            let lock = Arc::new(parking_lot::Mutex::new(()));
+            let serial = Model::closure(move |x: &Tensor| {
+                let _held = lock.lock();
+                sleep_ms(2);
+                x.f_mul_scalar(2.0)
+            });
+            let parallel = Model::closure(|x: &Tensor| {
+                sleep_ms(2);
+                x.f_mul_scalar(2.0)
+            });
+            let specs: Specs = vec![(vec![4], Kind::Float)];
+            let setup = TrialSetup { specs: &specs, samples: None, output: Output::OnDevice, graphs: false, max_batch: 8, fewer: Some(1) };
+            let run = |m: &Model| compare(&cpu_workers(m, 3), &setup, WINDOW, Duration::from_secs(30)).expect("a trial");
+            (run(&serial), run(&parallel))
+        });
+        for t in [&serial, &parallel] {
+            assert_eq!((t.workers, t.fewer_workers), (3, Some(1)), "{t:?}");
+            assert!(t.fewer_per_s.is_some_and(|r| r.is_finite() && r > 0.0), "{t:?}");
+            assert!(t.batching_wins(), "{t:?}");
+        }
+        // Serialised: three workers gain nothing over one (within the trial's noise).
+        assert!(serial.fewer_per_s.unwrap() > 0.7 * serial.batched_per_s, "{serial:?}");
+        // Concurrent: one worker serves about a third.
+        assert!(parallel.fewer_per_s.unwrap() < 0.6 * parallel.batched_per_s, "{parallel:?}");
+        assert_eq!(parallel.fewer_suffice(), None, "{parallel:?}");
+    }
+
+    #[test]
+    fn fewer_workers_suffice_only_at_the_stated_share_of_a_winning_batched_rate() {
+        let t = Trial { workers: 4, max_batch: 64, off_per_s: 100.0, batched_per_s: 1000.0, fewer_workers: Some(2), fewer_per_s: Some(960.0) };
+        assert_eq!(t.fewer_suffice(), Some(2));
+        assert_eq!(Trial { fewer_per_s: Some(940.0), ..t }.fewer_suffice(), None);
+        assert_eq!(Trial { off_per_s: 2000.0, ..t }.fewer_suffice(), None, "batching off: the third mode does not apply");
+        assert_eq!(Trial { fewer_workers: None, fewer_per_s: None, ..t }.fewer_suffice(), None);
     }
 
     /// rows² ms a call, and a dict of two outputs split per request: one at a time serves ~8x
