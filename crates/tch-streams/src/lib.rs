@@ -29,6 +29,7 @@ pub mod stream;
 mod graph;
 pub mod models;
 pub mod engine;
+pub mod host_tensor;
 
 pub use backend::Backend;
 pub use error::{Error, Result};

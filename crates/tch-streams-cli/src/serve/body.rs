@@ -24,7 +24,14 @@ pub struct Bounds {
     pub timeout: Duration,
     /// Whether it is a gRPC body (one length-prefixed message).
     pub grpc: bool,
+    /// The offset in the body that should lie on an [`ALIGN`]-byte boundary in memory: where an
+    /// HTTP request's binary tensors begin, so that they can become tensors without a copy
+    /// (see `protocol::tensor_from_request_bytes`). Kept when the body declared its length.
+    pub align_at: usize,
 }
+
+/// The alignment [`Bounds::align_at`] asks for: a cache line, more than any element needs.
+pub const ALIGN: usize = 64;
 
 /// The gRPC length prefix: a compression flag byte and a big-endian u32 length.
 const GRPC_PREFIX: usize = 5;
@@ -54,7 +61,12 @@ where
             return Err(too_large(bounds.max_bytes, bounds.grpc));
         }
         held.grow(n as usize)?;
-        buf.reserve(n as usize);
+        // Room for the body and a lead-in that puts `align_at` on a boundary; the lead-in is
+        // skipped, so the body starts after it and is never moved (its length is known).
+        buf.reserve(n as usize + ALIGN);
+        let lead = (ALIGN - (buf.as_ptr() as usize).wrapping_add(bounds.align_at) % ALIGN) % ALIGN;
+        buf.resize(lead, 0);
+        bytes::Buf::advance(&mut buf, lead);
     }
     let mut body = body;
     let reading = async {
@@ -112,7 +124,7 @@ mod tests {
     fn bodies_are_reserved_before_they_are_buffered() {
         let rt = rt();
         let budget = Budget::new(1000);
-        let b = |max_bytes| Bounds { max_bytes, timeout: Duration::from_secs(5), grpc: false };
+        let b = |max_bytes| Bounds { max_bytes, timeout: Duration::from_secs(5), grpc: false, align_at: 0 };
         let (bytes, held) = rt.block_on(read(Full::new(Bytes::from(vec![1u8; 600])), Some(600), b(800), &budget)).unwrap();
         assert_eq!((bytes.len(), held.bytes(), budget.used()), (600, 600, 600));
         // A second declared 600 does not fit: refused before reading.
@@ -126,10 +138,25 @@ mod tests {
     }
 
     #[test]
+    fn a_declared_body_puts_its_binary_part_on_a_boundary() {
+        let rt = rt();
+        let budget = Budget::new(1 << 20);
+        for align_at in [0usize, 1, 37, 64, 100] {
+            let bounds = Bounds { max_bytes: 1000, timeout: Duration::from_secs(5), grpc: false, align_at };
+            let sent: Vec<u8> = (0..200u8).collect();
+            // In two chunks, as a body often arrives.
+            let body = Chunks(vec![Bytes::copy_from_slice(&sent[90..]), Bytes::copy_from_slice(&sent[..90])]);
+            let (bytes, _held) = rt.block_on(read(body, Some(200), bounds, &budget)).unwrap();
+            assert_eq!(&bytes[..], &sent[..], "align_at {align_at}");
+            assert_eq!((bytes.as_ptr() as usize + align_at) % ALIGN, 0, "align_at {align_at}");
+        }
+    }
+
+    #[test]
     fn a_grpc_prefix_reserves_its_message_and_a_stalled_body_times_out() {
         let rt = rt();
         let budget = Budget::new(1000);
-        let g = Bounds { max_bytes: 5000, timeout: Duration::from_millis(200), grpc: true };
+        let g = Bounds { max_bytes: 5000, timeout: Duration::from_millis(200), grpc: true, align_at: 0 };
         // A prefix announcing 2000 bytes: over the budget as soon as it arrives.
         let mut prefix = vec![0u8];
         prefix.extend_from_slice(&2000u32.to_be_bytes());
@@ -155,6 +182,17 @@ mod tests {
                 self.0 = true;
                 std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b"abc")))))
             }
+        }
+    }
+
+    /// Its chunks, last first.
+    struct Chunks(Vec<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop().map(|b| Ok(hyper::body::Frame::data(b))))
         }
     }
 }

@@ -178,7 +178,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
                 parts.extensions.insert(Deadline(arrived + t));
             }
             let declared = parts.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-            let bounds = Bounds { max_bytes: server.limits.max_request_bytes, timeout: server.limits.body_timeout, grpc: true };
+            let bounds = Bounds { max_bytes: server.limits.max_request_bytes, timeout: server.limits.body_timeout, grpc: true, align_at: 0 };
             let read = match body::read(body, declared, bounds, &server.budget).await {
                 // tonic copies the message into its own buffer to decode it: count that too.
                 Ok((bytes, mut held)) => held.grow(bytes.len()).map(|_| (bytes, held)),
@@ -228,7 +228,9 @@ impl Grpc {
         let size = r.raw_input_contents.iter().map(|b| b.len()).sum::<usize>() + r.inputs.iter().map(|i| i.contents.as_ref().map_or(0, |c| c.encoded_len())).sum::<usize>();
         let (admitted, held) = s
             .offload(size, move || {
-                let admitted = m.admit(request::from_grpc(&r)?, &mut held)?;
+                // Each raw tensor is its own buffer (a slice of the message): in place where aligned.
+                let owner_of = |part: &[u8]| r.raw_input_contents.iter().find(|b| b.as_ptr() == part.as_ptr() && b.len() == part.len()).cloned();
+                let admitted = m.admit(request::from_grpc(&r)?, &owner_of, &mut held)?;
                 Ok::<_, ApiError>((admitted, held))
             })
             .await??;

@@ -218,11 +218,20 @@ fn inflate(encoding: &str, body: &[u8], max: usize, held: &mut Reservation) -> R
     }
 }
 
+/// Whether `part` lies inside `whole`'s memory (`Bytes::slice_ref` needs it to).
+fn within(whole: &Bytes, part: &[u8]) -> bool {
+    let (w, p) = (whole.as_ptr() as usize, part.as_ptr() as usize);
+    !part.is_empty() && p >= w && p + part.len() <= w + whole.len()
+}
+
 /// The body, read whole under the size limit, the byte budget and the body timeout; its
 /// reservation is held until the request is answered.
 async fn read_body(s: &Server, headers: &HeaderMap, body: Body) -> Result<(Bytes, Reservation), ApiError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let bounds = Bounds { max_bytes: s.limits.max_request_bytes, timeout: s.limits.body_timeout, grpc: false };
+    // Binary tensors begin after the JSON part (of a body sent as is, not compressed).
+    let compressed = headers.contains_key(header::CONTENT_ENCODING);
+    let align_at = headers.get(HEADER_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<usize>().ok()).filter(|_| !compressed).unwrap_or(0);
+    let bounds = Bounds { max_bytes: s.limits.max_request_bytes, timeout: s.limits.body_timeout, grpc: false, align_at };
     body::read(body, declared, bounds, &s.budget).await
 }
 
@@ -261,8 +270,12 @@ async fn infer_inner(s: &Arc<Server>, p: &ModelPath, headers: &HeaderMap, body: 
             if json_len > body.len() {
                 return Err(ApiError::bad(format!("{HEADER_LENGTH}: {json_len} is not a length within the body's {} bytes", body.len())));
             }
-            let admitted = m.admit(request::from_http(&body, json_len)?, &mut held)?;
-            // The body is freed here: its bytes leave the budget, the tensors stay in it.
+            // Binary tensors in place where aligned: each holds the body's buffer until the engine
+            // lets go of it (the tensors' bytes stay in the budget; the JSON part beside them
+            // leaves it now).
+            let owner_of = |part: &[u8]| within(&body, part).then(|| body.slice_ref(part));
+            let admitted = m.admit(request::from_http(&body, json_len)?, &owner_of, &mut held)?;
+            // The body is dropped here: its bytes leave the budget, the tensors stay in it.
             let len = body.len();
             drop(body);
             held.release(len);

@@ -7,9 +7,10 @@
 
 use super::budget::Reservation;
 use super::json;
-use super::protocol::{datatype, elements, shown, tensor_from_bytes, tensor_from_contents, ApiError};
+use super::protocol::{datatype, elements, shown, tensor_from_contents, tensor_from_request_bytes, ApiError};
 use super::request::{Data, InferRequest};
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -260,7 +261,10 @@ impl ServedModel {
     /// 1..=max_batch_size for all, and its byte or value count. Reserves each input tensor's
     /// bytes from `held`'s budget before making it. Blocks (parses and copies tensors): call it
     /// through [`Server::offload`](super::state::Server::offload) for large requests.
-    pub fn admit(&self, req: InferRequest<'_>, held: &mut Reservation) -> Result<Admitted, ApiError> {
+    /// `owner_of` gives, for a request's binary tensor bytes, the buffer that holds exactly them
+    /// (a cheap clone of part of the body or message), so that aligned bytes become a tensor in
+    /// place; `None` copies them.
+    pub fn admit(&self, req: InferRequest<'_>, owner_of: &dyn Fn(&[u8]) -> Option<Bytes>, held: &mut Reservation) -> Result<Admitted, ApiError> {
         req.params.check("request")?;
         for o in &req.outputs {
             o.params.check(&format!("output {:?}", shown(&o.name)))?;
@@ -305,7 +309,7 @@ impl ServedModel {
             let bytes = elements(&w.shape)?.saturating_mul(spec.kind.elt_size_in_bytes());
             held.grow(bytes)?;
             let t = match w.data {
-                Data::Bytes(b) => tensor_from_bytes(&what, b, &w.shape, spec.kind)?,
+                Data::Bytes(b) => tensor_from_request_bytes(&what, b, owner_of(b), &w.shape, spec.kind)?.0,
                 Data::Json(raw) => json::tensor_from_json(&what, raw, &w.shape, spec.kind)?,
                 Data::Contents(c) => tensor_from_contents(&what, &w.datatype, &w.shape, c)?,
                 Data::Missing => return Err(ApiError::bad(format!("{what} carries no data"))),

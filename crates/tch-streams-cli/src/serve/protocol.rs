@@ -4,6 +4,7 @@
 //! blocks or touches a device (tensors are host tensors).
 
 use super::grpc::pb::InferTensorContents;
+use bytes::Bytes;
 use tch::{Kind, Tensor};
 
 /// Why a request failed, and how each protocol says so.
@@ -199,6 +200,27 @@ pub fn tensor_from_bytes(what: &str, bytes: &[u8], shape: &[i64], kind: Kind) ->
     Tensor::f_from_data_size(bytes, shape, kind).map_err(|e| ApiError::bad(format!("{what}: {e}")))
 }
 
+/// As [`tensor_from_bytes`], for bytes of a request that `owner` holds (the body or message
+/// they lie in): where they are aligned to the element size, the tensor is made over them in
+/// place, holding `owner` until the engine lets go of it, and no byte is copied; elsewhere
+/// (no owner, misaligned bytes) they are copied. Returns the tensor and whether it was copied.
+pub fn tensor_from_request_bytes(what: &str, bytes: &[u8], owner: Option<Bytes>, shape: &[i64], kind: Kind) -> Result<(Tensor, bool), ApiError> {
+    let copied = |bytes| tensor_from_bytes(what, bytes, shape, kind).map(|t| (t, true));
+    let Some(owner) = owner.filter(|o| o.as_ptr() == bytes.as_ptr() && o.len() == bytes.len()) else { return copied(bytes) };
+    if !tch_streams::host_tensor::aligned(bytes, kind) || elements(shape)?.checked_mul(kind.elt_size_in_bytes()) != Some(bytes.len()) {
+        return copied(bytes);
+    }
+    if kind == Kind::Bool && bytes.iter().any(|&b| b > 1) {
+        return Err(ApiError::bad(format!("{what}: BOOL data must be bytes 0 or 1")));
+    }
+    // SAFETY: the tensor is only read: the engine joins or copies every request's inputs into
+    // memory of its own before a model sees them, and nothing else here holds the tensor.
+    match unsafe { tch_streams::host_tensor::tensor_over(owner, shape, kind) } {
+        Ok(t) => Ok((t, false)),
+        Err(_) => copied(bytes), // a kind not made over bytes: the owner went, the bytes are still ours
+    }
+}
+
 /// The row-major little-endian bytes of a host tensor.
 pub fn tensor_to_bytes(t: &Tensor) -> Result<Vec<u8>, ApiError> {
     let internal = |e: tch::TchError| ApiError::new(ErrorKind::Internal, format!("cannot read an output tensor: {e}"));
@@ -267,6 +289,43 @@ mod tests {
             let back = tensor_from_bytes("x", &b, &[2, 3], kind).unwrap();
             assert!(back.equal(&t), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn aligned_request_bytes_become_tensors_in_place_and_the_rest_are_copied() {
+        for (kind, _, _) in TYPES {
+            let t = Tensor::arange(6, (Kind::Float, tch::Device::Cpu)).f_to_kind(kind).unwrap().reshape([2, 3]);
+            let data = tensor_to_bytes(&t).unwrap();
+            // A body: 3 bytes of header, then the tensor at an 8-aligned address.
+            let mut v = vec![0u8; 8 + data.len()];
+            let start = (8 - (v.as_ptr() as usize + 3) % 8) % 8; // header at `start`, tensor at start + 3
+            v.truncate(start + 3 + data.len());
+            v[start + 3..].copy_from_slice(&data);
+            let body = Bytes::from(v);
+            let part = body.slice(start + 3..);
+            let (t2, copied) = tensor_from_request_bytes("x", &part, Some(part.clone()), &[2, 3], kind).unwrap();
+            assert!(!copied, "{kind:?}");
+            assert_eq!(t2.data_ptr() as usize, part.as_ptr() as usize, "{kind:?}: in place");
+            assert!(t2.equal(&t), "{kind:?}");
+            // No owner, or an owner of other bytes: copied.
+            for owner in [None, Some(body.clone())] {
+                let (t3, copied) = tensor_from_request_bytes("x", &part, owner, &[2, 3], kind).unwrap();
+                assert!(copied && t3.equal(&t), "{kind:?}");
+            }
+            // Misaligned for any element wider than a byte: copied.
+            if kind.elt_size_in_bytes() > 1 {
+                let skewed = body.slice(start + 4..start + 4 + kind.elt_size_in_bytes());
+                let (_, copied) = tensor_from_request_bytes("x", &skewed, Some(skewed.clone()), &[1, 1], kind).unwrap();
+                assert!(copied, "{kind:?}");
+            }
+        }
+        // In place or not, the checks are the same.
+        let b = Bytes::from(vec![0u8, 2]);
+        let e = tensor_from_request_bytes("flags", &b, Some(b.clone()), &[1, 2], Kind::Bool).unwrap_err();
+        assert_eq!(e.message, "flags: BOOL data must be bytes 0 or 1");
+        let b = Bytes::from(vec![0u8; 7]);
+        let e = tensor_from_request_bytes("input0", &b, Some(b.clone()), &[2, 1], Kind::Float).unwrap_err();
+        assert_eq!(e.message, "input0: 7 byte(s) of data, but shape [2, 1] of FP32 needs 8");
     }
 
     #[test]

@@ -105,6 +105,15 @@ int32_t tss_memory_empty_cache(int8_t device_type);
 /* The driver's free and total bytes on that device (free memory counts what every process holds). */
 int32_t tss_memory_info(int8_t device_type, int8_t device_index, int64_t* free_bytes, int64_t* total_bytes);
 
+/* ---- host tensors over caller-owned memory ---- */
+
+/* A CPU tensor (an at::Tensor*, for tch's Tensor::from_ptr) of `sizes` and `scalar_type` (c10's
+ * ScalarType numbering) over `data`, which must be aligned to the element size. No byte is
+ * copied. `release(owner)` runs exactly once: when the tensor's storage is freed, or before this
+ * returns when it fails. */
+int32_t tss_host_tensor_over(void* data, const int64_t* sizes, size_t ndim, int8_t scalar_type, void* owner,
+                             void (*release)(void*), void** out);
+
 /* ---- events ---- */
 
 int32_t tss_event_new(int8_t device_type, bool enable_timing, TssEvent** out);
