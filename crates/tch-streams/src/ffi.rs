@@ -52,6 +52,7 @@ macro_rules! shim_functions {
             fn tss_memory_empty_cache(device_type: i8) -> i32;
             fn tss_memory_info(device_type: i8, device_index: i8, free_bytes: *mut i64, total_bytes: *mut i64) -> i32;
             fn tss_host_tensor_over(data: *mut c_void, sizes: *const i64, ndim: usize, scalar_type: i8, owner: *mut c_void, release: Option<unsafe extern "C" fn(arg1: *mut c_void)>, out: *mut *mut c_void) -> i32;
+            fn tss_host_tensor_pinned(sizes: *const i64, ndim: usize, scalar_type: i8, out: *mut *mut c_void) -> i32;
             fn tss_event_new(device_type: i8, enable_timing: bool, out: *mut *mut TssEvent) -> i32;
             fn tss_event_free(event: *mut TssEvent);
             fn tss_event_record(event: *mut TssEvent, stream: TssStream) -> i32;

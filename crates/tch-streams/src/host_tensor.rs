@@ -1,5 +1,6 @@
-//! CPU tensors over bytes that stay with their owner: a request's bytes become a model input
-//! without being copied into a tensor first.
+//! Host tensors made for copies to a device: CPU tensors over bytes that stay with their owner
+//! ([`tensor_over`]: a request's bytes become a model input without being copied into a tensor
+//! first), and page-locked ones ([`pinned_empty`]).
 //!
 //! The tensor holds its owner (boxed) and drops it when libtorch frees the tensor's storage, on
 //! whichever thread lets go of the last tensor or view of it: the owner must be `Send`. Nothing
@@ -57,6 +58,24 @@ where
         ffi::tss_host_tensor_over(data, shape.as_ptr(), shape.len(), scalar_type, boxed, Some(release::<O>), &mut out)
     };
     crate::status::check(status, crate::Backend::Cpu, 0, "from_blob")?;
+    // SAFETY: on success `out` is a new at::Tensor*, now owned by the returned Tensor.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// An uninitialised page-locked CPU tensor of `shape` and `kind`, taken straight from the
+/// accelerator's caching host allocator (the fast source of asynchronous copies to the device).
+/// Errors where the loaded libtorch has no pinned-memory allocator (a CPU-only build).
+pub fn pinned_empty(shape: &[i64], kind: Kind) -> Result<Tensor> {
+    if shape.iter().any(|&d| d < 0) {
+        return Err(Error::InvalidArgument(format!("shape {shape:?} is invalid: dims must be >= 0")));
+    }
+    let Some(scalar_type) = scalar_type(kind) else {
+        return Err(Error::InvalidArgument(format!("{kind:?} tensors are not made pinned here")));
+    };
+    let mut out: *mut c_void = std::ptr::null_mut();
+    // SAFETY: `shape` outlives the call; `out` is a valid out-pointer.
+    let status = unsafe { ffi::tss_host_tensor_pinned(shape.as_ptr(), shape.len(), scalar_type, &mut out) };
+    crate::status::check(status, crate::Backend::Cpu, 0, "empty(pinned_memory)")?;
     // SAFETY: on success `out` is a new at::Tensor*, now owned by the returned Tensor.
     Ok(unsafe { Tensor::from_ptr(out.cast()) })
 }
@@ -162,6 +181,20 @@ mod tests {
         assert_eq!(t.size(), vec![0, 3]);
         drop(t);
         assert_eq!(drops.load(Ordering::SeqCst), 1, "the refused owner was dropped");
+    }
+
+    #[test]
+    fn pinned_tensors_are_page_locked_where_an_accelerator_allocator_exists() {
+        match pinned_empty(&[4, 3], Kind::Float) {
+            Ok(t) => {
+                assert_eq!((t.size(), t.kind(), t.device()), (vec![4, 3], Kind::Float, tch::Device::Cpu));
+                assert!(t.f_is_pinned(tch::Device::Cuda(0)).unwrap_or(false), "page-locked");
+            }
+            // A CPU-only libtorch has no pinned-memory allocator: the error says so.
+            Err(e) => assert!(matches!(&e, Error::Torch { op: "empty(pinned_memory)", .. }), "{e}"),
+        }
+        let e = pinned_empty(&[-1], Kind::Float).unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("dims must be >= 0")), "{e}");
     }
 
     #[test]

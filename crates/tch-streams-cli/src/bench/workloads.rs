@@ -257,7 +257,12 @@ fn point(cfg: &BenchConfig, w: &Workload, model: &Arc<dyn Forward>, mode: Mode, 
             let (io, own_stream) = if mode == Mode::LimitHost {
                 // Pinned host memory where there is a device to pin for; plain memory on CPU.
                 if matches!(device, Device::Cuda(_)) {
-                    x = x.iter().map(|t| t.f_pin_memory(device)).collect::<Result<Vec<_>, _>>().map_err(|e| format!("could not pin the input: {}", inputs::one_line(&e)))?;
+                    let pin = |t: &Tensor| -> Result<Tensor, String> {
+                        let mut p = tch_streams::host_tensor::pinned_empty(&t.size(), t.kind()).map_err(|e| e.to_string())?;
+                        p.f_copy_(t).map_err(|e| inputs::one_line(&e))?;
+                        Ok(p)
+                    };
+                    x = x.iter().map(pin).collect::<Result<Vec<_>, _>>().map_err(|e| format!("could not pin the input: {e}"))?;
                 }
                 (Io::Pinned(device), matches!(device, Device::Cuda(_)))
             } else {

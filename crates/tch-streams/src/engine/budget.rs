@@ -72,6 +72,10 @@ pub(crate) struct Footprint {
     /// (samples per batch, bytes one forward of that size holds at its peak, its inputs and
     /// outputs included), in increasing size.
     pub(crate) working: Vec<(usize, i64)>,
+    /// (largest batch, bytes) one worker really held once set up as it will run (its CUDA
+    /// graphs' pool, buffers, cuBLAS workspaces), as the start-up trial measured it; preferred
+    /// to `working`, which one eager forward measures and which leaves that overhead out.
+    pub(crate) per_worker: Option<(usize, i64)>,
 }
 
 /// The layout of one device whose memory is estimated.
@@ -97,9 +101,23 @@ impl Footprint {
         Some(((w as f64) * rows as f64 / b.max(1) as f64).ceil() as i64)
     }
 
+    /// Bytes one worker holds when its largest batch is `rows`: the trial's measurement, scaled
+    /// by the working memory of `rows` against that of the measured size; else the working
+    /// memory alone.
+    pub(crate) fn per_worker(&self, rows: usize) -> Option<i64> {
+        match self.per_worker {
+            Some((b, held)) if b == rows => Some(held),
+            Some((b, held)) => {
+                let (at_rows, at_b) = (self.working(rows)?, self.working(b)?);
+                Some((held as f64 * at_rows as f64 / at_b.max(1) as f64).ceil() as i64)
+            }
+            None => self.working(rows),
+        }
+    }
+
     /// Bytes the engine holds on a device laid out as `l` at its peak (see the module docs).
     pub(crate) fn estimate(&self, l: Layout) -> Option<i64> {
-        Some(self.weights * l.instances as i64 + l.workers as i64 * self.working(l.largest)?)
+        Some(self.weights * l.instances as i64 + l.workers as i64 * self.per_worker(l.largest)?)
     }
 }
 
@@ -167,7 +185,22 @@ mod tests {
 
     fn fp() -> Footprint {
         // Weights 50 MiB; 10 MiB per sample.
-        Footprint { weights: 50 * MB, working: (0..8).map(|k| (1usize << k, (10 << k) * MB)).collect() }
+        Footprint { weights: 50 * MB, working: (0..8).map(|k| (1usize << k, (10 << k) * MB)).collect(), per_worker: None }
+    }
+
+    #[test]
+    fn a_measured_worker_replaces_the_working_memory_and_scales_with_it() {
+        // The trial saw 1.5x the eager working memory at 64 samples (graph pool, workspaces).
+        let f = Footprint { per_worker: Some((64, 960 * MB)), ..fp() };
+        assert_eq!(f.per_worker(64), Some(960 * MB));
+        assert_eq!(f.per_worker(32), Some(480 * MB), "scaled by working(32) / working(64)");
+        assert_eq!(f.estimate(layout(64)), Some(50 * MB + 4 * 960 * MB));
+        // Fitting uses it: 2000 MiB holds 4 workers of 32 samples (480 MiB each), not of 64.
+        let fitted = fit(&f, layout(64), 2000 * MB, true).unwrap().unwrap();
+        assert_eq!((fitted.max_batch, fitted.workers, fitted.estimate), (32, 4, 50 * MB + 4 * 480 * MB));
+        // A measurement without calibration readings still answers for its own size.
+        let alone = Footprint { weights: 0, working: Vec::new(), per_worker: Some((8, 100)) };
+        assert_eq!((alone.per_worker(8), alone.per_worker(4)), (Some(100), None));
     }
 
     fn layout(largest: usize) -> Layout {

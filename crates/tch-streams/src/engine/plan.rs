@@ -123,7 +123,7 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     // The calibrated max_batch, lowered to fit the budget before the trial runs it on every worker.
     let fit_batch = |max_batch: usize, working: &[(usize, i64)]| -> usize {
         let (Some(&(_, limit, _)), Some(weights)) = (budgets.first(), weights) else { return max_batch };
-        let fp = Footprint { weights, working: working.to_vec() };
+        let fp = Footprint { weights, working: working.to_vec(), per_worker: None };
         let layout = Layout { workers: on_first(&assigned), instances: instances(&assigned), largest: max_batch };
         match budget::fit(&fp, layout, limit, false) {
             Some(Ok(f)) => f.max_batch,
@@ -139,7 +139,8 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
         assigned.truncate(n);
         workers.truncate(n);
     }
-    let estimate = fit_to_budget(b, &budgets, weights, &measured.working, &mut batching, &mut assigned, &mut workers, &mut reasons)?;
+    let held = measured.trial.as_ref().and_then(|t| Some((t.max_batch, t.held_per_worker?)));
+    let estimate = fit_to_budget(b, &budgets, weights, &measured.working, held, &mut batching, &mut assigned, &mut workers, &mut reasons)?;
     let buckets = resolve_buckets(b, batching, &mut reasons)?;
     check_warmup_size(known.as_ref(), &buckets)?;
     reasons.extend(graph_reasons);
@@ -183,6 +184,7 @@ fn fit_to_budget(
     budgets: &[(Device, i64, i64)],
     weights: Option<i64>,
     working: &[(usize, i64)],
+    per_worker: Option<(usize, i64)>,
     batching: &mut Batching,
     assigned: &mut Vec<Device>,
     workers: &mut Vec<WorkerPlan>,
@@ -190,7 +192,7 @@ fn fit_to_budget(
 ) -> Result<Option<i64>, EngineError> {
     let (Some(&(_, limit, _)), Some(weights)) = (budgets.first(), weights) else { return Ok(None) };
     let Batching::Dynamic { max_batch, max_wait } = *batching else { return Ok(None) };
-    let footprint = Footprint { weights, working: working.to_vec() };
+    let footprint = Footprint { weights, working: working.to_vec(), per_worker };
     let on_first = assigned.iter().filter(|&&d| d == assigned[0]).count();
     let instances = if b.replicas == Replicas::Shared { 1 } else { on_first };
     let layout = Layout { workers: on_first, instances, largest: max_batch };
@@ -226,9 +228,14 @@ fn fit_to_budget(
         _ => footprint.estimate(layout),
     };
     if let Some(e) = estimate {
-        let eager = footprint.working(batching_max(*batching)).unwrap_or(0) + footprint.weights;
+        let largest = batching_max(*batching);
+        let eager = footprint.working(largest).unwrap_or(0) + footprint.weights;
+        let basis = match per_worker {
+            Some((b, held)) => format!("each worker as the trial measured it at {b} samples: {} MiB", budget::mib(held)),
+            None => "each worker as one eager forward of its largest batch".into(),
+        };
         reasons.push(format!(
-            "memory: estimated {} MiB per GPU at the peak (one forward of the largest batch plus weights: {} MiB), budget {} MiB",
+            "memory: estimated {} MiB per GPU at the peak ({basis}; one forward of the largest batch plus weights: {} MiB), budget {} MiB",
             budget::mib(e),
             budget::mib(eager),
             budget::mib(limit)

@@ -57,7 +57,7 @@ impl Staging {
         let mut out = Vec::with_capacity(parts.len());
         for (i, p) in parts.iter().enumerate() {
             let rows: i64 = p.iter().map(|t| t.size().first().copied().unwrap_or(0)).sum::<i64>() + pad;
-            let buffer = match self.buffer(i, p[0], rows, device) {
+            let buffer = match self.buffer(i, p[0], rows) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!("staging: no pinned host memory ({e}); joining the ordinary way from now on");
@@ -89,7 +89,7 @@ impl Staging {
 
     /// Input `i`'s buffer, holding at least `rows` samples shaped and typed like `like`:
     /// the existing one, or a new one (the old one is dropped: its last copy is done, see above).
-    fn buffer(&mut self, i: usize, like: &Tensor, rows: i64, device: Device) -> Result<Tensor, TchError> {
+    fn buffer(&mut self, i: usize, like: &Tensor, rows: i64) -> Result<Tensor, TchError> {
         let sample: Vec<i64> = like.size()[1..].to_vec();
         let fits = |b: &Tensor| b.kind() == like.kind() && b.size()[1..] == sample[..] && b.size()[0] >= rows;
         if let Some(b) = &self.buffers[i] {
@@ -100,17 +100,16 @@ impl Staging {
         let capacity = self.buffers[i].as_ref().filter(|b| b.kind() == like.kind() && b.size()[1..] == sample[..]).map_or(rows, |b| b.size()[0].max(rows));
         let mut dims = vec![capacity];
         dims.extend_from_slice(&sample);
-        let pinned = pinned_empty(&dims, like.kind(), device)?;
+        let pinned = pinned_empty(&dims, like.kind())?;
         self.buffers[i] = Some(pinned.shallow_clone());
         Ok(pinned)
     }
 }
 
-/// A page-locked host tensor of `dims` for copies to `device` (from libtorch's caching host
-/// allocator; made once per buffer, so pinning a copy of uninitialised memory costs nothing that
-/// matters).
-fn pinned_empty(dims: &[i64], kind: Kind, device: Device) -> Result<Tensor, TchError> {
-    Tensor::f_empty(dims, (kind, Device::Cpu))?.f_pin_memory(device)
+/// A page-locked host tensor of `dims`, from libtorch's caching host allocator (made once per
+/// buffer).
+fn pinned_empty(dims: &[i64], kind: Kind) -> Result<Tensor, TchError> {
+    crate::host_tensor::pinned_empty(dims, kind).map_err(|e| TchError::Torch(e.to_string()))
 }
 
 /// Writes the parts and `pad` copies of the first sample into the first `rows` rows of

@@ -77,6 +77,10 @@ pub struct Trial {
     pub fewer_workers: Option<usize>,
     /// Single-sample requests per second in batches of `max_batch` on `fewer_workers`.
     pub fewer_per_s: Option<f64>,
+    /// Device bytes each worker held once set up as it will serve (graphs of `max_batch` and of
+    /// one sample captured, buffers made, each mode run once): the rise of the first GPU's
+    /// reserved memory over the trial's start, divided by the workers on it. `None` on the CPU.
+    pub held_per_worker: Option<i64>,
 }
 
 impl Trial {
@@ -85,7 +89,7 @@ impl Trial {
         self.batched_per_s > self.off_per_s
     }
 
-    /// The workers to start when fewer of them batch nearly as fast as all ([`FEWER_KEEPS`]):
+    /// The workers to start when fewer of them batch nearly as fast as all (95 %):
     /// `Some(fewer_workers)`; `None` to start all (or batching off, which the third mode does
     /// not measure).
     pub fn fewer_suffice(&self) -> Option<usize> {
@@ -131,6 +135,12 @@ pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Du
         return Err(format!("a batch of {} is no batch", setup.max_batch));
     }
     let fewer = setup.fewer.filter(|&f| f >= 1 && f < workers.len());
+    // What the workers of the first GPU hold once set up, per worker.
+    let gpu = workers.iter().map(|w| w.device).find(|&d| d != Device::Cpu);
+    let reserved = move || gpu.and_then(|d| crate::stream::memory_stats(d).ok()).map(|m| m.reserved);
+    let on_gpu = workers.iter().filter(|w| Some(w.device) == gpu).count().max(1) as i64;
+    let before = reserved();
+    let held = move || Some((reserved()? - before?).max(0) / on_gpu);
     let (tx, rx) = unbounded::<(usize, Report)>();
     let mut go = Vec::with_capacity(workers.len());
     for (i, w) in workers.iter().enumerate() {
@@ -166,7 +176,7 @@ pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Du
     drop(tx);
     let n = workers.len();
     let ended = std::cell::Cell::new(0);
-    let outcome = coordinate(&rx, &go, &ended, setup.max_batch, fewer, window, limit);
+    let outcome = coordinate(&rx, &go, &ended, setup.max_batch, fewer, &held, window, limit);
     drop(go); // threads waiting for a phase end
     if outcome.is_ok() {
         // Each is about to end, its memory freed: wait for that, so that the caller can give the
@@ -193,6 +203,7 @@ fn coordinate(
     ended: &std::cell::Cell<usize>,
     max_batch: usize,
     fewer: Option<usize>,
+    held: &dyn Fn() -> Option<i64>,
     window: Duration,
     limit: Duration,
 ) -> Result<Trial, String> {
@@ -215,6 +226,7 @@ fn coordinate(
     for _ in 0..n {
         wait(deadline, "setting up (warm-up, graph capture)")?;
     }
+    let held_per_worker = held();
     let modes = if fewer.is_some() { 3 } else { 2 };
     let mut best = [0.0f64; 3]; // off, batched, fewer
     for phase in 0..modes * ROUNDS {
@@ -243,6 +255,7 @@ fn coordinate(
         batched_per_s: batched,
         fewer_workers: fewer,
         fewer_per_s: fewer.map(|_| on_fewer),
+        held_per_worker,
     })
 }
 
@@ -441,6 +454,7 @@ mod tests {
         });
         rates_are_sane(&t);
         assert_eq!(t.max_batch, 16);
+        assert_eq!(t.held_per_worker, None, "no device memory on the CPU");
         assert!(t.batched_per_s > 3.0 * t.off_per_s, "{t:?}");
     }
 
@@ -478,7 +492,15 @@ mod tests {
 
     #[test]
     fn fewer_workers_suffice_only_at_the_stated_share_of_a_winning_batched_rate() {
-        let t = Trial { workers: 4, max_batch: 64, off_per_s: 100.0, batched_per_s: 1000.0, fewer_workers: Some(2), fewer_per_s: Some(960.0) };
+        let t = Trial {
+            workers: 4,
+            max_batch: 64,
+            off_per_s: 100.0,
+            batched_per_s: 1000.0,
+            fewer_workers: Some(2),
+            fewer_per_s: Some(960.0),
+            held_per_worker: None,
+        };
         assert_eq!(t.fewer_suffice(), Some(2));
         assert_eq!(Trial { fewer_per_s: Some(940.0), ..t }.fewer_suffice(), None);
         assert_eq!(Trial { off_per_s: 2000.0, ..t }.fewer_suffice(), None, "batching off: the third mode does not apply");

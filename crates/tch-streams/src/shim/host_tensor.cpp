@@ -1,5 +1,6 @@
-// Host tensors over memory their caller owns: no copy of the bytes, and the caller's release
-// function runs exactly once, when the tensor's storage goes (or at once, if no tensor is made).
+// Host tensors made for copies to a device: over memory their caller owns (no copy of the
+// bytes; the caller's release function runs exactly once, when the tensor's storage goes, or at
+// once if no tensor is made), and page-locked ones from the accelerator's host allocator.
 #include "guarded.hpp"
 
 #include <ATen/ATen.h>
@@ -37,6 +38,19 @@ int32_t tss_host_tensor_over(void* data, const int64_t* sizes, size_t ndim, int8
   });
   if (status != TSS_OK) release_once();
   return status;
+}
+
+int32_t tss_host_tensor_pinned(const int64_t* sizes, size_t ndim, int8_t scalar_type, void** out) {
+  return tss::guarded([&] {
+    tss::require_out(out, "out");
+    *out = nullptr;
+    if (ndim > 0 && sizes == nullptr) throw tss::Failure{TSS_ERR_INVALID_ARGUMENT, "null sizes"};
+    if (scalar_type < 0 || scalar_type >= static_cast<int8_t>(c10::ScalarType::NumOptions)) {
+      throw tss::Failure{TSS_ERR_INVALID_ARGUMENT, "unknown scalar type " + std::to_string(scalar_type)};
+    }
+    auto options = at::TensorOptions().dtype(static_cast<c10::ScalarType>(scalar_type)).device(at::kCPU).pinned_memory(true);
+    *out = new at::Tensor(at::empty(at::IntArrayRef(sizes, ndim), options));
+  });
 }
 
 }  // extern "C"

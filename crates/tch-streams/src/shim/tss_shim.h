@@ -113,6 +113,9 @@ int32_t tss_memory_info(int8_t device_type, int8_t device_index, int64_t* free_b
  * returns when it fails. */
 int32_t tss_host_tensor_over(void* data, const int64_t* sizes, size_t ndim, int8_t scalar_type, void* owner,
                              void (*release)(void*), void** out);
+/* An uninitialised page-locked CPU tensor from the accelerator's host allocator (no pageable
+ * tensor made and copied first); fails where the loaded libtorch has no such allocator. */
+int32_t tss_host_tensor_pinned(const int64_t* sizes, size_t ndim, int8_t scalar_type, void** out);
 
 /* ---- events ---- */
 
