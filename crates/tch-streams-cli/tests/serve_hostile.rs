@@ -287,15 +287,16 @@ fn large_mlp_grpc(rows: usize) -> pb::ModelInferRequest {
 }
 
 /// Issue #24 item 15: with one worker and no batching, 10 HTTP clients send a slow request
-/// (1024 x 2048 through the large MLP: about a second of CPU each) and disconnect, and 10 gRPC
+/// (2048 x 2048 through the large MLP: long enough that the first is still running when the
+/// twentieth arrives, even on a loaded 2-core machine) and disconnect, and 10 gRPC
 /// requests are cancelled. Only the two requests inside the model's window reach the engine;
 /// the other 18 leave the line unrun (tch_streams_skipped_requests_total) and all 20 are
 /// counted as cancelled. A trivial request afterwards is answered (before the fix every
 /// abandoned request ran: the next one waited about 20 s and timed out).
 #[test]
 fn abandoned_requests_are_skipped_before_the_engine_and_counted_as_cancelled() {
-    let server = Served::start(&["--builtin", "large-mlp", "--workers", "1", "--batch-max", "0", "--request-timeout-ms", "6000"]);
-    let (body, headers) = large_mlp_request(1024);
+    let server = Served::start(&["--builtin", "large-mlp", "--workers", "1", "--batch-max", "0", "--request-timeout-ms", "6000", "--max-batch-size", "2048"]);
+    let (body, headers) = large_mlp_request(2048);
     let mut gone = Vec::new();
     for _ in 0..10 {
         let mut s = TcpStream::connect(&server.http).expect("connect");
@@ -308,7 +309,7 @@ fn abandoned_requests_are_skipped_before_the_engine_and_counted_as_cancelled() {
         gone.push(s);
     }
     let g = Grpc::connect(&server.grpc);
-    let message = serve_common::grpc_frame(&prost::Message::encode_to_vec(&large_mlp_grpc(1024)));
+    let message = serve_common::grpc_frame(&prost::Message::encode_to_vec(&large_mlp_grpc(2048)));
     let cancelled: Vec<_> = (0..10).map(|_| g.stall_with_end(message.clone()).expect("a gRPC request")).collect();
     // Every request is in the server (read and waiting, or running) before the clients go.
     let all_in = eventually(Duration::from_secs(30), || metric(&server, "tch_streams_inflight_requests", &[("model", "large-mlp")]) == 20.0);

@@ -176,7 +176,8 @@ pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Du
     drop(tx);
     let n = workers.len();
     let ended = std::cell::Cell::new(0);
-    let outcome = coordinate(&rx, &go, &ended, setup.max_batch, fewer, &held, window, limit);
+    let phases = Phases { max_batch: setup.max_batch, fewer, window, limit };
+    let outcome = coordinate(&rx, &go, &ended, &phases, &held);
     drop(go); // threads waiting for a phase end
     if outcome.is_ok() {
         // Each is about to end, its memory freed: wait for that, so that the caller can give the
@@ -194,19 +195,28 @@ pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Du
     outcome
 }
 
-/// Waits for every thread to be ready, then starts each phase on all of them and adds up their
-/// rates; the best of each mode's rounds. Counts in `ended` the threads that ended meanwhile
-/// (one may end after its last report while the others' are awaited).
+/// What the coordinator runs: the modes' batch and fewer workers, each phase's window and the
+/// limit on every wait beyond it.
+#[derive(Clone, Copy)]
+struct Phases {
+    max_batch: usize,
+    fewer: Option<usize>,
+    window: Duration,
+    limit: Duration,
+}
+
+/// Waits for every thread to be ready (then reads `held`, what the workers hold), then starts
+/// each phase on all of them and adds up their rates; the best of each mode's rounds. Counts in
+/// `ended` the threads that ended meanwhile (one may end after its last report while the
+/// others' are awaited).
 fn coordinate(
     rx: &Receiver<(usize, Report)>,
     go: &[Sender<()>],
     ended: &std::cell::Cell<usize>,
-    max_batch: usize,
-    fewer: Option<usize>,
+    phases: &Phases,
     held: &dyn Fn() -> Option<i64>,
-    window: Duration,
-    limit: Duration,
 ) -> Result<Trial, String> {
+    let Phases { max_batch, fewer, window, limit } = *phases;
     let n = go.len();
     let wait = |deadline: Instant, what: &str| -> Result<(usize, Report), String> {
         loop {
