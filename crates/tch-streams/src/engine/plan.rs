@@ -496,7 +496,7 @@ fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: 
     });
     let trial = (c.max_batch > 1).then(|| tried(b, specs, workers, graphs, c.max_batch));
     // A best batch of one sample batches nothing: off, as the trial would find it.
-    let off = c.max_batch == 1 || matches!(&trial, Some(Ok(t)) if t.off_per_s >= t.batched_per_s);
+    let off = c.max_batch == 1 || matches!(&trial, Some(Ok(t)) if !t.batching_wins());
     let shown: Vec<String> = c.readings.iter().map(|(n, us)| format!("{n}: {us:.0} us")).collect();
     let noisiest = c.spread.iter().copied().fold(0.0f64, f64::max);
     reasons.push(format!(
@@ -541,21 +541,36 @@ fn tried(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool,
 fn trial_reason(trial: Option<&Result<Trial, String>>) -> String {
     let workers = |n: usize| if n == 1 { "worker" } else { "workers" };
     match trial {
-        Some(Ok(t)) if t.off_per_s >= t.batched_per_s => format!(
-            "batching: off (measured with {} {}: unbatched {:.0}/s >= batched at max {} {:.0}/s)",
+        Some(Ok(t)) if !t.batching_wins() => format!(
+            "batching: off (measured with {} {}: unbatched {:.0}/s >= batched at max {} {:.0}/s{})",
             t.workers,
             workers(t.workers),
-            t.off_per_s, t.max_batch, t.batched_per_s
+            t.off_per_s,
+            t.max_batch,
+            t.batched_per_s,
+            match (t.fewer_workers, t.fewer_per_s) {
+                (Some(n), Some(r)) => format!(", and on {n} {} {r:.0}/s", workers(n)),
+                _ => String::new(),
+            }
         ),
+        Some(Ok(t)) if t.fewer_suffice().is_some() => {
+            let (n, r) = (t.fewer_workers.unwrap_or(t.workers), t.fewer_per_s.unwrap_or(0.0));
+            format!(
+                "batching trial: {n} {} batched at max {} {r:.0}/s, more than {} unbatched {:.0}/s and at least {:.0} % of {} batched \
+                 {:.0}/s: workers {} -> {n}, whose graphs and cached batches are not held",
+                workers(n),
+                t.max_batch,
+                t.workers,
+                t.off_per_s,
+                trial::FEWER_KEEPS * 100.0,
+                t.workers,
+                t.batched_per_s,
+                t.workers
+            )
+        }
         Some(Ok(t)) => {
-            let fewer = match (t.fewer_workers, t.fewer_per_s, t.fewer_suffice()) {
-                (Some(n), Some(r), Some(_)) => format!(
-                    "; {n} {} batched {r:.0}/s, at least {:.0} % of that: workers {} -> {n}, whose graphs and cached batches are not held",
-                    workers(n),
-                    trial::FEWER_KEEPS * 100.0,
-                    t.workers
-                ),
-                (Some(n), Some(r), None) => format!(
+            let fewer = match (t.fewer_workers, t.fewer_per_s) {
+                (Some(n), Some(r)) => format!(
                     "; {n} {} batched only {r:.0}/s, under {:.0} % of that: all {} kept",
                     workers(n),
                     trial::FEWER_KEEPS * 100.0,

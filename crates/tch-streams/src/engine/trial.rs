@@ -84,17 +84,18 @@ pub struct Trial {
 }
 
 impl Trial {
-    /// Whether batching served more than batching off.
+    /// Whether batching (on all the workers, or on fewer where they suffice) served more than
+    /// batching off.
     pub fn batching_wins(&self) -> bool {
-        self.batched_per_s > self.off_per_s
+        self.batched_per_s > self.off_per_s || self.fewer_suffice().is_some()
     }
 
-    /// The workers to start when fewer of them batch nearly as fast as all (95 %):
-    /// `Some(fewer_workers)`; `None` to start all (or batching off, which the third mode does
-    /// not measure).
+    /// The workers to start when fewer of them, batching, serve more than all of them unbatched
+    /// and at least 95 % of all of them batched: `Some(fewer_workers)`; `None` to start all.
+    /// (Where batching off serves the most, it holds the least memory too: no fewer workers.)
     pub fn fewer_suffice(&self) -> Option<usize> {
         let (n, rate) = (self.fewer_workers?, self.fewer_per_s?);
-        (self.batching_wins() && rate >= FEWER_KEEPS * self.batched_per_s).then_some(n)
+        (rate > self.off_per_s && rate >= FEWER_KEEPS * self.batched_per_s).then_some(n)
     }
 }
 
@@ -513,7 +514,12 @@ mod tests {
         };
         assert_eq!(t.fewer_suffice(), Some(2));
         assert_eq!(Trial { fewer_per_s: Some(940.0), ..t }.fewer_suffice(), None);
-        assert_eq!(Trial { off_per_s: 2000.0, ..t }.fewer_suffice(), None, "batching off: the third mode does not apply");
+        assert_eq!(Trial { off_per_s: 2000.0, ..t }.fewer_suffice(), None, "batching off serves the most");
+        assert!(!Trial { off_per_s: 2000.0, ..t }.batching_wins());
+        // All the workers batching contend (copies, host memory); half of them serve the most.
+        let contended = Trial { off_per_s: 3378.0, batched_per_s: 1832.0, fewer_per_s: Some(5177.0), ..t };
+        assert_eq!(contended.fewer_suffice(), Some(2));
+        assert!(contended.batching_wins(), "batching on the fewer workers beats batching off");
         assert_eq!(Trial { fewer_workers: None, fewer_per_s: None, ..t }.fewer_suffice(), None);
     }
 
