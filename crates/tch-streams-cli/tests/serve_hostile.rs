@@ -17,6 +17,15 @@ use tch_streams_cli::serve::grpc::pb;
 
 const MIB: u64 = 1 << 20;
 
+/// Held by every test here: each loads the machine (floods, huge bodies, seconds of model CPU)
+/// and times what the server does under its own load, which another test's would upset on a
+/// small machine. They run one at a time.
+static CPU_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cpu_heavy() -> std::sync::MutexGuard<'static, ()> {
+    CPU_HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn assert_good(server: &Served) {
     let r = infer_json(&mut Http::connect(&server.http), "small-mlp", &good_mlp_json());
     assert_eq!(r.status, 200, "{}", r.text());
@@ -39,6 +48,7 @@ const HEALTH_BOUND: Duration = Duration::from_secs(2);
 /// throughout, and every attacker's request is counted once.
 #[test]
 fn a_slow_body_flood_stays_within_the_byte_budget_and_health_answers() {
+    let _alone = cpu_heavy();
     let budget = 128 * MIB;
     let server = Served::start(&["--builtin", "small-mlp", "--max-buffered-bytes", &budget.to_string(), "--body-timeout-s", "4"]);
     assert_good(&server);
@@ -114,6 +124,7 @@ fn a_slow_body_flood_stays_within_the_byte_budget_and_health_answers() {
 /// and answers; and the idle timeout closes them all (before the fix: all 400 stayed open).
 #[test]
 fn idle_and_half_sent_connections_are_capped_evicted_and_timed_out() {
+    let _alone = cpu_heavy();
     let server = Served::start(&["--builtin", "small-mlp", "--max-connections", "64", "--idle-timeout-s", "3"]);
     assert_good(&server);
     std::thread::sleep(Duration::from_millis(200));
@@ -153,6 +164,7 @@ fn idle_and_half_sent_connections_are_capped_evicted_and_timed_out() {
 /// such streams), every stream is counted once.
 #[test]
 fn stalled_grpc_streams_are_capped_and_refused_beyond_the_budget() {
+    let _alone = cpu_heavy();
     let budget = 128 * MIB;
     let server = Served::start(&["--builtin", "small-mlp", "--max-buffered-bytes", &budget.to_string(), "--body-timeout-s", "2", "--max-streams", "16"]);
     assert_good(&server);
@@ -221,6 +233,7 @@ fn huge_json(rows: usize) -> Vec<u8> {
 /// exceeds it is refused with 503 before anything is parsed.
 #[test]
 fn huge_json_bodies_decode_off_the_async_threads_within_the_budget() {
+    let _alone = cpu_heavy();
     let budget = 240 * MIB;
     let server = Served::start(&["--builtin", "small-mlp", "--max-batch-size", "131072", "--max-buffered-bytes", &budget.to_string()]);
     assert_good(&server);
@@ -295,6 +308,7 @@ fn large_mlp_grpc(rows: usize) -> pb::ModelInferRequest {
 /// abandoned request ran: the next one waited about 20 s and timed out).
 #[test]
 fn abandoned_requests_are_skipped_before_the_engine_and_counted_as_cancelled() {
+    let _alone = cpu_heavy();
     let server = Served::start(&["--builtin", "large-mlp", "--workers", "1", "--batch-max", "0", "--request-timeout-ms", "6000", "--max-batch-size", "2048"]);
     let (body, headers) = large_mlp_request(2048);
     let mut gone = Vec::new();
@@ -392,6 +406,7 @@ impl Case {
 /// and answered them.
 #[test]
 fn both_protocols_refuse_the_same_requests_with_the_same_messages() {
+    let _alone = cpu_heavy();
     let server = Served::start(&["--builtin", "small-mlp", "--max-batch-size", "64"]);
     let g = Grpc::connect(&server.grpc);
     let cases = [
