@@ -212,7 +212,6 @@ impl EngineArgs {
                 MemoryBudget::FractionOfFree(f) => format!("--gpu-memory {}%", f * 100.0),
             });
         }
-
         (!v.is_empty()).then(|| v.join(" "))
     }
 }

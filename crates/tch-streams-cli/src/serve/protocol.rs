@@ -185,6 +185,31 @@ pub fn elements(shape: &[i64]) -> Result<usize, ApiError> {
 /// A host tensor of `shape` and `kind` from row-major little-endian bytes; the byte count must
 /// be exactly elements × element size. `what` names the input in messages.
 pub fn tensor_from_bytes(what: &str, bytes: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor, ApiError> {
+    check_bytes(what, bytes, shape, kind)?;
+    Tensor::f_from_data_size(bytes, shape, kind).map_err(|e| ApiError::bad(format!("{what}: {e}")))
+}
+
+/// As [`tensor_from_bytes`], for bytes of a request that `owner` holds (the body or message
+/// they lie in): where they are aligned to the element size, the tensor is made over them in
+/// place, holding `owner` until the engine lets go of it, and no byte is copied; elsewhere
+/// (no owner, misaligned bytes) they are copied. Returns the tensor and whether it was copied.
+pub fn tensor_from_request_bytes(what: &str, bytes: &[u8], owner: Option<Bytes>, shape: &[i64], kind: Kind) -> Result<(Tensor, bool), ApiError> {
+    check_bytes(what, bytes, shape, kind)?;
+    let copied = || Tensor::f_from_data_size(bytes, shape, kind).map(|t| (t, true)).map_err(|e| ApiError::bad(format!("{what}: {e}")));
+    let Some(owner) = owner.filter(|o| o.as_ptr() == bytes.as_ptr() && o.len() == bytes.len()) else { return copied() };
+    if !tch_streams::host_tensor::aligned(bytes, kind) {
+        return copied();
+    }
+    // SAFETY: the tensor is only read: the engine joins or copies every request's inputs into
+    // memory of its own before a model sees them, and nothing else here holds the tensor.
+    match unsafe { tch_streams::host_tensor::tensor_over(owner, shape, kind) } {
+        Ok(t) => Ok((t, false)),
+        Err(_) => copied(), // a kind not made over bytes: the owner went, the bytes are still ours
+    }
+}
+
+/// That `bytes` hold exactly `shape` of `kind` (and, for BOOL, only 0 and 1).
+fn check_bytes(what: &str, bytes: &[u8], shape: &[i64], kind: Kind) -> Result<(), ApiError> {
     let n = elements(shape)?;
     let expected = n.checked_mul(kind.elt_size_in_bytes()).ok_or_else(|| ApiError::bad(format!("{what}: shape {shape:?} is too large")))?;
     if bytes.len() != expected {
@@ -197,28 +222,7 @@ pub fn tensor_from_bytes(what: &str, bytes: &[u8], shape: &[i64], kind: Kind) ->
     if kind == Kind::Bool && bytes.iter().any(|&b| b > 1) {
         return Err(ApiError::bad(format!("{what}: BOOL data must be bytes 0 or 1")));
     }
-    Tensor::f_from_data_size(bytes, shape, kind).map_err(|e| ApiError::bad(format!("{what}: {e}")))
-}
-
-/// As [`tensor_from_bytes`], for bytes of a request that `owner` holds (the body or message
-/// they lie in): where they are aligned to the element size, the tensor is made over them in
-/// place, holding `owner` until the engine lets go of it, and no byte is copied; elsewhere
-/// (no owner, misaligned bytes) they are copied. Returns the tensor and whether it was copied.
-pub fn tensor_from_request_bytes(what: &str, bytes: &[u8], owner: Option<Bytes>, shape: &[i64], kind: Kind) -> Result<(Tensor, bool), ApiError> {
-    let copied = |bytes| tensor_from_bytes(what, bytes, shape, kind).map(|t| (t, true));
-    let Some(owner) = owner.filter(|o| o.as_ptr() == bytes.as_ptr() && o.len() == bytes.len()) else { return copied(bytes) };
-    if !tch_streams::host_tensor::aligned(bytes, kind) || elements(shape)?.checked_mul(kind.elt_size_in_bytes()) != Some(bytes.len()) {
-        return copied(bytes);
-    }
-    if kind == Kind::Bool && bytes.iter().any(|&b| b > 1) {
-        return Err(ApiError::bad(format!("{what}: BOOL data must be bytes 0 or 1")));
-    }
-    // SAFETY: the tensor is only read: the engine joins or copies every request's inputs into
-    // memory of its own before a model sees them, and nothing else here holds the tensor.
-    match unsafe { tch_streams::host_tensor::tensor_over(owner, shape, kind) } {
-        Ok(t) => Ok((t, false)),
-        Err(_) => copied(bytes), // a kind not made over bytes: the owner went, the bytes are still ours
-    }
+    Ok(())
 }
 
 /// The row-major little-endian bytes of a host tensor.

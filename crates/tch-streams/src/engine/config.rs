@@ -399,10 +399,11 @@ impl EngineBuilder {
     /// into it: the calibration stops after a batch size whose working memory one worker
     /// could not hold, the calibrated `max_batch` is halved, then (when not given) workers
     /// dropped, until the estimate from the calibration's measurements fits; the
-    /// configuration's reasons say what was fitted. The estimate counts weights and one
-    /// eager forward per worker: CUDA graph pools and cuBLAS workspaces can hold more, which
-    /// the check below catches. The build's own moments (the calibration's largest size, the
-    /// start-up trial on every worker at once) can briefly need more than the budget. After start-up the engine checks what it really holds on
+    /// configuration's reasons say what was fitted. The estimate counts the weights and, per
+    /// worker, what the start-up trial measured one worker holding (its graph pool, buffers and
+    /// cuBLAS workspaces; one eager forward of the largest batch where no trial ran). The
+    /// build's own moment, the start-up trial on every worker at once, can briefly need more
+    /// than the budget. After start-up the engine checks what it really holds on
     /// each GPU (memory reserved since `build()` began, warm-up's cached blocks given back) and
     /// refuses to start over the budget, naming both figures. Engines built at the same time
     /// on one device see each other's memory in that check: build them one after the other.

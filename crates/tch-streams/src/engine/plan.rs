@@ -446,16 +446,6 @@ fn resolve_batching(
     Ok((batching, Measured::default()))
 }
 
-/// `Auto` for a model that passed the check: dynamic batching of the calibrated size and no
-/// wait, unless that size is 1 or the trial ([`trial::compare`] on `workers`, CUDA graphs as `graphs` says) serves
-/// at least as many requests per second with batching off; off if the model failed during the
-/// calibration. A trial that cannot finish (the model fails or panics, a step outlives the
-/// calibration's step limit) keeps the calibration's choice, and the reasons say why.
-///
-/// Calibration runs batches up to [`auto::AUTO_MAX_BATCH`] samples; their memory stays cached
-/// in the allocator (gigabytes on real models) unless given back, so it is given back here, and
-/// again after the trial: the caching allocator's unused blocks on that device go to the driver
-/// (other engines' unused blocks too; they are cached again when next needed).
 /// What the memory budget allows the calibration (see `plan`).
 struct Fit<'a> {
     /// Lowers a calibrated `max_batch` to what the budget holds, given the working memory
@@ -465,6 +455,17 @@ struct Fit<'a> {
     working_cap: Option<i64>,
 }
 
+/// `Auto` for a model that passed the check: dynamic batching of the calibrated size (lowered
+/// to what `fit` allows) and no wait, unless that size is 1 or the trial ([`trial::compare`] on
+/// `workers`, CUDA graphs as `graphs` says) finds batching off serves more (see
+/// [`Trial::batching_wins`]); off if the model failed during the calibration. A trial that
+/// cannot finish (the model fails or panics, a step outlives the calibration's step limit)
+/// keeps the calibration's choice, and the reasons say why.
+///
+/// The calibration gives every size's cached blocks back as it goes; what its thread left is
+/// given back here, and again after the trial: the caching allocator's unused blocks on that
+/// device go to the driver (other engines' unused blocks too; they are cached again when next
+/// needed).
 fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool, fit: &Fit, reasons: &mut Vec<String>) -> (Batching, Measured) {
     let (model, device) = (&workers[0].model, workers[0].device);
     let calibration = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

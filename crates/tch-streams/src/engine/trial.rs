@@ -5,7 +5,11 @@
 //! The calibration ([`super::auto::calibrate`]) times forward passes alone, on one thread: it
 //! sees neither the cost of joining requests into a batch and splitting every output back per
 //! request, nor what several workers on their own streams gain by running unbatched requests
-//! concurrently. The trial measures both, on the configuration the engine will run.
+//! concurrently. The trial measures both, on the configuration the engine will run. Where the
+//! plan asks (GPU workers it counted itself), a third mode runs the batches on only the first
+//! half of the workers, the others idle, so that the engine can start fewer workers when they
+//! serve nearly as much ([`Trial::fewer_suffice`]); and once every thread is set up it reads
+//! what the workers hold on the first GPU ([`Trial::held_per_worker`]), for the memory estimate.
 //!
 //! Invariants:
 //! - One trial thread per planned worker, on that worker's device and model instance (shared
