@@ -45,6 +45,11 @@ pub struct Args {
     /// Threads of the client's async runtime [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// gRPC only: threads that run the HTTP/2 connections, each connection with all its
+    /// requests on one of them (round robin); 0: on the async runtime of --threads, its
+    /// requests on any of its threads [default: one per connection, at most one per core].
+    #[arg(long)]
+    pub grpc_threads: Option<usize>,
     /// Print the reports as one JSON document on stdout (the summary lines go to stderr).
     #[arg(long)]
     pub json: bool,
@@ -110,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             duration: Duration::from_secs_f64(args.duration),
             warmup: Duration::from_secs_f64(args.warmup),
             grpc_connections: args.grpc_connections,
+            grpc_threads: args.grpc_threads,
         };
         let json = args.json;
         let reports = loadgen::run(&plan, |r| {

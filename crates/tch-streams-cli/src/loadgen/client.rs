@@ -136,7 +136,8 @@ async fn tcp(authority: &str) -> anyhow::Result<TcpStream> {
 
 impl Conn {
     /// Opens a connection of `protocol` to `authority`.
-    pub async fn open(protocol: Protocol, authority: &str) -> anyhow::Result<Conn> {
+    pub async fn open(protocol: Protocol, authority: String) -> anyhow::Result<Conn> {
+        let authority = authority.as_str();
         let tcp = tcp(authority).await?;
         Ok(match protocol {
             Protocol::Http => {
@@ -226,7 +227,7 @@ impl Conn {
 /// The model's inputs from the server's model metadata (HTTP `GET /v2/models/{model}`, or gRPC
 /// ModelMetadata), the batch dimension (-1) set to `batch`.
 pub async fn metadata(protocol: Protocol, authority: &str, model: &str, batch: i64) -> anyhow::Result<Vec<Input>> {
-    let mut conn = Conn::open(protocol, authority).await?;
+    let mut conn = Conn::open(protocol, authority.to_string()).await?;
     let inputs: Vec<Input> = match protocol {
         Protocol::Http => {
             let bytes = conn.send(authority, &format!("/v2/models/{model}"), Bytes::new(), None).await.with_context(|| format!("model metadata of {model:?}"))?;

@@ -15,6 +15,7 @@ pub mod client;
 pub mod histogram;
 
 use client::{Conn, Input, Protocol};
+use tch_streams_cli::conn_threads::ConnThreads;
 use histogram::Latencies;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -39,6 +40,10 @@ pub struct Plan {
     pub warmup: Duration,
     /// gRPC: HTTP/2 connections the requests are spread over (round robin).
     pub grpc_connections: usize,
+    /// gRPC: threads the connections run on, each with all its requests (see
+    /// [`ConnThreads`]); `Some(0)`: the caller's runtime; `None`: one per connection, at most one
+    /// per core.
+    pub grpc_threads: Option<usize>,
 }
 
 /// One run's result.
@@ -115,7 +120,7 @@ pub async fn run(plan: &Plan, mut each: impl FnMut(&Report)) -> anyhow::Result<V
     let path = client::infer_path(plan.protocol, &plan.model);
     let batch = plan.inputs.first().and_then(|i| i.shape.first()).copied().unwrap_or(1).max(1) as f64;
     // One request first: a wrong URL, model or input fails here, with the server's message.
-    let mut probe = Conn::open(plan.protocol, &plan.authority).await?;
+    let mut probe = Conn::open(plan.protocol, plan.authority.clone()).await?;
     probe
         .send(&plan.authority, &path, body.clone(), head_len)
         .await
@@ -123,15 +128,25 @@ pub async fn run(plan: &Plan, mut each: impl FnMut(&Report)) -> anyhow::Result<V
     drop(probe);
     let mut reports = Vec::new();
     for &c in &plan.concurrency {
-        let shared: Vec<Conn> = match plan.protocol {
+        let (shared, threads) = match plan.protocol {
             Protocol::Grpc => {
+                let n = plan.grpc_connections.clamp(1, c);
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let threads = match plan.grpc_threads.unwrap_or_else(|| n.min(cores)) {
+                    0 => None,
+                    t => Some(ConnThreads::start(t, "tch-streams-loadgen-h2")?),
+                };
                 let mut v = Vec::new();
-                for _ in 0..plan.grpc_connections.clamp(1, c) {
-                    v.push(Conn::open(plan.protocol, &plan.authority).await?);
+                for j in 0..n {
+                    // Opened on its thread: the socket and the connection's task live there.
+                    v.push(match &threads {
+                        Some(t) => t.handle(j).spawn(Conn::open(plan.protocol, plan.authority.clone())).await??,
+                        None => Conn::open(plan.protocol, plan.authority.clone()).await?,
+                    });
                 }
-                v
+                (v, threads)
             }
-            Protocol::Http => Vec::new(),
+            Protocol::Http => (Vec::new(), None),
         };
         let connections = if shared.is_empty() { c } else { shared.len() };
         let phase = Arc::new(AtomicU8::new(WARMUP));
@@ -139,10 +154,12 @@ pub async fn run(plan: &Plan, mut each: impl FnMut(&Report)) -> anyhow::Result<V
         for k in 0..c {
             let conn = match shared.get(k % shared.len().max(1)).and_then(Conn::share) {
                 Some(conn) => conn,
-                None => Conn::open(plan.protocol, &plan.authority).await?,
+                None => Conn::open(plan.protocol, plan.authority.clone()).await?,
             };
             let (phase, body, path, authority, protocol) = (Arc::clone(&phase), body.clone(), path.clone(), plan.authority.clone(), plan.protocol);
-            tasks.push(tokio::spawn(async move {
+            // A gRPC request's task runs on its connection's thread.
+            let spawner = threads.as_ref().map_or_else(tokio::runtime::Handle::current, |t| t.handle(k % shared.len().max(1)));
+            tasks.push(spawner.spawn(async move {
                 let mut conn = conn;
                 let mut tally = Tally::default();
                 loop {
@@ -151,7 +168,7 @@ pub async fn run(plan: &Plan, mut each: impl FnMut(&Report)) -> anyhow::Result<V
                         return tally;
                     }
                     if conn.is_closed() {
-                        match Conn::open(protocol, &authority).await {
+                        match Conn::open(protocol, authority.clone()).await {
                             Ok(c) => conn = c,
                             Err(e) => {
                                 note(&mut tally, &phase, format!("{e:#}"));
@@ -188,6 +205,9 @@ pub async fn run(plan: &Plan, mut each: impl FnMut(&Report)) -> anyhow::Result<V
             errors += t.errors;
             first_error = first_error.or(t.first_error);
         }
+        // Every task has ended: the connections close with their threads.
+        drop(shared);
+        drop(threads);
         let requests = all.count();
         let ms = |us: f64| us / 1e3;
         let report = Report {

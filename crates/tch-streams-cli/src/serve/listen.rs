@@ -2,7 +2,9 @@
 //! that never waits for a connection with nothing in progress.
 //!
 //! Each listener runs one accept loop on the async runtime; each connection is one task that
-//! drives hyper's HTTP/1.1 (REST, metrics) or HTTP/2 (gRPC) connection and watches three things:
+//! drives hyper's HTTP/1.1 (REST, metrics) or HTTP/2 (gRPC) connection — the gRPC ones, with
+//! every request on them, on threads of their own ([`ConnThreads`]) unless `--grpc-threads 0` —
+//! and watches three things:
 //!
 //! - **idle**: no request in progress for `--idle-timeout-s` (since the connection opened or its
 //!   last answer went out; a client still sending a request's headers counts as idle) — closed;
@@ -17,6 +19,7 @@
 //! Connections over the cap are taken from the listen queue only when one closes or an idle one
 //! is evicted, so the process never holds more than `--max-connections` + 1 sockets per set.
 
+use crate::conn_threads::ConnThreads;
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
@@ -171,13 +174,39 @@ pub async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// One accepted connection's place under the cap and in the gauge, until its task ends (or is
+/// dropped unfinished).
+struct Opened {
+    gauge: Option<prometheus::IntGauge>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Opened {
+    fn new(gauge: Option<prometheus::IntGauge>, permit: OwnedSemaphorePermit) -> Opened {
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        Opened { gauge, _permit: permit }
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
+}
+
 /// Accepts connections on `listener` under `conns`' cap until the drain begins; each accepted
-/// connection is driven by the future `serve` makes, on a task of its own.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, conns: Arc<Conns>, stop: watch::Receiver<bool>, serve: F)
+/// connection is driven by the future `serve` makes, on a task of its own: on this runtime, or,
+/// given `threads`, whole on the least busy of them (see [`ConnThreads`]).
+pub async fn accept_loop<F, Fut>(listener: TcpListener, conns: Arc<Conns>, stop: watch::Receiver<bool>, threads: Option<Arc<ConnThreads>>, serve: F)
 where
-    F: Fn(TcpStream, Arc<Conn>) -> Fut,
+    F: Fn(TcpStream, Arc<Conn>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
     loop {
         let tcp = tokio::select! {
             r = listener.accept() => match r {
@@ -195,18 +224,22 @@ where
         let Some(permit) = conns.permit(&stop).await else { return };
         let _ = tcp.set_nodelay(true);
         let conn = conns.register();
-        let fut = serve(tcp, conn);
-        let gauge = conns.gauge.clone();
-        if let Some(g) = &gauge {
-            g.inc();
-        }
-        tokio::spawn(async move {
-            fut.await;
-            if let Some(g) = gauge {
-                g.dec();
+        let open = Opened::new(conns.gauge.clone(), permit);
+        let serve = Arc::clone(&serve);
+        match &threads {
+            Some(t) => {
+                t.spawn_conn(tcp, move |tcp| async move {
+                    serve(tcp, conn).await;
+                    drop(open);
+                });
             }
-            drop(permit);
-        });
+            None => {
+                tokio::spawn(async move {
+                    serve(tcp, conn).await;
+                    drop(open);
+                });
+            }
+        }
     }
 }
 

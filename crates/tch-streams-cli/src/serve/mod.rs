@@ -37,6 +37,7 @@ pub mod shutdown;
 pub mod stages;
 pub mod state;
 
+use crate::conn_threads::ConnThreads;
 use anyhow::Context;
 pub use model::{EngineOptions, ModelEntry, ServedModel, Source};
 pub use state::{Limits, Server};
@@ -68,6 +69,9 @@ pub struct Settings {
     pub drain: Duration,
     /// `--io-threads` [default: one per core].
     pub io_threads: Option<usize>,
+    /// `--grpc-threads`: threads that each run their gRPC connections whole; 0: the shared
+    /// runtime runs them.
+    pub grpc_threads: usize,
 }
 
 /// Loads `entries`, serves them until SIGTERM or Ctrl-C, drains; returns the exit code (0 after
@@ -88,8 +92,12 @@ pub fn serve(entries: &[ModelEntry], settings: Settings) -> anyhow::Result<i32> 
         rt.worker_threads(n);
     }
     let rt = rt.build().context("cannot start the async runtime")?;
+    let grpc_threads = match settings.grpc_threads {
+        0 => None,
+        n => Some(Arc::new(ConnThreads::start(n, "tch-streams-grpc").context("cannot start the gRPC connection threads")?)),
+    };
     let drain = settings.drain;
-    let (drained, signalled) = rt.block_on(shutdown::serve_until_signal(Arc::clone(&server), &settings.host, settings.ports, drain))?;
+    let (drained, signalled) = rt.block_on(shutdown::serve_until_signal(Arc::clone(&server), &settings.host, settings.ports, drain, grpc_threads.clone()))?;
     // Every connection is closed: what is left is the engines' own queues, drained together
     // within what is left of the one deadline.
     let end = signalled + drain;
@@ -102,6 +110,8 @@ pub fn serve(entries: &[ModelEntry], settings: Settings) -> anyhow::Result<i32> 
         eprintln!("drain timed out after {} s (--drain-timeout-s): the engines had requests left", drain.as_secs());
     }
     rt.shutdown_timeout(end.saturating_duration_since(std::time::Instant::now()).min(Duration::from_secs(1)));
+    // Every gRPC connection ended in the drain (or was given up with it): the threads end.
+    drop(grpc_threads);
     let (ok, failed, cancelled) = server.answered();
     for line in server.stage_summary() {
         eprintln!("{line}");

@@ -8,6 +8,7 @@
 //! bounds all of it. A second signal during the drain exits at once (code 1).
 
 use super::coalesce::Coalesced;
+use crate::conn_threads::ConnThreads;
 use super::listen::{accept_loop, drive, Conns};
 use super::state::Server;
 use super::{grpc, h1, http, listening_line};
@@ -63,9 +64,16 @@ async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> 
 }
 
 /// Binds the three ports, prints where they are, serves until a signal, then stops accepting
-/// and waits (at most `drain`) for the requests already read. Returns whether they all finished
+/// and waits (at most `drain`) for the requests already read. gRPC connections run on
+/// `grpc_threads` when given (see [`ConnThreads`]), else on this runtime like the others. Returns whether they all finished
 /// in time, and when the signal came (the drain's deadline runs from it).
-pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grpc_port, metrics_port]: [u16; 3], drain: Duration) -> anyhow::Result<(bool, std::time::Instant)> {
+pub async fn serve_until_signal(
+    server: Arc<Server>,
+    host: &str,
+    [http_port, grpc_port, metrics_port]: [u16; 3],
+    drain: Duration,
+    grpc_threads: Option<Arc<ConnThreads>>,
+) -> anyhow::Result<(bool, std::time::Instant)> {
     let http_l = bind(host, http_port, "HTTP").await?;
     let grpc_l = bind(host, grpc_port, "gRPC").await?;
     let metrics_l = bind(host, metrics_port, "metrics").await?;
@@ -80,12 +88,12 @@ pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grp
     let conns = Conns::new(limits.max_connections, Some(server.metrics.connections.clone()));
     let metrics_conns = Conns::new(super::METRICS_CONNECTIONS, None);
     let router = http::router(Arc::clone(&server));
-    let http_task = tokio::spawn(accept_loop(http_l, Arc::clone(&conns), rx.clone(), {
+    let http_task = tokio::spawn(accept_loop(http_l, Arc::clone(&conns), rx.clone(), None, {
         let rx = rx.clone();
         move |tcp, conn| h1::serve(tcp, conn, router.clone(), limits.idle_timeout, rx.clone())
     }));
     let metrics_router = http::metrics_router(Arc::clone(&server));
-    let metrics_task = tokio::spawn(accept_loop(metrics_l, Arc::clone(&metrics_conns), rx.clone(), {
+    let metrics_task = tokio::spawn(accept_loop(metrics_l, Arc::clone(&metrics_conns), rx.clone(), None, {
         let rx = rx.clone();
         move |tcp, conn| h1::serve(tcp, conn, metrics_router.clone(), limits.idle_timeout, rx.clone())
     }));
@@ -98,7 +106,7 @@ pub async fn serve_until_signal(server: Arc<Server>, host: &str, [http_port, grp
         .max_concurrent_streams(limits.max_streams)
         .max_header_list_size(GRPC_MAX_HEADER_LIST);
     let grpc_service = grpc::service(Arc::clone(&server));
-    let grpc_task = tokio::spawn(accept_loop(grpc_l, Arc::clone(&conns), rx.clone(), {
+    let grpc_task = tokio::spawn(accept_loop(grpc_l, Arc::clone(&conns), rx.clone(), grpc_threads, {
         let (rx, server) = (rx.clone(), Arc::clone(&server));
         move |tcp, conn| {
             let front = grpc::Front::new(Arc::clone(&server), grpc_service.clone(), Arc::clone(&conn));

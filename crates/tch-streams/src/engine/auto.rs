@@ -180,9 +180,7 @@ pub(crate) fn calibrate(
                 v.sort_by(f64::total_cmp);
                 drop(xs);
                 let working = base.and_then(|base| Some(crate::stream::memory_stats(device).ok()?.peak_allocated - base));
-                if device != Device::Cpu {
-                    let _ = crate::stream::empty_cache(device);
-                }
+                super::device_cache::give_back(device);
                 Some(Reading { size: b, fastest: v[0], slowest: v[RUNS - 1], working })
             };
             let guarded = |b: usize| {

@@ -156,7 +156,7 @@ pub(crate) fn fit(fp: &Footprint, l: Layout, budget: i64, workers_free: bool) ->
 /// of the device's reserved bytes since planning began.
 pub(crate) fn check_after_start(budgets: &[(Device, i64, i64)]) -> Result<(), super::EngineError> {
     for &(device, limit, before) in budgets {
-        let _ = crate::stream::empty_cache(device);
+        super::device_cache::give_back(device);
         let Ok(now) = crate::stream::memory_stats(device) else { continue };
         let held = now.reserved - before;
         if held > limit {

@@ -127,7 +127,7 @@ fn replay(c: &Captured, rows: Option<i64>) -> Result<Outputs, ForwardError> {
 /// graph's static outputs.
 fn capture(model: &dyn Forward, xs: &[Tensor], pool: Option<PoolId>) -> Result<Captured, String> {
     let inputs = xs.iter().map(|x| x.f_detach_copy()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    Graph::capture(pool, inputs, |inputs| model.run(inputs)).map_err(|e| match e {
+    super::device_cache::capturing(|| Graph::capture(pool, inputs, |inputs| model.run(inputs))).map_err(|e| match e {
         CaptureError::Work(e) => e.to_string(),
         CaptureError::Graph(e) => e.to_string(),
     })

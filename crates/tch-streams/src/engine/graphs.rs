@@ -29,6 +29,14 @@ impl Runner {
         }
     }
 
+    /// Whether this runner captures CUDA graphs.
+    pub(crate) fn captures(&self) -> bool {
+        #[cfg(tss_cuda_graphs)]
+        return self.graphs.is_some();
+        #[cfg(not(tss_cuda_graphs))]
+        false
+    }
+
     /// Captures a graph for these input shapes now, when graphs are on (the shapes must have run
     /// eagerly on this stream already). A failed capture is logged; those shapes run eagerly.
     pub(crate) fn prepare(&mut self, xs: &[Tensor]) {

@@ -54,6 +54,7 @@ mod buckets;
 mod completion;
 mod config;
 mod core;
+mod device_cache;
 mod error;
 mod events;
 mod graphs;

@@ -473,7 +473,7 @@ fn calibrated(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: 
     }))
     .ok()
     .flatten();
-    if let Some(freed) = give_back_cached_memory(device) {
+    if let Some(freed) = super::device_cache::give_back(device) {
         reasons.push(format!(
             "calibration: {} MiB of cached device memory its largest batches left behind given back to the driver",
             freed >> 20
@@ -532,7 +532,7 @@ fn tried(b: &EngineBuilder, specs: &Specs, workers: &[WorkerPlan], graphs: bool,
     for w in workers {
         if !devices.contains(&w.device) {
             devices.push(w.device);
-            give_back_cached_memory(w.device);
+            super::device_cache::give_back(w.device);
         }
     }
     trial
@@ -716,14 +716,3 @@ mod tests {
     }
 }
 
-/// Returns the device allocator's unused cached blocks to the driver (CUDA and MPS); how many
-/// bytes that was, or `None` on CPU or when the allocator cannot say.
-fn give_back_cached_memory(device: Device) -> Option<i64> {
-    if device == Device::Cpu {
-        return None;
-    }
-    let before = crate::stream::memory_stats(device).ok()?.reserved;
-    crate::stream::empty_cache(device).ok()?;
-    let after = crate::stream::memory_stats(device).ok()?.reserved;
-    Some((before - after).max(0))
-}

@@ -14,6 +14,7 @@
 use super::batcher::{Batcher, Held};
 use super::buckets::{join_padded, Buckets};
 use super::completion::{answer, Completer, Launched};
+use super::device_cache::WarmUpTurn;
 use super::config::{Batching, Output, SampleInputs};
 use super::error::EngineError;
 use super::events::{distinct, ReadyEvents};
@@ -175,7 +176,9 @@ fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
 /// Runs the model on `sizes` samples of every input in `specs` (in that order; the first size
 /// twice: one-time initialisation, then the shape's own first run) on the calling thread's
 /// stream, and has `runner` capture each size after its eager run. What a worker does before it
-/// serves, and what the start-up trial ([`super::trial`]) does on its threads.
+/// serves, and what the start-up trial ([`super::trial`]) does on its threads. A warm-up that
+/// captures graphs waits for its turn and gives the device's cached blocks back as it ends
+/// (see [`super::device_cache`]).
 pub(crate) fn warm_up(
     model: &Arc<dyn Forward>,
     runner: &mut Runner,
@@ -189,6 +192,8 @@ pub(crate) fn warm_up(
         v.join(", ")
     };
     let which = SampleInputs::name(samples);
+    // One capturing warm-up at a time; the eager blocks it leaves are given back as it ends.
+    let _turn = WarmUpTurn::take(device, runner.captures());
     for (k, &rows) in sizes.iter().enumerate() {
         let xs = SampleInputs::make(samples, specs, rows, device).map_err(|e| format!("warm-up inputs of {rows} sample(s): {e}"))?;
         let of = if rows == 1 { String::new() } else { format!(" (a batch of {rows})") };
