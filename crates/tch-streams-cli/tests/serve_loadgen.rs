@@ -96,3 +96,28 @@ fn a_bad_url_is_a_clear_error_and_exit_1() {
     let out = loadgen(&["--url", "127.0.0.1:1", "--model", "m", "--input", "input0=1xa:FP32"], 60);
     assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
 }
+
+/// gRPC connections run whole on the server's connection threads (the default, here 2 of them)
+/// or on its shared runtime (`--grpc-threads 0`), and `loadgen` drives its connections either
+/// way too: every combination answers every request, over the connections asked for, and each
+/// connection leaves the server's gauge once the client is done.
+#[test]
+fn grpc_connections_are_served_alike_on_their_own_threads_or_the_shared_runtime() {
+    let model = fixture("half.pt").display().to_string();
+    for server_threads in ["2", "0"] {
+        let server = Served::start(&["--model", &model, "--input", "1x16:float32", "--grpc-threads", server_threads]);
+        for client_threads in ["2", "0"] {
+            let args = ["--url", &server.grpc, "--protocol", "grpc", "--model", "half", "--concurrency", "6", "--grpc-connections", "3"];
+            let out = loadgen(&[&args[..], &["--grpc-threads", client_threads, "--duration", "0.4", "--warmup", "0.1", "--json"]].concat(), 120);
+            let what = format!("server --grpc-threads {server_threads}, loadgen --grpc-threads {client_threads}");
+            assert_eq!(out.status.code(), Some(0), "{what}: {}", text(&out.stderr));
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: not JSON ({e})"));
+            let run = &doc["runs"][0];
+            assert_eq!(run["connections"], 3, "{what}: {run}");
+            assert_eq!(run["errors"], 0, "{what}: {run}");
+            assert!(run["requests"].as_u64().is_some_and(|n| n > 0), "{what}: {run}");
+        }
+        let closed = serve_common::eventually(Duration::from_secs(20), || sample(&server.scrape(), "tch_streams_open_connections", &[]) == Some(0.0));
+        assert!(closed, "server --grpc-threads {server_threads}: connections left open: {}", server.scrape());
+    }
+}
