@@ -224,36 +224,41 @@ fn within(whole: &Bytes, part: &[u8]) -> bool {
     !part.is_empty() && p >= w && p + part.len() <= w + whole.len()
 }
 
-/// The body, read whole under the size limit, the byte budget and the body timeout; its
-/// reservation is held until the request is answered.
-async fn read_body(s: &Server, headers: &HeaderMap, body: Body) -> Result<(Bytes, Reservation), ApiError> {
+/// The `Inference-Header-Content-Length` header: `None` when absent, `Some(None)` when it is not
+/// a number.
+fn json_length(headers: &HeaderMap) -> Option<Option<usize>> {
+    headers.get(HEADER_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()))
+}
+
+/// The body, read whole under the size limit, the byte budget and the body timeout, placed so
+/// that byte `align_at` (where binary tensors begin) is aligned; its reservation is held until
+/// the request is answered.
+async fn read_body(s: &Server, headers: &HeaderMap, body: Body, align_at: usize) -> Result<(Bytes, Reservation), ApiError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    // Binary tensors begin after the JSON part (of a body sent as is, not compressed).
-    let compressed = headers.contains_key(header::CONTENT_ENCODING);
-    let align_at = headers.get(HEADER_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<usize>().ok()).filter(|_| !compressed).unwrap_or(0);
     let bounds = Bounds { max_bytes: s.limits.max_request_bytes, timeout: s.limits.body_timeout, grpc: false, align_at };
     body::read(body, declared, bounds, &s.budget).await
 }
 
 async fn infer_inner(s: &Arc<Server>, p: &ModelPath, headers: &HeaderMap, body: Body, stages: &mut Stages) -> Result<Response, ApiError> {
+    let header_len = json_length(headers);
+    // Binary tensors begin after the JSON part (of a body sent as is, not compressed).
+    let compressed = headers.contains_key(header::CONTENT_ENCODING);
+    let align_at = header_len.flatten().filter(|_| !compressed).unwrap_or(0);
     // The body first, even for an unknown model: a connection whose request body was left
     // unread cannot be reused, and the client's next request on it would fail.
-    let (body, mut held) = read_body(s, headers, body).await?;
+    let (body, mut held) = read_body(s, headers, body, align_at).await?;
     stages.restart();
     let encoding = content_encoding(headers)?;
     let model = Arc::clone(s.model(&p.name, p.version.as_deref())?);
     let max = s.limits.max_request_bytes;
     // The JSON part, then binary tensors when the header says where the JSON ends.
     // (Of the decompressed body, when it is compressed.)
-    let json_len = match headers.get(HEADER_LENGTH) {
+    let json_len = match header_len {
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|&n| encoding.is_some() || n <= body.len())
-                .ok_or_else(|| ApiError::bad(format!("{HEADER_LENGTH}: {:?} is not a length within the body's {} bytes", shown(&String::from_utf8_lossy(v.as_bytes())), body.len())))?,
-        ),
+        Some(n) => Some(n.filter(|&n| encoding.is_some() || n <= body.len()).ok_or_else(|| {
+            let raw = headers.get(HEADER_LENGTH).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default();
+            ApiError::bad(format!("{HEADER_LENGTH}: {:?} is not a length within the body's {} bytes", shown(&raw), body.len()))
+        })?),
     };
     let m = Arc::clone(&model);
     let (admitted, held) = s
