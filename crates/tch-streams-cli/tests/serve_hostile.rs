@@ -299,20 +299,21 @@ fn large_mlp_grpc(rows: usize) -> pb::ModelInferRequest {
     }
 }
 
-/// Issue #24 item 15: with one worker and no batching, 10 HTTP clients send a slow request
-/// (2048 x 2048 through the large MLP: long enough that the first is still running when the
-/// twentieth arrives, even on a loaded 2-core machine) and disconnect, and 10 gRPC
-/// requests are cancelled. Only the two requests inside the model's window reach the engine;
-/// the other 18 leave the line unrun (tch_streams_skipped_requests_total) and all 20 are
-/// counted as cancelled. A trivial request afterwards is answered (before the fix every
-/// abandoned request ran: the next one waited about 20 s and timed out).
+/// Issue #24 item 15: with one worker and no batching, one long request (6144 x 2048 through
+/// the large MLP, seconds of compute on a 2-core machine) is running when 9 more HTTP clients
+/// send a small request (64 rows) and 10 gRPC requests arrive; then every client goes (HTTP
+/// disconnects, gRPC cancellations). Only the two requests inside the model's window reach the
+/// engine; the other 18 leave the line unrun (tch_streams_skipped_requests_total) and all 20 are
+/// counted as cancelled. A trivial request afterwards is answered (before the fix every abandoned
+/// request ran: the next one waited about 20 s and timed out). The small requests take
+/// milliseconds to send, so they are all in while the long one still runs, however loaded the
+/// machine.
 #[test]
 fn abandoned_requests_are_skipped_before_the_engine_and_counted_as_cancelled() {
     let _alone = cpu_heavy();
-    let server = Served::start(&["--builtin", "large-mlp", "--workers", "1", "--batch-max", "0", "--request-timeout-ms", "6000", "--max-batch-size", "2048"]);
-    let (body, headers) = large_mlp_request(2048);
-    let mut gone = Vec::new();
-    for _ in 0..10 {
+    let server = Served::start(&["--builtin", "large-mlp", "--workers", "1", "--batch-max", "0", "--request-timeout-ms", "60000", "--max-batch-size", "8192"]);
+    let send = |rows: usize| {
+        let (body, headers) = large_mlp_request(rows);
         let mut s = TcpStream::connect(&server.http).expect("connect");
         let mut head = format!("POST /v2/models/large-mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n", body.len());
         for (k, v) in &headers {
@@ -320,10 +321,16 @@ fn abandoned_requests_are_skipped_before_the_engine_and_counted_as_cancelled() {
         }
         head.push_str("\r\n");
         s.write_all(head.as_bytes()).and_then(|_| s.write_all(&body)).expect("send");
-        gone.push(s);
+        s
+    };
+    let mut gone = vec![send(6144)];
+    let running = eventually(Duration::from_secs(30), || metric(&server, "tch_streams_inflight_requests", &[("model", "large-mlp")]) == 1.0);
+    assert!(running, "the long request never arrived: {}", server.scrape());
+    for _ in 0..9 {
+        gone.push(send(64));
     }
     let g = Grpc::connect(&server.grpc);
-    let message = serve_common::grpc_frame(&prost::Message::encode_to_vec(&large_mlp_grpc(2048)));
+    let message = serve_common::grpc_frame(&prost::Message::encode_to_vec(&large_mlp_grpc(64)));
     let cancelled: Vec<_> = (0..10).map(|_| g.stall_with_end(message.clone()).expect("a gRPC request")).collect();
     // Every request is in the server (read and waiting, or running) before the clients go.
     let all_in = eventually(Duration::from_secs(30), || metric(&server, "tch_streams_inflight_requests", &[("model", "large-mlp")]) == 20.0);

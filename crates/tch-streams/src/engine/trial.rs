@@ -132,8 +132,8 @@ enum Report {
 
 /// Runs the trial on one thread per worker in `workers`: every thread sets up, then runs
 /// `2 × ROUNDS` phases of `window` each, off and batched alternately, all threads at once.
-/// `limit` bounds every wait beyond the phases' own time (set-up, each phase's last iteration,
-/// the threads' end). `Err` says why there is no answer: the model failed or panicked, a thread
+/// `limit` bounds every wait beyond the phases' own time (each phase's last iteration, the
+/// threads' end; set-up gets `limit` per thread, as graph-capturing set-ups take turns). `Err` says why there is no answer: the model failed or panicked, a thread
 /// could not start or took longer than `limit`.
 pub(crate) fn compare(workers: &[WorkerPlan], setup: &TrialSetup<'_>, window: Duration, limit: Duration) -> Result<Trial, String> {
     if setup.max_batch < 2 {
@@ -223,7 +223,7 @@ fn coordinate(
 ) -> Result<Trial, String> {
     let Phases { max_batch, fewer, window, limit } = *phases;
     let n = go.len();
-    let wait = |deadline: Instant, what: &str| -> Result<(usize, Report), String> {
+    let wait = |deadline: Instant, what: &str, allowed: Duration| -> Result<(usize, Report), String> {
         loop {
             return match rx.recv_deadline(deadline) {
                 Ok((i, Report::Failed(why))) => Err(format!("trial thread {i}: {why}")),
@@ -232,14 +232,17 @@ fn coordinate(
                     continue;
                 }
                 Ok(r) => Ok(r),
-                Err(RecvTimeoutError::Timeout) => Err(format!("{what} took longer than {} ms", limit.as_millis())),
+                Err(RecvTimeoutError::Timeout) => Err(format!("{what} took longer than {} ms", allowed.as_millis())),
                 Err(RecvTimeoutError::Disconnected) => Err("every trial thread ended".into()),
             };
         }
     };
-    let deadline = Instant::now() + limit;
+    // Each thread's set-up is a step, and graph-capturing ones take turns (see
+    // `device_cache`): the last may start only after all the others.
+    let allowed = limit.saturating_mul(n.max(1) as u32);
+    let deadline = Instant::now() + allowed;
     for _ in 0..n {
-        wait(deadline, "setting up (warm-up, graph capture)")?;
+        wait(deadline, "setting up (warm-up, graph capture)", allowed)?;
     }
     let held_per_worker = held();
     let modes = if fewer.is_some() { 3 } else { 2 };
@@ -251,7 +254,7 @@ fn coordinate(
         let deadline = Instant::now() + window + limit;
         let mut rate = 0.0;
         for _ in 0..n {
-            match wait(deadline, "a phase")? {
+            match wait(deadline, "a phase", limit)? {
                 (_, Report::Phase { requests, secs }) if secs > 0.0 => rate += requests as f64 / secs,
                 (i, _) => return Err(format!("trial thread {i} reported no time")),
             }
