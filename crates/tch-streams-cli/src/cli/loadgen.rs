@@ -47,9 +47,9 @@ pub struct Args {
     pub threads: Option<usize>,
     /// gRPC only: threads that run the HTTP/2 connections, each connection with all its
     /// requests on one of them (round robin); 0: on the async runtime of --threads, its
-    /// requests on any of its threads [default: one per connection, at most one per core].
-    #[arg(long)]
-    pub grpc_threads: Option<usize>,
+    /// requests on any of its threads.
+    #[arg(long, default_value_t = 0)]
+    pub grpc_threads: usize,
     /// Print the reports as one JSON document on stdout (the summary lines go to stderr).
     #[arg(long)]
     pub json: bool,

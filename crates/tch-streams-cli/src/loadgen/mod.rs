@@ -41,9 +41,8 @@ pub struct Plan {
     /// gRPC: HTTP/2 connections the requests are spread over (round robin).
     pub grpc_connections: usize,
     /// gRPC: threads the connections run on, each with all its requests (see
-    /// [`ConnThreads`]); `Some(0)`: the caller's runtime; `None`: one per connection, at most one
-    /// per core.
-    pub grpc_threads: Option<usize>,
+    /// [`ConnThreads`]); 0: the caller's runtime.
+    pub grpc_threads: usize,
 }
 
 /// One run's result.
@@ -131,8 +130,7 @@ pub async fn run(plan: &Plan, mut each: impl FnMut(&Report)) -> anyhow::Result<V
         let (shared, threads) = match plan.protocol {
             Protocol::Grpc => {
                 let n = plan.grpc_connections.clamp(1, c);
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let threads = match plan.grpc_threads.unwrap_or_else(|| n.min(cores)) {
+                let threads = match plan.grpc_threads.min(n) {
                     0 => None,
                     t => Some(ConnThreads::start(t, "tch-streams-loadgen-h2")?),
                 };

@@ -3,7 +3,7 @@
 //!
 //! Each listener runs one accept loop on the async runtime; each connection is one task that
 //! drives hyper's HTTP/1.1 (REST, metrics) or HTTP/2 (gRPC) connection — the gRPC ones, with
-//! every request on them, on threads of their own ([`ConnThreads`]) unless `--grpc-threads 0` —
+//! every request on them, on threads of their own ([`ConnThreads`]) when `--grpc-threads` asks —
 //! and watches three things:
 //!
 //! - **idle**: no request in progress for `--idle-timeout-s` (since the connection opened or its

@@ -69,8 +69,8 @@ pub struct Settings {
     pub drain: Duration,
     /// `--io-threads` [default: one per core].
     pub io_threads: Option<usize>,
-    /// `--grpc-threads`: threads that each run their gRPC connections whole; 0: the shared
-    /// runtime runs them.
+    /// `--grpc-threads`: threads that each run their gRPC connections whole; 0 (the default):
+    /// the shared runtime runs them.
     pub grpc_threads: usize,
 }
 

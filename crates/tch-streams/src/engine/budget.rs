@@ -76,6 +76,10 @@ pub(crate) struct Footprint {
     /// graphs' pool, buffers, cuBLAS workspaces), as the start-up trial measured it; preferred
     /// to `working`, which one eager forward measures and which leaves that overhead out.
     pub(crate) per_worker: Option<(usize, i64)>,
+    /// Whether warm-ups take turns (CUDA graphs captured; see `device_cache`): at the build's
+    /// peak one worker's eager forward of its largest batch is cached on top of what every
+    /// worker holds. Without graphs the workers' held memory already is their eager cache.
+    pub(crate) warm_up_turns: bool,
 }
 
 /// The layout of one device whose memory is estimated.
@@ -115,9 +119,12 @@ impl Footprint {
         }
     }
 
-    /// Bytes the engine holds on a device laid out as `l` at its peak (see the module docs).
+    /// Bytes the engine holds on a device laid out as `l` at its peak (see the module docs):
+    /// the weights, every worker's share, and with warm-up turns one eager forward of the
+    /// largest batch (the warm-up in progress).
     pub(crate) fn estimate(&self, l: Layout) -> Option<i64> {
-        Some(self.weights * l.instances as i64 + l.workers as i64 * self.per_worker(l.largest)?)
+        let turn = if self.warm_up_turns { self.working(l.largest).unwrap_or(0) } else { 0 };
+        Some(self.weights * l.instances as i64 + l.workers as i64 * self.per_worker(l.largest)? + turn)
     }
 }
 
@@ -185,7 +192,7 @@ mod tests {
 
     fn fp() -> Footprint {
         // Weights 50 MiB; 10 MiB per sample.
-        Footprint { weights: 50 * MB, working: (0..8).map(|k| (1usize << k, (10 << k) * MB)).collect(), per_worker: None }
+        Footprint { weights: 50 * MB, working: (0..8).map(|k| (1usize << k, (10 << k) * MB)).collect(), per_worker: None, warm_up_turns: false }
     }
 
     #[test]
@@ -199,8 +206,17 @@ mod tests {
         let fitted = fit(&f, layout(64), 2000 * MB, true).unwrap().unwrap();
         assert_eq!((fitted.max_batch, fitted.workers, fitted.estimate), (32, 4, 50 * MB + 4 * 480 * MB));
         // A measurement without calibration readings still answers for its own size.
-        let alone = Footprint { weights: 0, working: Vec::new(), per_worker: Some((8, 100)) };
+        let alone = Footprint { weights: 0, working: Vec::new(), per_worker: Some((8, 100)), warm_up_turns: false };
         assert_eq!((alone.per_worker(8), alone.per_worker(4)), (Some(100), None));
+    }
+
+    #[test]
+    fn with_warm_up_turns_one_eager_forward_of_the_largest_batch_comes_on_top() {
+        let f = Footprint { per_worker: Some((64, 960 * MB)), warm_up_turns: true, ..fp() };
+        assert_eq!(f.estimate(layout(64)), Some(50 * MB + 4 * 960 * MB + 640 * MB));
+        assert_eq!(f.estimate(layout(32)), Some(50 * MB + 4 * 480 * MB + 320 * MB), "the turn's forward scales with the batch");
+        let fitted = fit(&f, layout(64), 2000 * MB, true).unwrap().unwrap();
+        assert_eq!((fitted.max_batch, fitted.workers, fitted.estimate), (16, 4, 50 * MB + 4 * 240 * MB + 160 * MB));
     }
 
     fn layout(largest: usize) -> Layout {

@@ -123,7 +123,7 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
     // The calibrated max_batch, lowered to fit the budget before the trial runs it on every worker.
     let fit_batch = |max_batch: usize, working: &[(usize, i64)]| -> usize {
         let (Some(&(_, limit, _)), Some(weights)) = (budgets.first(), weights) else { return max_batch };
-        let fp = Footprint { weights, working: working.to_vec(), per_worker: None };
+        let fp = Footprint { weights, working: working.to_vec(), per_worker: None, warm_up_turns: false };
         let layout = Layout { workers: on_first(&assigned), instances: instances(&assigned), largest: max_batch };
         match budget::fit(&fp, layout, limit, false) {
             Some(Ok(f)) => f.max_batch,
@@ -140,7 +140,7 @@ pub(crate) fn plan(b: &EngineBuilder) -> Result<Plan, EngineError> {
         workers.truncate(n);
     }
     let held = measured.trial.as_ref().and_then(|t| Some((t.max_batch, t.held_per_worker?)));
-    let estimate = fit_to_budget(b, &budgets, weights, &measured.working, held, &mut batching, &mut assigned, &mut workers, &mut reasons)?;
+    let estimate = fit_to_budget(b, &budgets, weights, &measured.working, (held, cuda_graphs), &mut batching, &mut assigned, &mut workers, &mut reasons)?;
     let buckets = resolve_buckets(b, batching, &mut reasons)?;
     check_warmup_size(known.as_ref(), &buckets)?;
     reasons.extend(graph_reasons);
@@ -184,7 +184,7 @@ fn fit_to_budget(
     budgets: &[(Device, i64, i64)],
     weights: Option<i64>,
     working: &[(usize, i64)],
-    per_worker: Option<(usize, i64)>,
+    (per_worker, warm_up_turns): (Option<(usize, i64)>, bool),
     batching: &mut Batching,
     assigned: &mut Vec<Device>,
     workers: &mut Vec<WorkerPlan>,
@@ -192,7 +192,7 @@ fn fit_to_budget(
 ) -> Result<Option<i64>, EngineError> {
     let (Some(&(_, limit, _)), Some(weights)) = (budgets.first(), weights) else { return Ok(None) };
     let Batching::Dynamic { max_batch, max_wait } = *batching else { return Ok(None) };
-    let footprint = Footprint { weights, working: working.to_vec(), per_worker };
+    let footprint = Footprint { weights, working: working.to_vec(), per_worker, warm_up_turns };
     let on_first = assigned.iter().filter(|&&d| d == assigned[0]).count();
     let instances = if b.replicas == Replicas::Shared { 1 } else { on_first };
     let layout = Layout { workers: on_first, instances, largest: max_batch };
@@ -231,6 +231,9 @@ fn fit_to_budget(
         let largest = batching_max(*batching);
         let eager = footprint.working(largest).unwrap_or(0) + footprint.weights;
         let basis = match per_worker {
+            Some((b, held)) if warm_up_turns => {
+                format!("each worker as the trial measured it at {b} samples: {} MiB, and one eager forward during the warm-ups, which take turns", budget::mib(held))
+            }
             Some((b, held)) => format!("each worker as the trial measured it at {b} samples: {} MiB", budget::mib(held)),
             None => "each worker as one eager forward of its largest batch".into(),
         };
