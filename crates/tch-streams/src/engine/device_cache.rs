@@ -16,34 +16,47 @@
 //!
 //! Any thread may call these. A thread must not hold a [`WarmUpTurn`] while it waits for
 //! another thread's warm-up (the trial's threads and the workers each take their own turn).
+//!
+//! No wait here is unbounded: a model stuck inside a warm-up or a capture (the trial leaves such
+//! threads behind) must not stop every later build of the process. A turn not granted within
+//! [`TURN_WAIT`] is taken without it (that warm-up then overlaps the stuck one: more memory, no
+//! harm); a capture that cannot take the lock within [`TURN_WAIT`] runs without it; emptying the
+//! cache that cannot take it within [`EMPTY_WAIT`] is skipped. Each is logged.
 
-use std::sync::{Mutex, MutexGuard};
+use parking_lot::{const_mutex, Mutex, MutexGuard};
+use std::time::Duration;
 use tch::Device;
 
 /// Held by each capture and each emptying of the cache.
-static CAPTURE: Mutex<()> = Mutex::new(());
+static CAPTURE: Mutex<()> = const_mutex(());
 /// Held by each graph-capturing warm-up, whole.
-static WARM_UP: Mutex<()> = Mutex::new(());
+static WARM_UP: Mutex<()> = const_mutex(());
 
-/// Locks `m`; a panic while it was held poisons nothing here (the guarded state is `()`).
-fn lock(m: &'static Mutex<()>) -> MutexGuard<'static, ()> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// Longest a warm-up waits for its turn, and a capture for the lock.
+pub(crate) const TURN_WAIT: Duration = Duration::from_secs(60);
+/// Longest giving the cache back waits for the captures in progress.
+pub(crate) const EMPTY_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs `capture` (one CUDA graph capture) while no cache is being emptied.
 pub(crate) fn capturing<T>(capture: impl FnOnce() -> T) -> T {
-    let _held = lock(&CAPTURE);
+    let held = CAPTURE.try_lock_for(TURN_WAIT);
+    if held.is_none() {
+        tracing::warn!("a graph capture waited {} s for another capture or cache release; capturing without the lock", TURN_WAIT.as_secs());
+    }
     capture()
 }
 
 /// Returns the allocator's unused cached blocks of `device`'s kind (every device of it) to the
-/// driver, never during a capture; how many bytes `device` gave back, or `None` on the CPU or
-/// when the allocator cannot say.
+/// driver, never during a capture of the engine's; how many bytes `device` gave back, or `None`
+/// on the CPU, when the allocator cannot say, or when a capture held the lock too long.
 pub(crate) fn give_back(device: Device) -> Option<i64> {
     if device == Device::Cpu {
         return None;
     }
-    let _held = lock(&CAPTURE);
+    let Some(_held) = CAPTURE.try_lock_for(EMPTY_WAIT) else {
+        tracing::warn!("cached device memory not given back: a graph capture has held the lock for {} s", EMPTY_WAIT.as_secs());
+        return None;
+    };
     let before = crate::stream::memory_stats(device).ok()?.reserved;
     crate::stream::empty_cache(device).ok()?;
     let after = crate::stream::memory_stats(device).ok()?.reserved;
@@ -53,19 +66,31 @@ pub(crate) fn give_back(device: Device) -> Option<i64> {
 /// One warm-up's turn (see the module docs): held from [`WarmUpTurn::take`] until dropped, which
 /// gives the cache back first. Takes nothing when the warm-up captures no graphs.
 pub(crate) struct WarmUpTurn {
-    held: Option<(MutexGuard<'static, ()>, Device)>,
+    held: Option<(Option<MutexGuard<'static, ()>>, Device)>,
 }
 
 impl WarmUpTurn {
-    /// Waits for the turn when `captures` (graphs on, on a GPU `device`); else returns at once.
+    /// Waits for the turn (at most [`TURN_WAIT`]) when `captures` (graphs on, on a GPU
+    /// `device`); else returns at once.
     pub(crate) fn take(device: Device, captures: bool) -> WarmUpTurn {
-        WarmUpTurn { held: (captures && device != Device::Cpu).then(|| (lock(&WARM_UP), device)) }
+        Self::take_within(device, captures, TURN_WAIT)
     }
 
-    /// Whether this turn is exclusive (a capturing warm-up).
+    fn take_within(device: Device, captures: bool, wait: Duration) -> WarmUpTurn {
+        if !captures || device == Device::Cpu {
+            return WarmUpTurn { held: None };
+        }
+        let guard = WARM_UP.try_lock_for(wait);
+        if guard.is_none() {
+            tracing::warn!("a warm-up waited {} ms for its turn (another is stuck or slow); warming up alongside it", wait.as_millis());
+        }
+        WarmUpTurn { held: Some((guard, device)) }
+    }
+
+    /// Whether this turn is exclusive (a capturing warm-up that got the turn).
     #[cfg(test)]
     pub(crate) fn is_held(&self) -> bool {
-        self.held.is_some()
+        matches!(self.held, Some((Some(_), _)))
     }
 }
 
@@ -87,7 +112,7 @@ mod tests {
 
     #[test]
     fn no_turn_is_taken_without_graphs_or_on_the_cpu() {
-        // Neither blocks, even while a capturing turn is held elsewhere on this thread.
+        // Neither waits for the lock the capturing turns share.
         let a = WarmUpTurn::take(Device::Cpu, true);
         let b = WarmUpTurn::take(Device::Cuda(0), false);
         assert!(!a.is_held() && !b.is_held());
@@ -120,5 +145,28 @@ mod tests {
             t.join().expect("no panic");
         }
         assert_eq!(most.load(Ordering::SeqCst), 1, "two warm-ups held the turn at once");
+    }
+
+    #[test]
+    fn a_turn_held_too_long_is_not_waited_for_beyond_the_limit() {
+        // A warm-up stuck in its model keeps its turn; the next one goes ahead without it.
+        let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let stuck = std::thread::spawn(move || {
+            let turn = WarmUpTurn::take(Device::Cuda(0), true);
+            taken_tx.send(turn.is_held()).unwrap();
+            let _ = release_rx.recv_timeout(Duration::from_secs(30));
+        });
+        assert!(taken_rx.recv_timeout(Duration::from_secs(30)).expect("watchdog"), "the first warm-up got the turn");
+        let t0 = std::time::Instant::now();
+        let late = WarmUpTurn::take_within(Device::Cuda(0), true, Duration::from_millis(100));
+        let waited = t0.elapsed();
+        assert!(!late.is_held(), "granted while another held it");
+        assert!(waited >= Duration::from_millis(100), "gave up before the limit: {waited:?}");
+        drop(late);
+        release_tx.send(()).unwrap();
+        stuck.join().expect("no panic");
+        // Released: the turn is granted again.
+        assert!(WarmUpTurn::take_within(Device::Cuda(0), true, Duration::from_secs(30)).is_held());
     }
 }
