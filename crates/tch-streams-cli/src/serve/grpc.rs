@@ -1,8 +1,10 @@
 //! The gRPC `inference.GRPCInferenceService` of the Open Inference Protocol, with tonic.
 //!
 //! Each HTTP/2 stream goes through [`Front`] first (message size, byte budget, body timeout,
-//! the client's `grpc-timeout`, counting), then tonic's service. ModelInfer decodes its message
-//! into the protocol-neutral [`request::InferRequest`] that HTTP also produces, and the model
+//! the client's `grpc-timeout`, counting), then tonic's service, except ModelInfer with one
+//! plain message: the front decodes that itself and frames the answer ([`super::unary`]), which
+//! spares every inference request tonic's copy of the message and its codec. ModelInfer decodes
+//! its message into the protocol-neutral [`request::InferRequest`] that HTTP also produces, and the model
 //! validates it once ([`ServedModel::admit`](super::model::ServedModel::admit)): both protocols
 //! refuse the same requests with the same messages. Inputs come as `raw_input_contents` (one
 //! entry per input, in order) or typed `contents`; outputs always go back as
@@ -14,10 +16,11 @@
 //! blocking threads.
 
 use super::body::{self, Bounds};
-use super::listen::{Conn, Tracked};
+use super::listen::{Active, Conn, Tracked};
 use super::protocol::{tensor_to_bytes, ApiError, ErrorKind};
 use super::request;
 use super::stages::{Stage, Stages};
+use super::unary;
 use prost::Message;
 use super::state::{Protocol, Recorder, Server};
 use hyper::body::Incoming;
@@ -179,18 +182,40 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
             }
             let declared = parts.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
             let bounds = Bounds { max_bytes: server.limits.max_request_bytes, timeout: server.limits.body_timeout, grpc: true, align_at: 0 };
-            let read = match body::read(body, declared, bounds, &server.budget).await {
-                // tonic copies the message into its own buffer to decode it: count that too.
-                Ok((bytes, mut held)) => held.grow(bytes.len()).map(|_| (bytes, held)),
-                Err(e) => Err(e),
-            };
-            let (bytes, held) = match read {
+            let (bytes, mut held) = match body::read(body, declared, bounds, &server.budget).await {
                 Ok(x) => x,
                 Err(e) => {
                     count.finish(Err(e.kind));
-                    return Ok(Status::new(e.kind.grpc_code(), e.message).into_http::<tonic::body::Body>().map(|b| Tracked::new(b, active)));
+                    return Ok(refused(e.kind.grpc_code(), e.message, active));
                 }
             };
+            // ModelInfer with one plain message: decoded here, straight from the bytes read.
+            if let Some(message) = infer.then(|| unary::only_message(&bytes)).flatten() {
+                let message = match pb::ModelInferRequest::decode(message) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        count.finish(Err(ErrorKind::BadRequest));
+                        return Ok(refused(tonic::Code::InvalidArgument, format!("malformed request message: {e}"), active));
+                    }
+                };
+                let rec = Recorder::new(&server, &message.model_name, Protocol::Grpc);
+                flag.mark();
+                count.finish(Ok(()));
+                let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
+                let mut stages = Stages::starting(Instant::now());
+                let result = Grpc(Arc::clone(&server)).infer(message, deadline, &mut stages).await;
+                drop(held);
+                rec.finish_with(result.as_ref().map(|_| ()).map_err(|e| e.kind), &stages);
+                return Ok(match result {
+                    Ok(answer) => unary::ok(unary::framed(&answer)).map(|b| Tracked::new(tonic::body::Body::new(b), active)),
+                    Err(e) => refused(e.kind.grpc_code(), e.message, active),
+                });
+            }
+            // tonic copies the message into its own buffer to decode it: count that too.
+            if let Err(e) = held.grow(bytes.len()) {
+                count.finish(Err(e.kind));
+                return Ok(refused(e.kind.grpc_code(), e.message, active));
+            }
             parts.extensions.insert(flag.clone());
             parts.extensions.insert(MessageRead(Instant::now()));
             let req = hyper::Request::from_parts(parts, http_body_util::Full::new(bytes));
@@ -207,6 +232,11 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
             Ok(resp.map(|b| Tracked::new(b, active)))
         })
     }
+}
+
+/// A trailers-only answer with `code` and `message`, counted in progress until written.
+fn refused(code: tonic::Code, message: String, active: Active) -> hyper::Response<Tracked<tonic::body::Body>> {
+    Status::new(code, message).into_http::<tonic::body::Body>().map(|b| Tracked::new(b, active))
 }
 
 /// The tonic service, with the message size limit of `--max-request-bytes`.

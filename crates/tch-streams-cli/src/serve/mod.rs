@@ -36,6 +36,7 @@ pub mod request;
 pub mod shutdown;
 pub mod stages;
 pub mod state;
+pub mod unary;
 
 use crate::conn_threads::ConnThreads;
 use anyhow::Context;
