@@ -12,7 +12,9 @@
 //!   at a time in the process, and each turn ends by giving the cache back: the peak of start-up
 //!   is every worker's graphs plus one worker's eager blocks, where concurrent warm-ups held every
 //!   worker's eager blocks as well (1.5–1.7× the serving figure on CNNs). Warm-ups without graphs
-//!   keep their cached blocks: they are what the worker serves with.
+//!   keep their cached blocks: they are what the worker serves with. So does the warm-up of a
+//!   worker that replaces one that panicked ([`WarmUpTurn::keeping_cache`]): the others are
+//!   serving from the cache then.
 //!
 //! Any thread may call these. A thread must not hold a [`WarmUpTurn`] while it waits for
 //! another thread's warm-up (the trial's threads and the workers each take their own turn).
@@ -64,9 +66,11 @@ pub(crate) fn give_back(device: Device) -> Option<i64> {
 }
 
 /// One warm-up's turn (see the module docs): held from [`WarmUpTurn::take`] until dropped, which
-/// gives the cache back first. Takes nothing when the warm-up captures no graphs.
+/// gives the cache back first (unless [`WarmUpTurn::keeping_cache`]). Takes nothing when the warm-up captures no graphs.
 pub(crate) struct WarmUpTurn {
     held: Option<(Option<MutexGuard<'static, ()>>, Device)>,
+    /// Whether the cache is given back as the turn ends (see [`WarmUpTurn::keeping_cache`]).
+    gives_back: bool,
 }
 
 impl WarmUpTurn {
@@ -78,13 +82,22 @@ impl WarmUpTurn {
 
     fn take_within(device: Device, captures: bool, wait: Duration) -> WarmUpTurn {
         if !captures || device == Device::Cpu {
-            return WarmUpTurn { held: None };
+            return WarmUpTurn { held: None, gives_back: false };
         }
         let guard = WARM_UP.try_lock_for(wait);
         if guard.is_none() {
             tracing::warn!("a warm-up waited {} ms for its turn (another is stuck or slow); warming up alongside it", wait.as_millis());
         }
-        WarmUpTurn { held: Some((guard, device)) }
+        WarmUpTurn { held: Some((guard, device)), gives_back: true }
+    }
+
+    /// This turn, ending without giving the cache back: for a warm-up while other workers
+    /// serve (a worker replacing one that panicked), whose cached blocks are theirs to reuse.
+    /// Emptying the cache then would only free them, stall the device once and have them
+    /// allocated again; the build's peak, which the give-back bounds, is long past.
+    pub(crate) fn keeping_cache(mut self) -> WarmUpTurn {
+        self.gives_back = false;
+        self
     }
 
     /// Whether this turn is exclusive (a capturing warm-up that got the turn).
@@ -97,7 +110,9 @@ impl WarmUpTurn {
 impl Drop for WarmUpTurn {
     fn drop(&mut self) {
         if let Some((guard, device)) = self.held.take() {
-            give_back(device);
+            if self.gives_back {
+                give_back(device);
+            }
             drop(guard);
         }
     }
@@ -109,6 +124,16 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
+
+    #[test]
+    fn a_turn_kept_for_a_replacement_is_still_exclusive_but_gives_nothing_back() {
+        let turn = WarmUpTurn::take(Device::Cuda(0), true).keeping_cache();
+        assert!(turn.is_held() && !turn.gives_back);
+        assert!(!WarmUpTurn::take_within(Device::Cuda(0), true, Duration::from_millis(50)).is_held(), "granted while the replacement held it");
+        drop(turn);
+        let again = WarmUpTurn::take(Device::Cuda(0), true);
+        assert!(again.is_held() && again.gives_back);
+    }
 
     #[test]
     fn no_turn_is_taken_without_graphs_or_on_the_cpu() {

@@ -306,7 +306,7 @@ impl Job {
         let _workspaces = ThreadWorkspaces::new(self.device, stream);
         let mut runner = Runner::new(self.model.clone(), self.graphs);
         // Largest first, as a worker does (its graphs share one memory pool).
-        worker::warm_up(&self.model, &mut runner, &self.specs, self.samples.as_ref(), &[self.max_batch, 1], self.device)?;
+        worker::warm_up(&self.model, &mut runner, &self.specs, self.samples.as_ref(), &[self.max_batch, 1], self.device, false)?;
         // Requests as they reach a worker: single-sample inputs on the host, each its own.
         let one = SampleInputs::make(self.samples.as_ref(), &self.specs, 1, Device::Cpu)?;
         let many = SampleInputs::make(self.samples.as_ref(), &self.specs, self.max_batch, Device::Cpu)?;

@@ -94,7 +94,8 @@ pub(crate) fn spawn(
 fn run(spec: WorkerSpec, held: Arc<Held>, ready: Option<Sender<(usize, Result<Stream, String>)>>) {
     // Start-up (stream, warm-up inputs, warm-up) must not unwind past here: a panic is a start
     // failure, reported like any other.
-    let started = catch_unwind(AssertUnwindSafe(|| start(&spec)))
+    let while_serving = ready.is_none();
+    let started = catch_unwind(AssertUnwindSafe(|| start(&spec, while_serving)))
         .unwrap_or_else(|p| Err(format!("the worker panicked while starting: {}", panic_message(&*p))));
     let (stream, runner) = match started {
         Ok(s) => s,
@@ -150,8 +151,9 @@ fn run(spec: WorkerSpec, held: Arc<Held>, ready: Option<Sender<(usize, Result<St
 }
 
 /// Binds the stream, turns grad off, warms up every bucket size (capturing each as a CUDA graph
-/// when graphs are on), so that no request pays a first-shape cost.
-fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
+/// when graphs are on), so that no request pays a first-shape cost. `while_serving`: a
+/// replacement, started while the other workers serve.
+fn start(spec: &WorkerSpec, while_serving: bool) -> Result<(Stream, Runner), String> {
     let stream = if spec.use_pool {
         Stream::from_pool(spec.device, Priority::Normal).map_err(|e| e.to_string())?
     } else {
@@ -167,7 +169,7 @@ fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
             [] => vec![1],
             b => b.iter().rev().copied().collect(),
         };
-        warm_up(&spec.model, &mut runner, specs, spec.samples.as_ref(), &sizes, spec.device)?;
+        warm_up(&spec.model, &mut runner, specs, spec.samples.as_ref(), &sizes, spec.device, while_serving)?;
         stream.synchronize().map_err(|e| e.to_string())?;
     }
     Ok((stream, runner))
@@ -178,7 +180,8 @@ fn start(spec: &WorkerSpec) -> Result<(Stream, Runner), String> {
 /// stream, and has `runner` capture each size after its eager run. What a worker does before it
 /// serves, and what the start-up trial ([`super::trial`]) does on its threads. A warm-up that
 /// captures graphs waits for its turn and gives the device's cached blocks back as it ends
-/// (see [`super::device_cache`]).
+/// (see [`super::device_cache`]), unless `while_serving` (the blocks are then the serving
+/// workers' to reuse).
 pub(crate) fn warm_up(
     model: &Arc<dyn Forward>,
     runner: &mut Runner,
@@ -186,6 +189,7 @@ pub(crate) fn warm_up(
     samples: Option<&SampleInputs>,
     sizes: &[usize],
     device: Device,
+    while_serving: bool,
 ) -> Result<(), String> {
     let described = || {
         let v: Vec<String> = specs.iter().map(|(s, k)| crate::engine::InputSpec::new(s.clone(), *k).to_string()).collect();
@@ -193,7 +197,8 @@ pub(crate) fn warm_up(
     };
     let which = SampleInputs::name(samples);
     // One capturing warm-up at a time; the eager blocks it leaves are given back as it ends.
-    let _turn = WarmUpTurn::take(device, runner.captures());
+    let turn = WarmUpTurn::take(device, runner.captures());
+    let _turn = if while_serving { turn.keeping_cache() } else { turn };
     for (k, &rows) in sizes.iter().enumerate() {
         let xs = SampleInputs::make(samples, specs, rows, device).map_err(|e| format!("warm-up inputs of {rows} sample(s): {e}"))?;
         let of = if rows == 1 { String::new() } else { format!(" (a batch of {rows})") };
