@@ -5,8 +5,10 @@
 use anyhow::{anyhow, bail, Context};
 use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use prost::Message;
 use serde_json::{json, Value};
 use tch_streams_cli::serve::coalesce::Coalesced;
@@ -124,8 +126,11 @@ pub fn authority(url: &str) -> anyhow::Result<String> {
 pub enum Conn {
     /// HTTP/1.1: one request at a time.
     Http(http1::SendRequest<Full<Bytes>>),
-    /// HTTP/2: shared by the requests multiplexed over it.
-    Grpc(http2::SendRequest<Full<Bytes>>),
+    /// HTTP/2: shared by the requests multiplexed over it. Driven with `h2` itself: each
+    /// request is sent and its answer read by the task that awaits it, where hyper's client
+    /// would hand both to tasks of its own (a dispatch channel and two tasks per request), and
+    /// one task, spawned with the connection, does the I/O.
+    Grpc(h2::client::SendRequest<Bytes>, Arc<AtomicBool>),
 }
 
 async fn tcp(authority: &str) -> anyhow::Result<TcpStream> {
@@ -146,13 +151,18 @@ impl Conn {
                 Conn::Http(send)
             }
             Protocol::Grpc => {
-                let mut b = http2::Builder::new(TokioExecutor::new());
+                let mut b = h2::client::Builder::new();
                 // Windows large enough that a request or answer never waits for a window update.
-                b.initial_stream_window_size(4 << 20).initial_connection_window_size(16 << 20);
+                b.initial_window_size(4 << 20).initial_connection_window_size(16 << 20);
                 // Requests sent together leave in one write, as the server's answers do.
-                let (send, conn) = b.handshake(TokioIo::new(Coalesced::new(tcp))).await.with_context(|| format!("HTTP/2 handshake with {authority} (is it the gRPC port?)"))?;
-                tokio::spawn(conn);
-                Conn::Grpc(send)
+                let (send, conn) = b.handshake(Coalesced::new(tcp)).await.with_context(|| format!("HTTP/2 handshake with {authority} (is it the gRPC port?)"))?;
+                let closed = Arc::new(AtomicBool::new(false));
+                let flag = Arc::clone(&closed);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    flag.store(true, Ordering::Release);
+                });
+                Conn::Grpc(send, closed)
             }
         })
     }
@@ -161,7 +171,7 @@ impl Conn {
     /// for HTTP/1.1 (one request at a time).
     pub fn share(&self) -> Option<Conn> {
         match self {
-            Conn::Grpc(s) => Some(Conn::Grpc(s.clone())),
+            Conn::Grpc(s, closed) => Some(Conn::Grpc(s.clone(), Arc::clone(closed))),
             Conn::Http(_) => None,
         }
     }
@@ -170,7 +180,7 @@ impl Conn {
     pub fn is_closed(&self) -> bool {
         match self {
             Conn::Http(s) => s.is_closed(),
-            Conn::Grpc(s) => s.is_closed(),
+            Conn::Grpc(_, closed) => closed.load(Ordering::Acquire),
         }
     }
 
@@ -195,17 +205,24 @@ impl Conn {
                 }
                 Ok(bytes)
             }
-            Conn::Grpc(s) => {
+            Conn::Grpc(s, _) => {
                 let req = hyper::Request::post(format!("http://{authority}{path}"))
                     .header(hyper::header::CONTENT_TYPE, "application/grpc")
                     .header("te", "trailers")
-                    .body(Full::new(body))?;
+                    .body(())?;
                 std::future::poll_fn(|cx| s.poll_ready(cx)).await?;
-                let resp = s.send_request(req).await?;
-                let (parts, body) = resp.into_parts();
-                let collected = body.collect().await?;
-                let trailers = collected.trailers().cloned();
-                let bytes = collected.to_bytes();
+                let (answer, mut out) = s.send_request(req, false)?;
+                out.send_data(body, true)?;
+                let (parts, mut incoming) = answer.await?.into_parts();
+                let mut chunks: Vec<Bytes> = Vec::with_capacity(1);
+                while let Some(chunk) = incoming.data().await {
+                    let chunk = chunk?;
+                    let _ = incoming.flow_control().release_capacity(chunk.len());
+                    chunks.push(chunk);
+                }
+                // Usually one chunk, kept as it came; only an answer split in several is copied.
+                let bytes = if chunks.len() == 1 { chunks.swap_remove(0) } else { Bytes::from(chunks.concat()) };
+                let trailers = incoming.trailers().await?;
                 if parts.status != hyper::StatusCode::OK {
                     bail!("HTTP/2 status {} (is it the gRPC port?)", parts.status);
                 }
