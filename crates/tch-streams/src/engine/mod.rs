@@ -59,6 +59,7 @@ mod error;
 mod events;
 mod graphs;
 mod handoff;
+mod host_ops;
 mod independence;
 mod lanes;
 #[cfg(tss_cuda_graphs)]

@@ -301,6 +301,8 @@ impl Job {
         let stream = if self.use_pool { Stream::from_pool(self.device, Priority::Normal) } else { Stream::default_for(self.device) }
             .map_err(|e| e.to_string())?;
         bind_thread(&stream).map_err(|e| e.to_string())?;
+        // libtorch's CPU operations on this thread alone, as on a worker's.
+        super::host_ops::serial_for_gpu_worker(self.device);
         // Declared first, dropped last: frees this thread's cuBLAS workspaces once nothing
         // (graphs, queued work) can use them.
         let _workspaces = ThreadWorkspaces::new(self.device, stream);

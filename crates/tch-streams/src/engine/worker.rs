@@ -19,6 +19,7 @@ use super::config::{Batching, Output, SampleInputs};
 use super::error::EngineError;
 use super::events::{distinct, ReadyEvents};
 use super::graphs::Runner;
+use super::host_ops;
 use super::metrics::{Metrics, Stages};
 use super::request::Request;
 use super::ticket::Outcome;
@@ -161,6 +162,7 @@ fn start(spec: &WorkerSpec, while_serving: bool) -> Result<(Stream, Runner), Str
     };
     bind_thread(&stream).map_err(|e| e.to_string())?;
     std::mem::forget(tch::no_grad_guard()); // grad mode is per thread; this one never needs it
+    host_ops::serial_for_gpu_worker(spec.device);
     let mut runner = Runner::new(spec.model.clone(), spec.cuda_graphs && matches!(spec.device, Device::Cuda(_)));
     if let Some(specs) = &spec.warmup {
         // Largest first: graphs share one memory pool per worker, and the smaller ones then fit
