@@ -1,19 +1,18 @@
 //! The gRPC `inference.GRPCInferenceService` of the Open Inference Protocol, with tonic.
 //!
-//! Each HTTP/2 stream goes through [`Front`] first (message size, byte budget, body timeout,
-//! the client's `grpc-timeout`, counting), then tonic's service, except ModelInfer with one
-//! plain message: the front decodes that itself and frames the answer ([`super::unary`]), which
-//! spares every inference request tonic's copy of the message and its codec. ModelInfer decodes
-//! its message into the protocol-neutral [`request::InferRequest`] that HTTP also produces, and the model
-//! validates it once ([`ServedModel::admit`](super::model::ServedModel::admit)): both protocols
-//! refuse the same requests with the same messages. Inputs come as `raw_input_contents` (one
-//! entry per input, in order) or typed `contents`; outputs always go back as
+//! Each HTTP/2 stream goes through [`Front`] first (message size, byte budget, body timeout, the
+//! client's `grpc-timeout`, counting), then tonic's service, except ModelInfer with one plain
+//! message: the front decodes that itself and frames the answer ([`super::unary`]), which spares
+//! every inference request tonic's copy of the message and its codec. ModelInfer decodes its
+//! message into the protocol-neutral [`request::InferRequest`] that HTTP also produces, and the
+//! model validates it once ([`ServedModel::admit`](super::model::ServedModel::admit)): both
+//! protocols refuse the same requests with the same messages. Inputs come as `raw_input_contents`
+//! (one entry per input, in order) or typed `contents`; outputs always go back as
 //! `raw_output_contents`. Errors map to status codes: INVALID_ARGUMENT (malformed or mismatched
 //! request), NOT_FOUND (unknown model), OUT_OF_RANGE (message over `--max-request-bytes`),
 //! RESOURCE_EXHAUSTED (the byte budget), UNAVAILABLE (in-flight cap), DEADLINE_EXCEEDED
-//! (`--request-timeout-ms`, the client's deadline, `--body-timeout-s`), INTERNAL (model
-//! failure). Methods run on the async runtime's threads; large messages are decoded on
-//! blocking threads.
+//! (`--request-timeout-ms`, the client's deadline, `--body-timeout-s`), INTERNAL (model failure).
+//! Methods run on the async runtime's threads; large messages are decoded on blocking threads.
 
 use super::body::{self, Bounds};
 use super::listen::{Active, Conn, Tracked};
