@@ -6,7 +6,9 @@
 //!                       └─► cuda:1 queue ───► worker 1 (stream b, cuda:1) ─┘
 //! ```
 //! - Each worker is a dedicated OS thread: it binds its own pool stream on its device (workers
-//!   go round-robin over the devices given), turns grad off, warms up, then serves.
+//!   go round-robin over the devices given), turns grad off, warms up, then serves. A GPU
+//!   worker runs libtorch's CPU operations (joining host inputs, splitting answers) on its own
+//!   thread, without an OpenMP team (see `host_ops`); the caller's threads keep theirs.
 //! - One bounded queue per device: an input already on a GPU goes to that GPU's queue (no copy
 //!   between devices); a host input goes to the queue with the fewest requests waiting.
 //! - With [`Batching::Dynamic`], a worker takes a request and gathers compatible ones (same
