@@ -202,11 +202,13 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
                 count.finish(Ok(()));
                 let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
                 let mut stages = Stages::starting(Instant::now());
-                let result = Grpc(Arc::clone(&server)).infer(message, deadline, &mut stages).await;
+                let result = Grpc(Arc::clone(&server)).infer(message, deadline, &mut stages).await.and_then(|answer| {
+                    unary::framed(&answer).ok_or_else(|| ApiError::new(ErrorKind::Exhausted, "the answer is over gRPC's 4 GiB message limit"))
+                });
                 drop(held);
                 rec.finish_with(result.as_ref().map(|_| ()).map_err(|e| e.kind), &stages);
                 return Ok(match result {
-                    Ok(answer) => unary::ok(unary::framed(&answer)).map(|b| Tracked::new(tonic::body::Body::new(b), active)),
+                    Ok(framed) => unary::ok(framed).map(|b| Tracked::new(tonic::body::Body::new(b), active)),
                     Err(e) => refused(e.kind.grpc_code(), e.message, active),
                 });
             }

@@ -42,14 +42,15 @@ pub fn only_message(body: &Bytes) -> Option<Bytes> {
     (head[0] == 0 && body.len() - PREFIX == len).then(|| body.slice(PREFIX..))
 }
 
-/// `message` framed (uncompressed), in one buffer.
-pub fn framed<M: Message>(message: &M) -> Bytes {
+/// `message` framed (uncompressed), in one buffer; `None` when it is longer than a frame's
+/// 4-byte length can say (4 GiB).
+pub fn framed<M: Message>(message: &M) -> Option<Bytes> {
     let len = message.encoded_len();
     let mut out = BytesMut::with_capacity(PREFIX + len);
     out.put_u8(0);
-    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    out.put_u32(u32::try_from(len).ok()?);
     message.encode(&mut out).expect("the buffer was sized by encoded_len");
-    out.freeze()
+    Some(out.freeze())
 }
 
 /// A successful answer: `message` (already [`framed`]), then `grpc-status: 0`.
@@ -99,7 +100,7 @@ mod tests {
     #[test]
     fn a_framed_message_reads_back_and_the_answer_ends_with_status_zero() {
         let m = super::super::grpc::pb::ModelReadyRequest { name: "m".into(), version: "1".into() };
-        let f = framed(&m);
+        let f = framed(&m).unwrap();
         assert_eq!(f[0], 0);
         assert_eq!(u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize, m.encoded_len());
         let back = super::super::grpc::pb::ModelReadyRequest::decode(only_message(&f).unwrap()).unwrap();
