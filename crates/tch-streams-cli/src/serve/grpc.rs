@@ -197,16 +197,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
                         return Ok(refused(tonic::Code::InvalidArgument, format!("malformed request message: {e}"), active));
                     }
                 };
-                let rec = Recorder::new(&server, &message.model_name, Protocol::Grpc);
                 flag.mark();
                 count.finish(Ok(()));
                 let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
-                let mut stages = Stages::starting(Instant::now());
-                let result = Grpc(Arc::clone(&server)).infer(message, deadline, &mut stages).await.and_then(|answer| {
-                    unary::framed(&answer).ok_or_else(|| ApiError::new(ErrorKind::Exhausted, "the answer is over gRPC's 4 GiB message limit"))
-                });
+                let result = Grpc(Arc::clone(&server))
+                    .recorded_infer(message, deadline, Instant::now(), |answer| {
+                        unary::framed(&answer).ok_or_else(|| ApiError::new(ErrorKind::Exhausted, "the answer is over gRPC's 4 GiB message limit"))
+                    })
+                    .await;
                 drop(held);
-                rec.finish_with(result.as_ref().map(|_| ()).map_err(|e| e.kind), &stages);
                 return Ok(match result {
                     Ok(framed) => unary::ok(framed).map(|b| Tracked::new(tonic::body::Body::new(b), active)),
                     Err(e) => refused(e.kind.grpc_code(), e.message, active),
@@ -251,6 +250,25 @@ fn status(e: ApiError) -> Status {
 }
 
 impl Grpc {
+    /// One ModelInfer request, counted in the request metrics with its stages (from `read`, when
+    /// its message had been read): as cancelled if this future is dropped (the client cancelled,
+    /// or its deadline passed), else with the outcome of the inference and then of `answer`,
+    /// which turns the response into what is sent. What both paths to ModelInfer (the front's
+    /// own and tonic's) run once the message is decoded.
+    async fn recorded_infer<T>(
+        &self,
+        r: pb::ModelInferRequest,
+        deadline: Option<Instant>,
+        read: Instant,
+        answer: impl FnOnce(pb::ModelInferResponse) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let rec = Recorder::new(&self.0, &r.model_name, Protocol::Grpc);
+        let mut stages = Stages::starting(read);
+        let result = self.infer(r, deadline, &mut stages).await.and_then(answer);
+        rec.finish_with(result.as_ref().map(|_| ()).map_err(|e| e.kind), &stages);
+        result
+    }
+
     async fn infer(&self, r: pb::ModelInferRequest, deadline: Option<Instant>, stages: &mut Stages) -> Result<pb::ModelInferResponse, ApiError> {
         let s = &self.0;
         let model = Arc::clone(s.model(&r.model_name, Some(&r.model_version))?);
@@ -330,17 +348,13 @@ impl GrpcInferenceService for Grpc {
     }
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
-        // Counted as cancelled if the client cancels (or its deadline passes) and this future is
-        // dropped; the front counts the request only if this handler never ran.
-        let rec = Recorder::new(&self.0, &r.get_ref().model_name, Protocol::Grpc);
+        // The front counts the request only if this handler never ran.
         if let Some(flag) = r.extensions().get::<Recorded>() {
             flag.mark();
         }
         let deadline = r.extensions().get::<Deadline>().map(|d| d.0);
-        let mut stages = Stages::starting(r.extensions().get::<MessageRead>().map_or_else(Instant::now, |m| m.0));
-        let result = self.infer(r.into_inner(), deadline, &mut stages).await;
-        rec.finish_with(result.as_ref().map(|_| ()).map_err(|e| e.kind), &stages);
-        result.map(Response::new).map_err(status)
+        let read = r.extensions().get::<MessageRead>().map_or_else(Instant::now, |m| m.0);
+        self.recorded_infer(r.into_inner(), deadline, read, Ok).await.map(Response::new).map_err(status)
     }
 
     async fn model_config(&self, r: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
