@@ -24,9 +24,10 @@
 //! | `tch_streams_workers` | gauge | model, device |
 
 use super::model::ServedModel;
+use super::stages::STAGES;
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::core::{Collector, Desc};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -106,6 +107,22 @@ impl Metrics {
         self.registry.register(Box::new(EngineCollector::new(models)?))
     }
 
+    /// The series every request of `model` updates, their labels resolved now (see
+    /// [`ModelSeries`]); `protocols` are the protocol labels, in the order their series are kept.
+    pub fn series_of(&self, model: &str, protocols: [&str; 2]) -> ModelSeries {
+        let by_protocol = protocols.map(|p| ProtocolSeries {
+            succeeded: self.requests.with_label_values(&[model, p, "success"]),
+            request_seconds: self.request_seconds.with_label_values(&[model, p]),
+            stages: STAGES.map(|st| self.stage_seconds.with_label_values(&[model, p, st])),
+        });
+        ModelSeries {
+            inflight: self.inflight.with_label_values(&[model]),
+            skipped: self.skipped.with_label_values(&[model]),
+            engine_seconds: self.engine_seconds.with_label_values(&[model]),
+            by_protocol,
+        }
+    }
+
     /// The text exposition of every registered series, the engine-side ones read now.
     pub fn render(&self) -> String {
         let families = self.registry.gather();
@@ -116,6 +133,32 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// One served model's request-side series, their labels resolved once at start-up: what each of
+/// its requests updates, without the label lookup (a hash of the labels and a shared lock) that
+/// every `with_label_values` costs. Handles to the same series as the families in [`Metrics`]:
+/// a scrape shows their updates. Shared by every runtime thread (the handles are atomics).
+pub struct ModelSeries {
+    /// `tch_streams_inflight_requests{model}`.
+    pub inflight: IntGauge,
+    /// `tch_streams_skipped_requests_total{model}`.
+    pub skipped: IntCounter,
+    /// `tch_streams_engine_duration_seconds{model}`.
+    pub engine_seconds: prometheus::Histogram,
+    /// Per protocol, in the order given to [`Metrics::series_of`].
+    pub by_protocol: [ProtocolSeries; 2],
+}
+
+/// One model's series of one protocol (see [`ModelSeries`]).
+pub struct ProtocolSeries {
+    /// `tch_streams_requests_total{model,protocol,outcome="success"}`: the other outcomes are
+    /// rare and looked up when they happen.
+    pub succeeded: IntCounter,
+    /// `tch_streams_request_duration_seconds{model,protocol}`.
+    pub request_seconds: prometheus::Histogram,
+    /// `tch_streams_request_stage_seconds{model,protocol,stage}`, in [`STAGES`] order.
+    pub stages: [prometheus::Histogram; 4],
 }
 
 /// The engine families of every served model, each with its name, help and labels fixed here:

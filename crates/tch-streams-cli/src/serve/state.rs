@@ -7,7 +7,7 @@
 //! engines (all `Sync`); no lock is held across an `.await`.
 
 use super::budget::Budget;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, ModelSeries};
 use super::model::{named_outputs, ServedModel};
 use super::protocol::{shown, ApiError, ErrorKind};
 use super::stages::{Stage, Stages, STAGES};
@@ -23,14 +23,19 @@ use tokio::sync::Semaphore;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     /// HTTP/REST.
-    Http,
+    Http = 0,
     /// gRPC.
-    Grpc,
+    Grpc = 1,
 }
 
 impl Protocol {
     /// Both protocols.
     pub const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
+
+    /// Where this protocol's series are in [`ModelSeries::by_protocol`] (its place in [`Protocol::ALL`]).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The metrics label: `http` or `grpc`.
     pub fn label(self) -> &'static str {
@@ -65,6 +70,8 @@ pub struct Limits {
 /// The state every endpoint shares.
 pub struct Server {
     models: BTreeMap<String, Arc<ServedModel>>,
+    /// Each model's series, by name (the same names as `models`).
+    series: BTreeMap<String, ModelSeries>,
     /// Limits from the command line.
     pub limits: Limits,
     permits: Semaphore,
@@ -105,9 +112,9 @@ impl Recorder {
 
     /// Counts the request with its outcome and, when it succeeded, the time of its stages.
     pub fn finish_with(self, outcome: Result<(), ErrorKind>, stages: &Stages) {
-        if outcome.is_ok() && self.server.models.contains_key(&self.model) {
-            for (stage, secs) in STAGES.iter().zip(stages.seconds()) {
-                self.server.metrics.stage_seconds.with_label_values(&[&self.model, self.protocol.label(), stage]).observe(secs);
+        if let (Ok(()), Some(series)) = (outcome, self.server.series.get(&self.model)) {
+            for (h, secs) in series.by_protocol[self.protocol.index()].stages.iter().zip(stages.seconds()) {
+                h.observe(secs);
             }
         }
         self.finish(outcome);
@@ -164,7 +171,7 @@ impl Drop for Waiting<'_> {
 
 /// Counts the request as in flight until dropped (whichever way the handler ends).
 struct InFlight<'a> {
-    gauge: prometheus::IntGauge,
+    gauge: &'a prometheus::IntGauge,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
@@ -180,8 +187,10 @@ impl Server {
     pub fn new(models: Vec<ServedModel>, limits: Limits, metrics: Metrics) -> prometheus::Result<Server> {
         let models: BTreeMap<String, Arc<ServedModel>> = models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect();
         metrics.watch(models.values().cloned().collect())?;
+        let series = models.keys().map(|name| (name.clone(), metrics.series_of(name, Protocol::ALL.map(Protocol::label)))).collect();
         Ok(Server {
             models,
+            series,
             permits: Semaphore::new(limits.max_inflight),
             limits,
             draining: AtomicBool::new(false),
@@ -244,10 +253,22 @@ impl Server {
                 kind.label()
             }
         };
-        // Unknown model names are not labels (a client could create series at will).
-        let model = if self.models.contains_key(model) { model } else { "" };
-        self.metrics.requests.with_label_values(&[model, protocol.label(), label]).inc();
-        self.metrics.request_seconds.with_label_values(&[model, protocol.label()]).observe(started.elapsed().as_secs_f64());
+        let secs = started.elapsed().as_secs_f64();
+        match self.series.get(model).map(|s| &s.by_protocol[protocol.index()]) {
+            Some(s) => {
+                if outcome.is_ok() {
+                    s.succeeded.inc();
+                } else {
+                    self.metrics.requests.with_label_values(&[model, protocol.label(), label]).inc();
+                }
+                s.request_seconds.observe(secs);
+            }
+            // Unknown model names are not labels (a client could create series at will).
+            None => {
+                self.metrics.requests.with_label_values(&["", protocol.label(), label]).inc();
+                self.metrics.request_seconds.with_label_values(&["", protocol.label()]).observe(secs);
+            }
+        }
     }
 
     /// One line per model and protocol that answered requests: the mean of each stage of its
@@ -295,9 +316,9 @@ impl Server {
                 format!("{} requests are in flight (--max-inflight): retry later", self.limits.max_inflight),
             )
         })?;
-        let gauge = self.metrics.inflight.with_label_values(&[&model.name]);
-        gauge.inc();
-        let _inflight = InFlight { gauge, _permit: permit };
+        let series = self.series.get(&model.name).ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("model {:?} has no series", model.name)))?;
+        series.inflight.inc();
+        let _inflight = InFlight { gauge: &series.inflight, _permit: permit };
         let ours = Instant::now() + self.limits.request_timeout;
         let (until, theirs) = match deadline {
             Some(d) if d < ours => (d, true),
@@ -311,8 +332,7 @@ impl Server {
             }
         };
         let until = tokio::time::Instant::from_std(until);
-        let skipped = self.metrics.skipped.with_label_values(&[&model.name]);
-        let mut waiting = Waiting(Some(&skipped));
+        let mut waiting = Waiting(Some(&series.skipped));
         let place = match tokio::time::timeout_at(until, Arc::clone(&model.window).acquire_owned()).await {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(ApiError::new(ErrorKind::Unavailable, "the server is shutting down")),
@@ -329,7 +349,7 @@ impl Server {
         };
         job.ticket = None; // answered: the place frees when `job` drops
         stages.end(Stage::Engine);
-        self.metrics.engine_seconds.with_label_values(&[&model.name]).observe(submitted.elapsed().as_secs_f64());
+        series.engine_seconds.observe(submitted.elapsed().as_secs_f64());
         let outputs = named_outputs(answer.map_err(|e| model_error(&model.name, e))?);
         Ok(if wanted.is_empty() { outputs } else { outputs.into_iter().filter(|(n, _)| wanted.contains(n)).collect() })
     }
