@@ -15,11 +15,13 @@
 //! where it must: to the engine's worker and back. Connections go to the thread with the fewest
 //! open ([`ConnThreads::pick`]), so many connections still spread over the cores.
 //!
-//! The price: one connection uses one core at most. Measured with `serve` and `loadgen` (one
-//! connection, a built-in MLP): where the server has one core, 64 requests in flight served
-//! 15 % more this way; on a 16-core H100 host the connection's thread saturated at about 26k
-//! requests/s where the shared runtime reached 38k. Hence `serve --grpc-threads` and `loadgen
-//! --grpc-threads` default to 0, the shared runtime.
+//! The price: one connection uses one core at most. Measured with `serve` and `loadgen` (a
+//! built-in MLP on an H100, 16 cores, 8 such threads against the shared runtime): several
+//! connections gain the most (16 connections, 64 requests in flight: 112k against 81k
+//! requests/s; 4 connections at 16 in flight: 62k against 49k, as fast as HTTP/1.1), and one
+//! connection about breaks even (29k against 26k at 64 in flight, 23k against 25k at 16), its
+//! thread saturated either way. Hence both `serve` and `loadgen` run their gRPC connections on
+//! [`default_count`] such threads unless `--grpc-threads` says otherwise (0: the shared runtime).
 //!
 //! Invariants:
 //! - A connection's socket is registered with the reactor of the thread that drives it
@@ -37,6 +39,12 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// Threads that run connections whole by default: half the cores, at least one (the other half
+/// are left to the shared runtime's protocols, the engine's workers and their completions).
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
 
 /// One thread with its runtime, and how many connections it drives.
 struct Lane {
@@ -157,6 +165,15 @@ mod tests {
         drop((b, c));
         assert_eq!(t.open(), [0, 0]);
         assert_eq!(ConnThreads::start(0, "none").unwrap().len(), 1, "at least one thread");
+    }
+
+    #[test]
+    fn by_default_half_the_cores_run_connections_and_never_none() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let n = default_count();
+        assert!(n >= 1, "{n}");
+        assert!(2 * n <= cores.max(2), "{n} threads for {cores} cores");
+        assert!(2 * n + 1 >= cores, "{n} threads for {cores} cores: fewer than half");
     }
 
     #[test]

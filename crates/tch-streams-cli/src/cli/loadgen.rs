@@ -46,10 +46,11 @@ pub struct Args {
     #[arg(long)]
     pub threads: Option<usize>,
     /// gRPC only: threads that run the HTTP/2 connections, each connection with all its
-    /// requests on one of them (round robin); 0: on the async runtime of --threads, its
-    /// requests on any of its threads.
-    #[arg(long, default_value_t = 0)]
-    pub grpc_threads: usize,
+    /// requests on one of them (round robin; never more threads than connections); 0: on the
+    /// async runtime of --threads, its requests on any of its threads [default: half the cores,
+    /// at least 1]
+    #[arg(long)]
+    pub grpc_threads: Option<usize>,
     /// Print the reports as one JSON document on stdout (the summary lines go to stderr).
     #[arg(long)]
     pub json: bool,
@@ -115,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             duration: Duration::from_secs_f64(args.duration),
             warmup: Duration::from_secs_f64(args.warmup),
             grpc_connections: args.grpc_connections,
-            grpc_threads: args.grpc_threads,
+            grpc_threads: args.grpc_threads.unwrap_or_else(tch_streams_cli::conn_threads::default_count),
         };
         let json = args.json;
         let reports = loadgen::run(&plan, |r| {

@@ -70,8 +70,9 @@ pub struct Settings {
     pub drain: Duration,
     /// `--io-threads` [default: one per core].
     pub io_threads: Option<usize>,
-    /// `--grpc-threads`: threads that each run their gRPC connections whole; 0 (the default):
-    /// the shared runtime runs them.
+    /// `--grpc-threads`: threads that each run their gRPC connections whole (the command's
+    /// default: [`default_count`](crate::conn_threads::default_count)); 0: the shared runtime
+    /// runs them.
     pub grpc_threads: usize,
 }
 
