@@ -331,8 +331,16 @@ impl Job {
         let mut once = |mode: &Mode<'_>, ahead: &mut Ahead| -> Result<(), String> {
             let setup = BatchSetup { device: self.device, buckets: &mode.buckets, output: self.output, stages: &stages };
             let out = worker::run_batch(&setup, &stream, &mut runner, &mut staging, &mode.requests, &mode.rows).map_err(|e| e.to_string())?;
-            drop(out); // freed in the stream's order, as a worker's answers are
-            ahead.launched(&stream)
+            let launched = ahead.launched(&stream);
+            // Dropped once the batch is done where the thread waits for each batch (answers on
+            // the host), as a worker's answers are dropped by callers who have received them:
+            // a pinned block freed while its copy is still queued is reclaimed by libtorch's
+            // host cache only once every older freed block is, and a trial thread dropping it
+            // earlier would pin fresh memory for most of its batches, which a serving worker
+            // does only until its cache holds enough blocks. Device answers (the thread lets
+            // batches run ahead) are freed in the stream's order either way.
+            drop(out);
+            launched
         };
         // First sight of each mode's path (staging buffers, the split): not timed.
         for mode in &modes {
