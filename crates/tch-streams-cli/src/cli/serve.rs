@@ -102,7 +102,7 @@ pub struct Args {
     /// Threads that run the gRPC connections whole: each connection, with every request
     /// multiplexed on it, stays on one of them (the one with the fewest connections when it
     /// opened), so its requests do not cross threads inside the server; one connection can use
-    /// one core at most. On a 16-core H100 host, 8 such threads served 1.2–1.4× the shared
+    /// one core at most. On a 16-core H100 host, 8 such threads served 1.15–1.4× the shared
     /// runtime over 4–16 connections and about as much over one. 0: gRPC connections share the
     /// async runtime of --io-threads, their requests on any of its threads [default: half the
     /// cores, at least 1]
