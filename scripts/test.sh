@@ -72,6 +72,11 @@ env -u LIBTORCH -u LIBTORCH_USE_PYTORCH -u LD_LIBRARY_PATH PATH="$NO_VENV_PATH" 
   cargo doc -p tch-streams --no-deps --features doc-only
 echo "docs (doc-only): $(( $(date +%s) - T0 )) s"
 
+step "the command line's internal docs (warnings and broken links are errors)"
+T0=$(date +%s)
+RUSTDOCFLAGS="-D warnings -D rustdoc::broken-intra-doc-links" cargo doc -p tch-streams-cli --no-deps --document-private-items
+echo "docs (command line): $(( $(date +%s) - T0 )) s"
+
 if [ -x scripts/check-patch.sh ]; then
   # Last: the header check compiles against Linux torch 2.11.0 (the venv compat.sh set up).
   step "MPS patch static checks"

@@ -2,7 +2,7 @@
 //! with filled circles, the peer's (`py-…`) thinner with hollow triangles; the batched limits
 //! are dashed. Whiskers span min–max over the repetitions. Both axes are logarithmic.
 //!
-//! Drawn with plotters' primitives and the bitmap font of [`glyphs`](super::glyphs), so the
+//! Drawn with plotters' primitives and the bitmap font of [`super::glyphs`], so the
 //! binary needs no system font library to start or to plot.
 
 use super::error::BenchError;

@@ -124,7 +124,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrors<T> {
     }
 
     /// Not vectored: hyper then writes each answer's head from one buffer, which is what
-    /// [`rewrite`] looks at.
+    /// `rewrite` looks at.
     fn is_write_vectored(&self) -> bool {
         false
     }

@@ -5,7 +5,7 @@
 //! A `serde_json::Value` tree costs about 20 times the text it came from (one 64 MiB body held
 //! 1.37 GB); here a request holds its body, the bounded structure around the data (names,
 //! shapes, parameters: see [`super::request`]) and one tensor — nothing per element beyond the
-//! element itself. Called on blocking threads (see [`super::state::Server::decode`]).
+//! element itself. Called on blocking threads (see [`super::state::Server::offload`]).
 //!
 //! Numbers must fit the datatype: integers its range, floats its finite range (`1e39` is not an
 //! FP32). Answers write NaN and ±infinity as `NaN`, `Infinity` and `-Infinity`, as Triton does

@@ -1,7 +1,9 @@
 //! Prometheus metrics of `serve`, in the text exposition format.
 //!
 //! Request-side series are updated by the request handlers (any runtime thread; the
-//! `prometheus` types are atomics). Engine-side series (engine counters, batch sizes, workers)
+//! `prometheus` types are atomics). Each served model's request-side series exist from start-up,
+//! at zero, resolved once into a [`ModelSeries`]; only the series of rare outcomes (errors,
+//! unknown model names) are created when they first happen. Engine-side series (engine counters, batch sizes, workers)
 //! come from [`EngineCollector`], a collector registered beside them: it reads
 //! [`Engine::stats`](tch_streams::engine::Engine::stats) when `/metrics` is scraped, minus the
 //! start-up probe, so they count client requests only.
@@ -174,7 +176,7 @@ const ENGINE_SERIES: [(&str, &str, &[&str]); 6] = [
 
 /// A prometheus collector of the engines' own statistics: on each scrape it reads every
 /// model's [`Engine::stats`](tch_streams::engine::Engine::stats) (minus the model's baseline)
-/// and its workers. Its descriptors are [`ENGINE_SERIES`]; a family with no sample yet (no
+/// and its workers. Its descriptors are `ENGINE_SERIES`; a family with no sample yet (no
 /// latency before the first request) is left out of the scrape.
 pub struct EngineCollector {
     models: Vec<Arc<ServedModel>>,

@@ -4,7 +4,7 @@
 //! connection stops taking requests and closes as soon as nothing is in progress on it (at once
 //! for an idle one, or one still sending a request's headers), after answering the requests it
 //! already has ([`super::listen::drive`]); (4) back on the main thread, the engines drain their
-//! queues, all at once ([`super::run`]). One deadline, `--drain-timeout-s` from the signal,
+//! queues, all at once ([`super::serve`](fn@super::serve)). One deadline, `--drain-timeout-s` from the signal,
 //! bounds all of it. A second signal during the drain exits at once (code 1).
 
 use super::coalesce::Coalesced;
