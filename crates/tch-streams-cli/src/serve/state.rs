@@ -71,7 +71,7 @@ pub struct Limits {
 pub struct Server {
     models: BTreeMap<String, Arc<ServedModel>>,
     /// Each model's series, by name (the same names as `models`).
-    series: BTreeMap<String, ModelSeries>,
+    series: BTreeMap<String, Arc<ModelSeries>>,
     /// Limits from the command line.
     pub limits: Limits,
     permits: Semaphore,
@@ -93,6 +93,8 @@ pub struct Server {
 pub struct Recorder {
     server: Arc<Server>,
     model: String,
+    /// The model's series, looked up once here; `None` for a name the server does not serve.
+    series: Option<Arc<ModelSeries>>,
     protocol: Protocol,
     started: Instant,
     done: bool,
@@ -101,18 +103,19 @@ pub struct Recorder {
 impl Recorder {
     /// Starts counting a request for `model` (as the client named it).
     pub fn new(server: &Arc<Server>, model: &str, protocol: Protocol) -> Recorder {
-        Recorder { server: Arc::clone(server), model: model.to_string(), protocol, started: Instant::now(), done: false }
+        let series = server.series.get(model).cloned();
+        Recorder { server: Arc::clone(server), model: model.to_string(), series, protocol, started: Instant::now(), done: false }
     }
 
     /// Counts the request with its outcome.
     pub fn finish(mut self, outcome: Result<(), ErrorKind>) {
         self.done = true;
-        self.server.record(&self.model, self.protocol, self.started, outcome);
+        self.server.record(&self.model, self.series.as_deref(), self.protocol, self.started, outcome);
     }
 
     /// Counts the request with its outcome and, when it succeeded, the time of its stages.
     pub fn finish_with(self, outcome: Result<(), ErrorKind>, stages: &Stages) {
-        if let (Ok(()), Some(series)) = (outcome, self.server.series.get(&self.model)) {
+        if let (Ok(()), Some(series)) = (outcome, &self.series) {
             for (h, secs) in series.by_protocol[self.protocol.index()].stages.iter().zip(stages.seconds()) {
                 h.observe(secs);
             }
@@ -129,7 +132,7 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         if !self.done {
-            self.server.record(&self.model, self.protocol, self.started, Err(ErrorKind::Cancelled));
+            self.server.record(&self.model, self.series.as_deref(), self.protocol, self.started, Err(ErrorKind::Cancelled));
         }
     }
 }
@@ -187,7 +190,7 @@ impl Server {
     pub fn new(models: Vec<ServedModel>, limits: Limits, metrics: Metrics) -> prometheus::Result<Server> {
         let models: BTreeMap<String, Arc<ServedModel>> = models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect();
         metrics.watch(models.values().cloned().collect())?;
-        let series = models.keys().map(|name| (name.clone(), metrics.series_of(name, Protocol::ALL.map(Protocol::label)))).collect();
+        let series = models.keys().map(|name| (name.clone(), Arc::new(metrics.series_of(name, Protocol::ALL.map(Protocol::label))))).collect();
         Ok(Server {
             models,
             series,
@@ -237,8 +240,9 @@ impl Server {
         (self.answered_ok.load(Ordering::Relaxed), self.answered_err.load(Ordering::Relaxed), self.cancelled.load(Ordering::Relaxed))
     }
 
-    /// Counts one answered inference request for the metrics and the exit summary.
-    pub fn record(&self, model: &str, protocol: Protocol, started: Instant, outcome: Result<(), ErrorKind>) {
+    /// Counts one answered inference request for the metrics and the exit summary: in `series`,
+    /// `model`'s series (`None` when the server does not serve `model`).
+    pub fn record(&self, model: &str, series: Option<&ModelSeries>, protocol: Protocol, started: Instant, outcome: Result<(), ErrorKind>) {
         let label = match outcome {
             Ok(()) => {
                 self.answered_ok.fetch_add(1, Ordering::Relaxed);
@@ -254,7 +258,7 @@ impl Server {
             }
         };
         let secs = started.elapsed().as_secs_f64();
-        match self.series.get(model).map(|s| &s.by_protocol[protocol.index()]) {
+        match series.map(|s| &s.by_protocol[protocol.index()]) {
             Some(s) => {
                 if outcome.is_ok() {
                     s.succeeded.inc();
