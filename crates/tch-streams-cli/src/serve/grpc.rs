@@ -85,17 +85,37 @@ pub fn parse_timeout(v: &str) -> Option<Duration> {
 /// that (the client went away while its message was being read), it counts as cancelled.
 struct FrontCount {
     rec: Option<Recorder>,
-    flag: Recorded,
+    /// Made when the request goes on to tonic's handler ([`FrontCount::watch`]), which marks it
+    /// once it counts the request itself.
+    flag: Option<Recorded>,
 }
 
 impl FrontCount {
+    /// A flag for tonic's handler to mark once it has counted the request.
+    fn watch(&mut self) -> Recorded {
+        self.flag.get_or_insert_with(Recorded::default).clone()
+    }
+
+    /// Whether a handler has counted the request.
+    fn handled(&self) -> bool {
+        self.flag.as_ref().is_some_and(|f| f.0.load(Ordering::Acquire))
+    }
+
+    /// Counts the request with `outcome`, unless a handler counted it.
     fn finish(mut self, outcome: Result<(), ErrorKind>) {
         if let Some(rec) = self.rec.take() {
-            if self.flag.0.load(Ordering::Acquire) {
+            if self.handled() {
                 rec.disarm();
             } else {
                 rec.finish(outcome);
             }
+        }
+    }
+
+    /// Leaves the counting to the front's own handler, which counts the request from here on.
+    fn hand_over(mut self) {
+        if let Some(rec) = self.rec.take() {
+            rec.disarm();
         }
     }
 }
@@ -103,7 +123,7 @@ impl FrontCount {
 impl Drop for FrontCount {
     fn drop(&mut self) {
         if let Some(rec) = self.rec.take() {
-            if self.flag.0.load(Ordering::Acquire) {
+            if self.handled() {
                 rec.disarm();
             } // else: dropped here, it counts as cancelled
         }
@@ -171,10 +191,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
         Box::pin(async move {
             let arrived = Instant::now();
             let infer = req.uri().path() == INFER_PATH;
-            let flag = Recorded::default();
             // The model's name is in the message, not yet read: a request refused before its
             // handler is counted without one.
-            let count = FrontCount { rec: infer.then(|| Recorder::new(&server, "", Protocol::Grpc)), flag: flag.clone() };
+            let mut count = FrontCount { rec: infer.then(|| Recorder::new(&server, "", Protocol::Grpc)), flag: None };
             let (mut parts, body) = req.into_parts();
             if let Some(t) = parts.headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout) {
                 parts.extensions.insert(Deadline(arrived + t));
@@ -197,8 +216,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
                         return Ok(refused(tonic::Code::InvalidArgument, format!("malformed request message: {e}"), active));
                     }
                 };
-                flag.mark();
-                count.finish(Ok(()));
+                count.hand_over();
                 let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
                 let result = Grpc(Arc::clone(&server))
                     .recorded_infer(message, deadline, Instant::now(), |answer| {
@@ -216,6 +234,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
                 count.finish(Err(e.kind));
                 return Ok(refused(e.kind.grpc_code(), e.message, active));
             }
+            let flag = count.watch();
             parts.extensions.insert(flag.clone());
             parts.extensions.insert(MessageRead(Instant::now()));
             let req = hyper::Request::from_parts(parts, http_body_util::Full::new(bytes));
