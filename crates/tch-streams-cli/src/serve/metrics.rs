@@ -3,10 +3,10 @@
 //! Request-side series are updated by the request handlers (any runtime thread; the
 //! `prometheus` types are atomics). Each served model's request-side series exist from start-up,
 //! at zero, resolved once into a [`ModelSeries`]; only the series of rare outcomes (errors,
-//! unknown model names) are created when they first happen. Engine-side series (engine counters, batch sizes, workers)
-//! come from [`EngineCollector`], a collector registered beside them: it reads
-//! [`Engine::stats`](tch_streams::engine::Engine::stats) when `/metrics` is scraped, minus the
-//! start-up probe, so they count client requests only.
+//! unknown model names) are created when they first happen. Engine-side series (engine
+//! counters, batch sizes, workers) come from [`EngineCollector`], a collector registered beside
+//! them: it reads [`Engine::stats`](tch_streams::engine::Engine::stats) when `/metrics` is
+//! scraped, minus the start-up probe, so they count client requests only.
 //!
 //! | series | type | labels |
 //! |---|---|---|

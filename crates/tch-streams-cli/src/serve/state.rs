@@ -279,14 +279,14 @@ impl Server {
     /// successful requests (see [`stages`](super::stages)), for the exit summary.
     pub fn stage_summary(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for m in self.models.keys() {
+        for (m, series) in &self.series {
             for p in Protocol::ALL {
-                let h: Vec<_> = STAGES.iter().map(|st| self.metrics.stage_seconds.with_label_values(&[m, p.label(), st])).collect();
+                let h = &series.by_protocol[p.index()].stages;
                 let n = h[0].get_sample_count();
                 if n == 0 {
                     continue;
                 }
-                let means: Vec<String> = STAGES.iter().zip(&h).map(|(st, h)| format!("{st} {:.1}", h.get_sample_sum() / n as f64 * 1e6)).collect();
+                let means: Vec<String> = STAGES.iter().zip(h).map(|(st, h)| format!("{st} {:.1}", h.get_sample_sum() / n as f64 * 1e6)).collect();
                 lines.push(format!("stages of model {m} over {}: {n} successful request(s), mean µs: {}", p.label(), means.join(", ")));
             }
         }
