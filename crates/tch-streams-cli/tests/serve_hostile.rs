@@ -337,11 +337,16 @@ fn abandoned_requests_are_skipped_before_the_engine_and_counted_as_cancelled() {
     assert!(all_in, "{}", server.scrape());
     drop(gone); // the HTTP clients disconnect
     drop(cancelled); // the gRPC streams are reset (CANCEL)
-    let all_gone = eventually(Duration::from_secs(10), || metric(&server, "tch_streams_inflight_requests", &[("model", "large-mlp")]) == 0.0);
+    // A handler leaves the in-flight gauge (end of its engine stage) before its outcome is
+    // counted, so both are awaited: the gauge at zero, then the counts the asserts check.
+    let cancelled_by = |t: &str, p: &str| sample(t, "tch_streams_requests_total", &[("model", "large-mlp"), ("protocol", p), ("outcome", "cancelled")]).unwrap_or(0.0);
+    let all_gone = eventually(Duration::from_secs(10), || {
+        let t = server.scrape();
+        sample(&t, "tch_streams_inflight_requests", &[("model", "large-mlp")]) == Some(0.0) && cancelled_by(&t, "http") + cancelled_by(&t, "grpc") >= 20.0
+    });
     assert!(all_gone, "{}", server.scrape());
     let t = server.scrape();
-    let n = |p: &str| sample(&t, "tch_streams_requests_total", &[("model", "large-mlp"), ("protocol", p), ("outcome", "cancelled")]).unwrap_or(0.0);
-    assert_eq!((n("http"), n("grpc")), (10.0, 10.0), "{t}");
+    assert_eq!((cancelled_by(&t, "http"), cancelled_by(&t, "grpc")), (10.0, 10.0), "{t}");
     assert_eq!(sample(&t, "tch_streams_skipped_requests_total", &[("model", "large-mlp")]), Some(18.0), "{t}");
     // The trivial request waits at most for the two abandoned requests the engine holds.
     let (small, small_headers) = large_mlp_request(1);
