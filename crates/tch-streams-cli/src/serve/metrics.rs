@@ -15,7 +15,7 @@
 //! | `tch_streams_request_duration_seconds` | histogram | model, protocol: body received to answer encoded |
 //! | `tch_streams_engine_duration_seconds` | histogram | model: submitted to the engine until answered (queue + compute) |
 //! | `tch_streams_request_stage_seconds` | histogram | model, protocol, stage (decode, admission, engine, encode; see [`stages`](super::stages)): successful requests only |
-//! | `tch_streams_inflight_requests` | gauge | model |
+//! | `tch_streams_inflight_requests` | gauge | model: admitted until the engine answers (waiting for the window, queued, running); a request leaves it before its answer is encoded and its outcome counted in `tch_streams_requests_total` |
 //! | `tch_streams_buffered_bytes` | gauge | — : bytes held from the `--max-buffered-bytes` budget |
 //! | `tch_streams_open_connections` | gauge | — : connections open on the HTTP and gRPC ports |
 //! | `tch_streams_engine_requests_total` | counter | model, result (submitted, completed, failed, cancelled) |
@@ -44,7 +44,7 @@ pub struct Metrics {
     pub engine_seconds: HistogramVec,
     /// Seconds of each stage of a successful request (see [`stages`](super::stages)).
     pub stage_seconds: HistogramVec,
-    /// Requests being served now.
+    /// Requests admitted and not yet answered by their engine (see the module table).
     pub inflight: IntGaugeVec,
     /// Bytes held by requests being read and decoded (the `--max-buffered-bytes` budget's use),
     /// set when scraped.
@@ -85,7 +85,7 @@ impl Metrics {
             HistogramOpts::new("tch_streams_request_stage_seconds", "Seconds of each stage of a successful request: decode, admission, engine, encode").buckets(stage_buckets()),
             &["model", "protocol", "stage"],
         )?;
-        let inflight = IntGaugeVec::new(Opts::new("tch_streams_inflight_requests", "Inference requests being served"), &["model"])?;
+        let inflight = IntGaugeVec::new(Opts::new("tch_streams_inflight_requests", "Inference requests admitted and not yet answered by the engine (waiting for the model's window, queued or running); a request leaves before its answer is encoded and its outcome counted"), &["model"])?;
         let buffered = IntGauge::new("tch_streams_buffered_bytes", "Bytes held by request bodies being read and the tensors decoded from them")?;
         let connections = IntGauge::new("tch_streams_open_connections", "Connections open on the HTTP and gRPC ports")?;
         registry.register(Box::new(buffered.clone()))?;
