@@ -26,13 +26,48 @@ fn start(extra: &[&str]) -> Served {
 /// Requests run as sent (`--batch-max 0`), so each answer is bitwise what the model gives for the
 /// same rows; batched answers may differ in the last bits (GEMMs of other shapes), which the
 /// engine's own tests cover.
+/// The engine's set-up for `model`, as `serve` prints it at start-up: its `engine:` line and the
+/// reasons under it.
+fn engine_block(stderr: &str, model: &str) -> (String, Vec<String>) {
+    let mut lines = stderr.lines().skip_while(|l| !l.starts_with(&format!("model {model}: ")));
+    assert!(lines.next().is_some(), "no start-up line for model {model}: {stderr}");
+    let engine = lines.next().and_then(|l| l.strip_prefix("  engine: ")).unwrap_or_else(|| panic!("no engine line for {model}: {stderr}"));
+    let reasons = lines.take_while(|l| l.starts_with("    ")).map(|l| l.trim().to_string()).collect();
+    (engine.to_string(), reasons)
+}
+
+/// On the engine's defaults, each model's configuration (`dynamic_batching`, over both
+/// protocols) says what its engine chose, and `serve` says why at start-up. Both models declare
+/// their inputs and pass the batch-independence check, so nothing but the start-up measurement
+/// (calibration and trial, timings of this machine) may leave batching off; with `--batch-max`
+/// both batch, whatever the timings.
 #[test]
-fn on_the_engines_defaults_the_model_configuration_says_it_batches() {
+fn the_model_configuration_says_whether_the_engine_batches_and_serve_says_why() {
     let server = start(&[]);
     let m = tritonclient(&["metadata", &server.http, &server.grpc], 120);
-    // Both models declare their inputs, pass the batch-independence check, and so batch.
+    let stderr = server.stderr();
     for name in ["small-mlp", "two_inputs"] {
-        assert_eq!(m["http_config"][name]["dynamic_batching"], json!({}), "{name}: {m}");
+        let (engine, reasons) = engine_block(&stderr, name);
+        let batches = engine.contains("batching dynamic");
+        assert!(batches || engine.contains("batching off"), "{name}: {engine}");
+        assert_eq!(m["http_config"][name].get("dynamic_batching").is_some(), batches, "{name}: {engine}; {m}");
+        assert_eq!(m["grpc_config"][name]["config"].get("dynamic_batching").is_some(), batches, "{name}: {engine}; {m}");
+        if batches {
+            assert_eq!(m["http_config"][name]["dynamic_batching"], json!({}), "{name}: {m}");
+            assert!(reasons.iter().any(|r| r.starts_with("batching: dynamic, max ")), "{name}: {reasons:?}");
+        } else {
+            let measured = reasons.iter().any(|r| r.starts_with("batching: off (measured with ") || r.starts_with("batching: off (one sample per forward pass"));
+            assert!(measured, "{name}: batching off for a reason other than the start-up measurement: {reasons:?}");
+        }
+    }
+    drop(server);
+    let server = start(&["--batch-max", "64"]);
+    for name in ["small-mlp", "two_inputs"] {
+        let config = Http::connect(&server.http).send("GET", &format!("/v2/models/{name}/config"), &[], b"");
+        assert_eq!(config.status, 200, "{}", config.text());
+        assert_eq!(config.json()["dynamic_batching"], json!({}), "{name}: {}", config.text());
+        let (engine, _) = engine_block(&server.stderr(), name);
+        assert!(engine.contains("batching dynamic (max 64 samples"), "{name}: {engine}");
     }
 }
 

@@ -84,7 +84,13 @@ pub fn serve(entries: &[ModelEntry], settings: Settings) -> anyhow::Result<i32> 
     for e in entries {
         let m = ServedModel::load(e, opts, settings.max_batch_size)?;
         let show = |ts: &[model::TensorInfo]| ts.iter().map(|t| format!("{} {} {:?}", t.name, t.datatype(), t.shape())).collect::<Vec<_>>().join(", ");
-        eprintln!("model {}: inputs {}; outputs {}; {} worker(s)", m.name, show(&m.inputs), show(&m.outputs), m.engine.workers().len());
+        // The model, then how its engine was set up and why (calibration, trial, memory), as
+        // `run` prints them: what decides the model's `dynamic_batching` in its configuration.
+        eprintln!("model {}: inputs {}; outputs {}", m.name, show(&m.inputs), show(&m.outputs));
+        eprintln!("  engine: {}", m.engine.config());
+        for why in &m.engine.config().reasons {
+            eprintln!("    {why}");
+        }
         models.push(m);
     }
     let server = Arc::new(Server::new(models, settings.limits, metrics::Metrics::new()?)?);
