@@ -111,24 +111,31 @@ fn the_defaults_calibrate_batching_for_a_model_with_known_inputs_and_report_it()
         let cfg = engine.config().clone();
         assert_eq!(cfg.workers, 2, "CPU default: {cfg:?}");
         assert_eq!(engine.workers().len(), 2);
+        // Batching, unless the start-up measurement found it served less: its timings are this
+        // machine's, and a busy test machine can sway them (the calibration is checked either way).
         let max_batch = match cfg.batching {
             Batching::Dynamic { max_batch, max_wait } => {
                 assert_eq!(max_wait, Duration::ZERO);
-                max_batch
+                assert!(max_batch.is_power_of_two() && max_batch <= AUTO_MAX_BATCH, "{max_batch}");
+                assert_eq!(cfg.buckets.last(), Some(&max_batch));
+                assert_eq!(cfg.buckets.first(), Some(&1));
+                assert!(cfg.reasons.iter().any(|r| r.starts_with("batching: dynamic") && r.contains("calibrated")), "{:?}", cfg.reasons);
+                Some(max_batch)
             }
-            other => panic!("expected dynamic batching from the defaults, got {other:?}: {:?}", cfg.reasons),
+            Batching::Off => {
+                let measured = cfg.reasons.iter().any(|r| r.starts_with("batching: off (measured with ") || r.starts_with("batching: off (one sample per forward pass"));
+                assert!(measured, "batching off for a reason other than the measurement: {:?}", cfg.reasons);
+                None
+            }
+            other => panic!("expected the defaults to resolve batching, got {other:?}: {:?}", cfg.reasons),
         };
-        assert!(max_batch.is_power_of_two() && max_batch <= AUTO_MAX_BATCH, "{max_batch}");
-        assert_eq!(cfg.buckets.last(), Some(&max_batch));
-        assert_eq!(cfg.buckets.first(), Some(&1));
         assert!(!cfg.cuda_graphs, "no CUDA device, no graphs");
         // The readings double from one sample up to at least the chosen size.
         let sizes: Vec<usize> = cfg.calibration.iter().map(|(n, _)| *n).collect();
         assert_eq!(sizes[0], 1);
         assert!(sizes.windows(2).all(|w| w[1] == 2 * w[0]), "{sizes:?}");
-        assert!(sizes.contains(&max_batch), "{sizes:?}");
+        assert!(max_batch.is_none_or(|m| sizes.contains(&m)), "{sizes:?}");
         assert!(cfg.calibration.iter().all(|(_, us)| *us > 0.0));
-        assert!(cfg.reasons.iter().any(|r| r.starts_with("batching: dynamic") && r.contains("calibrated")), "{:?}", cfg.reasons);
         assert!(cfg.reasons.iter().any(|r| r.starts_with("workers: 2")), "{:?}", cfg.reasons);
         assert_eq!(engine.stats().config, cfg, "stats() reports the same configuration");
         // And it serves: answers equal the model's own, from several threads at once.

@@ -46,6 +46,16 @@ fn auto_refuses(model: Model, why: &str) {
     accounted(&e.stats());
 }
 
+/// The defaults passed `e`'s model through the independence check: it batches, or batching is
+/// off only because the start-up measurement (calibration, trial: timings of this machine, which
+/// a busy test machine can sway) found it served less, never because the check refused.
+fn check_passed(e: &Engine) {
+    let reasons = &e.config().reasons;
+    let measured_off = reasons.iter().any(|r| r.starts_with("batching: off (measured with ") || r.starts_with("batching: off (one sample per forward pass"));
+    assert!(matches!(e.config().batching, Batching::Dynamic { .. }) || measured_off, "{reasons:?}");
+    assert!(!reasons.iter().any(|r| r.contains("mixes samples") || r.contains("could not decide")), "{reasons:?}");
+}
+
 fn pair(f: fn(&Tensor) -> Result<(Tensor, Tensor), tch::TchError>) -> Model {
     Model::closure_many(move |xs: &[Tensor]| f(&xs[0]).map(|(a, b)| Outputs::Tuple(vec![a, b])))
 }
@@ -98,7 +108,7 @@ fn every_output_is_checked_whatever_nan_comes_first() {
         e.shutdown();
         accounted(&e.stats());
         let e = on_cpu(row_wise()).build().unwrap();
-        assert!(matches!(e.config().batching, Batching::Dynamic { .. }), "{:?}", e.config().reasons);
+        check_passed(&e);
         e.shutdown();
         accounted(&e.stats());
     });
@@ -154,7 +164,7 @@ fn an_empty_output_passes_the_check_and_is_served_batched() {
         accounted(&st);
         assert_eq!((st.completed, st.failed), (4, 0));
         let e = on_cpu(empty()).build().unwrap();
-        assert!(matches!(e.config().batching, Batching::Dynamic { .. }), "{:?}", e.config().reasons);
+        check_passed(&e);
         assert_eq!(e.infer(x(0.0)).unwrap().size(), vec![1, 0]);
         e.shutdown();
         accounted(&e.stats());
