@@ -23,9 +23,6 @@ fn start(extra: &[&str]) -> Served {
     Served::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// Requests run as sent (`--batch-max 0`), so each answer is bitwise what the model gives for the
-/// same rows; batched answers may differ in the last bits (GEMMs of other shapes), which the
-/// engine's own tests cover.
 /// The engine's set-up for `model`, as `serve` prints it at start-up: its `engine:` line and the
 /// reasons under it.
 fn engine_block(stderr: &str, model: &str) -> (String, Vec<String>) {
@@ -71,6 +68,9 @@ fn the_model_configuration_says_whether_the_engine_batches_and_serve_says_why() 
     }
 }
 
+/// Requests run as sent (`--batch-max 0`), so each answer is bitwise what the model gives for the
+/// same rows; batched answers may differ in the last bits (GEMMs of other shapes), which the
+/// engine's own tests cover.
 #[test]
 fn tritonclient_answers_equal_the_models_run_directly_and_metadata_is_complete() {
     let server = start(&["--batch-max", "0"]);
