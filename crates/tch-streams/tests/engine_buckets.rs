@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{accounted, watchdog};
+use common::{accounted, off_by_measurement, watchdog};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,8 +123,7 @@ fn the_defaults_calibrate_batching_for_a_model_with_known_inputs_and_report_it()
                 Some(max_batch)
             }
             Batching::Off => {
-                let measured = cfg.reasons.iter().any(|r| r.starts_with("batching: off (measured with ") || r.starts_with("batching: off (one sample per forward pass"));
-                assert!(measured, "batching off for a reason other than the measurement: {:?}", cfg.reasons);
+                assert!(off_by_measurement(&cfg), "batching off for a reason other than the measurement: {:?}", cfg.reasons);
                 None
             }
             other => panic!("expected the defaults to resolve batching, got {other:?}: {:?}", cfg.reasons),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{accounted, watchdog};
+use common::{accounted, off_by_measurement, watchdog};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use tch_streams::engine::{Batching, Engine, EngineBuilder, EngineError, InputSpec, Output};
@@ -51,8 +51,7 @@ fn auto_refuses(model: Model, why: &str) {
 /// a busy test machine can sway) found it served less, never because the check refused.
 fn check_passed(e: &Engine) {
     let reasons = &e.config().reasons;
-    let measured_off = reasons.iter().any(|r| r.starts_with("batching: off (measured with ") || r.starts_with("batching: off (one sample per forward pass"));
-    assert!(matches!(e.config().batching, Batching::Dynamic { .. }) || measured_off, "{reasons:?}");
+    assert!(matches!(e.config().batching, Batching::Dynamic { .. }) || off_by_measurement(e.config()), "{reasons:?}");
     assert!(!reasons.iter().any(|r| r.contains("mixes samples") || r.contains("could not decide")), "{reasons:?}");
 }
 

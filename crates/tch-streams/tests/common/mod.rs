@@ -3,7 +3,7 @@
 
 use std::sync::mpsc;
 use std::time::Duration;
-use tch_streams::engine::EngineStats;
+use tch_streams::engine::{EngineConfig, EngineStats};
 
 /// Runs `f` on another thread; fails the test if it takes longer than `secs` (a hang).
 pub fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -21,4 +21,11 @@ pub fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'st
 /// Every request answered (or, its ticket dropped, cancelled) and counted exactly once.
 pub fn accounted(st: &EngineStats) {
     assert_eq!(st.submitted, st.completed + st.failed + st.cancelled, "{st:?}");
+}
+
+/// Whether the defaults left batching off because the start-up measurement found it served less
+/// (the trial, or a calibration whose best batch was one sample): timings of this machine, which
+/// a busy test machine can sway. Never true for the independence check's refusal.
+pub fn off_by_measurement(cfg: &EngineConfig) -> bool {
+    cfg.reasons.iter().any(|r| r.starts_with("batching: off (measured with ") || r.starts_with("batching: off (one sample per forward pass"))
 }
